@@ -1,0 +1,320 @@
+"""The on-disk format of a GOP store: the one module that writer (preprocess) and reader share.
+
+Imports numpy-free stdlib only, so that it loads on any machine (no DALI, torch or GPU driver).
+docs/format.md is the human-readable spec of what this module reads and writes.
+
+Layout, per source video ``<video_root>/<rel>``::
+
+    <gop_root>/<rel>/gop.{start}.{count}.bin   one per GOP: Annex-B packets, parameter sets in band
+    <gop_root>/<rel>/.gop_index.json           VideoIndex, written last (its presence = complete)
+    <gop_root>/manifest.json                   DatasetManifest, written at the end of preprocess
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+INDEX_FILENAME = ".gop_index.json"
+MANIFEST_FILENAME = "manifest.json"
+SUPPORTED_CODECS = ("h264", "hevc")
+_BIN_RE = re.compile(r"^gop\.(\d+)\.(\d+)\.bin$")
+
+
+class FormatError(ValueError):
+    """Something on disk is not what the format promises. The message names the file."""
+
+
+def bin_filename(start: int, count: int) -> str:
+    return f"gop.{start}.{count}.bin"
+
+
+def parse_bin_filename(name: str) -> tuple[int, int]:
+    match = _BIN_RE.match(name)
+    if not match:
+        raise FormatError(f"{name}: not a GOP bin name (expected gop.<start>.<count>.bin)")
+    return int(match.group(1)), int(match.group(2))
+
+
+def video_gop_dir(gop_root: str | os.PathLike, rel_path: str) -> Path:
+    """Where a video's bins live. Refuses paths that would leave the GOP root."""
+    rel = Path(rel_path)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise FormatError(f"{rel_path!r}: video path must be relative and inside the GOP root")
+    return Path(gop_root) / rel
+
+
+def checksum(data: bytes | bytearray | memoryview) -> int:
+    # crc32: in the stdlib, ~1 GB/s, enough to catch flipped or truncated bytes (not an adversary).
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Identifies the source file a video index was made from, so a rerun can skip it."""
+    path: str          # relative to video_root, '/'-separated
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class GopEntry:
+    """One bin. Frames are display indices of the source video, counted from 0.
+
+    A bin holds, in decode order, the packets of frames ``start .. start+count-1`` beginning with a
+    keyframe. When the next keyframe has leading pictures (open GOP: they display before it but
+    are decoded after it and reference this GOP), the bin also carries that keyframe and its
+    leading pictures: the last ``tail`` packets. Decoding the whole bin then also yields frame
+    ``start+count`` (the next keyframe), the source's following frame.
+    """
+    start: int
+    count: int
+    file: str
+    size: int
+    crc32: int
+    packet_sizes: tuple[int, ...]     # decode order; they add up to ``size``
+    packet_frames: tuple[int, ...]    # display index of each packet's frame, decode order
+    tail: int = 0                     # trailing packets that belong to the next GOP's keyframe
+
+    @property
+    def end(self) -> int:
+        return self.start + self.count
+
+    @property
+    def overlap_with_next(self) -> int:
+        """Packets at the start of the next bin that repeat this bin's tail (the next keyframe, and
+        any of its trailing pictures decoded before its last leading one). To decode two consecutive
+        bins as one stream, skip that many packets of the second: bins concatenate that way."""
+        if not self.tail:
+            return 0
+        return sum(1 for f in self.packet_frames[-self.tail:] if f >= self.end)
+
+    def packets_through(self, frame: int) -> int:
+        """How many packets to feed so that, after a flush, the decoder has output ``frame``.
+
+        Display order means a decoder emits ``frame`` only once every frame before it in the GOP is
+        decoded too, so we need the last decode position of any frame <= ``frame``.
+        """
+        last = -1
+        for pos, f in enumerate(self.packet_frames):
+            if f <= frame:
+                last = pos
+        if last < 0:
+            raise FormatError(f"{self.file}: frame {frame} is not in this GOP")
+        return last + 1
+
+    def output_frames(self, n_packets: int) -> tuple[int, ...]:
+        """Display indices a decoder outputs, in order, after being fed ``n_packets`` and flushed."""
+        return tuple(sorted(self.packet_frames[:n_packets]))
+
+    def validate(self, where: str) -> None:
+        if len(self.packet_sizes) != len(self.packet_frames):
+            raise FormatError(f"{where}: {self.file}: packet_sizes and packet_frames differ in length")
+        if sum(self.packet_sizes) != self.size:
+            raise FormatError(f"{where}: {self.file}: packet sizes add up to {sum(self.packet_sizes)}, "
+                              f"not the bin size {self.size}")
+        if self.file != bin_filename(self.start, self.count):
+            raise FormatError(f"{where}: bin name {self.file!r} disagrees with start={self.start} "
+                              f"count={self.count}")
+        own = sorted(f for f in self.packet_frames if f < self.end)
+        if own != list(range(self.start, self.end)) or min(self.packet_frames) < self.start:
+            raise FormatError(f"{where}: {self.file}: packets do not cover frames "
+                              f"{self.start}..{self.end - 1} exactly once")
+        if self.packet_frames[0] != self.start:
+            raise FormatError(f"{where}: {self.file}: does not start with its keyframe")
+        body = len(self.packet_frames) - self.tail
+        if self.tail < 0 or body <= 0 or any(f >= self.end for f in self.packet_frames[:body]):
+            raise FormatError(f"{where}: {self.file}: frames past the GOP outside its tail")
+
+
+@dataclass(frozen=True)
+class VideoIndex:
+    """Contents of ``.gop_index.json``: all a reader needs to find and feed any frame."""
+    source: SourceInfo
+    codec: str                  # 'h264' | 'hevc'
+    width: int
+    height: int
+    pix_fmt: str
+    frame_rate: str             # exact rational, e.g. '12/1' or '30000/1001'
+    time_base: str              # of the source stream, e.g. '1/12288'
+    num_frames: int
+    has_b_frames: bool
+    gops: tuple[GopEntry, ...]
+    version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str, where: str = INDEX_FILENAME) -> "VideoIndex":
+        try:
+            raw = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FormatError(f"{where}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise FormatError(f"{where}: expected a JSON object")
+        version = raw.get("version")
+        if version != FORMAT_VERSION:
+            raise FormatError(f"{where}: format version {version!r}, this dali_gop reads "
+                              f"version {FORMAT_VERSION}: re-run preprocess")
+        try:
+            gops = tuple(GopEntry(**{**g, "packet_sizes": tuple(g["packet_sizes"]),
+                                     "packet_frames": tuple(g["packet_frames"])})
+                         for g in raw["gops"])
+            index = cls(**{**raw, "source": SourceInfo(**raw["source"]), "gops": gops})
+        except (KeyError, TypeError) as e:
+            raise FormatError(f"{where}: missing or unexpected field ({e})") from None
+        index.validate(where)
+        return index
+
+    def validate(self, where: str = INDEX_FILENAME) -> None:
+        _check_types(self, where)
+        if self.codec not in SUPPORTED_CODECS:
+            raise FormatError(f"{where}: codec {self.codec!r} is not one of {SUPPORTED_CODECS}")
+        if not self.gops or self.num_frames <= 0:
+            raise FormatError(f"{where}: video has no frames")
+        expected = 0
+        for gop in self.gops:
+            _check_types(gop, where)
+            if gop.start != expected or gop.count <= 0:
+                raise FormatError(f"{where}: GOP {gop.file} starts at {gop.start}, expected "
+                                  f"{expected}: GOPs must tile the frames without gaps")
+            gop.validate(where)
+            expected = gop.end
+        if expected != self.num_frames:
+            raise FormatError(f"{where}: GOPs cover {expected} frames, index says {self.num_frames}")
+
+    @property
+    def gop_starts(self) -> list[int]:
+        return [g.start for g in self.gops]
+
+
+def _check_types(obj: Any, where: str) -> None:
+    """JSON can hold anything: reject wrong types early, with the field's name."""
+    for name, value in vars(obj).items():
+        if name == "gops":
+            continue   # each GopEntry is checked on its own
+        if isinstance(value, tuple):
+            if not all(type(v) is int and v >= 0 for v in value):
+                raise FormatError(f"{where}: field {name} must hold non-negative integers")
+        elif isinstance(value, bool) or isinstance(value, (str, SourceInfo)):
+            continue
+        elif type(value) is int:
+            if value < 0:
+                raise FormatError(f"{where}: field {name} is negative")
+        elif not isinstance(value, tuple):
+            raise FormatError(f"{where}: field {name} has type {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class VideoSummary:
+    """What a decoder must know before the first byte: from the index, or the manifest."""
+    frames: int
+    codec: str
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, index: VideoIndex) -> "VideoSummary":
+        return cls(index.num_frames, index.codec, index.width, index.height)
+
+
+@dataclass(frozen=True)
+class DatasetManifest:
+    """``manifest.json`` at the GOP root.
+
+    ``video_dirs`` is the seed's index shape ``{video_dir: {clip_id: frame_count}}`` (one video_dir,
+    the video root preprocess read); ``cameras`` lists each clip's video file names, in order;
+    ``videos`` each video's frame count, codec and size (path relative to the GOP root).
+    A clip's frame count is the smallest over its cameras, so every camera has every frame.
+    """
+    video_dirs: dict[str, dict[str, int]]
+    cameras: dict[str, list[str]]
+    videos: dict[str, VideoSummary] = field(default_factory=dict)   # what the fixed-GOP path reads
+    version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = MANIFEST_FILENAME) -> "DatasetManifest":
+        try:
+            raw = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FormatError(f"{where}: not valid JSON ({e})") from None
+        if isinstance(raw, dict) and "video_dirs" not in raw:
+            # the seed's plain shape, {video_dir: {clip_id: frame_count}}, with no camera lists
+            return cls(video_dirs=raw, cameras={})
+        if not isinstance(raw, dict) or raw.get("version") != FORMAT_VERSION:
+            raise FormatError(f"{where}: not a dali_gop manifest of version {FORMAT_VERSION}")
+        try:
+            videos = {rel: VideoSummary(**v) for rel, v in raw.pop("videos", {}).items()}
+            return cls(**raw, videos=videos)
+        except (TypeError, AttributeError) as e:
+            raise FormatError(f"{where}: missing or unexpected field ({e})") from None
+
+    def clips(self) -> dict[str, int]:
+        merged: dict[str, int] = {}
+        for clips in self.video_dirs.values():
+            merged.update(clips)
+        return merged
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` so that ``path`` is either absent, its old content, or complete: never partial.
+
+    Temp file in the same directory (so rename is atomic on POSIX), fsync, rename, fsync the directory
+    so the rename itself survives a crash.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)   # mkstemp makes 0600; readers may be other users
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_index(gop_root: str | os.PathLike, rel_path: str) -> VideoIndex:
+    path = video_gop_dir(gop_root, rel_path) / INDEX_FILENAME
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: GOP index missing (was {rel_path} preprocessed?)") from None
+    return VideoIndex.from_json(text, where=str(path))
+
+
+def write_index(gop_root: str | os.PathLike, rel_path: str, index: VideoIndex) -> None:
+    write_atomic(video_gop_dir(gop_root, rel_path) / INDEX_FILENAME, index.to_json().encode())
+
+
+def read_manifest(gop_root: str | os.PathLike) -> DatasetManifest:
+    path = Path(gop_root) / MANIFEST_FILENAME
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: dataset manifest missing (run preprocess on this GOP root)") from None
+    return DatasetManifest.from_json(text, str(path))

@@ -1,0 +1,389 @@
+"""Which samples each rank decodes, and in which order: access patterns and sharding.
+
+An access pattern turns the dataset's clips into one shard's samples for one epoch, in batch order.
+Everything is derived from ``(seed, epoch)`` through numpy's PCG64, so every rank and every DALI
+worker process computes the same lists without talking to each other (given the same numpy
+version), and each epoch is reshuffled.
+
+Shards are balanced by construction: every rank gets the same number of batches, because a rank
+that runs out early leaves the others hanging in their next collective. Where the sample count
+does not divide evenly the remainder is dropped; each pattern says which samples that is.
+
+stdlib + numpy only: this module runs inside DALI worker processes.
+"""
+from __future__ import annotations
+
+import operator
+import os
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields, replace
+from typing import ClassVar, Mapping
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """One clip at one time point: every camera of ``clip``, at the same display ``frames``."""
+    clip: str                    # clip id
+    frames: tuple[int, ...]      # display frame indices (0-based), len T >= 1, same for all cameras
+    slot: int = -1               # stream slot (0..batch_size-1) for the stream pattern: consecutive batches
+                                 # give slot j consecutive frames of the same clip, so a decoder kept per
+                                 # slot can continue where it stopped; -1 = no continuity promised
+    pad: bool = False            # True for filler samples added to complete the shard's last batch
+
+
+@dataclass(frozen=True)
+class ShardEpoch:
+    """One shard of one epoch, batched by ``batch_size``: what a pattern needs besides the clips."""
+    epoch: int
+    seed: int
+    shard_id: int
+    num_shards: int
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            operator.index(getattr(self, f.name))  # TypeError for floats, strings, None
+        if self.seed < 0 or self.epoch < 0:
+            raise ValueError(f"seed and epoch must be >= 0 (they seed numpy), got seed={self.seed}, "
+                             f"epoch={self.epoch}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_shards < 1 or not 0 <= self.shard_id < self.num_shards:
+            raise ValueError(f"need 0 <= shard_id < num_shards, got shard_id={self.shard_id}, "
+                             f"num_shards={self.num_shards}")
+
+    @property
+    def global_batch(self) -> int:
+        """Samples per step over all shards together."""
+        return self.batch_size * self.num_shards
+
+    def rng(self) -> np.random.Generator:
+        """The epoch's generator; independent of the shard so that all shards draw the same epoch."""
+        return _rng(self.seed, self.epoch)
+
+
+def _rng(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64([seed, epoch]))
+
+
+def clip_order(clips: Mapping[str, int], *, seed: int, epoch: int) -> list[str]:
+    """The epoch's shuffled clip order used by the sequential patterns (stream, sequence).
+
+    Clip ids are sorted before shuffling so the order never depends on the mapping's insertion
+    order, which differs between processes that built it differently.
+    """
+    ids = sorted(clips)
+    return [ids[i] for i in _rng(seed, epoch).permutation(len(ids))]
+
+
+def pad_to_batches(samples: list[SampleSpec], batch_size: int) -> list[SampleSpec]:
+    """``samples`` followed by copies of its first samples (wrapping around) up to a multiple of
+    ``batch_size``, as DALI's FILL last-batch policy does; copies are marked ``pad=True``.
+
+    Copies get ``slot=-1``: a filler sits at an arbitrary batch position and continues nothing.
+    """
+    missing = -len(samples) % batch_size
+    return samples + [replace(samples[i % len(samples)], slot=-1, pad=True) for i in range(missing)]
+
+
+class AccessPattern(ABC):
+    """How an epoch visits the clips, and how its samples are split over shards and batches.
+
+    Subclasses implement :meth:`_real_samples` (this shard's samples, unpadded, in batch order)
+    and may override :meth:`_real_count` with a closed form; the public methods validate the
+    arguments, refuse empty epochs and pad the tail.
+    """
+    name: ClassVar[str]
+
+    def epoch_samples(self, clips: Mapping[str, int], *, epoch: int, seed: int, shard_id: int,
+                      num_shards: int, batch_size: int) -> list[SampleSpec]:
+        """This shard's samples for ``epoch``; each run of ``batch_size`` entries is one batch."""
+        shard = ShardEpoch(epoch, seed, shard_id, num_shards, batch_size)
+        samples = self._real_samples(_checked_clips(clips), shard)
+        self._require_samples(len(samples), shard)
+        return pad_to_batches(samples, batch_size)
+
+    def shard_size(self, clips: Mapping[str, int], *, epoch: int, seed: int, shard_id: int,
+                   num_shards: int, batch_size: int) -> int:
+        """Number of real (non-pad) samples in :meth:`epoch_samples`, without building the list."""
+        shard = ShardEpoch(epoch, seed, shard_id, num_shards, batch_size)
+        count = self._real_count(_checked_clips(clips), shard)
+        self._require_samples(count, shard)
+        return count
+
+    @abstractmethod
+    def _real_samples(self, clips: dict[str, int], shard: ShardEpoch) -> list[SampleSpec]:
+        """This shard's samples, in batch order, before padding."""
+
+    def _real_count(self, clips: dict[str, int], shard: ShardEpoch) -> int:
+        return len(self._real_samples(clips, shard))
+
+    def _require_samples(self, count: int, shard: ShardEpoch) -> None:
+        # An empty shard would give the DALI iterator a zero-length epoch: say why instead.
+        if count == 0:
+            raise ValueError(
+                f"the {self.name} pattern has no samples for shard {shard.shard_id} of "
+                f"{shard.num_shards}: an epoch needs at least batch_size*num_shards = "
+                f"{shard.global_batch} samples")
+
+
+def _checked_clips(clips: Mapping[str, int]) -> dict[str, int]:
+    if not clips:
+        raise ValueError("no clips given")
+    checked = {clip: operator.index(n) for clip, n in clips.items()}
+    negative = [clip for clip, n in checked.items() if n < 0]
+    if negative:
+        raise ValueError(f"negative frame counts for clips {sorted(negative)[:5]}")
+    return checked
+
+
+def _balanced_count(total: int, shard: ShardEpoch) -> int:
+    """Per-shard share of ``total`` samples once the remainder modulo ``batch_size*num_shards`` is
+    dropped, so every shard gets the same whole number of batches."""
+    return total // shard.global_batch * shard.batch_size
+
+
+def _chunk_layout(counts: np.ndarray, shard: ShardEpoch) -> tuple[list[int], list[int], list[int]]:
+    """This shard's part of the sequential layout, in batch order: (clip position, item, slot).
+
+    The items (every item of clip 0, then of clip 1, ...) are cut into ``batch_size*num_shards``
+    contiguous chunks of equal length; the remainder (fewer than ``batch_size*num_shards`` items)
+    is dropped from the end. Shard r owns chunks ``r*B .. r*B+B-1``, chunk j of the shard being
+    slot j, and batch i holds entry i of each chunk. Keeping each slot's items contiguous is what
+    lets a decoder kept per slot continue where it stopped instead of seeking.
+    """
+    length = int(counts.sum()) // shard.global_batch
+    chunks = shard.shard_id * shard.batch_size + np.arange(shard.batch_size)
+    positions = (chunks[None, :] * length + np.arange(length)[:, None]).ravel()
+    ends = np.cumsum(counts)
+    clip = np.searchsorted(ends, positions, side="right")   # skips clips with no items
+    item = positions - (ends[clip] - counts[clip])
+    slot = np.tile(np.arange(shard.batch_size), length)
+    return clip.tolist(), item.tolist(), slot.tolist()
+
+
+def _distinct_rows(rng: np.random.Generator, population: int, rows: int, k: int) -> np.ndarray:
+    """``rows`` independent uniform draws of ``k`` distinct values in ``[0, population)``.
+
+    Floyd's algorithm builds a uniform k-subset in k vectorized steps over all rows (numpy's
+    ``choice`` would need a Python loop per row); it does not put the values in uniform order,
+    hence the final per-row shuffle.
+    """
+    out = np.empty((rows, k), dtype=np.int64)
+    for col, top in enumerate(range(population - k, population)):
+        pick = rng.integers(0, top + 1, size=rows)
+        taken = (out[:, :col] == pick[:, None]).any(axis=1)
+        out[:, col] = np.where(taken, top, pick)
+    return rng.permuted(out, axis=1)
+
+
+def _random_batches(choices: np.ndarray, num_samples: int, shard: ShardEpoch,
+                    distinct: bool) -> tuple[list[int], list[int]]:
+    """This shard's samples of a random epoch, flattened in batch order: (clip position, offset),
+    the offset uniform in ``[0, choices[clip])``; with ``distinct`` no clip repeats in a batch.
+
+    The whole epoch's ``num_samples // batch_size`` batches are drawn, whatever the shard count,
+    then truncated to a multiple of ``num_shards`` and dealt round robin (shard r takes batches r,
+    r+N, ...). So shards never share a batch position, and the N shards' batches interleaved are
+    exactly the first batches a single shard of the same batch size would see.
+    """
+    batches = num_samples // shard.batch_size
+    rng = shard.rng()
+    if distinct:
+        clip = _distinct_rows(rng, len(choices), batches, shard.batch_size)
+    else:
+        clip = rng.integers(0, len(choices), size=(batches, shard.batch_size))
+    offset = rng.integers(0, choices[clip])
+    mine = slice(shard.shard_id, batches // shard.num_shards * shard.num_shards, shard.num_shards)
+    return clip[mine].ravel().tolist(), offset[mine].ravel().tolist()
+
+
+def _check_samples_per_epoch(samples_per_epoch: int | None) -> None:
+    if samples_per_epoch is not None and operator.index(samples_per_epoch) < 1:
+        raise ValueError(f"samples_per_epoch must be >= 1 or None, got {samples_per_epoch}")
+
+
+@dataclass(frozen=True)
+class StreamPattern(AccessPattern):
+    """Every frame once per epoch, each slot walking forward through whole clips (T = 1).
+
+    Clips are shuffled per epoch and their frames laid end to end, then cut into contiguous
+    chunks, one per slot (see :func:`_chunk_layout`). At most ``batch_size*num_shards - 1`` frames
+    per epoch are skipped (the end of the shuffled list); the shuffle changes which from one epoch
+    to the next. No padding is ever needed.
+    """
+    name: ClassVar[str] = "stream"
+
+    def _real_samples(self, clips: dict[str, int], shard: ShardEpoch) -> list[SampleSpec]:
+        order = clip_order(clips, seed=shard.seed, epoch=shard.epoch)
+        counts = np.array([clips[c] for c in order], dtype=np.int64)
+        clip, frame, slot = _chunk_layout(counts, shard)
+        return [SampleSpec(order[c], (f,), s) for c, f, s in zip(clip, frame, slot)]
+
+    def _real_count(self, clips: dict[str, int], shard: ShardEpoch) -> int:
+        return _balanced_count(sum(clips.values()), shard)
+
+
+@dataclass(frozen=True)
+class RandomPattern(AccessPattern):
+    """Independent random samples (T = 1): each batch holds ``batch_size`` distinct clips, each at
+    a uniformly random frame.
+
+    ``samples_per_epoch`` (all shards together) defaults to the total frame count, so an epoch
+    decodes as many frames as the stream pattern; it is rounded down to a multiple of
+    ``batch_size*num_shards``. Batches are dealt to shards round robin (see
+    :func:`_random_batches`). Clips without frames are never drawn.
+    """
+    samples_per_epoch: int | None = None
+    name: ClassVar[str] = "random"
+
+    def __post_init__(self) -> None:
+        _check_samples_per_epoch(self.samples_per_epoch)
+
+    def _real_samples(self, clips: dict[str, int], shard: ShardEpoch) -> list[SampleSpec]:
+        ids = self._drawable(clips, shard)
+        frames = np.array([clips[c] for c in ids], dtype=np.int64)
+        clip, frame = _random_batches(frames, self._num_samples(clips), shard, distinct=True)
+        return [SampleSpec(ids[c], (f,)) for c, f in zip(clip, frame)]
+
+    def _real_count(self, clips: dict[str, int], shard: ShardEpoch) -> int:
+        self._drawable(clips, shard)
+        return _balanced_count(self._num_samples(clips), shard)
+
+    def _num_samples(self, clips: dict[str, int]) -> int:
+        return sum(clips.values()) if self.samples_per_epoch is None else self.samples_per_epoch
+
+    @staticmethod
+    def _drawable(clips: dict[str, int], shard: ShardEpoch) -> list[str]:
+        ids = [c for c in sorted(clips) if clips[c] > 0]
+        if shard.batch_size > len(ids):
+            raise ValueError(f"the random pattern puts batch_size={shard.batch_size} distinct clips "
+                             f"in each batch, but only {len(ids)} clips have frames")
+        return ids
+
+
+@dataclass(frozen=True)
+class SequencePattern(AccessPattern):
+    """Windows of ``length`` frames ``start, start+stride, ...`` per sample, for temporal models.
+
+    A window spans ``(length-1)*stride + 1`` frames and must fit in its clip; shorter clips are
+    skipped. ``random_starts=False``: every non-overlapping window (starts 0, span, 2*span, ...)
+    once per epoch, laid out like :class:`StreamPattern` (a slot's consecutive batches move forward
+    through the same clip; at most ``batch_size*num_shards - 1`` windows are skipped per epoch).
+    ``random_starts=True``: random clips at uniformly random valid starts, like
+    :class:`RandomPattern`, with distinct clips per batch when there are at least ``batch_size``
+    fitting clips (otherwise clips may repeat); ``samples_per_epoch`` defaults to the number of
+    non-overlapping windows, so both modes have epochs of the same length.
+    """
+    length: int
+    stride: int = 1
+    random_starts: bool = False
+    samples_per_epoch: int | None = None
+    name: ClassVar[str] = "sequence"
+
+    def __post_init__(self) -> None:
+        if operator.index(self.length) < 1 or operator.index(self.stride) < 1:
+            raise ValueError(f"length and stride must be >= 1, got length={self.length}, "
+                             f"stride={self.stride}")
+        if self.samples_per_epoch is not None and not self.random_starts:
+            raise ValueError("samples_per_epoch applies to random_starts=True only: sequential "
+                             "epochs visit every window once")
+        _check_samples_per_epoch(self.samples_per_epoch)
+
+    @property
+    def span(self) -> int:
+        """Frames covered by one window, first to last."""
+        return (self.length - 1) * self.stride + 1
+
+    def _real_samples(self, clips: dict[str, int], shard: ShardEpoch) -> list[SampleSpec]:
+        fitting = self._fitting(clips)
+        if self.random_starts:
+            starts = np.array([clips[c] - self.span + 1 for c in fitting], dtype=np.int64)
+            clip, start = _random_batches(starts, self._num_samples(clips, fitting), shard,
+                                          distinct=shard.batch_size <= len(fitting))
+            return [SampleSpec(fitting[c], self._frames(s)) for c, s in zip(clip, start)]
+        fits = set(fitting)
+        order = [c for c in clip_order(clips, seed=shard.seed, epoch=shard.epoch) if c in fits]
+        windows = np.array([clips[c] // self.span for c in order], dtype=np.int64)
+        clip, window, slot = _chunk_layout(windows, shard)
+        return [SampleSpec(order[c], self._frames(w * self.span), s)
+                for c, w, s in zip(clip, window, slot)]
+
+    def _real_count(self, clips: dict[str, int], shard: ShardEpoch) -> int:
+        fitting = self._fitting(clips)
+        if self.random_starts:
+            return _balanced_count(self._num_samples(clips, fitting), shard)
+        return _balanced_count(self._window_count(clips, fitting), shard)
+
+    def _fitting(self, clips: dict[str, int]) -> list[str]:
+        fitting = [c for c in sorted(clips) if clips[c] >= self.span]
+        if not fitting:
+            raise ValueError(f"no clip is long enough for one window of length={self.length}, "
+                             f"stride={self.stride} ({self.span} frames); the longest has "
+                             f"{max(clips.values())}")
+        return fitting
+
+    def _window_count(self, clips: dict[str, int], fitting: list[str]) -> int:
+        return sum(clips[c] // self.span for c in fitting)
+
+    def _num_samples(self, clips: dict[str, int], fitting: list[str]) -> int:
+        if self.samples_per_epoch is None:
+            return self._window_count(clips, fitting)
+        return self.samples_per_epoch
+
+    def _frames(self, start: int) -> tuple[int, ...]:
+        return tuple(range(start, start + self.span, self.stride))
+
+
+PATTERNS: dict[str, type[AccessPattern]] = {
+    p.name: p for p in (StreamPattern, RandomPattern, SequencePattern)}
+
+
+def pattern_from_name(name: str, **options) -> AccessPattern:
+    """The pattern called ``name`` ("stream", "random" or "sequence"), built with ``options``
+    (e.g. ``length=8, stride=2, random_starts=True`` for "sequence")."""
+    if name not in PATTERNS:
+        raise ValueError(f"unknown access pattern {name!r}; valid names: {', '.join(PATTERNS)}")
+    cls = PATTERNS[name]
+    accepted = [f.name for f in fields(cls)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"the {name} pattern has no option(s) {unknown}; it accepts "
+                         f"{accepted or 'none'}")
+    return cls(**options)
+
+
+def shard_from_env() -> tuple[int, int]:
+    """``(shard_id, num_shards)`` of this process.
+
+    torch.distributed's rank and world size when a process group is initialized, else the
+    RANK/WORLD_SIZE environment variables (torchrun sets both), else ``(0, 1)``.
+    torch.distributed is only consulted if something already imported it: no process group can be
+    initialized otherwise, and importing torch here would cost seconds in every DALI worker.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return _checked_shard(dist.get_rank(), dist.get_world_size(),
+                              "torch.distributed rank", "world size")
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank is None and world is None:
+        return 0, 1
+    if rank is None or world is None:
+        raise ValueError(f"RANK and WORLD_SIZE must be set together (torchrun sets both), got "
+                         f"RANK={rank!r}, WORLD_SIZE={world!r}")
+    try:
+        shard_id, num_shards = int(rank), int(world)
+    except ValueError:
+        raise ValueError(f"RANK and WORLD_SIZE must be integers, got RANK={rank!r}, "
+                         f"WORLD_SIZE={world!r}") from None
+    return _checked_shard(shard_id, num_shards, "RANK", "WORLD_SIZE")
+
+
+def _checked_shard(shard_id: int, num_shards: int, id_name: str, count_name: str) -> tuple[int, int]:
+    if num_shards < 1 or not 0 <= shard_id < num_shards:
+        raise ValueError(f"need 0 <= {id_name} < {count_name}, got {id_name}={shard_id}, "
+                         f"{count_name}={num_shards}")
+    return shard_id, num_shards

@@ -1,0 +1,143 @@
+"""The ``external_source`` callback: one sample (a clip at one time point, every camera) per call.
+
+Runs in DALI's worker processes (``parallel=True``, ``batch=False``): file I/O only. It opens the GOP
+store lazily in each worker, asks the access pattern which sample comes at this position of the
+epoch, and returns the bytes the decoders need and the plan that tells them what to do.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from dali_gop import format as fmt
+from dali_gop.sampling import AccessPattern, SampleSpec
+from dali_gop.store import GopStore, ReadRequest
+
+#: what the callback returns, in this order (DALI's external_source with num_outputs=len(...))
+SOURCE_OUTPUTS = ("data", "plan", "frame_idx", "clip", "camera")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What the loader reads: clip ids with frame counts, and the camera videos of each clip."""
+    gop_root: str
+    clips: dict[str, int]           # clip id -> frames every camera has
+    cameras: tuple[str, ...]        # video file names, one per camera, present in every clip
+
+    @classmethod
+    def open(cls, gop_root: str | os.PathLike, cameras: Sequence[str] | None = None,
+             index_file: str | os.PathLike | None = None) -> "Dataset":
+        """From the manifest preprocess wrote (or a seed-shaped ``index_file``)."""
+        if index_file is not None:
+            manifest = fmt.DatasetManifest.from_json(open(index_file).read(), str(index_file))
+        else:
+            manifest = fmt.read_manifest(gop_root)
+        clips = manifest.clips()
+        if not clips:
+            raise fmt.FormatError(f"{gop_root}: the manifest lists no clips")
+        if cameras is None:
+            first = sorted(clips)[0]
+            if first not in manifest.cameras:
+                raise fmt.FormatError(f"{index_file or gop_root}: no camera list for clip {first}; "
+                                      "pass cameras=[...]")
+            cameras = manifest.cameras[first]
+        cameras = tuple(cameras)
+        for clip in clips:
+            listed = manifest.cameras.get(clip)
+            missing = [c for c in cameras if listed is not None and c not in listed]
+            if missing:
+                raise fmt.FormatError(f"{gop_root}/{clip}: cameras {missing} missing (clip has "
+                                      f"{listed}); every clip needs every camera")
+        return cls(str(gop_root), dict(sorted(clips.items())), cameras)
+
+
+class GopSource:
+    """Picklable callable for ``fn.external_source(parallel=True, batch=False)``.
+
+    Returns ``(data, plan, frame_idx, clip, camera)``: the GOP bytes of every camera back to back,
+    the int64 decode plan, the sample's frame indices (T,), the clip's index in
+    ``dataset.clips`` (1,), and the camera indices (C,).
+
+    With ``stream_decoding`` and a pattern that assigns stream slots, a camera's GOP is sent once:
+    the slot's decoder keeps its place, and later samples of the same slot in the same GOP carry no
+    bytes. Whether the decoder holds the GOP follows from the previous sample of the slot, which is
+    the sample ``batch_size`` positions earlier in the epoch: DALI decodes in order.
+    """
+
+    def __init__(self, dataset: Dataset, pattern: AccessPattern, *, batch_size: int, seed: int = 0,
+                 shard_id: int = 0, num_shards: int = 1, fix_gop_size: int | None = None,
+                 verify_checksums: bool = False, stream_decoding: bool = True):
+        self.dataset = dataset
+        self.pattern = pattern
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shard_id = shard_id
+        self.num_shards = num_shards
+        self.fix_gop_size = fix_gop_size
+        self.verify_checksums = verify_checksums
+        self.stream_decoding = stream_decoding and not fix_gop_size
+        self._clip_index = {clip: i for i, clip in enumerate(dataset.clips)}
+        self._store: GopStore | None = None
+        self._epoch: tuple[int, list[SampleSpec]] | None = None
+
+    def __getstate__(self):
+        # workers rebuild the store and the epoch's sample list themselves
+        return {**self.__dict__, "_store": None, "_epoch": None}
+
+    def shard_size(self, epoch: int = 0) -> int:
+        """Real (non-padding) samples this shard sees in ``epoch``."""
+        return self.pattern.shard_size(self.dataset.clips, epoch=epoch, seed=self.seed,
+                                       shard_id=self.shard_id, num_shards=self.num_shards,
+                                       batch_size=self.batch_size)
+
+    def samples(self, epoch: int) -> list[SampleSpec]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = epoch, self.pattern.epoch_samples(
+                self.dataset.clips, epoch=epoch, seed=self.seed, shard_id=self.shard_id,
+                num_shards=self.num_shards, batch_size=self.batch_size)
+        return self._epoch[1]
+
+    @property
+    def store(self) -> GopStore:
+        if self._store is None:
+            self._store = GopStore(self.dataset.gop_root, fix_gop_size=self.fix_gop_size,
+                                   verify_checksums=self.verify_checksums)
+        return self._store
+
+    def __call__(self, sample_info) -> tuple[np.ndarray, ...]:
+        samples = self.samples(sample_info.epoch_idx)
+        position = sample_info.idx_in_epoch
+        if position >= len(samples):
+            raise StopIteration
+        return self.read(samples, position)
+
+    def read(self, samples: list[SampleSpec], position: int) -> tuple[np.ndarray, ...]:
+        spec = samples[position]
+        requests = [self._request(samples, position, f"{spec.clip}/{camera}")
+                    for camera in self.dataset.cameras]
+        read = self.store.read(requests)
+        return (read.data, read.encode_plan(), np.asarray(spec.frames, dtype=np.int64),
+                np.asarray([self._clip_index[spec.clip]], dtype=np.int64),
+                np.arange(len(self.dataset.cameras), dtype=np.int64))
+
+    def _request(self, samples: list[SampleSpec], position: int, video: str) -> ReadRequest:
+        """A stream step when the slot's decoder for this video can keep its place, else plain."""
+        spec = samples[position]
+        gop = self._single_gop(video, spec)
+        if not self.stream_decoding or spec.slot < 0 or spec.pad or gop is None:
+            return ReadRequest(video, spec.frames)
+        continues = False
+        if position >= self.batch_size:
+            previous = samples[position - self.batch_size]
+            continues = (previous.slot == spec.slot and not previous.pad
+                         and previous.clip == spec.clip and self._single_gop(video, previous) == gop
+                         and max(previous.frames) < min(spec.frames))
+        return ReadRequest(video, spec.frames, spec.slot, continues)
+
+    def _single_gop(self, video: str, spec: SampleSpec) -> int | None:
+        """The start of the GOP holding all of the sample's frames, or None if they span GOPs."""
+        starts = {self.store.gop_start(video, f) for f in spec.frames}
+        return starts.pop() if len(starts) == 1 else None

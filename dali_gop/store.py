@@ -1,0 +1,314 @@
+"""The GOP store reader: which bytes a sample needs, and what a decoder must do with them.
+
+Workers call :meth:`GopStore.read` and ship the resulting :class:`SampleRead` (one byte buffer and
+one int64 plan) to the decode operator; decoders never see a file. Imports numpy and the format
+module only, so it runs in DALI's worker processes without CUDA.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from dali_gop import format as fmt
+
+
+CODEC_IDS = {"h264": 0, "hevc": 1}
+CODEC_NAMES = {v: k for k, v in CODEC_IDS.items()}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Bytes for one decoder run, a slice of the sample buffer starting at a keyframe.
+
+    ``packet_sizes`` splits the slice into packets (decode order); ``None`` when unknown (fixed-GOP
+    fast path): the decoder then parses the Annex-B stream itself. Fed and flushed, the decoder
+    outputs ``num_outputs`` frames, display indices ``first_frame, first_frame+1, ...``.
+    """
+    offset: int
+    size: int
+    packet_sizes: tuple[int, ...] | None
+    first_frame: int
+    num_outputs: int
+
+
+@dataclass(frozen=True)
+class StreamStep:
+    """Stateful stream decoding: a decoder kept per (stream slot, camera) stays at its place.
+
+    ``start``: the request's one segment carries the whole GOP beginning at ``gop_start``; the
+    decoder drops whatever it held and feeds it progressively. Otherwise no bytes come: the decoder
+    already holds this GOP (sent by an earlier sample of the slot) and just goes on.
+    ``video_key`` (CRC-32 of the video path) lets the decoder check it is where the worker thinks.
+    """
+    slot: int
+    video_key: int
+    gop_start: int
+    start: bool
+
+
+@dataclass(frozen=True)
+class Request:
+    """One video's part of a sample (one camera): what to decode and which outputs to keep.
+
+    ``picks[i] = (segment, output_position)`` locates the request's frame ``i``. For a stream step
+    the segment is -1 when no bytes were sent, and the position is ``frame - gop_start``.
+    """
+    codec: str
+    width: int
+    height: int
+    picks: tuple[tuple[int, int], ...]
+    stream: StreamStep | None = None
+
+
+@dataclass(frozen=True)
+class SampleRead:
+    """A sample's bytes and decode plan: what a worker hands to the decode operator.
+
+    ``data`` ends with the segments' file paths ('\n'-joined UTF-8, from ``names_offset``) so a
+    decoder that finds a bin corrupt can name it.
+    """
+    data: np.ndarray                 # uint8, the needed GOP bytes back to back, then the names
+    segments: tuple[Segment, ...]
+    requests: tuple[Request, ...]
+    names_offset: int
+
+    def segment_names(self) -> list[str]:
+        return segment_names(self.data, self.names_offset)
+
+    def encode_plan(self) -> np.ndarray:
+        """Flat int64 array (DALI passes arrays, not objects); inverse of :func:`decode_plan`."""
+        out = [self.names_offset, len(self.segments)]
+        for s in self.segments:
+            sizes = s.packet_sizes if s.packet_sizes is not None else ()
+            out += [s.offset, s.size, s.first_frame, s.num_outputs,
+                    len(sizes) if s.packet_sizes is not None else -1, *sizes]
+        out.append(len(self.requests))
+        for r in self.requests:
+            st = r.stream
+            out += [CODEC_IDS[r.codec], r.width, r.height,
+                    *((1, st.slot, st.video_key, st.gop_start, int(st.start)) if st else (0,)),
+                    len(r.picks)]
+            for seg, pos in r.picks:
+                out += [seg, pos]
+        return np.asarray(out, dtype=np.int64)
+
+
+def segment_names(data: np.ndarray, names_offset: int) -> list[str]:
+    return bytes(np.asarray(data)[names_offset:]).decode(errors="replace").split("\n")
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    names_offset: int
+    segments: tuple[Segment, ...]
+    requests: tuple[Request, ...]
+
+
+def decode_plan(plan: np.ndarray) -> DecodePlan:
+    values = iter(int(v) for v in np.asarray(plan).ravel())
+    take = lambda n: [next(values) for _ in range(n)]  # noqa: E731
+    names_offset = next(values)
+    segments = []
+    for _ in range(next(values)):
+        offset, size, first, n_out, n_packets = take(5)
+        sizes = tuple(take(n_packets)) if n_packets >= 0 else None
+        segments.append(Segment(offset, size, sizes, first, n_out))
+    requests = []
+    for _ in range(next(values)):
+        codec, width, height, has_stream = take(4)
+        stream = None
+        if has_stream:
+            slot, key, gop_start, start = take(4)
+            stream = StreamStep(slot, key, gop_start, bool(start))
+        n = next(values)
+        picks = tuple(tuple(take(2)) for _ in range(n))
+        requests.append(Request(CODEC_NAMES[codec], width, height, picks, stream))
+    return DecodePlan(names_offset, tuple(segments), tuple(requests))
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """What a worker asks of the store for one video. ``stream``: None for plain decoding (each GOP
+    prefix from its keyframe); else the slot and whether the slot's decoder already holds the GOP."""
+    video: str
+    frames: tuple[int, ...]
+    stream_slot: int = -1
+    stream_continues: bool = False
+
+
+@dataclass(frozen=True)
+class _GopSlice:
+    """Which prefix of which bin one segment needs (before reading)."""
+    path: Path
+    expected_size: int | None     # the whole bin's size, when an index says it
+    crc32: int | None
+    read_size: int | None         # None: the whole file
+    packet_sizes: tuple[int, ...] | None
+    first_frame: int
+    num_outputs: int
+
+
+class GopStore:
+    """Reads GOP bins of one GOP root.
+
+    Indices are parsed once per process and kept (``.gop_index.json`` is small and immutable once
+    written). With ``fix_gop_size`` no index is read at all: bin names follow from the frame number
+    and the video's frame count in the manifest, as in the seed's fast path. That path cannot check
+    sizes against an index, so decoders check their output count instead.
+    """
+
+    def __init__(self, gop_root: str | os.PathLike, *, fix_gop_size: int | None = None,
+                 verify_checksums: bool = False):
+        self.gop_root = Path(gop_root)
+        self.fix_gop_size = fix_gop_size
+        self.verify_checksums = verify_checksums
+        self._indexes: dict[str, fmt.VideoIndex] = {}
+        self._manifest: fmt.DatasetManifest | None = None
+
+    # -- lookup ---------------------------------------------------------------------------------
+    def index(self, video: str) -> fmt.VideoIndex:
+        index = self._indexes.get(video)
+        if index is None:
+            index = self._indexes[video] = fmt.read_index(self.gop_root, video)
+        return index
+
+    def manifest(self) -> fmt.DatasetManifest:
+        if self._manifest is None:
+            self._manifest = fmt.read_manifest(self.gop_root)
+        return self._manifest
+
+    def video_info(self, video: str) -> fmt.VideoSummary:
+        if not self.fix_gop_size:
+            return fmt.VideoSummary.of(self.index(video))
+        try:
+            return self.manifest().videos[video]
+        except KeyError:
+            raise fmt.FormatError(f"{self.gop_root / fmt.MANIFEST_FILENAME}: no entry for {video} "
+                                  "(the fixed-GOP path needs it: re-run preprocess)") from None
+
+    def gop_of(self, video: str, frame: int) -> fmt.GopEntry:
+        """The GOP holding display frame ``frame`` (bisection over GOP starts)."""
+        index = self.index(video)
+        self._check_frame(video, frame, index.num_frames)
+        return index.gops[bisect.bisect_right(index.gop_starts, frame) - 1]
+
+    def gop_start(self, video: str, frame: int) -> int:
+        if self.fix_gop_size:
+            self._check_frame(video, frame, self.video_info(video).frames)
+            return frame // self.fix_gop_size * self.fix_gop_size
+        return self.gop_of(video, frame).start
+
+    def _check_frame(self, video: str, frame: int, num_frames: int) -> None:
+        if not 0 <= frame < num_frames:
+            raise IndexError(f"{self.gop_root / video}: frame {frame} out of range 0..{num_frames - 1}")
+
+    # -- reading --------------------------------------------------------------------------------
+    def _prefix_slice(self, video: str, start: int, last: int) -> _GopSlice:
+        """The GOP at ``start``, cut after the packets that output frame ``last``."""
+        base = fmt.video_gop_dir(self.gop_root, video)
+        if self.fix_gop_size:
+            count = min(self.fix_gop_size, self.video_info(video).frames - start)
+            return _GopSlice(base / fmt.bin_filename(start, count), None, None, None, None, start,
+                             last - start + 1)
+        gop = self.gop_of(video, start)
+        n_packets = gop.packets_through(last)
+        outputs = gop.output_frames(n_packets)
+        if outputs[:last - start + 1] != tuple(range(start, last + 1)):
+            # picks rely on output position == frame - start
+            raise fmt.FormatError(f"{base / gop.file}: packets do not decode to frames "
+                                  f"{start}..{last} in order")
+        return _GopSlice(base / gop.file, gop.size, gop.crc32, sum(gop.packet_sizes[:n_packets]),
+                         gop.packet_sizes[:n_packets], start, len(outputs))
+
+    def read(self, requests: Iterable[ReadRequest | tuple[str, Sequence[int]]]) -> SampleRead:
+        """Read every GOP prefix that the requests need into one buffer.
+
+        A GOP needed twice (by two frames, or two requests) is read and decoded once, as far as the
+        furthest frame needs: a longer prefix outputs a superset at the same positions.
+        """
+        slices: list[_GopSlice] = []
+        slot_of: dict[Path, int] = {}
+
+        def add(s: _GopSlice) -> int:
+            if s.path not in slot_of:
+                slot_of[s.path] = len(slices)
+                slices.append(s)
+            elif s.num_outputs > slices[slot_of[s.path]].num_outputs:
+                slices[slot_of[s.path]] = s
+            return slot_of[s.path]
+
+        planned = []
+        for request in requests:
+            if not isinstance(request, ReadRequest):
+                request = ReadRequest(request[0], tuple(request[1]))
+            info = self.video_info(request.video)
+            starts = [self.gop_start(request.video, f) for f in request.frames]
+            if request.stream_slot >= 0:
+                planned.append(self._plan_stream(request, info, starts, add))
+                continue
+            last: dict[int, int] = {}
+            for start, f in zip(starts, request.frames):
+                last[start] = max(last.get(start, f), f)
+            segment = {start: add(self._prefix_slice(request.video, start, f))
+                       for start, f in last.items()}
+            picks = tuple((segment[start], f - start) for start, f in zip(starts, request.frames))
+            planned.append(Request(info.codec, info.width, info.height, picks))
+
+        sizes = [self._resolve_size(s) for s in slices]
+        names = "\n".join(str(s.path) for s in slices).encode()
+        data = np.empty(sum(sizes) + len(names), dtype=np.uint8)
+        segments, offset = [], 0
+        for s, size in zip(slices, sizes):
+            self._read_into(s, data[offset:offset + size])
+            segments.append(Segment(offset, size, s.packet_sizes, s.first_frame, s.num_outputs))
+            offset += size
+        data[offset:] = np.frombuffer(names, np.uint8)
+        return SampleRead(data, tuple(segments), tuple(planned), offset)
+
+    def _plan_stream(self, request: ReadRequest, info: fmt.VideoSummary, starts: list[int],
+                     add) -> Request:
+        if self.fix_gop_size or len(set(starts)) != 1:
+            raise ValueError(f"{request.video}: stream decoding needs a GOP index and all frames "
+                             "of a request in one GOP")
+        start = starts[0]
+        segment = -1
+        if not request.stream_continues:
+            gop = self.gop_of(request.video, start)
+            segment = add(self._prefix_slice(request.video, start, gop.end - 1))
+        step = StreamStep(request.stream_slot, fmt.checksum(request.video.encode()), start,
+                          not request.stream_continues)
+        picks = tuple((segment, f - start) for f in request.frames)
+        return Request(info.codec, info.width, info.height, picks, step)
+
+    def _resolve_size(self, s: _GopSlice) -> int:
+        try:
+            actual = os.stat(s.path).st_size
+        except FileNotFoundError:
+            raise fmt.FormatError(f"{s.path}: GOP bin missing") from None
+        if s.expected_size is not None and actual != s.expected_size:
+            raise fmt.FormatError(f"{s.path}: {actual} bytes, index says {s.expected_size} "
+                                  "(truncated or replaced bin: re-run preprocess)")
+        if actual == 0:
+            raise fmt.FormatError(f"{s.path}: empty GOP bin")
+        return s.read_size if s.read_size is not None else actual
+
+    def _read_into(self, s: _GopSlice, out: np.ndarray) -> None:
+        with open(s.path, "rb", buffering=0) as f:
+            if self.verify_checksums and s.crc32 is not None:
+                whole = f.read()
+                if len(whole) != s.expected_size or fmt.checksum(whole) != s.crc32:
+                    raise fmt.FormatError(f"{s.path}: checksum mismatch (corrupt bin: re-run "
+                                          "preprocess)")
+                out[:] = np.frombuffer(whole, np.uint8, count=len(out))
+                return
+            view, done = memoryview(out), 0
+            while done < len(out):
+                n = f.readinto(view[done:])
+                if not n:
+                    raise fmt.FormatError(f"{s.path}: ended after {done} of {len(out)} bytes")
+                done += n

@@ -1,0 +1,54 @@
+"""Preprocess throughput on a synthetic nuScenes-like set: prints videos/s and MB/s.
+
+    python -m preprocess.throughput [--clips 10 --cameras 6 --frames 240 --width 1600 --height 900]
+
+The dataset is made once under --data and reused; the GOP store is rebuilt (--force) on each run
+so the time is the split itself, not the skip of up-to-date videos.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+from dali_gop.synthetic import make_dataset
+from preprocess.runner import preprocess
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m preprocess.throughput", description=__doc__)
+    parser.add_argument("--data", type=Path, default=Path("data/throughput"))
+    parser.add_argument("--clips", type=int, default=10)
+    parser.add_argument("--cameras", type=int, default=6)
+    parser.add_argument("--frames", type=int, default=240)
+    parser.add_argument("--width", type=int, default=1600)
+    parser.add_argument("--height", type=int, default=900)
+    parser.add_argument("--gop", type=int, default=30)
+    parser.add_argument("--codec", default="hevc")
+    parser.add_argument("--bframes", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    videos = args.data / f"{args.codec}-{args.width}x{args.height}-{args.frames}f-g{args.gop}-b{args.bframes}"
+    t0 = time.perf_counter()
+    paths = make_dataset(videos, clips=args.clips, cameras=args.cameras, frames=args.frames,
+                         width=args.width, height=args.height, gop=args.gop, codec=args.codec,
+                         bframes=args.bframes, workers=args.workers, progress=True)
+    print(f"dataset ready in {time.perf_counter() - t0:.1f} s: {videos}")
+    source_mb = sum(p.stat().st_size for p in paths) / 1e6
+    summary = preprocess(videos, args.data / "gops", workers=args.workers, force=True)
+    print(summary.format())
+    written = [r for r in summary.results if not r.error]
+    workers = args.workers or os.cpu_count()
+    print(f"\n| videos | frames | source MB | seconds | videos/s | source MB/s | workers | machine |")
+    print(f"|---|---|---|---|---|---|---|---|")
+    print(f"| {len(written)} ({args.clips}x{args.cameras}, {args.codec} {args.width}x{args.height}, "
+          f"{args.frames} f, GOP {args.gop}) | {sum(r.frames for r in written)} | {source_mb:.1f} | "
+          f"{summary.seconds:.2f} | {len(written) / summary.seconds:.1f} | "
+          f"{source_mb / summary.seconds:.1f} | {workers} | {os.cpu_count()} cores, "
+          f"{platform.machine()} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Splits one source video into standalone-decodable GOP bins and writes them atomically.
+
+CPU only: PyAV (FFmpeg's demuxer and mp4toannexb bitstream filters) and the stdlib. No decoding.
+
+The cutting rule (docs/format.md explains it at length): a GOP starts at every keyframe the
+container flags. Frame numbers are display-order ranks of the packets' presentation timestamps.
+GOP i covers frames [display(K_i), display(K_i+1)). Its bin holds, in decode order, K_i and the
+packets after it up to K_i+1, *minus* K_i's own leading pictures (they display before K_i, so they
+belong to GOP i-1 and reference its frames), *plus*, when K_i+1 has leading pictures, K_i+1 and
+the packets through its last leading picture (the bin's ``tail``): open GOPs then decode from
+this bin alone.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from dali_gop import format as fmt
+
+_PARAMETER_SET_NAL_TYPES = {"h264": {7, 8}, "hevc": {32, 33, 34}}   # SPS/PPS; VPS/SPS/PPS
+_START_CODE = b"\x00\x00\x00\x01"
+
+
+class VideoError(Exception):
+    """A source video that preprocess cannot turn into a correct GOP store. Names the file."""
+
+
+@dataclass
+class _Packet:
+    data: bytes
+    pts: int
+    keyframe: bool
+    frame: int = -1     # display index, filled once every packet is known
+
+
+def _nal_types(data: bytes, codec: str):
+    """Types of the NAL units of an Annex-B buffer, in order."""
+    i = data.find(b"\x00\x00\x01")
+    while i >= 0 and i + 3 < len(data):
+        header = data[i + 3]
+        yield header & 0x1F if codec == "h264" else (header >> 1) & 0x3F
+        i = data.find(b"\x00\x00\x01", i + 3)
+
+
+def parameter_sets_annexb(extradata: bytes | None, codec: str, where: str) -> bytes:
+    """The stream's parameter sets as Annex-B NAL units, from avcC/hvcC (MP4) or Annex-B extradata."""
+    if not extradata:
+        return b""
+    if extradata.startswith(b"\x00\x00\x01") or extradata.startswith(b"\x00\x00\x00\x01"):
+        return bytes(extradata)
+    out = bytearray()
+    try:
+        if codec == "h264":   # ISO/IEC 14496-15 AVCDecoderConfigurationRecord
+            pos, n_sps = 6, extradata[5] & 0x1F
+            for count_is_next in (False, True):
+                count = extradata[pos - 1] if count_is_next else n_sps
+                for _ in range(count):
+                    size = int.from_bytes(extradata[pos:pos + 2], "big")
+                    out += _START_CODE + extradata[pos + 2:pos + 2 + size]
+                    pos += 2 + size
+                pos += 1
+        else:                 # HEVCDecoderConfigurationRecord: 22-byte header, then NAL arrays
+            pos, n_arrays = 23, extradata[22]
+            for _ in range(n_arrays):
+                n_nalus = int.from_bytes(extradata[pos + 1:pos + 3], "big")
+                pos += 3
+                for _ in range(n_nalus):
+                    size = int.from_bytes(extradata[pos:pos + 2], "big")
+                    out += _START_CODE + extradata[pos + 2:pos + 2 + size]
+                    pos += 2 + size
+    except IndexError:
+        raise VideoError(f"{where}: truncated {codec} codec configuration (extradata)") from None
+    return bytes(out)
+
+
+def _read_packets(path: Path) -> tuple[list[_Packet], bytes, dict]:
+    where = str(path)
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(f"{where}: cannot open as a video container ({e})") from None
+    with container:
+        stream = next((s for s in container.streams if s.type == "video"), None)
+        if stream is None:
+            raise VideoError(f"{where}: has no video stream")
+        ctx = stream.codec_context
+        codec = ctx.name
+        if codec not in fmt.SUPPORTED_CODECS:
+            raise VideoError(f"{where}: codec {codec!r} is not supported (only H.264 and HEVC)")
+        pix_fmt = ctx.pix_fmt or ""
+        if pix_fmt not in ("yuv420p", "yuvj420p"):
+            raise VideoError(f"{where}: pixel format {pix_fmt!r} is not supported (8-bit 4:2:0 only: "
+                             "NVDEC's RGB path and the reference decode assume it)")
+        meta = dict(codec=codec, width=ctx.width, height=ctx.height, pix_fmt=pix_fmt,
+                    frame_rate=str(stream.average_rate or stream.guessed_rate or Fraction(0)),
+                    time_base=str(stream.time_base))
+        bsf = av.bitstream.BitStreamFilterContext(f"{codec}_mp4toannexb", stream)
+        packets: list[_Packet] = []
+        try:
+            for packet in container.demux(stream):
+                if not packet.size:
+                    continue    # the demuxer's end-of-stream marker
+                # the filter takes ownership of the packet and blanks it: read its fields first
+                pts, key, discard = packet.pts, packet.is_keyframe, packet.is_discard
+                for out in bsf.filter(packet):
+                    packets.append(_to_packet(out, pts, key, discard, where))
+        except av.FFmpegError as e:
+            raise VideoError(f"{where}: demux failed after {len(packets)} packets ({e})") from None
+        extradata = parameter_sets_annexb(ctx.extradata, codec, where)
+    return packets, extradata, meta
+
+
+def _to_packet(out: av.Packet, pts: int | None, key: bool, discard: bool, where: str) -> _Packet:
+    if pts is None:
+        raise VideoError(f"{where}: packet without a presentation timestamp: frame order unknown")
+    if discard:
+        # An edit list hides this frame from playback; honouring it would need per-frame discard
+        # in every decoder backend, and no encoder we target writes such files.
+        raise VideoError(f"{where}: edit list discards frames (pts {pts}); remux without it")
+    return _Packet(bytes(out), pts, bool(key))
+
+
+def split_gops(packets: list[_Packet], codec: str, parameter_sets: bytes,
+               where: str) -> list[tuple[fmt.GopEntry, bytes]]:
+    """Apply the cutting rule to a video's packets (decode order). Returns entries and bin bytes."""
+    first_key = next((i for i, p in enumerate(packets) if p.keyframe), None)
+    if first_key is None:
+        raise VideoError(f"{where}: no keyframe: nothing is decodable")
+    # Packets before the first keyframe, or displayed before it (leading pictures of a stream cut
+    # mid-GOP), cannot be decoded: FFmpeg drops them too, so they get no frame number.
+    packets = [p for p in packets[first_key:] if p.pts >= packets[first_key].pts]
+    ranks = sorted(range(len(packets)), key=lambda i: packets[i].pts)
+    for frame, i in enumerate(ranks):
+        packets[i].frame = frame
+    if len({p.pts for p in packets}) != len(packets):
+        raise VideoError(f"{where}: two packets share a presentation timestamp: frame order unknown")
+
+    keys = [i for i, p in enumerate(packets) if p.keyframe] + [len(packets)]
+    # leading[k]: decode positions right after keyframe at position k that display before it
+    leading: dict[int, list[int]] = {}
+    for k, nxt in zip(keys, keys[1:]):
+        leading[k] = [j for j in range(k + 1, nxt) if packets[j].frame < packets[k].frame]
+    result = []
+    for k, nxt in zip(keys, keys[1:]):
+        body = [j for j in range(k, nxt) if j not in leading[k]]
+        tail = list(range(nxt, leading[nxt][-1] + 1)) if nxt < len(packets) and leading[nxt] else []
+        members = body + tail
+        start = packets[k].frame
+        end = packets[nxt].frame if nxt < len(packets) else len(packets)
+        datas = [packets[j].data for j in members]
+        if not any(t in _PARAMETER_SET_NAL_TYPES[codec] for t in _nal_types(datas[0], codec)):
+            # mp4toannexb only inserts parameter sets before IDR; open-GOP I frames need them too
+            datas[0] = parameter_sets + datas[0]
+        blob = b"".join(datas)
+        entry = fmt.GopEntry(
+            start=start, count=end - start, file=fmt.bin_filename(start, end - start),
+            size=len(blob), crc32=fmt.checksum(blob),
+            packet_sizes=tuple(len(d) for d in datas),
+            packet_frames=tuple(packets[j].frame for j in members), tail=len(tail))
+        try:
+            entry.validate(where)
+        except fmt.FormatError as e:
+            raise VideoError(f"{where}: unsupported GOP structure near frame {start}: {e}") from None
+        result.append((entry, blob))
+    return result
+
+
+def source_info(video_root: Path, rel: str) -> fmt.SourceInfo:
+    st = (video_root / rel).stat()
+    return fmt.SourceInfo(path=rel, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+def is_up_to_date(video_root: Path, gop_root: Path, rel: str) -> bool:
+    """True when the video's index exists, parses and was made from this very source file."""
+    try:
+        index = fmt.read_index(gop_root, rel)
+    except fmt.FormatError:
+        return False
+    if index.source != source_info(video_root, rel):
+        return False
+    out_dir = fmt.video_gop_dir(gop_root, rel)
+    return all((out_dir / g.file).is_file() and (out_dir / g.file).stat().st_size == g.size
+               for g in index.gops)
+
+
+@dataclass
+class VideoResult:
+    rel: str
+    frames: int = 0
+    gops: int = 0
+    bytes: int = 0
+    skipped: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def write_video(video_root: str | os.PathLike, gop_root: str | os.PathLike, rel: str,
+                force: bool = False) -> VideoResult:
+    """Preprocess one video. Output appears atomically: bins are built in a hidden staging directory,
+    fsynced, moved in, and the index is written last; until then the video counts as not done."""
+    video_root, gop_root = Path(video_root), Path(gop_root)
+    out_dir = fmt.video_gop_dir(gop_root, rel)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # one writer per video at a time, also across processes and concurrent preprocess runs
+    with open(out_dir / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _write_video_locked(video_root, gop_root, rel, out_dir, force)
+
+
+def _write_video_locked(video_root: Path, gop_root: Path, rel: str, out_dir: Path,
+                        force: bool) -> VideoResult:
+    t0 = time.perf_counter()
+    for leftover in out_dir.glob(".staging.*"):   # from a run killed midway
+        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in out_dir.glob(f".{fmt.INDEX_FILENAME}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+    if not force and is_up_to_date(video_root, gop_root, rel):
+        index = fmt.read_index(gop_root, rel)
+        return VideoResult(rel, index.num_frames, len(index.gops), sum(g.size for g in index.gops),
+                           skipped=True, seconds=time.perf_counter() - t0)
+    where = str(video_root / rel)
+    info = source_info(video_root, rel)
+    packets, parameter_sets, meta = _read_packets(video_root / rel)
+    if not packets:
+        raise VideoError(f"{where}: video stream has no packets (zero frames)")
+    gops = split_gops(packets, meta["codec"], parameter_sets, where)
+    index = fmt.VideoIndex(
+        source=info, num_frames=gops[-1][0].end,
+        has_b_frames=any(a.frame > b.frame for a, b in zip(packets, packets[1:])),
+        gops=tuple(e for e, _ in gops), **meta)
+    index.validate(where)
+
+    stale_index = out_dir / fmt.INDEX_FILENAME
+    if stale_index.exists():
+        stale_index.unlink()   # from here on the video reads as not done, until the new index lands
+        fmt.fsync_dir(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".staging.", dir=out_dir))
+    try:
+        for entry, blob in gops:
+            with open(staging / entry.file, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+        fmt.fsync_dir(staging)
+        for entry, _ in gops:
+            os.replace(staging / entry.file, out_dir / entry.file)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    wanted = {e.file for e, _ in gops}
+    for old in out_dir.glob("gop.*.bin"):
+        if old.name not in wanted:   # left by an earlier run over a different source
+            old.unlink()
+    fmt.fsync_dir(out_dir)
+    fmt.write_index(gop_root, rel, index)
+    return VideoResult(rel, index.num_frames, len(gops), sum(e.size for e, _ in gops),
+                       seconds=time.perf_counter() - t0)
