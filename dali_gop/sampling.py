@@ -26,12 +26,13 @@ import numpy as np
 @dataclass(frozen=True)
 class SampleSpec:
     """One clip at one time point: every camera of ``clip``, at the same display ``frames``."""
-    clip: str                    # clip id
-    frames: tuple[int, ...]      # display frame indices (0-based), len T >= 1, same for all cameras
-    slot: int = -1               # stream slot (0..batch_size-1) for the stream pattern: consecutive batches
-                                 # give slot j consecutive frames of the same clip, so a decoder kept per
-                                 # slot can continue where it stopped; -1 = no continuity promised
-    pad: bool = False            # True for filler samples added to complete the shard's last batch
+    clip: str                # clip id
+    frames: tuple[int, ...]  # display frame indices (0-based), len T >= 1, same for all cameras
+    slot: int = -1           # stream slot (0..batch_size-1) for the stream pattern: consecutive
+                             # batches give slot j consecutive frames of the same clip, so a
+                             # decoder kept per slot can continue where it stopped;
+                             # -1 = no continuity promised
+    pad: bool = False        # True for filler samples added to complete the shard's last batch
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,8 @@ class ShardEpoch:
         for f in fields(self):
             operator.index(getattr(self, f.name))  # TypeError for floats, strings, None
         if self.seed < 0 or self.epoch < 0:
-            raise ValueError(f"seed and epoch must be >= 0 (they seed numpy), got seed={self.seed}, "
-                             f"epoch={self.epoch}")
+            raise ValueError(f"seed and epoch must be >= 0 (they seed numpy), got "
+                             f"seed={self.seed}, epoch={self.epoch}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.num_shards < 1 or not 0 <= self.shard_id < self.num_shards:
@@ -61,7 +62,7 @@ class ShardEpoch:
         return self.batch_size * self.num_shards
 
     def rng(self) -> np.random.Generator:
-        """The epoch's generator; independent of the shard so that all shards draw the same epoch."""
+        """The epoch's generator: independent of the shard, so all shards draw the same epoch."""
         return _rng(self.seed, self.epoch)
 
 
@@ -140,6 +141,12 @@ def _checked_clips(clips: Mapping[str, int]) -> dict[str, int]:
     return checked
 
 
+def _random_count(total: int, shard: ShardEpoch) -> int:
+    """Per-shard share of ``total`` random samples: equal on every shard (the remainder modulo
+    ``num_shards`` is dropped), not necessarily whole batches."""
+    return total // shard.num_shards
+
+
 def _balanced_count(total: int, shard: ShardEpoch) -> int:
     """Per-shard share of ``total`` samples once the remainder modulo ``batch_size*num_shards`` is
     dropped, so every shard gets the same whole number of batches."""
@@ -180,25 +187,37 @@ def _distinct_rows(rng: np.random.Generator, population: int, rows: int, k: int)
     return rng.permuted(out, axis=1)
 
 
-def _random_batches(choices: np.ndarray, num_samples: int, shard: ShardEpoch,
-                    distinct: bool) -> tuple[list[int], list[int]]:
-    """This shard's samples of a random epoch, flattened in batch order: (clip position, offset),
-    the offset uniform in ``[0, choices[clip])``; with ``distinct`` no clip repeats in a batch.
+_RANDOM_BLOCK = 256   # batches drawn per generator
 
-    The whole epoch's ``num_samples // batch_size`` batches are drawn, whatever the shard count,
-    then truncated to a multiple of ``num_shards`` and dealt round robin (shard r takes batches r,
-    r+N, ...). So shards never share a batch position, and the N shards' batches interleaved are
-    exactly the first batches a single shard of the same batch size would see.
+
+def _random_batches(choices: np.ndarray, per_shard: int, shard: ShardEpoch,
+                    distinct: bool) -> tuple[list[int], list[int]]:
+    """This shard's ``per_shard`` samples of a random epoch, in batch order: (clip position,
+    offset), the offset uniform in ``[0, choices[clip])``; with ``distinct`` no clip repeats in a
+    batch.
+
+    ``ceil(per_shard / batch_size) * num_shards`` batches are drawn for the whole epoch and dealt
+    round robin (shard r takes batches r, r+N, ...), then each shard keeps its first ``per_shard``
+    samples: shards never share a batch position, and the last batch may be partial (the base
+    class pads it, and the iterator's last-batch policy decides what the user sees).
     """
-    batches = num_samples // shard.batch_size
-    rng = shard.rng()
-    if distinct:
-        clip = _distinct_rows(rng, len(choices), batches, shard.batch_size)
-    else:
-        clip = rng.integers(0, len(choices), size=(batches, shard.batch_size))
-    offset = rng.integers(0, choices[clip])
-    mine = slice(shard.shard_id, batches // shard.num_shards * shard.num_shards, shard.num_shards)
-    return clip[mine].ravel().tolist(), offset[mine].ravel().tolist()
+    if per_shard == 0:   # nothing to draw: the base class refuses the empty shard and says why
+        return [], []
+    batches = -(-per_shard // shard.batch_size) * shard.num_shards
+    clip, offset = [], []
+    # Fixed-size blocks, each from its own generator: batch i is the same whatever the number of
+    # batches drawn (which depends on the shard count), so any two layouts agree on a common prefix.
+    for block in range(-(-batches // _RANDOM_BLOCK)):
+        rng = np.random.default_rng([shard.seed, shard.epoch, block])
+        if distinct:
+            rows = _distinct_rows(rng, len(choices), _RANDOM_BLOCK, shard.batch_size)
+        else:
+            rows = rng.integers(0, len(choices), size=(_RANDOM_BLOCK, shard.batch_size))
+        clip.append(rows)
+        offset.append(rng.integers(0, choices[rows]))
+    clip, offset = np.concatenate(clip)[:batches], np.concatenate(offset)[:batches]
+    mine = slice(shard.shard_id, batches, shard.num_shards)
+    return clip[mine].ravel()[:per_shard].tolist(), offset[mine].ravel()[:per_shard].tolist()
 
 
 def _check_samples_per_epoch(samples_per_epoch: int | None) -> None:
@@ -234,8 +253,9 @@ class RandomPattern(AccessPattern):
 
     ``samples_per_epoch`` (all shards together) defaults to the total frame count, so an epoch
     decodes as many frames as the stream pattern; it is rounded down to a multiple of
-    ``batch_size*num_shards``. Batches are dealt to shards round robin (see
-    :func:`_random_batches`). Clips without frames are never drawn.
+    ``num_shards``, so a shard's last batch may be partial (padded, then the iterator's last-batch
+    policy applies). Batches are dealt to shards round robin (see :func:`_random_batches`). Clips
+    without frames are never drawn.
     """
     samples_per_epoch: int | None = None
     name: ClassVar[str] = "random"
@@ -246,22 +266,24 @@ class RandomPattern(AccessPattern):
     def _real_samples(self, clips: dict[str, int], shard: ShardEpoch) -> list[SampleSpec]:
         ids = self._drawable(clips, shard)
         frames = np.array([clips[c] for c in ids], dtype=np.int64)
-        clip, frame = _random_batches(frames, self._num_samples(clips), shard, distinct=True)
+        clip, frame = _random_batches(frames, self._real_count(clips, shard), shard, distinct=True)
         return [SampleSpec(ids[c], (f,)) for c, f in zip(clip, frame)]
 
     def _real_count(self, clips: dict[str, int], shard: ShardEpoch) -> int:
         self._drawable(clips, shard)
-        return _balanced_count(self._num_samples(clips), shard)
+        return _random_count(self._num_samples(clips), shard)
 
     def _num_samples(self, clips: dict[str, int]) -> int:
-        return sum(clips.values()) if self.samples_per_epoch is None else self.samples_per_epoch
+        if self.samples_per_epoch is None:
+            return sum(clips.values())
+        return self.samples_per_epoch
 
     @staticmethod
     def _drawable(clips: dict[str, int], shard: ShardEpoch) -> list[str]:
         ids = [c for c in sorted(clips) if clips[c] > 0]
         if shard.batch_size > len(ids):
-            raise ValueError(f"the random pattern puts batch_size={shard.batch_size} distinct clips "
-                             f"in each batch, but only {len(ids)} clips have frames")
+            raise ValueError(f"the random pattern puts batch_size={shard.batch_size} distinct "
+                             f"clips in each batch, but only {len(ids)} clips have frames")
         return ids
 
 
@@ -302,7 +324,7 @@ class SequencePattern(AccessPattern):
         fitting = self._fitting(clips)
         if self.random_starts:
             starts = np.array([clips[c] - self.span + 1 for c in fitting], dtype=np.int64)
-            clip, start = _random_batches(starts, self._num_samples(clips, fitting), shard,
+            clip, start = _random_batches(starts, self._real_count(clips, shard), shard,
                                           distinct=shard.batch_size <= len(fitting))
             return [SampleSpec(fitting[c], self._frames(s)) for c, s in zip(clip, start)]
         fits = set(fitting)
@@ -315,7 +337,7 @@ class SequencePattern(AccessPattern):
     def _real_count(self, clips: dict[str, int], shard: ShardEpoch) -> int:
         fitting = self._fitting(clips)
         if self.random_starts:
-            return _balanced_count(self._num_samples(clips, fitting), shard)
+            return _random_count(self._num_samples(clips, fitting), shard)
         return _balanced_count(self._window_count(clips, fitting), shard)
 
     def _fitting(self, clips: dict[str, int]) -> list[str]:
@@ -382,7 +404,8 @@ def shard_from_env() -> tuple[int, int]:
     return _checked_shard(shard_id, num_shards, "RANK", "WORLD_SIZE")
 
 
-def _checked_shard(shard_id: int, num_shards: int, id_name: str, count_name: str) -> tuple[int, int]:
+def _checked_shard(shard_id: int, num_shards: int, id_name: str,
+                   count_name: str) -> tuple[int, int]:
     if num_shards < 1 or not 0 <= shard_id < num_shards:
         raise ValueError(f"need 0 <= {id_name} < {count_name}, got {id_name}={shard_id}, "
                          f"{count_name}={num_shards}")

@@ -69,7 +69,8 @@ class GopSource:
 
     def __init__(self, dataset: Dataset, pattern: AccessPattern, *, batch_size: int, seed: int = 0,
                  shard_id: int = 0, num_shards: int = 1, fix_gop_size: int | None = None,
-                 verify_checksums: bool = False, stream_decoding: bool = True):
+                 verify_checksums: bool = False, stream_decoding: bool = True,
+                 persistent_index: bool = True):
         self.dataset = dataset
         self.pattern = pattern
         self.batch_size = batch_size
@@ -79,6 +80,7 @@ class GopSource:
         self.fix_gop_size = fix_gop_size
         self.verify_checksums = verify_checksums
         self.stream_decoding = stream_decoding and not fix_gop_size
+        self.persistent_index = persistent_index
         self._clip_index = {clip: i for i, clip in enumerate(dataset.clips)}
         self._store: GopStore | None = None
         self._epoch: tuple[int, list[SampleSpec]] | None = None
@@ -95,6 +97,8 @@ class GopSource:
 
     def samples(self, epoch: int) -> list[SampleSpec]:
         if self._epoch is None or self._epoch[0] != epoch:
+            if not self.persistent_index:
+                self._store = None   # the seed's non-persistent mode: indices re-read each epoch
             self._epoch = epoch, self.pattern.epoch_samples(
                 self.dataset.clips, epoch=epoch, seed=self.seed, shard_id=self.shard_id,
                 num_shards=self.num_shards, batch_size=self.batch_size)

@@ -28,13 +28,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gop", type=int, default=30)
     parser.add_argument("--codec", default="hevc")
     parser.add_argument("--bframes", type=int, default=0)
+    parser.add_argument("--textured", action="store_true",
+                        help="noisy frames: a few Mbit/s like real footage, not ~0.2")
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
-    videos = args.data / f"{args.codec}-{args.width}x{args.height}-{args.frames}f-g{args.gop}-b{args.bframes}"
+    videos = args.data / (f"{args.codec}-{args.width}x{args.height}-{args.frames}f-g{args.gop}-"
+                          f"b{args.bframes}{'-textured' if args.textured else ''}")
     t0 = time.perf_counter()
     paths = make_dataset(videos, clips=args.clips, cameras=args.cameras, frames=args.frames,
                          width=args.width, height=args.height, gop=args.gop, codec=args.codec,
-                         bframes=args.bframes, workers=args.workers, progress=True)
+                         bframes=args.bframes, textured=args.textured, workers=args.workers,
+                         progress=True)
     print(f"dataset ready in {time.perf_counter() - t0:.1f} s: {videos}")
     source_mb = sum(p.stat().st_size for p in paths) / 1e6
     summary = preprocess(videos, args.data / "gops", workers=args.workers, force=True)
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n| videos | frames | source MB | seconds | videos/s | source MB/s | workers | machine |")
     print(f"|---|---|---|---|---|---|---|---|")
     print(f"| {len(written)} ({args.clips}x{args.cameras}, {args.codec} {args.width}x{args.height}, "
-          f"{args.frames} f, GOP {args.gop}) | {sum(r.frames for r in written)} | {source_mb:.1f} | "
+          f"{args.frames} f, GOP {args.gop}{', textured' if args.textured else ''}) | {sum(r.frames for r in written)} | {source_mb:.1f} | "
           f"{summary.seconds:.2f} | {len(written) / summary.seconds:.1f} | "
           f"{source_mb / summary.seconds:.1f} | {workers} | {os.cpu_count()} cores, "
           f"{platform.machine()} |")

@@ -63,6 +63,12 @@ def test_a_bad_video_is_reported_and_the_others_done(dataset, tmp_path):
     assert (tmp_path / "g" / "clip000" / "cam2.mp4" / fmt.INDEX_FILENAME).exists()
 
 
+def finished_indexes(root: Path) -> list[Path]:
+    """Index files under root; tolerates directories vanishing while preprocess runs."""
+    return [Path(d) / fmt.INDEX_FILENAME for d, _, files in os.walk(root)
+            if fmt.INDEX_FILENAME in files]
+
+
 def test_rerun_after_sigkill_matches_an_uninterrupted_run(dataset, tmp_path):
     clean = tmp_path / "clean"
     preprocess(dataset, clean, workers=1, progress=False)
@@ -71,7 +77,7 @@ def test_rerun_after_sigkill_matches_an_uninterrupted_run(dataset, tmp_path):
            str(killed), "--workers", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(killed.rglob(fmt.INDEX_FILENAME)):
+    while time.time() < deadline and not finished_indexes(killed):
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -1,0 +1,57 @@
+"""Decode backends: one interface, chosen by name.
+
+A backend turns the worker's outputs (``data``: GOP bytes, ``plan``: int64 decode plan, see
+:mod:`dali_gop.store`) into a uint8 tensor of frames per sample, shaped (cameras, T, H, W, 3), inside
+a DALI pipeline graph. Backends import their heavy dependencies (PyNvVideoCodec, torch) only when
+built, so that choosing ``cpu`` never touches a GPU driver.
+"""
+from __future__ import annotations
+
+import shutil
+from abc import ABC, abstractmethod
+
+
+class DecodeBackend(ABC):
+    """Adds the decode to the pipeline being defined (call inside ``pipeline_def``)."""
+
+    name: str = ""
+    device: str = "cpu"         # where the frames it returns live: "cpu" or "gpu"
+
+    def __init__(self, color: str = "RGB"):
+        if color not in ("RGB", "BGR"):
+            raise ValueError(f"color must be 'RGB' or 'BGR', not {color!r}")
+        self.color = color
+
+    @abstractmethod
+    def decode(self, data, plan):
+        """DataNodes in, a DataNode of frames (cameras, T, H, W, 3) uint8 out."""
+
+
+def gpu_available() -> bool:
+    return shutil.which("nvidia-smi") is not None and _driver_answers()
+
+
+def _driver_answers() -> bool:
+    import subprocess
+    try:
+        subprocess.run(["nvidia-smi", "-L"], check=True, capture_output=True, timeout=20)
+        return True
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def get_backend(name: str = "auto", **options) -> DecodeBackend:
+    """``nvdec`` (PyNvVideoCodec on the GPU), ``dali`` (DALI's own GPU decoder, for comparison),
+    ``cpu`` (FFmpeg through PyAV); ``auto`` is ``nvdec`` when a GPU is present, else ``cpu``."""
+    if name == "auto":
+        name = "nvdec" if gpu_available() else "cpu"
+    if name == "cpu":
+        from dali_gop.backends.cpu import CpuBackend
+        return CpuBackend(**options)
+    if name == "nvdec":
+        from dali_gop.backends.nvdec import NvdecBackend
+        return NvdecBackend(**options)
+    if name == "dali":
+        from dali_gop.backends.dali_decoder import DaliBackend
+        return DaliBackend(**options)
+    raise ValueError(f"unknown decode backend {name!r}: choose auto, nvdec, dali or cpu")

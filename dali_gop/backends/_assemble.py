@@ -1,0 +1,55 @@
+"""What every backend does the same way: walk the plan, keep stream slots, name bad bins."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from dali_gop.store import DecodePlan, Request, Segment
+
+
+class DecodeError(RuntimeError):
+    """A bin decoded to fewer frames than its index promises, or a stream slot lost its place."""
+
+
+@dataclass
+class StreamSlotState:
+    """A decoder that stays at its place in one GOP of one video across iterations."""
+    video_key: int
+    gop_start: int
+    name: str
+    decoder: Any = None                 # backend-specific progressive decoder
+    frames: dict[int, Any] = field(default_factory=dict)   # decoded, not yet picked
+
+
+def check_outputs(frames: Sequence, segment: Segment, name: str) -> None:
+    if len(frames) < segment.num_outputs:
+        raise DecodeError(f"{name}: decoded {len(frames)} frames where its index promises "
+                          f"{segment.num_outputs}: corrupt bin (re-run preprocess)")
+
+
+def check_stream_step(state: StreamSlotState | None, request: Request, position: int) -> StreamSlotState:
+    step = request.stream
+    if state is None or state.video_key != step.video_key or state.gop_start != step.gop_start:
+        raise DecodeError(f"stream slot {step.slot}: decoder is not at GOP {step.gop_start} of the "
+                          "video the worker assumes (samples reached the decoder out of order)")
+    return state
+
+
+def pick_frames(plan: DecodePlan, names: list[str], decode_segment: Callable[[int], Sequence],
+                stream_frame: Callable[[int, Request, int], Any]) -> list[list[Any]]:
+    """Frames of every request, in order: ``decode_segment(i)`` decodes segment i once (a fresh
+    decoder, flushed); ``stream_frame(camera, request, position)`` serves stream steps."""
+    decoded: dict[int, Sequence] = {}
+    out = []
+    for camera, request in enumerate(plan.requests):
+        frames = []
+        for segment, position in request.picks:
+            if request.stream is not None:
+                frames.append(stream_frame(camera, request, position))
+                continue
+            if segment not in decoded:
+                decoded[segment] = decode_segment(segment)
+                check_outputs(decoded[segment], plan.segments[segment], names[segment])
+            frames.append(decoded[segment][position])
+        out.append(frames)
+    return out

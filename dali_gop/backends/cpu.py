@@ -1,0 +1,65 @@
+"""The ``cpu`` backend: FFmpeg (PyAV) inside a DALI python operator. Slow but complete and exact,
+so the whole loader (workers, sharding, iterator) runs in CI and on machines without a GPU."""
+from __future__ import annotations
+
+import numpy as np
+
+from dali_gop.backends import DecodeBackend
+from dali_gop.backends._assemble import (DecodeError, StreamSlotState, check_outputs,
+                                         check_stream_step, pick_frames)
+from dali_gop.reference import decode_annexb
+from dali_gop.store import decode_plan, segment_names
+
+
+class CpuSampleDecoder:
+    """Per-sample function: (data, plan) -> uint8 (cameras, T, H, W, 3)."""
+
+    def __init__(self, color: str = "RGB"):
+        self.pixel_format = "rgb24" if color == "RGB" else "bgr24"
+        self._streams: dict[tuple[int, int], StreamSlotState] = {}
+
+    def __call__(self, data: np.ndarray, plan: np.ndarray) -> np.ndarray:
+        plan = decode_plan(plan)
+        names = segment_names(data, plan.names_offset)
+
+        def decode_segment(i: int):
+            s = plan.segments[i]
+            codec = next(r.codec for r in plan.requests if any(p[0] == i for p in r.picks))
+            try:
+                return decode_annexb(codec, data[s.offset:s.offset + s.size], s.packet_sizes,
+                                     pixel_format=self.pixel_format)
+            except Exception as e:   # FFmpeg's errors say what, not where
+                raise DecodeError(f"{names[i]}: cannot decode ({e})") from e
+
+        def stream_frame(camera: int, request, position: int):
+            step = request.stream
+            key = (step.slot, camera)
+            segment = request.picks[0][0]
+            if step.start:
+                frames = decode_segment(segment)
+                check_outputs(frames, plan.segments[segment], names[segment])
+                self._streams[key] = StreamSlotState(step.video_key, step.gop_start, names[segment],
+                                                     frames=dict(enumerate(frames)))
+            state = check_stream_step(self._streams.get(key), request, position)
+            return state.frames[position]
+
+        frames = pick_frames(plan, names, decode_segment, stream_frame)
+        return stack_cameras(frames, plan.requests, names)
+
+
+def stack_cameras(frames: list[list[np.ndarray]], requests, names) -> np.ndarray:
+    sizes = {(r.height, r.width) for r in requests}
+    if len(sizes) != 1:
+        raise DecodeError(f"cameras of one sample differ in size {sorted(sizes)} ({names[0]} ...): "
+                          "a batch tensor needs one size; resize them in preprocessing")
+    return np.stack([np.stack(camera) for camera in frames])
+
+
+class CpuBackend(DecodeBackend):
+    name = "cpu"
+    device = "cpu"
+
+    def decode(self, data, plan):
+        from nvidia.dali import fn
+        return fn.python_function(data, plan, function=CpuSampleDecoder(self.color),
+                                  batch_processing=False)

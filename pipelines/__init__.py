@@ -1,0 +1,1 @@
+"""DALI pipeline definitions, the iterator factory, the training example and the benchmark."""

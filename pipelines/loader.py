@@ -1,0 +1,111 @@
+"""The iterator factory: a few lines from a GOP root to batches of torch tensors.
+
+    loader = make_loader("/data/gops", pattern="stream", batch_size=4)
+    for batch in loader:                      # one epoch
+        batch["frames"]                       # uint8 (B, cameras, T, H, W, 3), CUDA with a GPU backend
+        batch["frame_idx"], batch["clip"], batch["camera"]
+
+Sharding goes through DALI: each rank builds its own loader; ``shard_id``/``num_shards`` default to
+torch.distributed's rank/world size (or RANK/WORLD_SIZE as torchrun sets them).
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from dali_gop.backends import get_backend
+from dali_gop.sampling import pattern_from_name, shard_from_env
+from dali_gop.source import Dataset, GopSource
+from pipelines.pipeline import OUTPUT_NAMES, build_pipeline
+
+LAST_BATCH_POLICIES = ("FILL", "DROP", "PARTIAL")
+
+
+class GopLoader:
+    """Iterates batches of one shard, epoch after epoch (``auto_reset``): a ``for`` loop is an epoch.
+
+    Each batch is a dict of torch tensors: ``frames`` uint8 (B, cameras, T, H, W, 3) RGB or BGR,
+    ``frame_idx`` int64 (B, T), ``clip`` int64 (B,) indexing ``clip_names``, ``camera`` int64
+    (B, cameras) indexing ``cameras``.
+    """
+
+    def __init__(self, pipeline, source: GopSource, last_batch_policy: str, backend):
+        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        self.source = source
+        self.clip_names = list(source.dataset.clips)
+        self.cameras = list(source.dataset.cameras)
+        self.batch_size = source.batch_size
+        self.pipeline = pipeline
+        self.backend_name = backend.name
+        # the nvdec backend's operators, for resource checks (decoder sessions)
+        self.decode_operators = getattr(backend, "operators", [])
+        self._iterator = DALIGenericIterator(
+            [pipeline], list(OUTPUT_NAMES), size=source.shard_size(),
+            last_batch_policy=getattr(LastBatchPolicy, last_batch_policy),
+            # the source pads the shard's last batch itself, wrapping to the epoch's start, and ends
+            # the epoch after it: every epoch starts fresh
+            last_batch_padded=True, auto_reset=True, prepare_first_batch=False)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        out = next(self._iterator)[0]
+        out["clip"] = out["clip"].view(-1)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._iterator)
+
+    def reset(self) -> None:
+        self._iterator.reset()
+
+
+def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend: str = "auto",
+                batch_size: int = 4, num_workers: int = 4, cameras: Sequence[str] | None = None,
+                index_file: str | None = None, seed: int = 0, shard_id: int | None = None,
+                num_shards: int | None = None, last_batch_policy: str = "PARTIAL",
+                color: str = "RGB", resize: tuple[int, int] | None = None,
+                sequence_length: int = 4, stride: int = 1, random_starts: bool = False,
+                samples_per_epoch: int | None = None, fix_gop_size: int | None = None,
+                stream_decoding: bool = True, verify_checksums: bool = False,
+                persistent_index: bool = True,
+                device_id: int | None = None, num_threads: int = 4,
+                prefetch_queue_depth: int = 2, backend_options: dict | None = None) -> GopLoader:
+    """Build the pipeline and the iterator for one rank.
+
+    ``pattern``: ``stream`` (the seed's order; stream decoding), ``random`` (the seed's), or
+    ``sequence`` (``sequence_length`` frames ``stride`` apart). ``batch_size`` is the seed's
+    ``group_num``: samples (clips) per batch, each with every camera. ``backend``: ``auto``,
+    ``nvdec``, ``dali`` or ``cpu``. ``device_id`` defaults to LOCAL_RANK (torchrun) or 0 on the GPU,
+    and is ignored by the ``cpu`` backend, whose pipeline runs without a GPU.
+    """
+    if last_batch_policy not in LAST_BATCH_POLICIES:
+        raise ValueError(f"last_batch_policy {last_batch_policy!r}: choose one of {LAST_BATCH_POLICIES}")
+    if shard_id is None or num_shards is None:
+        shard_id, num_shards = shard_from_env()
+    dataset = Dataset.open(gop_root, cameras=cameras, index_file=index_file)
+    options = {"sequence": dict(length=sequence_length, stride=stride, random_starts=random_starts),
+               "random": dict(samples_per_epoch=samples_per_epoch)}.get(pattern, {})
+    access = pattern_from_name(pattern, **options)
+    source = GopSource(dataset, access, batch_size=batch_size, seed=seed, shard_id=shard_id,
+                       num_shards=num_shards, fix_gop_size=fix_gop_size,
+                       verify_checksums=verify_checksums, stream_decoding=stream_decoding,
+                       persistent_index=persistent_index)
+    decoder = get_backend(backend, color=color, **(backend_options or {}))
+    if decoder.device == "cpu":
+        device_id = None
+    elif device_id is None:
+        device_id = int(os.environ.get("LOCAL_RANK", 0))
+    frame_shape = None
+    if resize is not None:
+        info = source.store.video_info(f"{next(iter(dataset.clips))}/{dataset.cameras[0]}")
+        length = sequence_length if pattern == "sequence" else 1
+        frame_shape = (len(dataset.cameras), length, info.height, info.width)
+    pipeline = build_pipeline(source, decoder, batch_size=batch_size, num_threads=num_threads,
+                              device_id=device_id, py_num_workers=num_workers,
+                              prefetch_queue_depth=prefetch_queue_depth, resize=resize,
+                              frame_shape=frame_shape, seed=seed)
+    return GopLoader(pipeline, source, last_batch_policy, decoder)

@@ -1,0 +1,184 @@
+"""The nvdec backend on the GPU: exact frames, every pattern, no leaks, errors that surface.
+
+Skipped without an NVIDIA GPU (see conftest.py). On the GPU machine: ``python -m pytest -m gpu``.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from dali_gop import format as fmt
+from dali_gop.reference import decode_source
+from dali_gop.synthetic import make_dataset
+from preprocess.runner import preprocess
+
+pytestmark = pytest.mark.gpu
+
+# NVDEC's RGB conversion vs FFmpeg's (swscale, BT.601 limited range): measured max 2 per channel
+RGB_TOLERANCE_MAX = 3
+RGB_TOLERANCE_MEAN = 1.0
+
+DATASETS = {
+    "h264": dict(codec="h264"),
+    "h264-bframes-open-gop": dict(codec="h264", bframes=3, open_gop=True),
+    "hevc": dict(codec="hevc"),
+    "hevc-bframes": dict(codec="hevc", bframes=3),
+    "hevc-bframes-open-gop": dict(codec="hevc", bframes=3, open_gop=True),
+}
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    made = {}
+
+    def get(name):
+        if name not in made:
+            root = tmp_path_factory.mktemp(name)
+            make_dataset(root / "videos", clips=3, cameras=3, frames=36, width=320, height=192,
+                         gop=12, **DATASETS[name])
+            assert not preprocess(root / "videos", root / "gops", progress=False).failed
+            reference = {}
+            for path in sorted((root / "videos").rglob("*.mp4")):
+                rel = path.relative_to(root / "videos").as_posix()
+                reference[rel] = (decode_source(path), decode_source(path, "rgb24"))
+            made[name] = root / "gops", reference
+        return made[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_nvdec_planes_are_bit_exact(stores, name):
+    """Before colour conversion NVDEC must give FFmpeg's YUV planes exactly, for every bin."""
+    import torch
+
+    from dali_gop.backends.nvdec import create_decoder, decode_packets, packets_of
+    from dali_gop.store import GopStore
+    gop_root, reference = stores(name)
+    store = GopStore(gop_root)
+    stream = torch.cuda.Stream()
+    for rel, (yuv, _) in reference.items():
+        index = store.index(rel)
+        decoder = create_decoder(index.codec, stream.cuda_stream, 0, rgb=False)
+        h, w = index.height, index.width
+        for gop in index.gops:
+            read = store.read([(rel, [gop.end - 1])])
+            got = []
+            with torch.cuda.stream(stream):
+                decode_packets(decoder, packets_of(read.data, read.segments[0]),
+                               lambda position, frame: got.append(torch.from_dlpack(frame).cpu().numpy()))
+            assert len(got) >= gop.count
+            for position, image in enumerate(got[:gop.count]):
+                k = gop.start + position
+                expected = yuv[k]
+                u = expected[h:h + h // 4].reshape(h // 2, w // 2)
+                v = expected[h + h // 4:].reshape(h // 2, w // 2)
+                assert np.array_equal(image[:h], expected[:h]), f"{rel} frame {k}: Y differs"
+                assert np.array_equal(image[h:, 0::2], u), f"{rel} frame {k}: U differs"
+                assert np.array_equal(image[h:, 1::2], v), f"{rel} frame {k}: V differs"
+
+
+def check_rgb(batch, loader, reference):
+    frames = batch["frames"].cpu().numpy()
+    worst = 0
+    for b in range(frames.shape[0]):
+        clip = loader.clip_names[int(batch["clip"][b])]
+        for c, camera in enumerate(loader.cameras):
+            rgb = reference[f"{clip}/{camera}"][1]
+            for t, k in enumerate(batch["frame_idx"][b].tolist()):
+                got = frames[b, c, t].astype(np.int16)
+                diff = np.abs(got - rgb[k])
+                assert diff.max() <= RGB_TOLERANCE_MAX and diff.mean() <= RGB_TOLERANCE_MEAN, \
+                    f"{clip}/{camera} frame {k}: max {diff.max()}, mean {diff.mean():.2f}"
+                own = diff.mean()
+                for other in (k - 1, k + 1):
+                    if 0 <= other < len(rgb):
+                        assert own < np.abs(got - rgb[other]).mean(), \
+                            f"{clip}/{camera}: frame {k} is closer to source frame {other}"
+                worst = max(worst, int(diff.max()))
+    return worst
+
+
+PATTERNS = [("stream", {}), ("random", {}), ("sequence", dict(sequence_length=3, stride=2)),
+            ("sequence", dict(sequence_length=4, random_starts=True))]
+
+
+@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("pattern, options", PATTERNS)
+def test_nvdec_loader_delivers_the_source_frames(stores, name, pattern, options):
+    from pipelines.loader import make_loader
+    gop_root, reference = stores(name)
+    loader = make_loader(gop_root, pattern=pattern, backend="nvdec", batch_size=3, num_workers=2,
+                         shard_id=0, num_shards=1, **options)
+    seen = worst = 0
+    for batch in loader:
+        assert batch["frames"].is_cuda
+        worst = max(worst, check_rgb(batch, loader, reference))
+        seen += batch["frames"].shape[0]
+    assert seen == loader.source.shard_size()
+    print(f"{name} {pattern} {options}: {seen} samples, worst RGB difference {worst}")
+
+
+@pytest.mark.parametrize("name", ["hevc-bframes-open-gop", "h264-bframes-open-gop"])
+def test_stream_decoding_equals_decoding_from_the_gop_start(stores, name):
+    from pipelines.loader import make_loader
+    gop_root, _ = stores(name)
+    epochs = []
+    for stream_decoding in (True, False):
+        loader = make_loader(gop_root, pattern="stream", backend="nvdec", batch_size=3,
+                             num_workers=2, shard_id=0, num_shards=1, stream_decoding=stream_decoding)
+        epochs.append([b["frames"].cpu().numpy() for b in loader])
+    assert len(epochs[0]) == len(epochs[1])
+    for a, b in zip(*epochs):
+        assert np.array_equal(a, b)
+
+
+def test_bgr_is_rgb_reversed_on_the_gpu(stores):
+    from pipelines.loader import make_loader
+    gop_root, _ = stores("hevc")
+    rgb, bgr = (next(iter(make_loader(gop_root, pattern="random", backend="nvdec", batch_size=3,
+                                      num_workers=2, color=color, shard_id=0, num_shards=1, seed=3)))
+                for color in ("RGB", "BGR"))
+    assert np.array_equal(rgb["frames"].flip(-1).cpu().numpy(), bgr["frames"].cpu().numpy())
+
+
+@pytest.mark.parametrize("pattern", ["stream", "random"])
+def test_no_leaks_over_ten_epochs(stores, pattern):
+    import torch
+
+    from pipelines.loader import make_loader
+    gop_root, _ = stores("hevc-bframes")
+    loader = make_loader(gop_root, pattern=pattern, backend="nvdec", batch_size=3, num_workers=2,
+                         shard_id=0, num_shards=1)
+    operator = loader.decode_operators[0]
+    readings = []
+    for epoch in range(10):
+        for _ in loader:
+            pass
+        torch.cuda.synchronize()
+        free, total = torch.cuda.mem_get_info()
+        readings.append((operator.decoder_count(), total - free))
+    print(f"{pattern}: decoders and device memory in use per epoch: {readings}")
+    assert len({count for count, _ in readings[1:]}) == 1, "decoder sessions grow"
+    used = [memory for _, memory in readings[1:]]
+    assert max(used) - min(used) < 64 * 2**20, "device memory grows"
+
+
+def test_a_corrupt_bin_is_a_python_error_not_a_hang(stores, tmp_path):
+    from pipelines.loader import make_loader
+    gop_root, _ = stores("hevc")
+    copy = tmp_path / "gops"
+    shutil.copytree(gop_root, copy)
+    victim = next(copy.rglob("gop.12.12.bin"))
+    garbage = np.random.default_rng(0).integers(0, 256, victim.stat().st_size, dtype=np.uint8)
+    victim.write_bytes(garbage.tobytes())    # same size: only decoding can tell
+    loader = make_loader(copy, pattern="stream", backend="nvdec", batch_size=3, num_workers=2,
+                         shard_id=0, num_shards=1)
+    started = time.monotonic()
+    with pytest.raises(Exception, match="gop.12.12.bin"):
+        for _ in loader:
+            pass
+    assert time.monotonic() - started < 60

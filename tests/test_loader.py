@@ -1,0 +1,180 @@
+"""The loader end to end on the CPU: DALI workers, the cpu backend, sharding, the iterator."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from dali_gop import format as fmt
+from dali_gop.reference import decode_source
+from dali_gop.sampling import StreamPattern
+from dali_gop.source import Dataset, GopSource
+from dali_gop.synthetic import make_dataset
+from preprocess.runner import preprocess
+
+pytest.importorskip("nvidia.dali")
+from pipelines.loader import make_loader  # noqa: E402
+
+DATASETS = {
+    "h264-open-gop": dict(codec="h264", bframes=2, open_gop=True),
+    "hevc-open-gop": dict(codec="hevc", bframes=2, open_gop=True),
+}
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """name -> (gop_root, {video: reference rgb frames})"""
+    made = {}
+
+    def get(name):
+        if name not in made:
+            root = tmp_path_factory.mktemp(name)
+            make_dataset(root / "videos", clips=3, cameras=2, frames=30, width=160, height=96,
+                         gop=10, workers=2, **DATASETS[name])
+            summary = preprocess(root / "videos", root / "gops", workers=2, progress=False)
+            assert not summary.failed
+            reference = {p.relative_to(root / "videos").as_posix(): decode_source(p, "rgb24")
+                         for p in sorted((root / "videos").rglob("*.mp4"))}
+            made[name] = root / "gops", reference
+        return made[name]
+
+    return get
+
+
+def loader_for(gop_root, **options):
+    options = {"backend": "cpu", "batch_size": 2, "num_workers": 2, "shard_id": 0, "num_shards": 1,
+               **options}
+    return make_loader(gop_root, **options)
+
+
+def check_batch(batch, loader, reference):
+    frames = batch["frames"].numpy()
+    assert frames.dtype == np.uint8 and frames.shape[1] == len(loader.cameras)
+    for b in range(frames.shape[0]):
+        clip = loader.clip_names[int(batch["clip"][b])]
+        for c, camera in enumerate(loader.cameras):
+            assert int(batch["camera"][b, c]) == c
+            for t, k in enumerate(batch["frame_idx"][b].tolist()):
+                expected = reference[f"{clip}/{camera}"][k]
+                assert np.array_equal(frames[b, c, t], expected), f"{clip}/{camera} frame {k}"
+
+
+@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("pattern, options", [
+    ("stream", {}),
+    ("random", {}),
+    ("sequence", dict(sequence_length=3, stride=2)),
+    ("sequence", dict(sequence_length=4, random_starts=True)),
+])
+def test_cpu_loader_delivers_the_source_frames(stores, name, pattern, options):
+    gop_root, reference = stores(name)
+    loader = loader_for(gop_root, pattern=pattern, **options)
+    seen = 0
+    for batch in loader:
+        check_batch(batch, loader, reference)
+        seen += batch["frames"].shape[0]
+    assert seen == loader.source.shard_size()
+
+
+def test_bgr_is_rgb_reversed(stores):
+    gop_root, reference = stores("hevc-open-gop")
+    rgb = next(iter(loader_for(gop_root, pattern="stream")))
+    bgr = next(iter(loader_for(gop_root, pattern="stream", color="BGR")))
+    assert np.array_equal(rgb["frames"].numpy()[..., ::-1], bgr["frames"].numpy())
+
+
+def epoch_keys(loader):
+    return [(int(c), tuple(f.tolist())) for batch in loader
+            for c, f in zip(batch["clip"], batch["frame_idx"])]
+
+
+def test_same_seed_same_batches_next_epoch_differs(stores):
+    gop_root, _ = stores("h264-open-gop")
+    first = loader_for(gop_root, pattern="random", seed=7)
+    second = loader_for(gop_root, pattern="random", seed=7)
+    epoch0 = epoch_keys(first)
+    assert epoch0 == epoch_keys(second)
+    assert epoch_keys(first) != epoch0
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 4])
+def test_ranks_see_disjoint_shards_covering_the_epoch(stores, num_shards):
+    gop_root, _ = stores("h264-open-gop")
+    per_rank = [epoch_keys(loader_for(gop_root, pattern="stream", batch_size=1, shard_id=r,
+                                      num_shards=num_shards))
+                for r in range(num_shards)]
+    sizes = {len(keys) for keys in per_rank}
+    assert len(sizes) == 1, "shards must be balanced"
+    everything = [k for keys in per_rank for k in keys]
+    assert len(set(everything)) == len(everything), "shards overlap"
+    total = 3 * 30
+    assert total - num_shards < len(everything) <= total
+
+
+def test_stream_order_is_the_seeds(stores):
+    gop_root, _ = stores("h264-open-gop")
+    loader = loader_for(gop_root, pattern="stream", batch_size=3)
+    batches = [(batch["clip"].tolist(), batch["frame_idx"][:, 0].tolist()) for batch in loader]
+    # three slots, one clip each (3 clips x 30 frames split into 3 chunks): batch i = frame i of each
+    assert len(batches) == 30
+    clips = batches[0][0]
+    assert sorted(clips) == [0, 1, 2]
+    for i, (batch_clips, frames) in enumerate(batches):
+        assert batch_clips == clips and frames == [i, i, i]
+
+
+@pytest.mark.parametrize("policy, expected", [("PARTIAL", [3, 3, 1]), ("FILL", [3, 3, 3]),
+                                              ("DROP", [3, 3])])
+def test_last_batch_policies(stores, policy, expected):
+    gop_root, _ = stores("h264-open-gop")
+    # 14 random samples over 2 ranks: 7 on rank 1, batches of 3 -> the last batch holds 1 sample
+    loader = loader_for(gop_root, pattern="random", batch_size=3, samples_per_epoch=14,
+                        shard_id=1, num_shards=2, last_batch_policy=policy)
+    assert loader.source.shard_size() == 7
+    for epoch in range(2):
+        batches = [(b["clip"].tolist(), b["frame_idx"][:, 0].tolist()) for b in loader]
+        assert [len(clips) for clips, _ in batches] == expected, epoch
+        keys = [k for clips, frames in batches for k in zip(clips, frames)]
+        if policy == "FILL":
+            assert keys[7:] == keys[:2], "FILL pads by wrapping to the epoch's start"
+        assert len(loader) == len(expected)
+
+
+def test_a_worker_error_reaches_the_loop_quickly(stores, tmp_path):
+    import shutil
+    gop_root, _ = stores("hevc-open-gop")
+    copy = tmp_path / "gops"
+    shutil.copytree(gop_root, copy)
+    loader = loader_for(copy, pattern="random")
+    victim = next(copy.rglob("gop.10.10.bin"))
+    victim.unlink()   # deleted before (or while) the epoch runs
+    started = time.monotonic()
+    with pytest.raises(Exception, match="gop.10.10.bin"):
+        for _ in range(3):
+            for _ in loader:
+                pass
+    assert time.monotonic() - started < 30
+
+
+def test_dataset_checks_cameras(stores):
+    gop_root, _ = stores("h264-open-gop")
+    with pytest.raises(fmt.FormatError, match="cam9.mp4"):
+        Dataset.open(gop_root, cameras=["cam0.mp4", "cam9.mp4"])
+
+
+def test_stream_source_sends_each_gop_once_per_slot(stores):
+    gop_root, _ = stores("hevc-open-gop")
+    source = GopSource(Dataset.open(gop_root), StreamPattern(), batch_size=3)
+    samples = source.samples(0)
+    starts = Counter()
+    for position in range(len(samples)):
+        data, plan, *_ = source.read(samples, position)
+        from dali_gop.store import decode_plan
+        for request in decode_plan(plan).requests:
+            assert request.stream is not None
+            starts[request.stream.start] += 1
+    # 3 clips x 3 GOPs x 2 cameras: one start per (GOP, camera); every other step continues
+    assert starts[True] == 3 * 3 * 2
+    assert starts[False] == len(samples) * 2 - starts[True]
