@@ -212,20 +212,29 @@ def main(argv=None) -> None:
     parser.add_argument("--gop", type=int, default=30)
     parser.add_argument("--codec", default="hevc")
     parser.add_argument("--bframes", type=int, default=0)
-    parser.add_argument("--group_num", type=int, default=4, help="clips per batch (the seed's)")
-    parser.add_argument("--workers", type=int, default=4, help="DALI worker processes")
+    parser.add_argument("--group_num", type=int, default=16,
+                        help="clips per batch in stream access (the seed's group_num)")
+    parser.add_argument("--random_group_num", type=int, default=8,
+                        help="clips per batch in random access (distinct clips: at most --clips)")
+    parser.add_argument("--workers", type=int, default=6, help="DALI worker processes")
     parser.add_argument("--threads", type=int, nargs="+", default=[8, 16],
                         help="decode threads for the NVDEC ceiling")
-    parser.add_argument("--random_batches", type=int, default=150)
+    parser.add_argument("--random_batches", type=int, default=60)
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="make and preprocess the dataset, measure nothing")
     args = parser.parse_args(argv)
     if args.quick:
         args.clips, args.frames, args.random_batches = 4, 60, 20
+    args.random_group_num = min(args.random_group_num, args.clips)
     import torch
     videos, gops, rels = dataset(args)
+    if args.prepare_only:
+        return
     device = torch.cuda.get_device_name(0)
     print(f"\n{device}, {os.cpu_count()} CPU cores, {platform.python_version()}; "
           f"{args.clips}x{args.cameras} {args.codec} {args.width}x{args.height} GOP {args.gop} "
-          f"bframes {args.bframes}, group_num {args.group_num}")
+          f"bframes {args.bframes}; group_num {args.group_num} (stream), {args.random_group_num} "
+          f"(random), {args.workers} workers")
     results = []
     for threads in args.threads:
         results.append(measure(f"NVDEC ceiling RGB, {threads} threads",
@@ -237,12 +246,17 @@ def main(argv=None) -> None:
     stream = measure("dali-gop stream (nvdec)",
                      lambda: loader_run(gops, "stream", "nvdec", args.group_num, args.workers,
                                         warmup, None))
-    depth = mean_decode_depth(gops, "random", args.group_num)
+    depth = mean_decode_depth(gops, "random", args.random_group_num)
     random_ = measure("dali-gop random (nvdec)",
-                      lambda: loader_run(gops, "random", "nvdec", args.group_num, args.workers,
-                                         warmup, args.random_batches),
+                      lambda: loader_run(gops, "random", "nvdec", args.random_group_num,
+                                         args.workers, warmup, args.random_batches),
                       note=f"mean decode depth {depth:.1f}")
-    results += [stream, random_]
+    restart = measure("dali-gop stream, no stream decoding",
+                      lambda: loader_run(gops, "stream", "nvdec", args.random_group_num,
+                                         args.workers, warmup, args.random_batches,
+                                         stream_decoding=False),
+                      note="each frame decoded from its GOP start")
+    results += [stream, random_, restart]
     print(f"\nstream: {stream.frames_per_s:,.0f} frames/s = {stream.frames_per_s / ceiling:.0%} of the "
           f"RGB ceiling {ceiling:,.0f}")
     print(f"random: {random_.frames_per_s:,.0f} frames/s = "

@@ -27,7 +27,8 @@ def check_outputs(frames: Sequence, segment: Segment, name: str) -> None:
                           f"{segment.num_outputs}: corrupt bin (re-run preprocess)")
 
 
-def check_stream_step(state: StreamSlotState | None, request: Request, position: int) -> StreamSlotState:
+def check_stream_step(state, request: Request, position: int):
+    """``state`` (anything with ``video_key`` and ``gop_start``) is where the worker assumes."""
     step = request.stream
     if state is None or state.video_key != step.video_key or state.gop_start != step.gop_start:
         raise DecodeError(f"stream slot {step.slot}: decoder is not at GOP {step.gop_start} of the "

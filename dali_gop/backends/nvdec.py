@@ -32,7 +32,7 @@ from dali_gop.backends import DecodeBackend
 from dali_gop.backends._assemble import DecodeError, check_stream_step
 from dali_gop.store import DecodePlan, Segment, decode_plan, segment_names
 
-DEFAULT_THREADS = 12
+DEFAULT_THREADS = 16   # the H100's NVDEC ceiling rose from 8 to 16 threads (docs/gpu-results.md)
 
 
 def _nvc():
@@ -102,14 +102,13 @@ class BitstreamStash:
         self._batches.append(([np.array(d) for d in datas], [np.array(p) for p in plans]))
         return [np.array(p) for p in plans]
 
-    def take(self, plan_shapes: list[tuple[int, ...]]):
+    def take(self, wait: bool = True):
+        """The oldest stashed batch; None if there is none and ``wait`` is False."""
         if not self._batches:
-            raise DecodeError("nvdec: GPU stage ran ahead of the CPU stage (no stashed batch)")
-        datas, plans = self._batches.popleft()
-        if [p.shape for p in plans] != plan_shapes:
-            raise DecodeError("nvdec: stashed bytes do not match this batch's plans (pipeline out "
-                              "of step); rebuild the pipeline")
-        return datas, plans
+            if wait:
+                raise DecodeError("nvdec: GPU stage ran ahead of the CPU stage (no stashed batch)")
+            return None
+        return self._batches.popleft()
 
 
 @dataclass
@@ -118,23 +117,140 @@ class _ThreadDecoders:
     decoders: dict = field(default_factory=dict)
 
 
-class NvdecBatchDecoder:
-    """GPU python operator: a batch of (host bytes, plan) -> frames (cameras, T, H, W, 3) per sample."""
+@dataclass
+class _Job:
+    """One batch in flight: outputs, futures of its plain segments, and its stream steps."""
+    plan_shapes: list
+    outputs: list
+    futures: list = field(default_factory=list)
+    stream_steps: list = field(default_factory=list)     # (GopFrames, position, destination)
+    errors: list = field(default_factory=list)
 
-    def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS):
+
+class GopFrames:
+    """One GOP of one stream slot and camera, decoded once, in the background, frame by frame.
+
+    The decode goes a few packets at a time, each step a pool task that puts itself back in the
+    queue, so when many slots enter new GOPs in the same batch, all of their first frames come out
+    early instead of one GOP after the other. The slot's samples take frames in order as they come
+    out (a condition variable says which are ready; a CUDA event per frame orders the copy after
+    the decode), and each frame's memory is released as soon as it is taken.
+    """
+
+    PACKETS_PER_STEP = 4
+
+    def __init__(self, video_key: int, gop_start: int, name: str, segment: Segment,
+                 data: np.ndarray):
+        self.video_key, self.gop_start, self.name, self.segment = video_key, gop_start, name, segment
+        self._packets = packets_of(data, segment)
+        self._fed = 0
+        self._produced = 0
+        self._ready = threading.Condition()
+        self._frames: dict[int, tuple] = {}
+        self.done = False
+        self._error: Exception | None = None
+
+    def decode_step(self, decoder, stream, bgr: bool) -> bool:
+        """Feed the next few packets (a pool thread, the slot's decoder and stream); True when the
+        GOP is fully decoded and the decoder flushed."""
+        import torch
+
+        def keep(position, frame):
+            image = torch.from_dlpack(frame)
+            image = image.flip(-1) if bgr else image.clone()
+            decoded = torch.cuda.Event()
+            decoded.record(stream)
+            with self._ready:
+                self._frames[position] = (image, decoded)
+                self._ready.notify_all()
+            return False
+
+        try:
+            chunk = self._packets[self._fed:self._fed + self.PACKETS_PER_STEP]
+            self._fed += len(chunk)
+            last = self._fed == len(self._packets)
+            with torch.cuda.stream(stream):
+                self._produced = decode_packets(decoder, chunk, keep, flush=last, low_latency=True,
+                                                first_position=self._produced)
+            if last and self._produced < self.segment.num_outputs:
+                raise DecodeError(f"{self.name}: decoded {self._produced} frames where its index "
+                                  f"promises {self.segment.num_outputs}: corrupt bin (re-run "
+                                  "preprocess)")
+        except Exception as e:
+            self._error = e if isinstance(e, DecodeError) else \
+                DecodeError(f"{self.name}: NVDEC failed ({e})")
+            self._finish()
+            raise self._error from e
+        if last:
+            self._finish()
+        return last
+
+    def fail(self, culprit: str) -> None:
+        """The slot's decoder broke on ``culprit``: nothing of this GOP will come."""
+        if not self.done:
+            self._error = self._error or DecodeError(f"{self.name}: not decoded, the slot's "
+                                                     f"decoder failed on {culprit}")
+            self._finish()
+
+    def _finish(self) -> None:
+        with self._ready:
+            self.done = True
+            self._ready.notify_all()
+
+    def take(self, position: int, destination, consumer_stream) -> None:
+        """Copy frame ``position`` into ``destination`` on ``consumer_stream`` (DALI's)."""
+        import torch
+        with self._ready:
+            self._ready.wait_for(lambda: position in self._frames or self.done)
+            entry = self._frames.get(position)
+            for taken in [p for p in self._frames if p <= position]:
+                del self._frames[taken]      # the slot only moves forward: free GPU memory early
+        if entry is None:
+            raise self._error or DecodeError(f"{self.name}: no frame {self.gop_start + position} "
+                                             "(already taken, or beyond the GOP)")
+        image, decoded = entry
+        consumer_stream.wait_event(decoded)
+        with torch.cuda.stream(consumer_stream):
+            destination.copy_(image)
+        image.record_stream(consumer_stream)   # not reused before DALI's stream has copied it
+
+
+@dataclass
+class _Slot:
+    """A stream slot's decoder for one camera, with its CUDA stream and its GOPs to decode, in
+    order (the decoder takes one GOP at a time)."""
+    decoder: object
+    stream: object
+    codec: str
+    gop: GopFrames | None = None
+    queue: collections.deque = field(default_factory=collections.deque)   # GOPs not yet decoded
+
+
+class NvdecBatchDecoder:
+    """GPU python operator: a batch of (host bytes, plan) -> frames (cameras, T, H, W, 3) per sample.
+
+    Decoding runs one batch ahead: the CPU stage has usually stashed the next batch already, so
+    while DALI hands on this batch, the pool is decoding the next one and NVDEC never idles
+    between batches. Stream slots decode each GOP once, in the background, as soon as the slot
+    enters it; their samples then only copy frames out.
+    """
+
+    def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
+                 lookahead: bool = True):
         self.stash = stash
         self.bgr = color == "BGR"
         self.threads = threads
+        self.lookahead = lookahead
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._thread_decoders: list[_ThreadDecoders] = []
-        self._streams: dict[tuple[int, int], _SlotDecoder] = {}
-        self._used_streams: list = []
+        self._slots: dict[tuple[int, int], _Slot] = {}
+        self._pending: collections.deque[_Job] = collections.deque()
         self._lock = threading.Lock()
 
     # -- resources ------------------------------------------------------------------------------
     def decoder_count(self) -> int:
-        return sum(len(t.decoders) for t in self._thread_decoders) + len(self._streams)
+        return sum(len(t.decoders) for t in self._thread_decoders) + len(self._slots)
 
     def _thread_state(self, device_id: int) -> _ThreadDecoders:
         import torch
@@ -146,33 +262,80 @@ class NvdecBatchDecoder:
                 self._thread_decoders.append(state)
         return state
 
+    def _submit(self, fn, *args):
+        if self._pool is None:
+            # more threads than NVDEC needs only add GIL contention (docs/gpu-results.md)
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nvdec")
+        return self._pool.submit(fn, *args)
+
     # -- the operator ---------------------------------------------------------------------------
     def __call__(self, plan_tokens):
         import torch
         from nvidia.dali import python_function_plugin
         from torch.utils.dlpack import from_dlpack, to_dlpack
 
-        tokens = [from_dlpack(t) for t in plan_tokens]
-        datas, plans = self.stash.take([tuple(t.shape) for t in tokens])
+        shapes = [tuple(from_dlpack(t).shape) for t in plan_tokens]
         device_id = torch.cuda.current_device()
         dali_stream = torch.cuda.ExternalStream(python_function_plugin.current_dali_stream(),
                                                 device=device_id)
+        job = self._pending.popleft() if self._pending else \
+            self._start(self.stash.take(), device_id, dali_stream)
+        if self.lookahead and not self._pending:
+            upcoming = self.stash.take(wait=False)
+            if upcoming is not None:
+                self._pending.append(self._start(upcoming, device_id, dali_stream))
+        if job.plan_shapes != shapes:
+            raise DecodeError("nvdec: stashed bytes do not match this batch's plans (pipeline out "
+                              "of step); rebuild the pipeline")
+        errors = list(job.errors)
+        for future in job.futures:
+            try:
+                dali_stream.wait_event(future.result())
+            except Exception as e:
+                errors.append(e)
+        for gop, position, destination in job.stream_steps:
+            try:
+                gop.take(position, destination, dali_stream)
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+        return [to_dlpack(out) for out in job.outputs]
+
+    def _start(self, batch, device_id: int, dali_stream) -> _Job:
+        import torch
+        datas, plans = batch
         decoded = [decode_plan(p) for p in plans]
         names = [segment_names(d, p.names_offset) for d, p in zip(datas, decoded)]
         with torch.cuda.stream(dali_stream):   # outputs freed on DALI's stream: reuse is ordered
             outputs = [self._allocate(plan, name_list) for plan, name_list in zip(decoded, names)]
-        units = self._units(datas, decoded, names, outputs)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nvdec")
-        futures = [self._pool.submit(unit, device_id) for unit in units]
-        errors = [f.exception() for f in futures]
-        for stream in {id(s): s for s in self._used_streams}.values():
-            dali_stream.wait_stream(stream)
-        self._used_streams.clear()
-        for error in errors:
-            if error is not None:
-                raise error
-        return [to_dlpack(out) for out in outputs]
+            allocated = torch.cuda.Event()
+            allocated.record(dali_stream)
+        job = _Job([p.shape for p in plans], outputs)
+        segments = []
+        for data, plan, name_list, out in zip(datas, decoded, names, outputs):
+            wanted: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
+            for camera, request in enumerate(plan.requests):
+                if request.stream is None:
+                    for t, (segment, position) in enumerate(request.picks):
+                        wanted[segment].append((position, camera, t))
+                    continue
+                try:
+                    gop = self._stream_gop(device_id, data, plan, name_list, camera, request)
+                except DecodeError as e:
+                    job.errors.append(e)
+                    continue
+                job.stream_steps += [(gop, position, out[camera, t])
+                                     for t, (_, position) in enumerate(request.picks)]
+            for segment, targets in wanted.items():
+                codec = next(r.codec for r in plan.requests
+                             if any(p[0] == segment for p in r.picks))
+                segments.append((data, plan.segments[segment], name_list[segment], codec, out,
+                                 targets))
+        segments.sort(key=lambda s: -s[1].size)     # longest first: the batch ends sooner
+        job.futures = [self._submit(self._decode_segment, *s, device_id, allocated)
+                       for s in segments]
+        return job
 
     def _allocate(self, plan: DecodePlan, names: list[str]):
         import torch
@@ -185,150 +348,86 @@ class NvdecBatchDecoder:
         return torch.empty((len(plan.requests), length, height, width, 3), dtype=torch.uint8,
                            device="cuda")
 
-    def _units(self, datas, plans, names, outputs):
-        """Work items for the pool: one per plain segment, one per stream step."""
-        units = []
-        for data, plan, name_list, out in zip(datas, plans, names, outputs):
-            wanted: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
-            for camera, request in enumerate(plan.requests):
-                if request.stream is not None:
-                    units.append(self._stream_unit(data, plan, name_list, out, camera, request))
-                    continue
-                for t, (segment, position) in enumerate(request.picks):
-                    wanted[segment].append((position, camera, t))
-            for segment, targets in wanted.items():
-                codec = next(r.codec for r in plan.requests
-                             if any(p[0] == segment for p in r.picks))
-                units.append(self._segment_unit(data, plan.segments[segment], name_list[segment],
-                                                codec, out, targets))
-        return units
-
     def _copy(self, frame, destination):
         import torch
         image = torch.from_dlpack(frame)
         destination.copy_(image.flip(-1) if self.bgr else image)
 
-    def _segment_unit(self, data, segment: Segment, name: str, codec: str, out, targets):
+    def _decode_segment(self, data, segment: Segment, name: str, codec: str, out, targets,
+                        device_id: int, allocated):
+        """Pool thread: decode a GOP prefix from its keyframe, copy the wanted outputs, flush."""
+        import torch
         by_position = collections.defaultdict(list)
         for position, camera, t in targets:
             by_position[position].append(out[camera, t])
-        last = max(by_position)
+        state = self._thread_state(device_id)
+        decoder = state.decoders.get(codec)
+        if decoder is None:
+            decoder = state.decoders[codec] = create_decoder(codec, state.stream.cuda_stream,
+                                                             device_id)
 
-        def run(device_id: int):
-            import torch
-            state = self._thread_state(device_id)
-            key = (codec,)
-            decoder = state.decoders.get(key)
-            if decoder is None:
-                decoder = state.decoders[key] = create_decoder(codec, state.stream.cuda_stream,
-                                                               device_id)
-            self._note_stream(state.stream)
-
-            def sink(position, frame):
-                for destination in by_position.get(position, ()):
-                    self._copy(frame, destination)
-                return False
-
-            with torch.cuda.stream(state.stream):
-                try:
-                    produced = decode_packets(decoder, packets_of(data, segment), sink)
-                except Exception as e:
-                    state.decoders.pop(key, None)   # a decoder in an unknown state is not reused
-                    raise DecodeError(f"{name}: NVDEC failed ({e})") from e
-            if produced <= last or produced < segment.num_outputs:
-                raise DecodeError(f"{name}: decoded {produced} frames where its index promises "
-                                  f"{segment.num_outputs}: corrupt bin (re-run preprocess)")
-        return run
-
-    def _note_stream(self, stream):
-        with self._lock:
-            self._used_streams.append(stream)
-
-    def _stream_unit(self, data, plan: DecodePlan, names, out, camera: int, request):
-        step = request.stream
-        key = (step.slot, camera)
-
-        def run(device_id: int):
-            import torch
-            slot = self._streams.get(key)
-            if step.start:
-                segment_index = request.picks[0][0]
-                if slot is None or slot.codec != request.codec:
-                    stream = torch.cuda.Stream(device_id)
-                    slot = _SlotDecoder(create_decoder(request.codec, stream.cuda_stream, device_id,
-                                                       low_latency=True), stream, request.codec)
-                    self._streams[key] = slot
-                slot.start_gop(step, names[segment_index], data, plan.segments[segment_index])
-            check_stream_step(slot, request, request.picks[0][1])
-            self._note_stream(slot.stream)
-            with torch.cuda.stream(slot.stream):
-                try:
-                    for t, (_, position) in enumerate(request.picks):
-                        slot.frame(position, out[camera, t], self._copy)
-                except Exception:
-                    self._streams.pop(key, None)   # its decoder is in an unknown state
-                    raise
-        return run
-
-
-@dataclass
-class _SlotDecoder:
-    """A stream slot's decoder for one camera: stays at its place in a GOP across iterations.
-
-    LOW display latency makes NVDEC output each frame as soon as display order allows, so the
-    slot feeds only the packets the wanted frame needs; frames that come out ahead are kept.
-    """
-    decoder: object
-    stream: object
-    codec: str
-    video_key: int = -1
-    gop_start: int = -1
-    name: str = ""
-    packets: list = field(default_factory=list)
-    segment: Segment | None = None
-    fed: int = 0                 # packets fed so far
-    produced: int = 0            # frames output so far (= next output position)
-    ahead: dict = field(default_factory=dict)    # position -> frame copy, output before wanted
-
-    def start_gop(self, step, name: str, data: np.ndarray, segment: Segment) -> None:
-        if self.fed < len(self.packets):
-            # still inside the previous GOP: flush it so the decoder accepts a new keyframe
-            decode_packets(self.decoder, [], lambda position, frame: False, flush=True)
-        self.video_key, self.gop_start, self.name = step.video_key, step.gop_start, name
-        self.packets, self.segment = packets_of(data, segment), segment
-        self.fed = self.produced = 0
-        self.ahead = {}
-
-    def frame(self, position: int, destination, copy) -> None:
-        import torch
-        if position < self.produced and position not in self.ahead:
-            raise DecodeError(f"{self.name}: stream slot already went past frame "
-                              f"{self.gop_start + position}")
-        done = position in self.ahead
-
-        def sink(output_position, frame):
-            nonlocal done
-            if output_position == position:
-                copy(frame, destination)
-                done = True
-            elif output_position > position:
-                self.ahead[output_position] = torch.from_dlpack(frame).clone()
+        def sink(position, frame):
+            for destination in by_position.get(position, ()):
+                self._copy(frame, destination)
             return False
 
-        while not done:
-            if self.fed >= len(self.packets):
-                raise DecodeError(f"{self.name}: decoded {self.produced} frames where its index "
-                                  f"promises {self.segment.num_outputs}: corrupt bin")
-            packet = self.packets[self.fed]
-            self.fed += 1
-            self.produced = decode_packets(self.decoder, [packet], sink,
-                                           flush=self.fed == len(self.packets), low_latency=True,
-                                           first_position=self.produced)
-        if position in self.ahead:
-            image = self.ahead[position]
-            destination.copy_(image.flip(-1) if copy.__self__.bgr else image)
-        for stale in [p for p in self.ahead if p <= position]:
-            del self.ahead[stale]
+        with torch.cuda.stream(state.stream):
+            state.stream.wait_event(allocated)
+            try:
+                produced = decode_packets(decoder, packets_of(data, segment), sink)
+            except Exception as e:
+                state.decoders.pop(codec, None)   # a decoder in an unknown state is not reused
+                raise DecodeError(f"{name}: NVDEC failed ({e})") from e
+            done = torch.cuda.Event()
+            done.record(state.stream)
+        if produced <= max(by_position) or produced < segment.num_outputs:
+            raise DecodeError(f"{name}: decoded {produced} frames where its index promises "
+                              f"{segment.num_outputs}: corrupt bin (re-run preprocess)")
+        return done
+
+    def _stream_gop(self, device_id: int, data, plan: DecodePlan, names, camera: int,
+                    request) -> GopFrames:
+        """The GOP a stream step reads from; starting a GOP schedules its decode."""
+        import torch
+        step = request.stream
+        key = (step.slot, camera)
+        slot = self._slots.get(key)
+        if step.start:
+            if slot is None or slot.codec != request.codec:
+                stream = torch.cuda.Stream(device_id)
+                slot = self._slots[key] = _Slot(
+                    create_decoder(request.codec, stream.cuda_stream, device_id, low_latency=True),
+                    stream, request.codec)
+            index = request.picks[0][0]
+            slot.gop = GopFrames(step.video_key, step.gop_start, names[index], plan.segments[index],
+                                 data)
+            with self._lock:
+                slot.queue.append(slot.gop)
+                idle = len(slot.queue) == 1
+            if idle:
+                self._submit(self._decode_gop_step, key, slot)
+        return check_stream_step(slot.gop if slot else None, request, request.picks[0][1])
+
+    def _decode_gop_step(self, key, slot: _Slot) -> None:
+        """Pool task: a few packets of the slot's oldest undecoded GOP, then back into the queue
+        (behind every other slot's work) until the slot has nothing left to decode."""
+        gop = slot.queue[0]
+        try:
+            finished = gop.decode_step(slot.decoder, slot.stream, self.bgr)
+        except Exception:
+            with self._lock:
+                if self._slots.get(key) is slot:
+                    del self._slots[key]    # its decoder is in an unknown state
+                for waiting in slot.queue:
+                    waiting.fail(gop.name)
+                slot.queue.clear()
+            raise
+        with self._lock:
+            if finished:
+                slot.queue.popleft()
+            more = bool(slot.queue)
+        if more:
+            self._submit(self._decode_gop_step, key, slot)
 
 
 class NvdecBackend(DecodeBackend):
