@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,8 @@ class GopEntry:
             raise FormatError(f"{where}: bin name {self.file!r} disagrees with start={self.start} "
                               f"count={self.count}")
         own = sorted(f for f in self.packet_frames if f < self.end)
-        if own != list(range(self.start, self.end)) or min(self.packet_frames) < self.start:
+        if (len(own) != self.count or own != list(range(self.start, self.end))
+                or min(self.packet_frames) < self.start):   # length first: count may be huge
             raise FormatError(f"{where}: {self.file}: packets do not cover frames "
                               f"{self.start}..{self.end - 1} exactly once")
         if self.packet_frames[0] != self.start:
@@ -155,7 +156,7 @@ class VideoIndex:
     def from_json(cls, text: str, where: str = INDEX_FILENAME) -> "VideoIndex":
         try:
             raw = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:   # also over-long ints, deep nesting
             raise FormatError(f"{where}: not valid JSON ({e})") from None
         if not isinstance(raw, dict):
             raise FormatError(f"{where}: expected a JSON object")
@@ -196,20 +197,23 @@ class VideoIndex:
 
 
 def _check_types(obj: Any, where: str) -> None:
-    """JSON can hold anything: reject wrong types early, with the field's name."""
-    for name, value in vars(obj).items():
+    """JSON can hold anything: reject wrong types early, with the field's name. The expected types
+    are the dataclass annotations (strings, as this module uses ``from __future__ import annotations``)."""
+    for f in fields(obj):
+        name, value, kind = f.name, getattr(obj, f.name), f.type
         if name == "gops":
             continue   # each GopEntry is checked on its own
-        if isinstance(value, tuple):
-            if not all(type(v) is int and v >= 0 for v in value):
+        if kind.startswith("tuple"):
+            if not isinstance(value, tuple) or not all(type(v) is int and v >= 0 for v in value):
                 raise FormatError(f"{where}: field {name} must hold non-negative integers")
-        elif isinstance(value, bool) or isinstance(value, (str, SourceInfo)):
-            continue
-        elif type(value) is int:
-            if value < 0:
-                raise FormatError(f"{where}: field {name} is negative")
-        elif not isinstance(value, tuple):
-            raise FormatError(f"{where}: field {name} has type {type(value).__name__}")
+        elif kind == "SourceInfo":
+            if not isinstance(value, SourceInfo):
+                raise FormatError(f"{where}: field {name} has type {type(value).__name__}")
+            _check_types(value, where)
+        elif type(value) is not {"int": int, "str": str, "bool": bool}[kind]:
+            raise FormatError(f"{where}: field {name} has type {type(value).__name__}, expected {kind}")
+        elif kind == "int" and value < 0 and name != "mtime_ns":   # files may predate 1970
+            raise FormatError(f"{where}: field {name} is negative")
 
 
 @dataclass(frozen=True)
@@ -246,18 +250,39 @@ class DatasetManifest:
     def from_json(cls, text: str, where: str = MANIFEST_FILENAME) -> "DatasetManifest":
         try:
             raw = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:   # also over-long ints, deep nesting
             raise FormatError(f"{where}: not valid JSON ({e})") from None
         if isinstance(raw, dict) and "video_dirs" not in raw:
             # the seed's plain shape, {video_dir: {clip_id: frame_count}}, with no camera lists
-            return cls(video_dirs=raw, cameras={})
-        if not isinstance(raw, dict) or raw.get("version") != FORMAT_VERSION:
+            manifest = cls(video_dirs=raw, cameras={})
+        elif not isinstance(raw, dict) or raw.get("version") != FORMAT_VERSION:
             raise FormatError(f"{where}: not a dali_gop manifest of version {FORMAT_VERSION}")
-        try:
-            videos = {rel: VideoSummary(**v) for rel, v in raw.pop("videos", {}).items()}
-            return cls(**raw, videos=videos)
-        except (TypeError, AttributeError) as e:
-            raise FormatError(f"{where}: missing or unexpected field ({e})") from None
+        else:
+            try:
+                videos = {rel: VideoSummary(**v) for rel, v in raw.pop("videos", {}).items()}
+                manifest = cls(**raw, videos=videos)
+            except (TypeError, AttributeError) as e:
+                raise FormatError(f"{where}: missing or unexpected field ({e})") from None
+        manifest.validate(where)
+        return manifest
+
+    def validate(self, where: str = MANIFEST_FILENAME) -> None:
+        """JSON can hold anything: check every field's type here, so readers fail naming the file."""
+        def mapping(value, check) -> bool:
+            return isinstance(value, dict) and all(isinstance(k, str) and check(v)
+                                                   for k, v in value.items())
+        if not mapping(self.video_dirs, lambda clips: mapping(
+                clips, lambda n: type(n) is int and n >= 0)):
+            raise FormatError(f"{where}: video_dirs must be {{video_dir: {{clip_id: frame_count}}}}")
+        if not mapping(self.cameras, lambda names: isinstance(names, list)
+                       and all(isinstance(n, str) for n in names)):
+            raise FormatError(f"{where}: cameras must be {{clip_id: [video file name, ...]}}")
+        if not mapping(self.videos, lambda v: isinstance(v, VideoSummary)):
+            raise FormatError(f"{where}: videos must be {{path: {{frames, codec, width, height}}}}")
+        if type(self.version) is not int:
+            raise FormatError(f"{where}: field version has type {type(self.version).__name__}")
+        for summary in self.videos.values():
+            _check_types(summary, where)
 
     def clips(self) -> dict[str, int]:
         merged: dict[str, int] = {}
@@ -304,6 +329,8 @@ def read_index(gop_root: str | os.PathLike, rel_path: str) -> VideoIndex:
         text = path.read_text()
     except FileNotFoundError:
         raise FormatError(f"{path}: GOP index missing (was {rel_path} preprocessed?)") from None
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path}: not valid JSON ({e})") from None
     return VideoIndex.from_json(text, where=str(path))
 
 
@@ -317,4 +344,6 @@ def read_manifest(gop_root: str | os.PathLike) -> DatasetManifest:
         text = path.read_text()
     except FileNotFoundError:
         raise FormatError(f"{path}: dataset manifest missing (run preprocess on this GOP root)") from None
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path}: not valid JSON ({e})") from None
     return DatasetManifest.from_json(text, str(path))

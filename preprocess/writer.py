@@ -97,6 +97,9 @@ def _read_packets(path: Path) -> tuple[list[_Packet], bytes, dict]:
             raise VideoError(f"{where}: codec {codec!r} is not supported (only H.264 and HEVC)")
         pix_fmt = ctx.pix_fmt or ""
         if pix_fmt not in ("yuv420p", "yuvj420p"):
+            if not pix_fmt and not any(p.size for p in container.demux(stream)):
+                # FFmpeg learns the pixel format from the first frame: none there, none known
+                raise VideoError(f"{where}: video stream has no packets (zero frames)")
             raise VideoError(f"{where}: pixel format {pix_fmt!r} is not supported (8-bit 4:2:0 only: "
                              "NVDEC's RGB path and the reference decode assume it)")
         meta = dict(codec=codec, width=ctx.width, height=ctx.height, pix_fmt=pix_fmt,

@@ -10,13 +10,16 @@ BENCH_DATA=${BENCH_DATA:-/tmp/bench}
 case "${1:-tests}" in
   tests)
     # the benchmark's default set, made once with all cores while the tests run
-    (setsid nohup python3 -m pipelines.throughput --data "$BENCH_DATA" --prepare-only \
-       > /tmp/bench_prepare.log 2>&1; touch /tmp/bench_prepare.done) > /dev/null 2>&1 &
+    # (setsid: the device tool ends the command's processes when it returns, but not a new session;
+    # the marker is written inside that session, or it would never appear)
+    setsid nohup bash -c "python3 -m pipelines.throughput --data '$BENCH_DATA' --prepare-only \
+       > /tmp/bench_prepare.log 2>&1; touch /tmp/bench_prepare.done" > /dev/null 2>&1 &
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
     python3 -m pytest -m gpu -v -s -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/gpu-tests.log"
     ;;
   bench)
-    while [ ! -e /tmp/bench_prepare.done ]; do sleep 2; done
+    for _ in $(seq 300); do [ -e /tmp/bench_prepare.done ] && break; sleep 2; done
+    [ -e /tmp/bench_prepare.done ] || { echo "benchmark set not ready: /tmp/bench_prepare.log"; exit 1; }
     python3 -m pipelines.throughput --data "$BENCH_DATA" --out "$OUT/throughput.json" "${@:2}" \
       2>&1 | grep -v "_iterator_deprecation\|Please set .reader_name" | tee "$OUT/throughput.log"
     ;;

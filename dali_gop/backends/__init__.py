@@ -41,8 +41,8 @@ def _driver_answers() -> bool:
 
 
 def get_backend(name: str = "auto", **options) -> DecodeBackend:
-    """``nvdec`` (PyNvVideoCodec on the GPU), ``dali`` (DALI's own GPU decoder, for comparison),
-    ``cpu`` (FFmpeg through PyAV); ``auto`` is ``nvdec`` when a GPU is present, else ``cpu``."""
+    """``nvdec`` (PyNvVideoCodec on the GPU) or ``cpu`` (FFmpeg through PyAV); ``auto`` is
+    ``nvdec`` when a GPU is present, else ``cpu``. ``dali`` is reserved for DALI's own decoder."""
     if name == "auto":
         name = "nvdec" if gpu_available() else "cpu"
     if name == "cpu":
@@ -52,6 +52,6 @@ def get_backend(name: str = "auto", **options) -> DecodeBackend:
         from dali_gop.backends.nvdec import NvdecBackend
         return NvdecBackend(**options)
     if name == "dali":
-        from dali_gop.backends.dali_decoder import DaliBackend
-        return DaliBackend(**options)
+        raise NotImplementedError("the 'dali' backend (DALI's fn.decoders.video on GOP bins, for "
+                                  "comparison) is not built yet: use 'nvdec' or 'cpu'")
     raise ValueError(f"unknown decode backend {name!r}: choose auto, nvdec, dali or cpu")
