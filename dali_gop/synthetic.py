@@ -423,39 +423,45 @@ def make_dataset(
     return sorted(path for _, path in videos)
 
 
+#: the benchmark's default: nuScenes-like clips of 6 cameras
+NUSCENES_LIKE = dict(clips=10, cameras=6, frames=240, width=1600, height=900, fps=12, gop=30,
+                     codec="hevc", bframes=0)
+_SHAPE_OPTIONS = ("clips", "cameras", "frames", "width", "height", "fps", "gop", "bframes")
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
+    """The synthetic set's shape as command-line options (defaults: :data:`NUSCENES_LIKE`)."""
+    defaults = {**NUSCENES_LIKE, **defaults}
+    for name in _SHAPE_OPTIONS:
+        parser.add_argument(f"--{name}", type=int, default=defaults[name])
+    parser.add_argument("--codec", choices=sorted(_ENCODERS), default=defaults["codec"])
+    parser.add_argument("--textured", action="store_true",
+                        help="noisy frames: a few Mbit/s like camera footage instead of ~0.2")
+
+
+def dataset_options(args: argparse.Namespace) -> dict:
+    """make_dataset keyword arguments from :func:`add_dataset_arguments`'s options."""
+    return {name: getattr(args, name) for name in (*_SHAPE_OPTIONS, "codec", "textured")}
+
+
+def dataset_name(options: dict) -> str:
+    """A folder name that tells the set's shape, so sets of different shapes never mix."""
+    return (f"{options['codec']}-{options['width']}x{options['height']}-{options['frames']}f-"
+            f"g{options['gop']}-b{options['bframes']}-{options['clips']}x{options['cameras']}"
+            f"{'-textured' if options.get('textured') else ''}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--clips", type=int, default=2)
-    parser.add_argument("--cameras", type=int, default=6)
-    parser.add_argument("--frames", type=int, default=60)
-    parser.add_argument("--width", type=int, default=160)
-    parser.add_argument("--height", type=int, default=96)
-    parser.add_argument("--fps", type=int, default=12)
-    parser.add_argument("--gop", type=int, default=30)
-    parser.add_argument("--codec", choices=sorted(_ENCODERS), default="h264")
-    parser.add_argument("--bframes", type=int, default=0)
+    add_dataset_arguments(parser, clips=2, frames=60, width=160, height=96, codec="h264")
     parser.add_argument("--open-gop", action="store_true")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--ext", choices=sorted(_CONTAINER_FORMATS), default=".mp4")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    paths = make_dataset(
-        args.out_dir,
-        clips=args.clips,
-        cameras=args.cameras,
-        frames=args.frames,
-        width=args.width,
-        height=args.height,
-        fps=args.fps,
-        gop=args.gop,
-        codec=args.codec,
-        bframes=args.bframes,
-        open_gop=args.open_gop,
-        workers=args.workers,
-        ext=args.ext,
-        progress=True,
-    )
+    paths = make_dataset(args.out_dir, **dataset_options(args), open_gop=args.open_gop,
+                         workers=args.workers, ext=args.ext, progress=True)
     size_mb = sum(p.stat().st_size for p in paths) / 1e6
     print(
         f"{len(paths)} videos ({args.clips} clips x {args.cameras} cameras, {args.frames} frames "

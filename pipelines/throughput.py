@@ -24,7 +24,7 @@ import numpy as np
 import nvtx
 
 from dali_gop.store import GopStore
-from dali_gop.synthetic import make_dataset
+from dali_gop.synthetic import add_dataset_arguments, dataset_name, dataset_options, make_dataset
 from preprocess.runner import preprocess
 
 
@@ -184,13 +184,12 @@ def mean_decode_depth(gop_root: Path, pattern: str, group_num: int, **options) -
 
 
 def dataset(args) -> tuple[Path, Path, list[str]]:
-    name = (f"{args.codec}-{args.width}x{args.height}-{args.frames}f-g{args.gop}-b{args.bframes}"
-            f"-{args.clips}x{args.cameras}")
-    videos, gops = args.data / name / "videos", args.data / name / "gops"
+    """The benchmark set (made once, textured so the bitrate is camera-like), preprocessed."""
+    options = {**dataset_options(args), "textured": True}
+    videos = args.data / dataset_name(options) / "videos"
+    gops = videos.parent / "gops"
     t0 = time.perf_counter()
-    paths = make_dataset(videos, clips=args.clips, cameras=args.cameras, frames=args.frames,
-                         width=args.width, height=args.height, fps=12, gop=args.gop,
-                         codec=args.codec, bframes=args.bframes, textured=True, progress=True)
+    paths = make_dataset(videos, **options, progress=True)
     print(f"dataset: {len(paths)} videos in {videos} ({time.perf_counter() - t0:.0f} s), "
           f"{sum(p.stat().st_size for p in paths) / 1e6:.0f} MB")
     summary = preprocess(videos, gops, progress=False)
@@ -204,14 +203,7 @@ def main(argv=None) -> None:
     parser.add_argument("--data", type=Path, default=Path("data/bench"))
     parser.add_argument("--out", type=Path, default=Path("throughput.json"))
     parser.add_argument("--quick", action="store_true", help="small set, few batches: < 1 minute")
-    parser.add_argument("--clips", type=int, default=10)
-    parser.add_argument("--cameras", type=int, default=6)
-    parser.add_argument("--frames", type=int, default=240)
-    parser.add_argument("--width", type=int, default=1600)
-    parser.add_argument("--height", type=int, default=900)
-    parser.add_argument("--gop", type=int, default=30)
-    parser.add_argument("--codec", default="hevc")
-    parser.add_argument("--bframes", type=int, default=0)
+    add_dataset_arguments(parser)
     parser.add_argument("--group_num", type=int, default=16,
                         help="clips per batch in stream access (the seed's group_num)")
     parser.add_argument("--random_group_num", type=int, default=8,

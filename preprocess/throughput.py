@@ -13,32 +13,20 @@ import platform
 import time
 from pathlib import Path
 
-from dali_gop.synthetic import make_dataset
+from dali_gop.synthetic import add_dataset_arguments, dataset_name, dataset_options, make_dataset
 from preprocess.runner import preprocess
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m preprocess.throughput", description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("data/throughput"))
-    parser.add_argument("--clips", type=int, default=10)
-    parser.add_argument("--cameras", type=int, default=6)
-    parser.add_argument("--frames", type=int, default=240)
-    parser.add_argument("--width", type=int, default=1600)
-    parser.add_argument("--height", type=int, default=900)
-    parser.add_argument("--gop", type=int, default=30)
-    parser.add_argument("--codec", default="hevc")
-    parser.add_argument("--bframes", type=int, default=0)
-    parser.add_argument("--textured", action="store_true",
-                        help="noisy frames: a few Mbit/s like real footage, not ~0.2")
+    add_dataset_arguments(parser)
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
-    videos = args.data / (f"{args.codec}-{args.width}x{args.height}-{args.frames}f-g{args.gop}-"
-                          f"b{args.bframes}{'-textured' if args.textured else ''}")
+    options = dataset_options(args)
+    videos = args.data / dataset_name(options)
     t0 = time.perf_counter()
-    paths = make_dataset(videos, clips=args.clips, cameras=args.cameras, frames=args.frames,
-                         width=args.width, height=args.height, gop=args.gop, codec=args.codec,
-                         bframes=args.bframes, textured=args.textured, workers=args.workers,
-                         progress=True)
+    paths = make_dataset(videos, **options, workers=args.workers, progress=True)
     print(f"dataset ready in {time.perf_counter() - t0:.1f} s: {videos}")
     source_mb = sum(p.stat().st_size for p in paths) / 1e6
     summary = preprocess(videos, args.data / "gops", workers=args.workers, force=True)

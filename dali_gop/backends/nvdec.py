@@ -72,18 +72,16 @@ def packets_of(data: np.ndarray, segment: Segment):
     return [chunk[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def decode_packets(decoder, packets, sink: Callable[[int, object], bool], *, flush: bool = True,
+def decode_packets(decoder, packets, sink: Callable[[int, object], None], *, flush: bool = True,
                    low_latency: bool = False, first_position: int = 0) -> int:
     """Feed packets, calling ``sink(position, frame)`` for each output frame in display order while
-    the frame is valid (before the next ``Decode``); stop early when ``sink`` returns True.
+    the frame is valid (PyNvVideoCodec reuses its buffer at the next ``Decode``); then flush.
     Returns the next output position."""
     position = first_position
     for packet in packets:
         for frame in decoder.Decode(_packet(packet, low_latency)):
-            stop = sink(position, frame)
+            sink(position, frame)
             position += 1
-            if stop:
-                return position
     if flush:
         for frame in decoder.Decode(_packet(None)):
             sink(position, frame)
@@ -163,7 +161,6 @@ class GopFrames:
             with self._ready:
                 self._frames[position] = (image, decoded)
                 self._ready.notify_all()
-            return False
 
         try:
             chunk = self._packets[self._fed:self._fed + self.PACKETS_PER_STEP]
@@ -369,7 +366,6 @@ class NvdecBatchDecoder:
         def sink(position, frame):
             for destination in by_position.get(position, ()):
                 self._copy(frame, destination)
-            return False
 
         with torch.cuda.stream(state.stream):
             state.stream.wait_event(allocated)
