@@ -50,3 +50,32 @@ def video_cache(tmp_path_factory):
         return made[key]
 
     return get
+
+
+def build_store(root: Path, pixel_formats=("rgb24",), **dataset):
+    """A synthetic dataset under root/videos, preprocessed into root/gops, and the reference decode
+    of every video: returns (gop_root, {video: {pixel_format: frames}})."""
+    from dali_gop.reference import decode_source
+    from dali_gop.synthetic import make_dataset
+    from preprocess.runner import preprocess
+
+    make_dataset(root / "videos", workers=2, **dataset)
+    summary = preprocess(root / "videos", root / "gops", workers=2, progress=False)
+    assert not summary.failed, summary.format()
+    reference = {path.relative_to(root / "videos").as_posix():
+                 {fmt: decode_source(path, fmt) for fmt in pixel_formats}
+                 for path in sorted((root / "videos").rglob("*.mp4"))}
+    return root / "gops", reference
+
+
+def store_factory(tmp_path_factory, datasets: dict, pixel_formats=("rgb24",), **shape):
+    """Module fixtures' helper: name -> build_store of datasets[name] + shape, made once."""
+    made = {}
+
+    def get(name):
+        if name not in made:
+            made[name] = build_store(tmp_path_factory.mktemp(name), pixel_formats,
+                                     **shape, **datasets[name])
+        return made[name]
+
+    return get

@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 
 from dali_gop import format as fmt
-from dali_gop.reference import decode_source
-from dali_gop.synthetic import make_dataset
-from preprocess.runner import preprocess
+from conftest import store_factory
 
 pytestmark = pytest.mark.gpu
 
@@ -32,22 +30,9 @@ DATASETS = {
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    made = {}
-
-    def get(name):
-        if name not in made:
-            root = tmp_path_factory.mktemp(name)
-            make_dataset(root / "videos", clips=3, cameras=3, frames=36, width=320, height=192,
-                         gop=12, **DATASETS[name])
-            assert not preprocess(root / "videos", root / "gops", progress=False).failed
-            reference = {}
-            for path in sorted((root / "videos").rglob("*.mp4")):
-                rel = path.relative_to(root / "videos").as_posix()
-                reference[rel] = (decode_source(path), decode_source(path, "rgb24"))
-            made[name] = root / "gops", reference
-        return made[name]
-
-    return get
+    """name -> (gop_root, {video: {"yuv420p": frames, "rgb24": frames}})"""
+    return store_factory(tmp_path_factory, DATASETS, ("yuv420p", "rgb24"), clips=3, cameras=3,
+                         frames=36, width=320, height=192, gop=12)
 
 
 @pytest.mark.parametrize("name", DATASETS)
@@ -60,7 +45,8 @@ def test_nvdec_planes_are_bit_exact(stores, name):
     gop_root, reference = stores(name)
     store = GopStore(gop_root)
     stream = torch.cuda.Stream()
-    for rel, (yuv, _) in reference.items():
+    for rel, decoded in reference.items():
+        yuv = decoded["yuv420p"]
         index = store.index(rel)
         decoder = create_decoder(index.codec, stream.cuda_stream, 0, rgb=False)
         h, w = index.height, index.width
@@ -87,7 +73,7 @@ def check_rgb(batch, loader, reference):
     for b in range(frames.shape[0]):
         clip = loader.clip_names[int(batch["clip"][b])]
         for c, camera in enumerate(loader.cameras):
-            rgb = reference[f"{clip}/{camera}"][1]
+            rgb = reference[f"{clip}/{camera}"]["rgb24"]
             for t, k in enumerate(batch["frame_idx"][b].tolist()):
                 got = frames[b, c, t].astype(np.int16)
                 diff = np.abs(got - rgb[k])

@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 
 from dali_gop import format as fmt
-from dali_gop.reference import decode_source
 from dali_gop.sampling import StreamPattern
 from dali_gop.source import Dataset, GopSource
-from dali_gop.synthetic import make_dataset
-from preprocess.runner import preprocess
+from conftest import store_factory
 
 pytest.importorskip("nvidia.dali")
 from pipelines.loader import make_loader  # noqa: E402
@@ -25,22 +23,9 @@ DATASETS = {
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    """name -> (gop_root, {video: reference rgb frames})"""
-    made = {}
-
-    def get(name):
-        if name not in made:
-            root = tmp_path_factory.mktemp(name)
-            make_dataset(root / "videos", clips=3, cameras=2, frames=30, width=160, height=96,
-                         gop=10, workers=2, **DATASETS[name])
-            summary = preprocess(root / "videos", root / "gops", workers=2, progress=False)
-            assert not summary.failed
-            reference = {p.relative_to(root / "videos").as_posix(): decode_source(p, "rgb24")
-                         for p in sorted((root / "videos").rglob("*.mp4"))}
-            made[name] = root / "gops", reference
-        return made[name]
-
-    return get
+    """name -> (gop_root, {video: {"rgb24": reference frames}})"""
+    return store_factory(tmp_path_factory, DATASETS, clips=3, cameras=2, frames=30, width=160,
+                         height=96, gop=10)
 
 
 def loader_for(gop_root, **options):
@@ -57,7 +42,7 @@ def check_batch(batch, loader, reference):
         for c, camera in enumerate(loader.cameras):
             assert int(batch["camera"][b, c]) == c
             for t, k in enumerate(batch["frame_idx"][b].tolist()):
-                expected = reference[f"{clip}/{camera}"][k]
+                expected = reference[f"{clip}/{camera}"]["rgb24"][k]
                 assert np.array_equal(frames[b, c, t], expected), f"{clip}/{camera} frame {k}"
 
 
