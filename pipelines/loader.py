@@ -11,6 +11,8 @@ torch.distributed's rank/world size (or RANK/WORLD_SIZE as torchrun sets them).
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from typing import Sequence
 
 from dali_gop.backends import get_backend
@@ -19,6 +21,20 @@ from dali_gop.source import Dataset, GopSource
 from pipelines.pipeline import OUTPUT_NAMES, build_pipeline
 
 LAST_BATCH_POLICIES = ("FILL", "DROP", "PARTIAL")
+WATCHDOG_SECONDS = 2.0
+
+
+def _dead_processes(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that have exited (gone, or a zombie not yet reaped)."""
+    dead = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    dead.append(pid)
+        except OSError:
+            dead.append(pid)
+    return dead
 
 
 class GopLoader:
@@ -48,13 +64,59 @@ class GopLoader:
             # the epoch after it: every epoch starts fresh
             last_batch_padded=True, auto_reset=True, prepare_first_batch=False)
 
+        self._requests: queue.Queue = queue.Queue()
+        self._results: queue.Queue = queue.Queue()
+        self._fetcher: threading.Thread | None = None
+        self._broken: str | None = None
+
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
-        out = next(self._iterator)[0]
+        out = self._next_batch()[0]
         out["clip"] = out["clip"].view(-1)
         return out
+
+    def _next_batch(self):
+        """DALI's iterator runs in a helper thread while this one watches the worker processes.
+
+        If a DALI worker dies (killed, out of memory), DALI 2.4 can block forever handing it the
+        next task; the training loop gets an error instead, within ``WATCHDOG_SECONDS``.
+        """
+        if self._broken:
+            raise RuntimeError(self._broken)
+        if self._fetcher is None:
+            self._fetcher = threading.Thread(target=self._fetch, daemon=True, name="dali-gop-fetch")
+            self._fetcher.start()
+        self._requests.put(True)
+        while True:
+            try:
+                kind, value = self._results.get(timeout=WATCHDOG_SECONDS)
+                break
+            except queue.Empty:
+                dead = _dead_processes(self._worker_pids())
+                if dead:
+                    self._broken = (f"DALI worker process(es) {dead} died (killed, or out of "
+                                    "memory): the pipeline cannot go on; build a new loader")
+                    raise RuntimeError(self._broken) from None
+        if kind == "error":
+            raise value
+        return value
+
+    def _fetch(self) -> None:
+        device_id = getattr(self.pipeline, "device_id", None)
+        if device_id is not None:   # the current GPU is per thread; DALI's copies go to this one
+            import torch
+            torch.cuda.set_device(device_id)
+        while self._requests.get():
+            try:
+                self._results.put(("batch", next(self._iterator)))
+            except BaseException as e:   # StopIteration included: it ends the caller's epoch
+                self._results.put(("error", e))
+
+    def _worker_pids(self) -> list[int]:
+        pool = getattr(self.pipeline, "_py_pool", None)
+        return list(pool.pids()) if pool is not None else []
 
     def __len__(self) -> int:
         return len(self._iterator)
