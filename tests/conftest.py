@@ -79,3 +79,25 @@ def store_factory(tmp_path_factory, datasets: dict, pixel_formats=("rgb24",), **
         return made[name]
 
     return get
+
+
+def cpu_loader(gop_root, **options):
+    """A loader on the cpu backend, small batches, one shard: the CI-sized default."""
+    from pipelines.loader import make_loader
+    options = {"backend": "cpu", "batch_size": 2, "num_workers": 2, "shard_id": 0, "num_shards": 1,
+               **options}
+    return make_loader(gop_root, **options)
+
+
+def check_batch(batch, loader, reference) -> None:
+    """Every frame of the batch equals the reference decode: ``reference[video][k]`` (RGB)."""
+    import numpy as np
+    frames = batch["frames"].numpy()
+    assert frames.dtype == np.uint8 and frames.shape[1] == len(loader.cameras)
+    for b in range(frames.shape[0]):
+        clip = loader.clip_names[int(batch["clip"][b])]
+        for c, camera in enumerate(loader.cameras):
+            assert int(batch["camera"][b, c]) == c
+            for t, k in enumerate(batch["frame_idx"][b].tolist()):
+                expected = reference[f"{clip}/{camera}"][k]
+                assert np.array_equal(frames[b, c, t], expected), f"{clip}/{camera} frame {k}"

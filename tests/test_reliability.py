@@ -34,7 +34,7 @@ from dali_gop.synthetic import make_dataset, make_video
 from preprocess.runner import preprocess
 from preprocess.writer import VideoError, _Packet, parameter_sets_annexb, split_gops, write_video
 
-from conftest import ROOT
+from conftest import ROOT, check_batch, cpu_loader
 
 SMALL = dict(width=160, height=96, fps=12)
 CLIPS, CAMERAS, FRAMES, GOP = 2, 2, 24, 8
@@ -826,22 +826,7 @@ def test_fuzz_split_gops(pkts, codec, extradata):
 # == loader faults (cpu backend) ==============================================================
 
 
-def loader_for(gop_root, **options):
-    from pipelines.loader import make_loader
-    options = {"backend": "cpu", "batch_size": 2, "num_workers": 2, "shard_id": 0,
-               "num_shards": 1, **options}
-    return make_loader(gop_root, **options)
-
-
-def check_batch(batch, loader, reference):
-    frames = batch["frames"].numpy()
-    assert frames.dtype == np.uint8 and frames.shape[1] == len(loader.cameras)
-    for b in range(frames.shape[0]):
-        clip = loader.clip_names[int(batch["clip"][b])]
-        for c, camera in enumerate(loader.cameras):
-            for t, k in enumerate(batch["frame_idx"][b].tolist()):
-                expected = reference[f"{clip}/{camera}"][k]
-                assert np.array_equal(frames[b, c, t], expected), f"{clip}/{camera} frame {k}"
+loader_for = cpu_loader
 
 
 @needs_dali
