@@ -32,7 +32,11 @@ class Dataset:
              index_file: str | os.PathLike | None = None) -> "Dataset":
         """From the manifest preprocess wrote (or a seed-shaped ``index_file``)."""
         if index_file is not None:
-            manifest = fmt.DatasetManifest.from_json(open(index_file).read(), str(index_file))
+            try:
+                text = open(index_file, "rb").read().decode()
+            except (OSError, UnicodeDecodeError) as e:
+                raise fmt.FormatError(f"{index_file}: cannot read the dataset index ({e})") from None
+            manifest = fmt.DatasetManifest.from_json(text, str(index_file))
         else:
             manifest = fmt.read_manifest(gop_root)
         clips = manifest.clips()

@@ -17,8 +17,8 @@ def gop_video(source: GopSource, backend: DecodeBackend, *, prefetch_queue_depth
     """Inside ``pipeline_def``: DataNodes ``frames`` (cameras, T, H, W, 3) uint8, ``frame_idx`` (T,),
     ``clip`` (1,), ``camera`` (cameras,).
 
-    ``resize=(height, width)`` resizes on the backend's device; it needs ``frame_shape``
-    (cameras, T... the source's (cameras, T, H, W) is derived by the caller) to fold cameras and time.
+    ``resize=(height, width)`` resizes on the backend's device; it needs ``frame_shape``, the
+    decoded (cameras, T, H, W), to fold cameras and time into one sequence for ``fn.resize``.
     """
     from nvidia.dali import fn, types
 

@@ -32,6 +32,8 @@ CASES = {
                                  scene_cuts=(17, 41)),
     "h264-audio": dict(codec="h264", frames=30, gop=10, bframes=2, audio=True),
     "hevc-one-gop": dict(codec="hevc", frames=25, gop=250, bframes=2),
+    "hevc-mkv": dict(codec="hevc", frames=30, gop=10, bframes=2, open_gop=True, name="cam0.mkv"),
+    "h264-mov": dict(codec="h264", frames=30, gop=10, bframes=2, name="cam0.mov"),
 }
 
 

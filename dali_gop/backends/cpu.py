@@ -3,6 +3,7 @@ so the whole loader (workers, sharding, iterator) runs in CI and on machines wit
 from __future__ import annotations
 
 import numpy as np
+import nvtx
 
 from dali_gop.backends import DecodeBackend
 from dali_gop.backends._assemble import (DecodeError, StreamSlotState, check_outputs,
@@ -19,6 +20,10 @@ class CpuSampleDecoder:
         self._streams: dict[tuple[int, int], StreamSlotState] = {}
 
     def __call__(self, data: np.ndarray, plan: np.ndarray) -> np.ndarray:
+        with nvtx.annotate("decode (cpu)", color="red"):
+            return self._decode_sample(data, plan)
+
+    def _decode_sample(self, data: np.ndarray, plan: np.ndarray) -> np.ndarray:
         plan = decode_plan(plan)
         names = segment_names(data, plan.names_offset)
 

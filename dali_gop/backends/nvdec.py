@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import nvtx
 
 from dali_gop.backends import DecodeBackend
 from dali_gop.backends._assemble import DecodeError, check_stream_step
@@ -267,6 +268,14 @@ class NvdecBatchDecoder:
 
     # -- the operator ---------------------------------------------------------------------------
     def __call__(self, plan_tokens):
+        import torch
+        from nvidia.dali import python_function_plugin
+        from torch.utils.dlpack import from_dlpack, to_dlpack
+
+        with nvtx.annotate("decode (nvdec)", color="red"):
+            return self._decode_batch(plan_tokens)
+
+    def _decode_batch(self, plan_tokens):
         import torch
         from nvidia.dali import python_function_plugin
         from torch.utils.dlpack import from_dlpack, to_dlpack
