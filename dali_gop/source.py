@@ -39,6 +39,9 @@ class Dataset:
             manifest = fmt.DatasetManifest.from_json(text, str(index_file))
         else:
             manifest = fmt.read_manifest(gop_root)
+        if index_file is not None and not manifest.cameras and cameras is None:
+            # a seed-shaped index has no camera lists: take them from the GOP root's manifest
+            manifest = fmt.DatasetManifest(manifest.video_dirs, fmt.read_manifest(gop_root).cameras)
         clips = manifest.clips()
         if not clips:
             raise fmt.FormatError(f"{gop_root}: the manifest lists no clips")

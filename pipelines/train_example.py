@@ -35,6 +35,8 @@ def parse_args(argv=None):
                             default=True, help="keep GOP indices in memory across epochs")
     seed_flags.add_argument("--fix_gop_size", type=int, default=None,
                             help="every GOP has this many frames: compute bin names, read no index")
+    parser.add_argument("--cameras", default=None,
+                        help="comma-separated camera video names (default: the manifest's)")
     parser.add_argument("--pattern", choices=["stream", "random", "sequence"], default="stream")
     parser.add_argument("--sequence_length", type=int, default=4)
     parser.add_argument("--stride", type=int, default=1)
@@ -99,6 +101,7 @@ def main(argv=None) -> None:
     loader = make_loader(gop_root, pattern=args.pattern, backend=args.backend,
                          batch_size=args.group_num, num_workers=args.num_workers,
                          index_file=args.index_file, fix_gop_size=args.fix_gop_size,
+                         cameras=args.cameras.split(",") if args.cameras else None,
                          persistent_index=args.use_persistent_index, seed=args.seed,
                          sequence_length=args.sequence_length, stride=args.stride,
                          resize=tuple(args.resize))

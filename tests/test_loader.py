@@ -149,3 +149,14 @@ def test_stream_source_sends_each_gop_once_per_slot(stores):
     # 3 clips x 3 GOPs x 2 cameras: one start per (GOP, camera); every other step continues
     assert starts[True] == 3 * 3 * 2
     assert starts[False] == len(samples) * 2 - starts[True]
+
+
+def test_a_seed_shaped_index_file_is_accepted(stores, tmp_path):
+    import json
+    gop_root, _ = stores("h264-open-gop")
+    full = Dataset.open(gop_root)
+    seed_index = tmp_path / "index.json"
+    seed_index.write_text(json.dumps(fmt.read_manifest(gop_root).video_dirs))
+    from_seed = Dataset.open(gop_root, index_file=seed_index)
+    assert (from_seed.clips, from_seed.cameras) == (full.clips, full.cameras)
+    assert Dataset.open(gop_root, index_file=seed_index, cameras=["cam1.mp4"]).cameras == ("cam1.mp4",)
