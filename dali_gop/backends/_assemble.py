@@ -1,4 +1,4 @@
-"""What every backend does the same way: walk the plan, keep stream slots, name bad bins."""
+"""What the backends share: the output-count check, the stream-step check, and (cpu) plan walking."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,13 +17,13 @@ class StreamSlotState:
     video_key: int
     gop_start: int
     name: str
-    decoder: Any = None                 # backend-specific progressive decoder
     frames: dict[int, Any] = field(default_factory=dict)   # decoded, not yet picked
 
 
-def check_outputs(frames: Sequence, segment: Segment, name: str) -> None:
-    if len(frames) < segment.num_outputs:
-        raise DecodeError(f"{name}: decoded {len(frames)} frames where its index promises "
+def check_outputs(produced: int, segment: Segment, name: str) -> None:
+    """A decoder that output fewer frames than the index promises was fed a corrupt bin."""
+    if produced < segment.num_outputs:
+        raise DecodeError(f"{name}: decoded {produced} frames where its index promises "
                           f"{segment.num_outputs}: corrupt bin (re-run preprocess)")
 
 
@@ -50,7 +50,7 @@ def pick_frames(plan: DecodePlan, names: list[str], decode_segment: Callable[[in
                 continue
             if segment not in decoded:
                 decoded[segment] = decode_segment(segment)
-                check_outputs(decoded[segment], plan.segments[segment], names[segment])
+                check_outputs(len(decoded[segment]), plan.segments[segment], names[segment])
             frames.append(decoded[segment][position])
         out.append(frames)
     return out

@@ -42,7 +42,7 @@ class CpuSampleDecoder:
             segment = request.picks[0][0]
             if step.start:
                 frames = decode_segment(segment)
-                check_outputs(frames, plan.segments[segment], names[segment])
+                check_outputs(len(frames), plan.segments[segment], names[segment])
                 self._streams[key] = StreamSlotState(step.video_key, step.gop_start, names[segment],
                                                      frames=dict(enumerate(frames)))
             state = check_stream_step(self._streams.get(key), request, position)

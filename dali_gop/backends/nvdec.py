@@ -30,7 +30,7 @@ import numpy as np
 import nvtx
 
 from dali_gop.backends import DecodeBackend
-from dali_gop.backends._assemble import DecodeError, check_stream_step
+from dali_gop.backends._assemble import DecodeError, check_outputs, check_stream_step
 from dali_gop.store import DecodePlan, Segment, decode_plan, segment_names
 
 DEFAULT_THREADS = 16   # the H100's NVDEC ceiling rose from 8 to 16 threads (docs/gpu-results.md)
@@ -170,10 +170,8 @@ class GopFrames:
             with torch.cuda.stream(stream):
                 self._produced = decode_packets(decoder, chunk, keep, flush=last, low_latency=True,
                                                 first_position=self._produced)
-            if last and self._produced < self.segment.num_outputs:
-                raise DecodeError(f"{self.name}: decoded {self._produced} frames where its index "
-                                  f"promises {self.segment.num_outputs}: corrupt bin (re-run "
-                                  "preprocess)")
+            if last:
+                check_outputs(self._produced, self.segment, self.name)
         except Exception as e:
             self._error = e if isinstance(e, DecodeError) else \
                 DecodeError(f"{self.name}: NVDEC failed ({e})")
@@ -385,9 +383,7 @@ class NvdecBatchDecoder:
                 raise DecodeError(f"{name}: NVDEC failed ({e})") from e
             done = torch.cuda.Event()
             done.record(state.stream)
-        if produced <= max(by_position) or produced < segment.num_outputs:
-            raise DecodeError(f"{name}: decoded {produced} frames where its index promises "
-                              f"{segment.num_outputs}: corrupt bin (re-run preprocess)")
+        check_outputs(produced, segment, name)    # wanted positions are all < num_outputs
         return done
 
     def _stream_gop(self, device_id: int, data, plan: DecodePlan, names, camera: int,
