@@ -160,3 +160,12 @@ def test_a_seed_shaped_index_file_is_accepted(stores, tmp_path):
     from_seed = Dataset.open(gop_root, index_file=seed_index)
     assert (from_seed.clips, from_seed.cameras) == (full.clips, full.cameras)
     assert Dataset.open(gop_root, index_file=seed_index, cameras=["cam1.mp4"]).cameras == ("cam1.mp4",)
+
+
+def test_nvdec_without_a_gpu_says_so(stores, monkeypatch):
+    import dali_gop.backends as backends
+    monkeypatch.setattr(backends, "gpu_available", lambda: False)
+    gop_root, _ = stores("h264-open-gop")
+    with pytest.raises(RuntimeError, match="needs an NVIDIA GPU"):
+        loader_for(gop_root, backend="nvdec")
+    assert backends.get_backend("auto").name == "cpu"

@@ -49,6 +49,9 @@ def get_backend(name: str = "auto", **options) -> DecodeBackend:
         from dali_gop.backends.cpu import CpuBackend
         return CpuBackend(**options)
     if name == "nvdec":
+        if not gpu_available():
+            raise RuntimeError("the 'nvdec' backend needs an NVIDIA GPU and driver (nvidia-smi found "
+                               "none); use backend='cpu' (or 'auto') on this machine")
         from dali_gop.backends.nvdec import NvdecBackend
         return NvdecBackend(**options)
     if name == "dali":
