@@ -108,6 +108,10 @@ class DecodePlan:
     segments: tuple[Segment, ...]
     requests: tuple[Request, ...]
 
+    def segment_codec(self, segment: int) -> str:
+        """Segments belong to one video each; its codec is on the requests that pick from it."""
+        return next(r.codec for r in self.requests if any(p[0] == segment for p in r.picks))
+
 
 def decode_plan(plan: np.ndarray) -> DecodePlan:
     values = iter(int(v) for v in np.asarray(plan).ravel())

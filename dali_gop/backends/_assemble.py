@@ -27,6 +27,16 @@ def check_outputs(produced: int, segment: Segment, name: str) -> None:
                           f"{segment.num_outputs}: corrupt bin (re-run preprocess)")
 
 
+def frames_shape(plan: DecodePlan, names: list[str]) -> tuple[int, int, int, int]:
+    """(cameras, T, H, W) of a sample's frames: its cameras must share one size."""
+    sizes = {(r.height, r.width) for r in plan.requests}
+    if len(sizes) != 1:
+        raise DecodeError(f"cameras of one sample differ in size {sorted(sizes)} ({names[0]} ...): "
+                          "a batch tensor needs one size; resize them in preprocessing")
+    (height, width), = sizes
+    return len(plan.requests), len(plan.requests[0].picks), height, width
+
+
 def check_stream_step(state, request: Request, position: int):
     """``state`` (anything with ``video_key`` and ``gop_start``) is where the worker assumes."""
     step = request.stream
@@ -37,17 +47,17 @@ def check_stream_step(state, request: Request, position: int):
 
 
 def pick_frames(plan: DecodePlan, names: list[str], decode_segment: Callable[[int], Sequence],
-                stream_frame: Callable[[int, Request, int], Any]) -> list[list[Any]]:
+                stream_frames: Callable[[int, Request], list]) -> list[list[Any]]:
     """Frames of every request, in order: ``decode_segment(i)`` decodes segment i once (a fresh
-    decoder, flushed); ``stream_frame(camera, request, position)`` serves stream steps."""
+    decoder, flushed); ``stream_frames(camera, request)`` serves a stream step's frames."""
     decoded: dict[int, Sequence] = {}
     out = []
     for camera, request in enumerate(plan.requests):
+        if request.stream is not None:
+            out.append(stream_frames(camera, request))
+            continue
         frames = []
         for segment, position in request.picks:
-            if request.stream is not None:
-                frames.append(stream_frame(camera, request, position))
-                continue
             if segment not in decoded:
                 decoded[segment] = decode_segment(segment)
                 check_outputs(len(decoded[segment]), plan.segments[segment], names[segment])

@@ -7,7 +7,7 @@ import nvtx
 
 from dali_gop.backends import DecodeBackend
 from dali_gop.backends._assemble import (DecodeError, StreamSlotState, check_outputs,
-                                         check_stream_step, pick_frames)
+                                         check_stream_step, frames_shape, pick_frames)
 from dali_gop.reference import decode_annexb
 from dali_gop.store import decode_plan, segment_names
 
@@ -29,35 +29,27 @@ class CpuSampleDecoder:
 
         def decode_segment(i: int):
             s = plan.segments[i]
-            codec = next(r.codec for r in plan.requests if any(p[0] == i for p in r.picks))
             try:
-                return decode_annexb(codec, data[s.offset:s.offset + s.size], s.packet_sizes,
-                                     pixel_format=self.pixel_format)
+                return decode_annexb(plan.segment_codec(i), data[s.offset:s.offset + s.size],
+                                     s.packet_sizes, pixel_format=self.pixel_format)
             except Exception as e:   # FFmpeg's errors say what, not where
                 raise DecodeError(f"{names[i]}: cannot decode ({e})") from e
 
-        def stream_frame(camera: int, request, position: int):
+        def stream_frames(camera: int, request) -> list:
             step = request.stream
             key = (step.slot, camera)
             segment = request.picks[0][0]
-            if step.start:
+            if step.start:   # the slot enters a GOP: decode it whole, once
                 frames = decode_segment(segment)
                 check_outputs(len(frames), plan.segments[segment], names[segment])
                 self._streams[key] = StreamSlotState(step.video_key, step.gop_start, names[segment],
                                                      frames=dict(enumerate(frames)))
-            state = check_stream_step(self._streams.get(key), request, position)
-            return state.frames[position]
+            state = check_stream_step(self._streams.get(key), request, request.picks[0][1])
+            return [state.frames[position] for _, position in request.picks]
 
-        frames = pick_frames(plan, names, decode_segment, stream_frame)
-        return stack_cameras(frames, plan.requests, names)
-
-
-def stack_cameras(frames: list[list[np.ndarray]], requests, names) -> np.ndarray:
-    sizes = {(r.height, r.width) for r in requests}
-    if len(sizes) != 1:
-        raise DecodeError(f"cameras of one sample differ in size {sorted(sizes)} ({names[0]} ...): "
-                          "a batch tensor needs one size; resize them in preprocessing")
-    return np.stack([np.stack(camera) for camera in frames])
+        frames_shape(plan, names)
+        frames = pick_frames(plan, names, decode_segment, stream_frames)
+        return np.stack([np.stack(camera) for camera in frames])
 
 
 class CpuBackend(DecodeBackend):

@@ -30,7 +30,8 @@ import numpy as np
 import nvtx
 
 from dali_gop.backends import DecodeBackend
-from dali_gop.backends._assemble import DecodeError, check_outputs, check_stream_step
+from dali_gop.backends._assemble import (DecodeError, check_outputs, check_stream_step,
+                                         frames_shape)
 from dali_gop.store import DecodePlan, Segment, decode_plan, segment_names
 
 DEFAULT_THREADS = 16   # the H100's NVDEC ceiling rose from 8 to 16 threads (docs/gpu-results.md)
@@ -266,10 +267,6 @@ class NvdecBatchDecoder:
 
     # -- the operator ---------------------------------------------------------------------------
     def __call__(self, plan_tokens):
-        import torch
-        from nvidia.dali import python_function_plugin
-        from torch.utils.dlpack import from_dlpack, to_dlpack
-
         with nvtx.annotate("decode (nvdec)", color="red"):
             return self._decode_batch(plan_tokens)
 
@@ -332,10 +329,8 @@ class NvdecBatchDecoder:
                 job.stream_steps += [(gop, position, out[camera, t])
                                      for t, (_, position) in enumerate(request.picks)]
             for segment, targets in wanted.items():
-                codec = next(r.codec for r in plan.requests
-                             if any(p[0] == segment for p in r.picks))
-                segments.append((data, plan.segments[segment], name_list[segment], codec, out,
-                                 targets))
+                segments.append((data, plan.segments[segment], name_list[segment],
+                                 plan.segment_codec(segment), out, targets))
         segments.sort(key=lambda s: -s[1].size)     # longest first: the batch ends sooner
         job.futures = [self._submit(self._decode_segment, *s, device_id, allocated)
                        for s in segments]
@@ -343,14 +338,7 @@ class NvdecBatchDecoder:
 
     def _allocate(self, plan: DecodePlan, names: list[str]):
         import torch
-        sizes = {(r.height, r.width) for r in plan.requests}
-        if len(sizes) != 1:
-            raise DecodeError(f"cameras of one sample differ in size {sorted(sizes)} ({names[0]} "
-                              "...): a batch tensor needs one size; resize them in preprocessing")
-        (height, width), = sizes
-        length = len(plan.requests[0].picks)
-        return torch.empty((len(plan.requests), length, height, width, 3), dtype=torch.uint8,
-                           device="cuda")
+        return torch.empty((*frames_shape(plan, names), 3), dtype=torch.uint8, device="cuda")
 
     def _copy(self, frame, destination):
         import torch
