@@ -50,10 +50,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def embedded_dataset() -> tuple[Path, Path]:
-    from preprocess.demo import make_demo_gop_store
-    data = Path("data/demo")
-    return data / "videos", make_demo_gop_store(data)
+DEMO_DATA = Path("data/demo")   # the embedded default: videos/ and gops/ made here on first run
 
 
 class TinyVideoNet:
@@ -72,6 +69,7 @@ def main(argv=None) -> None:
     import torch.distributed as dist
 
     from pipelines.loader import make_loader
+    from preprocess.demo import make_demo_gop_store
     from preprocess.runner import preprocess
 
     args = parse_args(argv)
@@ -85,18 +83,15 @@ def main(argv=None) -> None:
         torch.cuda.set_device(device)
 
     if args.gop_base_path is None:
+        gop_root = DEMO_DATA / "gops"
         if rank == 0:
-            _, gop_root = embedded_dataset()
-        if world > 1:
-            dist.barrier()
-        gop_root = Path("data/demo/gops")
+            make_demo_gop_store(DEMO_DATA)
     else:
         gop_root = Path(args.gop_base_path)
         if args.video_base_path and rank == 0:
-            summary = preprocess(args.video_base_path, gop_root)
-            print(summary.format())
-        if world > 1:
-            dist.barrier()
+            print(preprocess(args.video_base_path, gop_root).format())
+    if world > 1:
+        dist.barrier()   # the other ranks wait for rank 0's preprocessing
 
     loader = make_loader(gop_root, pattern=args.pattern, backend=args.backend,
                          batch_size=args.group_num, num_workers=args.num_workers,

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,14 +10,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _has_gpu() -> bool:
-    # PyNvVideoCodec cannot even be imported without the NVIDIA driver, so ask nvidia-smi first.
+    from dali_gop.backends import gpu_available
     if os.environ.get("DALI_GOP_NO_GPU"):
         return False
-    try:
-        subprocess.run(["nvidia-smi", "-L"], check=True, capture_output=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return importlib.util.find_spec("PyNvVideoCodec") is not None
+    return gpu_available() and importlib.util.find_spec("PyNvVideoCodec") is not None
 
 
 HAS_GPU = _has_gpu()

@@ -7,7 +7,7 @@ built, so that choosing ``cpu`` never touches a GPU driver.
 """
 from __future__ import annotations
 
-import shutil
+import subprocess
 from abc import ABC, abstractmethod
 
 
@@ -28,11 +28,8 @@ class DecodeBackend(ABC):
 
 
 def gpu_available() -> bool:
-    return shutil.which("nvidia-smi") is not None and _driver_answers()
-
-
-def _driver_answers() -> bool:
-    import subprocess
+    """An NVIDIA driver answers. Asked of nvidia-smi because PyNvVideoCodec cannot even be imported
+    without the driver."""
     try:
         subprocess.run(["nvidia-smi", "-L"], check=True, capture_output=True, timeout=20)
         return True
