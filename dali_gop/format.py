@@ -323,14 +323,19 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def read_index(gop_root: str | os.PathLike, rel_path: str) -> VideoIndex:
-    path = video_gop_dir(gop_root, rel_path) / INDEX_FILENAME
+def _read_text(path: Path, missing: str) -> str:
+    """A metadata file's text; its absence or a non-UTF-8 byte is a FormatError naming it."""
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
-        raise FormatError(f"{path}: GOP index missing (was {rel_path} preprocessed?)") from None
+        raise FormatError(f"{path}: {missing}") from None
     except UnicodeDecodeError as e:
         raise FormatError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_index(gop_root: str | os.PathLike, rel_path: str) -> VideoIndex:
+    path = video_gop_dir(gop_root, rel_path) / INDEX_FILENAME
+    text = _read_text(path, f"GOP index missing (was {rel_path} preprocessed?)")
     return VideoIndex.from_json(text, where=str(path))
 
 
@@ -338,12 +343,12 @@ def write_index(gop_root: str | os.PathLike, rel_path: str, index: VideoIndex) -
     write_atomic(video_gop_dir(gop_root, rel_path) / INDEX_FILENAME, index.to_json().encode())
 
 
-def read_manifest(gop_root: str | os.PathLike) -> DatasetManifest:
-    path = Path(gop_root) / MANIFEST_FILENAME
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise FormatError(f"{path}: dataset manifest missing (run preprocess on this GOP root)") from None
-    except UnicodeDecodeError as e:
-        raise FormatError(f"{path}: not valid JSON ({e})") from None
+def read_manifest(gop_root: str | os.PathLike, path: str | os.PathLike | None = None) -> DatasetManifest:
+    """The GOP root's manifest, or the dataset index at ``path`` (either shape)."""
+    if path is None:
+        path = Path(gop_root) / MANIFEST_FILENAME
+        text = _read_text(path, "dataset manifest missing (run preprocess on this GOP root)")
+    else:
+        path = Path(path)
+        text = _read_text(path, "dataset index file missing")
     return DatasetManifest.from_json(text, str(path))

@@ -31,14 +31,7 @@ class Dataset:
     def open(cls, gop_root: str | os.PathLike, cameras: Sequence[str] | None = None,
              index_file: str | os.PathLike | None = None) -> "Dataset":
         """From the manifest preprocess wrote (or a seed-shaped ``index_file``)."""
-        if index_file is not None:
-            try:
-                text = open(index_file, "rb").read().decode()
-            except (OSError, UnicodeDecodeError) as e:
-                raise fmt.FormatError(f"{index_file}: cannot read the dataset index ({e})") from None
-            manifest = fmt.DatasetManifest.from_json(text, str(index_file))
-        else:
-            manifest = fmt.read_manifest(gop_root)
+        manifest = fmt.read_manifest(gop_root, index_file)
         if index_file is not None and not manifest.cameras and cameras is None:
             # a seed-shaped index has no camera lists: take them from the GOP root's manifest
             manifest = fmt.DatasetManifest(manifest.video_dirs, fmt.read_manifest(gop_root).cameras)
