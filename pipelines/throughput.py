@@ -164,8 +164,8 @@ def loader_run(gop_root: Path, pattern: str, backend: str, group_num: int, worke
 
 
 def mean_decode_depth(gop_root: Path, pattern: str, group_num: int, **options) -> float:
-    """Frames NVDEC decodes per wanted frame for this pattern's epoch (stream steps count the
-    frames they advance over)."""
+    """Frames NVDEC decodes per wanted frame when each request is decoded from its GOP start
+    (the first 2,000 samples of epoch 0): the divisor of the ceiling in the random target."""
     from dali_gop.sampling import pattern_from_name
     from dali_gop.source import Dataset
     dataset = Dataset.open(gop_root)
