@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One round on the GPU machine, after ../shared/gpu/bundle's chunks are stored and installed there:
 #   bash scripts/gpu_round.sh tests    # GPU tests; meanwhile makes the benchmark set in the background
+#   bash scripts/gpu_round.sh modes    # raw decode strategies on that set (scripts/decode_modes.py)
 #   bash scripts/gpu_round.sh bench    # the throughput benchmark on that set (waits for it)
 # Logs go to $OUT (the device tool brings them back).
 set -uo pipefail
@@ -16,6 +17,10 @@ case "${1:-tests}" in
        > /tmp/bench_prepare.log 2>&1; touch /tmp/bench_prepare.done" > /dev/null 2>&1 &
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
     python3 -m pytest -m gpu -v -s -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/gpu-tests.log"
+    ;;
+  modes)
+    for _ in $(seq 300); do [ -e /tmp/bench_prepare.done ] && break; sleep 2; done
+    python3 scripts/decode_modes.py /tmp/bench/*/gops 2>&1 | tee "$OUT/decode-modes.log"
     ;;
   bench)
     for _ in $(seq 300); do [ -e /tmp/bench_prepare.done ] && break; sleep 2; done
