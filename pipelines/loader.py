@@ -37,6 +37,17 @@ def _dead_processes(pids: list[int]) -> list[int]:
     return dead
 
 
+def _fetch(iterator, device_id: int | None, requests: queue.Queue, results: queue.Queue) -> None:
+    if device_id is not None:   # the current GPU is per thread; DALI's copies go to this one
+        import torch
+        torch.cuda.set_device(device_id)
+    while requests.get():
+        try:
+            results.put(("batch", next(iterator)))
+        except BaseException as e:   # StopIteration included: it ends the caller's epoch
+            results.put(("error", e))
+
+
 class GopLoader:
     """Iterates batches of one shard, epoch after epoch (``auto_reset``): a ``for`` loop is an epoch.
 
@@ -86,7 +97,12 @@ class GopLoader:
         if self._broken:
             raise RuntimeError(self._broken)
         if self._fetcher is None:
-            self._fetcher = threading.Thread(target=self._fetch, daemon=True, name="dali-gop-fetch")
+            # the thread holds the iterator, not the loader: dropping the loader stops it (__del__),
+            # and with it go the pipeline, its workers and its decoders
+            self._fetcher = threading.Thread(
+                target=_fetch, daemon=True, name="dali-gop-fetch",
+                args=(self._iterator, getattr(self.pipeline, "device_id", None), self._requests,
+                      self._results))
             self._fetcher.start()
         self._requests.put(True)
         while True:
@@ -103,16 +119,13 @@ class GopLoader:
             raise value
         return value
 
-    def _fetch(self) -> None:
-        device_id = getattr(self.pipeline, "device_id", None)
-        if device_id is not None:   # the current GPU is per thread; DALI's copies go to this one
-            import torch
-            torch.cuda.set_device(device_id)
-        while self._requests.get():
-            try:
-                self._results.put(("batch", next(self._iterator)))
-            except BaseException as e:   # StopIteration included: it ends the caller's epoch
-                self._results.put(("error", e))
+    def close(self) -> None:
+        """End the helper thread; the pipeline is freed once the loader is dropped. Also on del."""
+        self._requests.put(False)
+
+    def __del__(self):
+        if hasattr(self, "_requests"):
+            self._requests.put(False)
 
     def _worker_pids(self) -> list[int]:
         pool = getattr(self.pipeline, "_py_pool", None)

@@ -169,3 +169,28 @@ def test_nvdec_without_a_gpu_says_so(stores, monkeypatch):
     with pytest.raises(RuntimeError, match="needs an NVIDIA GPU"):
         loader_for(gop_root, backend="nvdec")
     assert backends.get_backend("auto").name == "cpu"
+
+
+def test_a_dropped_loader_frees_its_pipeline_and_thread(stores):
+    """Loaders made one after another (tests, restarts, a new loader per epoch) must not pile up
+    pipelines, workers and decoders: the GPU run of the test suite ran out of decoder memory so."""
+    import gc
+    import threading
+    import weakref
+    gop_root, _ = stores("h264-open-gop")
+
+    def fetchers():
+        return [t for t in threading.enumerate() if t.name == "dali-gop-fetch" and t.is_alive()]
+
+    before = len(fetchers())
+    loader = loader_for(gop_root, pattern="random")
+    next(iter(loader))
+    pipeline = weakref.ref(loader.pipeline)
+    assert len(fetchers()) == before + 1
+    del loader
+    deadline = time.monotonic() + 10
+    while (fetchers()[before:] or pipeline() is not None) and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
+    assert len(fetchers()) == before, "the helper thread outlived its loader"
+    assert pipeline() is None, "the pipeline outlived its loader"
