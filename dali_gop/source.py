@@ -61,16 +61,18 @@ class GopSource:
     the int64 decode plan, the sample's frame indices (T,), the clip's index in
     ``dataset.clips`` (1,), and the camera indices (C,).
 
-    With ``stream_decoding`` and a pattern that assigns stream slots, a camera's GOP is sent once:
-    the slot's decoder keeps its place, and later samples of the same slot in the same GOP carry no
-    bytes. Whether the decoder holds the GOP follows from the previous sample of the slot, which is
-    the sample ``batch_size`` positions earlier in the epoch: DALI decodes in order.
+    With ``stream_decoding`` and a pattern that assigns stream slots, each GOP a slot walks through
+    is sent once per camera, ``stream_lead`` steps of the slot before the slot reaches it, so the
+    decoder has it decoded by then; later samples in that GOP carry no bytes. A slot's steps are
+    the samples ``batch_size`` positions apart (DALI decodes batches in order), and what a step
+    sends, keeps and drops follows from the sample list alone (:meth:`_stream_request`), so every
+    worker computes the same thing without talking to the others.
     """
 
     def __init__(self, dataset: Dataset, pattern: AccessPattern, *, batch_size: int, seed: int = 0,
                  shard_id: int = 0, num_shards: int = 1, fix_gop_size: int | None = None,
                  verify_checksums: bool = False, stream_decoding: bool = True,
-                 persistent_index: bool = True):
+                 persistent_index: bool = True, stream_lead: int = 30):
         self.dataset = dataset
         self.pattern = pattern
         self.batch_size = batch_size
@@ -81,13 +83,17 @@ class GopSource:
         self.verify_checksums = verify_checksums
         self.stream_decoding = stream_decoding and not fix_gop_size
         self.persistent_index = persistent_index
+        if stream_lead < 0:
+            raise ValueError(f"stream_lead must be >= 0, not {stream_lead}")
+        self.stream_lead = stream_lead
+        self._slot_gops: dict[tuple[int, int, str], tuple[str, int] | None] = {}
         self._clip_index = {clip: i for i, clip in enumerate(dataset.clips)}
         self._store: GopStore | None = None
         self._epoch: tuple[int, list[SampleSpec]] | None = None
 
     def __getstate__(self):
         # workers rebuild the store and the epoch's sample list themselves
-        return {**self.__dict__, "_store": None, "_epoch": None}
+        return {**self.__dict__, "_store": None, "_epoch": None, "_slot_gops": {}}
 
     def shard_size(self, epoch: int = 0) -> int:
         """Real (non-padding) samples this shard sees in ``epoch``."""
@@ -99,6 +105,7 @@ class GopSource:
         if self._epoch is None or self._epoch[0] != epoch:
             if not self.persistent_index:
                 self._store = None   # the seed's non-persistent mode: indices re-read each epoch
+            self._slot_gops = {}
             self._epoch = epoch, self.pattern.epoch_samples(
                 self.dataset.clips, epoch=epoch, seed=self.seed, shard_id=self.shard_id,
                 num_shards=self.num_shards, batch_size=self.batch_size)
@@ -120,28 +127,57 @@ class GopSource:
 
     def read(self, samples: list[SampleSpec], position: int) -> tuple[np.ndarray, ...]:
         spec = samples[position]
-        requests = [self._request(samples, position, f"{spec.clip}/{camera}")
+        requests = [self._request(samples, position, camera)
                     for camera in self.dataset.cameras]
         read = self.store.read(requests)
         return (read.data, read.encode_plan(), np.asarray(spec.frames, dtype=np.int64),
                 np.asarray([self._clip_index[spec.clip]], dtype=np.int64),
                 np.arange(len(self.dataset.cameras), dtype=np.int64))
 
-    def _request(self, samples: list[SampleSpec], position: int, video: str) -> ReadRequest:
-        """A stream step when the slot's decoder for this video can keep its place, else plain."""
+    def _request(self, samples: list[SampleSpec], position: int, camera: str) -> ReadRequest:
+        """A stream step when the sample belongs to a slot and sits in one GOP, else plain."""
         spec = samples[position]
-        gop = self._single_gop(video, spec)
-        if not self.stream_decoding or spec.slot < 0 or spec.pad or gop is None:
+        video = f"{spec.clip}/{camera}"
+        gop = self._slot_gop(samples, position, spec.slot, camera) if self.stream_decoding else None
+        if gop is None:
             return ReadRequest(video, spec.frames)
-        continues = False
-        if position >= self.batch_size:
-            previous = samples[position - self.batch_size]
-            continues = (previous.slot == spec.slot and not previous.pad
-                         and previous.clip == spec.clip and self._single_gop(video, previous) == gop
-                         and max(previous.frames) < min(spec.frames))
-        return ReadRequest(video, spec.frames, spec.slot, continues)
+        return self._stream_request(samples, position, camera, video, gop)
 
-    def _single_gop(self, video: str, spec: SampleSpec) -> int | None:
-        """The start of the GOP holding all of the sample's frames, or None if they span GOPs."""
-        starts = {self.store.gop_start(video, f) for f in spec.frames}
-        return starts.pop() if len(starts) == 1 else None
+    def _stream_request(self, samples, position, camera, video, gop) -> ReadRequest:
+        """With W(p) the GOPs of the slot's steps p, p+B, ..., p+lead*B (B = batch size), step p
+        sends W(p) - W(p-B) and releases its GOP if it is not in W(p+B). By induction the slot then
+        holds exactly W(p) while step p picks, and nothing is sent twice while still held."""
+        slot, step = samples[position].slot, self.batch_size
+        previous = self._window(samples, position - step, slot, camera)
+        sends = tuple(g for g in self._window(samples, position, slot, camera) if g not in previous)
+        release = gop not in self._window(samples, position + step, slot, camera)
+        return ReadRequest(video, samples[position].frames, samples[position].slot, sends,
+                           stream_restart=not previous, stream_release=release)
+
+    def _window(self, samples, position: int, slot: int, camera: str) -> list[tuple[str, int]]:
+        """W(position), in order; empty where ``position`` is no step of the slot (before its
+        first step or after its last)."""
+        gops: list[tuple[str, int]] = []
+        if not 0 <= position < len(samples) or samples[position].slot != slot:
+            return gops
+        for k in range(self.stream_lead + 1):
+            gop = self._slot_gop(samples, position + k * self.batch_size, slot, camera)
+            if gop is not None and gop not in gops:
+                gops.append(gop)
+        return gops
+
+    def _slot_gop(self, samples, position: int, slot: int, camera: str) -> tuple[str, int] | None:
+        """(video, GOP start) of slot ``slot``'s step at ``position``; None where that is no step of
+        the slot (another slot, padding, outside the epoch) or its frames span GOPs."""
+        if slot < 0 or not 0 <= position < len(samples):
+            return None
+        key = (position, slot, camera)
+        if key not in self._slot_gops:
+            spec = samples[position]
+            gop = None
+            if spec.slot == slot and not spec.pad:
+                video = f"{spec.clip}/{camera}"
+                starts = {self.store.gop_start(video, f) for f in spec.frames}
+                gop = (video, starts.pop()) if len(starts) == 1 else None
+            self._slot_gops[key] = gop
+        return self._slot_gops[key]

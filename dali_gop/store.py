@@ -34,21 +34,35 @@ class Segment:
     packet_sizes: tuple[int, ...] | None
     first_frame: int
     num_outputs: int
+    codec: str = "h264"
+
+
+@dataclass(frozen=True)
+class StreamSend:
+    """A whole GOP sent ahead to a stream slot (segment ``segment`` of this sample): the decoder
+    decodes it once and keeps its frames under (``video_key``, ``gop_start``) for later picks."""
+    segment: int
+    video_key: int
+    gop_start: int
 
 
 @dataclass(frozen=True)
 class StreamStep:
-    """Stateful stream decoding: a decoder kept per (stream slot, camera) stays at its place.
+    """Stream decoding: each (stream slot, camera) keeps the decoded GOPs it will pick from.
 
-    ``start``: the request's one segment carries the whole GOP beginning at ``gop_start``; the
-    decoder drops whatever it held and feeds it progressively. Otherwise no bytes come: the decoder
-    already holds this GOP (sent by an earlier sample of the slot) and just goes on.
-    ``video_key`` (CRC-32 of the video path) lets the decoder check it is where the worker thinks.
+    Workers send each GOP of a slot once, some batches before the slot reaches it (``sends``), so
+    decoding runs ahead of the picks and each frame is decoded once. This step picks from the GOP
+    (``video_key``, ``gop_start``); ``video_key`` is the CRC-32 of the video path. ``restart``: drop
+    whatever the slot kept before (its first step of an epoch); ``release``: the slot needs this GOP
+    no more after this step. Which GOPs to send, keep and drop is a pure function of the epoch's
+    sample list (see :class:`dali_gop.source.GopSource`), so any worker can compute it.
     """
     slot: int
     video_key: int
     gop_start: int
-    start: bool
+    restart: bool = False
+    release: bool = False
+    sends: tuple[StreamSend, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,7 +70,7 @@ class Request:
     """One video's part of a sample (one camera): what to decode and which outputs to keep.
 
     ``picks[i] = (segment, output_position)`` locates the request's frame ``i``. For a stream step
-    the segment is -1 when no bytes were sent, and the position is ``frame - gop_start``.
+    the segment is -1 (the frames come from the slot's kept GOP), the position ``frame - gop_start``.
     """
     codec: str
     width: int
@@ -85,14 +99,18 @@ class SampleRead:
         out = [self.names_offset, len(self.segments)]
         for s in self.segments:
             sizes = s.packet_sizes if s.packet_sizes is not None else ()
-            out += [s.offset, s.size, s.first_frame, s.num_outputs,
+            out += [s.offset, s.size, s.first_frame, s.num_outputs, CODEC_IDS[s.codec],
                     len(sizes) if s.packet_sizes is not None else -1, *sizes]
         out.append(len(self.requests))
         for r in self.requests:
             st = r.stream
-            out += [CODEC_IDS[r.codec], r.width, r.height,
-                    *((1, st.slot, st.video_key, st.gop_start, int(st.start)) if st else (0,)),
-                    len(r.picks)]
+            out += [CODEC_IDS[r.codec], r.width, r.height, int(st is not None)]
+            if st is not None:
+                out += [st.slot, st.video_key, st.gop_start, int(st.restart), int(st.release),
+                        len(st.sends)]
+                for send in st.sends:
+                    out += [send.segment, send.video_key, send.gop_start]
+            out.append(len(r.picks))
             for seg, pos in r.picks:
                 out += [seg, pos]
         return np.asarray(out, dtype=np.int64)
@@ -108,10 +126,6 @@ class DecodePlan:
     segments: tuple[Segment, ...]
     requests: tuple[Request, ...]
 
-    def segment_codec(self, segment: int) -> str:
-        """Segments belong to one video each; its codec is on the requests that pick from it."""
-        return next(r.codec for r in self.requests if any(p[0] == segment for p in r.picks))
-
 
 def decode_plan(plan: np.ndarray) -> DecodePlan:
     values = iter(int(v) for v in np.asarray(plan).ravel())
@@ -119,16 +133,17 @@ def decode_plan(plan: np.ndarray) -> DecodePlan:
     names_offset = next(values)
     segments = []
     for _ in range(next(values)):
-        offset, size, first, n_out, n_packets = take(5)
+        offset, size, first, n_out, codec, n_packets = take(6)
         sizes = tuple(take(n_packets)) if n_packets >= 0 else None
-        segments.append(Segment(offset, size, sizes, first, n_out))
+        segments.append(Segment(offset, size, sizes, first, n_out, CODEC_NAMES[codec]))
     requests = []
     for _ in range(next(values)):
         codec, width, height, has_stream = take(4)
         stream = None
         if has_stream:
-            slot, key, gop_start, start = take(4)
-            stream = StreamStep(slot, key, gop_start, bool(start))
+            slot, key, gop_start, restart, release, n_sends = take(6)
+            sends = tuple(StreamSend(*take(3)) for _ in range(n_sends))
+            stream = StreamStep(slot, key, gop_start, bool(restart), bool(release), sends)
         n = next(values)
         picks = tuple(tuple(take(2)) for _ in range(n))
         requests.append(Request(CODEC_NAMES[codec], width, height, picks, stream))
@@ -137,12 +152,16 @@ def decode_plan(plan: np.ndarray) -> DecodePlan:
 
 @dataclass(frozen=True)
 class ReadRequest:
-    """What a worker asks of the store for one video. ``stream``: None for plain decoding (each GOP
-    prefix from its keyframe); else the slot and whether the slot's decoder already holds the GOP."""
+    """What a worker asks of the store for one video. ``stream_slot`` -1: plain decoding (each GOP
+    prefix from its keyframe); else a stream step of that slot, with the GOPs to send it now
+    ((video, gop_start): whole GOPs, possibly of the slot's next clip) and the
+    :class:`StreamStep` flags."""
     video: str
     frames: tuple[int, ...]
     stream_slot: int = -1
-    stream_continues: bool = False
+    stream_sends: tuple[tuple[str, int], ...] = ()
+    stream_restart: bool = False
+    stream_release: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +174,7 @@ class _GopSlice:
     packet_sizes: tuple[int, ...] | None
     first_frame: int
     num_outputs: int
+    codec: str
 
 
 class GopStore:
@@ -215,10 +235,11 @@ class GopStore:
     def _prefix_slice(self, video: str, start: int, last: int) -> _GopSlice:
         """The GOP at ``start``, cut after the packets that output frame ``last``."""
         base = fmt.video_gop_dir(self.gop_root, video)
+        info = self.video_info(video)
         if self.fix_gop_size:
-            count = min(self.fix_gop_size, self.video_info(video).frames - start)
+            count = min(self.fix_gop_size, info.frames - start)
             return _GopSlice(base / fmt.bin_filename(start, count), None, None, None, None, start,
-                             last - start + 1)
+                             last - start + 1, info.codec)
         gop = self.gop_of(video, start)
         n_packets = gop.packets_through(last)
         outputs = gop.output_frames(n_packets)
@@ -227,7 +248,7 @@ class GopStore:
             raise fmt.FormatError(f"{base / gop.file}: packets do not decode to frames "
                                   f"{start}..{last} in order")
         return _GopSlice(base / gop.file, gop.size, gop.crc32, sum(gop.packet_sizes[:n_packets]),
-                         gop.packet_sizes[:n_packets], start, len(outputs))
+                         gop.packet_sizes[:n_packets], start, len(outputs), info.codec)
 
     def read(self, requests: Iterable[ReadRequest | tuple[str, Sequence[int]]]) -> SampleRead:
         """Read every GOP prefix that the requests need into one buffer.
@@ -269,7 +290,8 @@ class GopStore:
         segments, offset = [], 0
         for s, size in zip(slices, sizes):
             self._read_into(s, data[offset:offset + size])
-            segments.append(Segment(offset, size, s.packet_sizes, s.first_frame, s.num_outputs))
+            segments.append(Segment(offset, size, s.packet_sizes, s.first_frame, s.num_outputs,
+                                    s.codec))
             offset += size
         data[offset:] = np.frombuffer(names, np.uint8)
         return SampleRead(data, tuple(segments), tuple(planned), offset)
@@ -280,13 +302,16 @@ class GopStore:
             raise ValueError(f"{request.video}: stream decoding needs a GOP index and all frames "
                              "of a request in one GOP")
         start = starts[0]
-        segment = -1
-        if not request.stream_continues:
-            gop = self.gop_of(request.video, start)
-            segment = add(self._prefix_slice(request.video, start, gop.end - 1))
+        sends = []
+        for video, gop_start in request.stream_sends:
+            gop = self.gop_of(video, gop_start)
+            if gop.start != gop_start:
+                raise ValueError(f"{self.gop_root / video}: no GOP starts at frame {gop_start}")
+            sends.append(StreamSend(add(self._prefix_slice(video, gop.start, gop.end - 1)),
+                                    fmt.checksum(video.encode()), gop.start))
         step = StreamStep(request.stream_slot, fmt.checksum(request.video.encode()), start,
-                          not request.stream_continues)
-        picks = tuple((segment, f - start) for f in request.frames)
+                          request.stream_restart, request.stream_release, tuple(sends))
+        picks = tuple((-1, f - start) for f in request.frames)
         return Request(info.codec, info.width, info.height, picks, step)
 
     def _resolve_size(self, s: _GopSlice) -> int:

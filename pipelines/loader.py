@@ -145,7 +145,7 @@ def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend
                 color: str = "RGB", resize: tuple[int, int] | None = None,
                 sequence_length: int = 4, stride: int = 1, random_starts: bool = False,
                 samples_per_epoch: int | None = None, fix_gop_size: int | None = None,
-                stream_decoding: bool = True, verify_checksums: bool = False,
+                stream_decoding: bool = True, stream_lead: int = 30, verify_checksums: bool = False,
                 persistent_index: bool = True,
                 device_id: int | None = None, num_threads: int = 4,
                 prefetch_queue_depth: int = 2, backend_options: dict | None = None) -> GopLoader:
@@ -154,7 +154,10 @@ def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend
     ``pattern``: ``stream`` (the seed's order; stream decoding), ``random`` (the seed's), or
     ``sequence`` (``sequence_length`` frames ``stride`` apart). ``batch_size`` is the seed's
     ``group_num``: samples (clips) per batch, each with every camera. ``backend``: ``auto``,
-    ``nvdec``, ``dali`` or ``cpu``. ``device_id`` defaults to LOCAL_RANK (torchrun) or 0 on the GPU,
+    ``nvdec``, ``dali`` or ``cpu``. ``stream_lead``: how many batches before a stream slot reaches a
+    GOP it is sent to the decoder; about one GOP keeps NVDEC busy across GOP boundaries, and each
+    slot and camera then keeps up to two decoded GOPs (RGB: GOP x H x W x 3 bytes each) on the
+    GPU. ``device_id`` defaults to LOCAL_RANK (torchrun) or 0 on the GPU,
     and is ignored by the ``cpu`` backend, whose pipeline runs without a GPU.
     """
     if last_batch_policy not in LAST_BATCH_POLICIES:
@@ -168,7 +171,7 @@ def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend
     source = GopSource(dataset, access, batch_size=batch_size, seed=seed, shard_id=shard_id,
                        num_shards=num_shards, fix_gop_size=fix_gop_size,
                        verify_checksums=verify_checksums, stream_decoding=stream_decoding,
-                       persistent_index=persistent_index)
+                       persistent_index=persistent_index, stream_lead=stream_lead)
     decoder = get_backend(backend, color=color, **(backend_options or {}))
     if decoder.device == "cpu":
         device_id = None

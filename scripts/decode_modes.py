@@ -28,7 +28,11 @@ def load(gop_root):
     return work
 
 
-def run(label, work, threads, *, depth=None, keep=True, low=False, flush=True, rgb=True):
+def run(label, work, threads, *, depth=None, keep="clone", low=False, flush=True, rgb=True):
+    """keep: what happens to each wanted frame: None, "dlpack" (wrap only), "clone" (wrap and copy
+    with torch), "memcpy" (one cuMemcpyDtoDAsync into a tensor, as the nvdec backend does)."""
+    from dali_gop.backends.nvdec import FrameCopier
+    copier = FrameCopier()
     local = threading.local()
     rng = random.Random(0)
     items = [(w, depth(rng) if depth else None) for w in work]
@@ -43,8 +47,17 @@ def run(label, work, threads, *, depth=None, keep=True, low=False, flush=True, r
         kept = []
 
         def sink(position, frame):
-            if keep and (d is None or position == d - 1):
+            if not keep or (d is not None and position != d - 1):
+                return
+            if keep == "dlpack":
+                kept.append(torch.from_dlpack(frame))
+            elif keep == "clone":
                 kept.append(torch.from_dlpack(frame).clone())
+            else:
+                if not hasattr(local, "buffer"):
+                    local.buffer = torch.empty(copier.frame_shape(frame), dtype=torch.uint8,
+                                               device="cuda")
+                copier.copy(frame, local.buffer, local.stream, "bench")
 
         packets = packets_of(data, segment)
         if d is not None:
@@ -65,67 +78,22 @@ def run(label, work, threads, *, depth=None, keep=True, low=False, flush=True, r
           f"(mean depth {frames / len(items):.1f})", flush=True)
 
 
-def round_robin(label, work, threads, slots, step):
-    """The old stream scheme: many LOW-latency decoders, a few packets each in turn."""
-    pool = ThreadPoolExecutor(threads)
-    queues = [work[i::slots] for i in range(slots)]
-    lock = threading.Lock()
-    decoders = {}
-    done = threading.Event()
-    remaining = [slots]
-    frames = [0]
-
-    def task(slot, gop_i, fed):
-        if gop_i >= len(queues[slot]):
-            with lock:
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    done.set()
-            return
-        codec, data, segment = queues[slot][gop_i]
-        if slot not in decoders:
-            s = torch.cuda.Stream()
-            decoders[slot] = (create_decoder(codec, s.cuda_stream, 0, low_latency=True), s)
-        dec, s = decoders[slot]
-        packets = packets_of(data, segment)
-        chunk = packets[fed:fed + step]
-        last = fed + len(chunk) == len(packets)
-        kept = []
-        with torch.cuda.stream(s):
-            n = decode_packets(dec, chunk, lambda p, f: kept.append(torch.from_dlpack(f).clone()),
-                               flush=last, low_latency=True)
-        with lock:
-            frames[0] += n
-        pool.submit(task, slot, gop_i + 1 if last else gop_i, 0 if last else fed + len(chunk))
-
-    t = time.perf_counter()
-    for slot in range(slots):
-        pool.submit(task, slot, 0, 0)
-    done.wait()
-    torch.cuda.synchronize()
-    dt = time.perf_counter() - t
-    pool.shutdown()
-    print(f"{label:<52} {frames[0] / dt:>8,.0f} decoded/s", flush=True)
-
-
 def main():
     work = load(sys.argv[1])
     print(f"{len(work)} GOPs, {torch.cuda.get_device_name(0)}")
     uniform = lambda rng: rng.randint(1, 30)  # noqa: E731
-    for threads in (16, 24, 32):
-        run(f"whole GOP, default latency, {threads} thr, no copy", work, threads, keep=False)
-    for threads in (16, 32):
-        run(f"whole GOP, default latency, {threads} thr, copy each", work, threads)
-    run("whole GOP, NV12, 16 thr, no copy", work, 16, keep=False, rgb=False)
-    run("whole GOP, LOW latency, 16 thr, copy each", work, 16, low=True)
-    run("whole GOP, LOW latency, 32 thr, copy each", work, 32, low=True)
-    for threads in (16, 32):
-        run(f"prefix 1..30, default, flush, {threads} thr", work, threads, depth=uniform)
-    run("prefix 1..30, LOW, flush, 16 thr", work, 16, depth=uniform, low=True)
-    run("prefix 1..30, LOW, no flush, 16 thr", work, 16, depth=uniform, low=True, flush=False)
-    run("prefix 1..30, LOW, no flush, 32 thr", work, 32, depth=uniform, low=True, flush=False)
-    round_robin("round robin LOW, 96 decoders, 4 packets, 16 thr", work, 16, 96, 4)
-    round_robin("round robin LOW, 96 decoders, 30 packets, 16 thr", work, 16, 96, 30)
+    for threads in (16, 32, 48):
+        run(f"whole GOP, default latency, {threads} thr, no copy", work, threads, keep=None)
+    for keep in ("dlpack", "clone", "memcpy"):
+        run(f"whole GOP, default latency, 32 thr, {keep}", work, 32, keep=keep)
+    run("whole GOP, default latency, 16 thr, memcpy", work, 16, keep="memcpy")
+    for threads in (16, 32, 48, 64):
+        run(f"prefix 1..30, default, flush, {threads} thr, memcpy", work, threads, depth=uniform,
+            keep="memcpy")
+    run("prefix 1..30, LOW, no flush, 32 thr, memcpy", work, 32, depth=uniform, low=True,
+        flush=False, keep="memcpy")
+    run("prefix 1..30, LOW, flush, 32 thr, memcpy", work, 32, depth=uniform, low=True,
+        keep="memcpy")
 
 
 if __name__ == "__main__":

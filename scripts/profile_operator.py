@@ -32,8 +32,8 @@ def main():
     timed(nvdec.NvdecBatchDecoder, "__call__")
     timed(nvdec.NvdecBatchDecoder, "_start")
     timed(nvdec.BitstreamStash, "put")
-    timed(nvdec.GopFrames, "decode_step")
-    timed(nvdec.GopFrames, "take")
+    timed(nvdec.NvdecBatchDecoder, "_decode_gop")
+    timed(nvdec.DecodedGop, "take")
 
     from pipelines.loader import make_loader
 

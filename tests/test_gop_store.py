@@ -230,29 +230,43 @@ def test_corrupt_index_json_is_named(case_store, tmp_path):
 
 
 def test_plan_roundtrip():
-    from dali_gop.store import Request, SampleRead, Segment, StreamStep
+    from dali_gop.store import Request, SampleRead, Segment, StreamSend, StreamStep
     read = SampleRead(np.frombuffer(b"0123456789a/b\nc/d", np.uint8),
-                      (Segment(0, 4, (1, 3), 12, 2), Segment(4, 6, None, 0, 5)),
+                      (Segment(0, 4, (1, 3), 12, 2, "hevc"), Segment(4, 6, None, 0, 5, "h264")),
                       (Request("hevc", 320, 180, ((0, 1), (1, 4))),
-                       Request("h264", 64, 48, ((-1, 3),), StreamStep(5, 2**32 - 1, 30, False))), 10)
+                       Request("h264", 64, 48, ((-1, 3),),
+                               StreamStep(5, 2**32 - 1, 30, True, False, (StreamSend(1, 7, 60),)))),
+                      10)
     plan = decode_plan(read.encode_plan())
     assert (plan.segments, plan.requests) == (read.segments, read.requests)
     assert read.segment_names() == ["a/b", "c/d"]
 
 
-def test_stream_reads_send_a_gop_once(case_store):
+def test_stream_reads_send_whole_gops_and_pick_from_kept_ones(case_store):
     store, rel, index, reference = case_store("hevc-bframes")
     from dali_gop.store import ReadRequest
-    gop = index.gops[1]
-    first = store.read([ReadRequest(rel, (gop.start + 2,), stream_slot=3)])
+    gop, after = index.gops[1], index.gops[2]
+    first = store.read([ReadRequest(rel, (gop.start + 2,), stream_slot=3,
+                                    stream_sends=((rel, gop.start), (rel, after.start)),
+                                    stream_restart=True)])
     (request,) = first.requests
-    assert request.stream.start and request.stream.gop_start == gop.start
-    assert request.picks == ((0, 2),)
-    frames = decode_annexb(index.codec, first.data[:first.names_offset], first.segments[0].packet_sizes)
-    assert all(np.array_equal(f, reference[gop.start + i]) for i, f in enumerate(frames[:gop.count]))
-    later = store.read([ReadRequest(rel, (gop.start + 5,), stream_slot=3, stream_continues=True)])
+    step = request.stream
+    assert step.restart and not step.release and step.gop_start == gop.start
+    assert [s.gop_start for s in step.sends] == [gop.start, after.start]
+    assert request.picks == ((-1, 2),)
+    for send, whole in zip(step.sends, (gop, after)):
+        segment = first.segments[send.segment]
+        assert segment.codec == index.codec and segment.num_outputs >= whole.count
+        frames = decode_annexb(segment.codec, first.data[segment.offset:segment.offset + segment.size],
+                               segment.packet_sizes)
+        assert all(np.array_equal(f, reference[whole.start + i])
+                   for i, f in enumerate(frames[:whole.count]))
+    later = store.read([ReadRequest(rel, (gop.start + 5,), stream_slot=3, stream_release=True)])
     assert later.names_offset == 0 and later.requests[0].picks == ((-1, 5),)
-    assert not later.requests[0].stream.start
+    assert later.requests[0].stream.release and not later.requests[0].stream.sends
+    with pytest.raises(ValueError, match="no GOP starts at frame"):
+        store.read([ReadRequest(rel, (gop.start,), stream_slot=0,
+                                stream_sends=((rel, gop.start + 1),))])
 
 
 def test_paths_outside_the_gop_root_are_refused():

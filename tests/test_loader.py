@@ -135,20 +135,50 @@ def test_dataset_checks_cameras(stores):
         Dataset.open(gop_root, cameras=["cam0.mp4", "cam9.mp4"])
 
 
-def test_stream_source_sends_each_gop_once_per_slot(stores):
+@pytest.mark.parametrize("batch_size,lead", [(3, 30), (3, 0), (5, 4), (4, 13)])
+def test_stream_source_sends_each_gop_once_ahead_and_keeps_little(stores, batch_size, lead):
+    """Replays the plans an epoch's workers make through the slots' bookkeeping: every pick finds
+    its GOP, each GOP is sent once per slot that walks it, ``lead`` steps ahead where the slot's
+    walk allows, a slot keeps at most the GOPs its next ``lead`` steps need, and the epoch ends
+    with nothing kept. (The worker never asks the decoder: all of this follows from the samples.)"""
+    from dali_gop.backends._assemble import KeptGops
+    from dali_gop.store import decode_plan
     gop_root, _ = stores("hevc-open-gop")
-    source = GopSource(Dataset.open(gop_root), StreamPattern(), batch_size=3)
-    samples = source.samples(0)
-    starts = Counter()
-    for position in range(len(samples)):
-        data, plan, *_ = source.read(samples, position)
-        from dali_gop.store import decode_plan
-        for request in decode_plan(plan).requests:
-            assert request.stream is not None
-            starts[request.stream.start] += 1
-    # 3 clips x 3 GOPs x 2 cameras: one start per (GOP, camera); every other step continues
-    assert starts[True] == 3 * 3 * 2
-    assert starts[False] == len(samples) * 2 - starts[True]
+    source = GopSource(Dataset.open(gop_root), StreamPattern(), batch_size=batch_size,
+                       stream_lead=lead)
+    gops = {(fmt.checksum(v.encode()), g.start): g for v in source.store.manifest().videos
+            for g in source.store.index(v).gops}
+    shortest = min(g.count for g in gops.values())
+    kept, sent, sent_at, picked_at = KeptGops(), Counter(), {}, {}
+    for epoch in range(2):
+        samples = source.samples(epoch)
+        for position in range(len(samples)):
+            data, plan, *_ = source.read(samples, position)
+            plan = decode_plan(plan)
+            for camera, request in enumerate(plan.requests):
+                step = request.stream
+                if step is None:
+                    assert samples[position].pad
+                    continue
+                for send in step.sends:
+                    key = (epoch, step.slot, camera, send.video_key, send.gop_start)
+                    sent[key] += 1
+                    sent_at.setdefault(key, position)
+                    whole = gops[(send.video_key, send.gop_start)]
+                    assert plan.segments[send.segment].num_outputs >= whole.count
+                kept.step(camera, step, lambda send: send)
+                key = (epoch, step.slot, camera, step.video_key, step.gop_start)
+                picked_at.setdefault(key, position)
+                per_slot = kept._kept[(step.slot, camera)]
+                assert len(per_slot) <= -(-lead // shortest) + 1
+        assert kept.count() == 0, "the epoch's last steps release everything"
+    assert set(sent) == set(picked_at) and max(sent.values()) == 1
+    first_step = {}
+    for key, position in sorted(picked_at.items(), key=lambda kv: kv[1]):
+        first_step.setdefault(key[:3], position)
+    for key in sent:   # as early as the lead says, or the slot's first step of the epoch
+        steps_ahead = (picked_at[key] - sent_at[key]) // batch_size
+        assert steps_ahead == min(lead, (picked_at[key] - first_step[key[:3]]) // batch_size)
 
 
 def test_a_seed_shaped_index_file_is_accepted(stores, tmp_path):
@@ -175,22 +205,17 @@ def test_a_dropped_loader_frees_its_pipeline_and_thread(stores):
     """Loaders made one after another (tests, restarts, a new loader per epoch) must not pile up
     pipelines, workers and decoders: the GPU run of the test suite ran out of decoder memory so."""
     import gc
-    import threading
     import weakref
     gop_root, _ = stores("h264-open-gop")
 
-    def fetchers():
-        return [t for t in threading.enumerate() if t.name == "dali-gop-fetch" and t.is_alive()]
-
-    before = len(fetchers())
     loader = loader_for(gop_root, pattern="random")
     next(iter(loader))
-    pipeline = weakref.ref(loader.pipeline)
-    assert len(fetchers()) == before + 1
+    pipeline, thread = weakref.ref(loader.pipeline), loader._fetcher
+    assert thread.is_alive()
     del loader
     deadline = time.monotonic() + 10
-    while (fetchers()[before:] or pipeline() is not None) and time.monotonic() < deadline:
+    while (thread.is_alive() or pipeline() is not None) and time.monotonic() < deadline:
         gc.collect()
         time.sleep(0.05)
-    assert len(fetchers()) == before, "the helper thread outlived its loader"
+    assert not thread.is_alive(), "the helper thread outlived its loader"
     assert pipeline() is None, "the pipeline outlived its loader"

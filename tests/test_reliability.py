@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 
 from dali_gop import format as fmt
 from dali_gop.reference import decode_source
-from dali_gop.store import (GopStore, ReadRequest, Request, SampleRead, Segment, StreamStep,
-                            decode_plan)
+from dali_gop.store import (GopStore, ReadRequest, Request, SampleRead, Segment, StreamSend,
+                            StreamStep, decode_plan)
 from dali_gop.synthetic import make_dataset, make_video
 from preprocess.runner import preprocess
 from preprocess.writer import VideoError, _Packet, parameter_sets_annexb, split_gops, write_video
@@ -712,9 +712,11 @@ def test_fuzz_manifest_mutations(raw, data):
 int64 = st.integers(-2**63, 2**63 - 1)
 segments = st.builds(Segment, offset=int64, size=int64,
                      packet_sizes=st.none() | st.lists(int64, max_size=5).map(tuple),
-                     first_frame=int64, num_outputs=int64)
+                     first_frame=int64, num_outputs=int64, codec=st.sampled_from(["h264", "hevc"]))
+sends = st.builds(StreamSend, segment=int64, video_key=st.integers(0, 2**32 - 1), gop_start=int64)
 streams = st.none() | st.builds(StreamStep, slot=int64, video_key=st.integers(0, 2**32 - 1),
-                                gop_start=int64, start=st.booleans())
+                                gop_start=int64, restart=st.booleans(), release=st.booleans(),
+                                sends=st.lists(sends, max_size=3).map(tuple))
 requests = st.builds(Request, codec=st.sampled_from(["h264", "hevc"]), width=int64, height=int64,
                      picks=st.lists(st.tuples(int64, int64), max_size=5).map(tuple), stream=streams)
 

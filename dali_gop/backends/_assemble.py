@@ -1,23 +1,47 @@
-"""What the backends share: the output-count check, the stream-step check, and (cpu) plan walking."""
+"""What the backends share: output checks, the GOPs stream slots keep, and (cpu) plan walking."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from dali_gop.store import DecodePlan, Request, Segment
+from dali_gop.store import DecodePlan, Request, Segment, StreamSend, StreamStep
 
 
 class DecodeError(RuntimeError):
     """A bin decoded to fewer frames than its index promises, or a stream slot lost its place."""
 
 
-@dataclass
-class StreamSlotState:
-    """A decoder that stays at its place in one GOP of one video across iterations."""
-    video_key: int
-    gop_start: int
-    name: str
-    frames: dict[int, Any] = field(default_factory=dict)   # decoded, not yet picked
+class KeptGops:
+    """The decoded GOPs each (stream slot, camera) keeps, as the steps' flags say (StreamStep).
+
+    A backend calls :meth:`step` for every stream request, in batch order; ``decode`` turns a sent
+    GOP into whatever the backend keeps (frames, or a pending decode).
+    """
+
+    def __init__(self):
+        self._kept: dict[tuple[int, int], dict[tuple[int, int], Any]] = {}
+
+    def step(self, camera: int, step: StreamStep, decode: Callable[[StreamSend], Any]) -> Any:
+        """The kept GOP this step picks from (after taking in the step's sends)."""
+        kept = self._kept.setdefault((step.slot, camera), {})
+        if step.restart:
+            kept.clear()
+        for send in step.sends:
+            kept[(send.video_key, send.gop_start)] = decode(send)
+        key = (step.video_key, step.gop_start)
+        if key not in kept:
+            raise DecodeError(f"stream slot {step.slot}, camera {camera}: GOP {step.gop_start} of "
+                              "the video the worker names was never sent or already dropped "
+                              "(samples reached the decoder out of order)")
+        return kept.pop(key) if step.release else kept[key]
+
+    def count(self) -> int:
+        return sum(len(k) for k in self._kept.values())
+
+
+def check_position(position: int, num_outputs: int, name: str) -> int:
+    if not 0 <= position < num_outputs:
+        raise DecodeError(f"{name}: no output {position} (the GOP decodes to {num_outputs} frames)")
+    return position
 
 
 def check_outputs(produced: int, segment: Segment, name: str) -> None:
@@ -35,15 +59,6 @@ def frames_shape(plan: DecodePlan, names: list[str]) -> tuple[int, int, int, int
                           "a batch tensor needs one size; resize them in preprocessing")
     (height, width), = sizes
     return len(plan.requests), len(plan.requests[0].picks), height, width
-
-
-def check_stream_step(state, request: Request, position: int):
-    """``state`` (anything with ``video_key`` and ``gop_start``) is where the worker assumes."""
-    step = request.stream
-    if state is None or state.video_key != step.video_key or state.gop_start != step.gop_start:
-        raise DecodeError(f"stream slot {step.slot}: decoder is not at GOP {step.gop_start} of the "
-                          "video the worker assumes (samples reached the decoder out of order)")
-    return state
 
 
 def pick_frames(plan: DecodePlan, names: list[str], decode_segment: Callable[[int], Sequence],

@@ -6,8 +6,8 @@ import numpy as np
 import nvtx
 
 from dali_gop.backends import DecodeBackend
-from dali_gop.backends._assemble import (DecodeError, StreamSlotState, check_outputs,
-                                         check_stream_step, frames_shape, pick_frames)
+from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, check_position,
+                                         frames_shape, pick_frames)
 from dali_gop.reference import decode_annexb
 from dali_gop.store import decode_plan, segment_names
 
@@ -17,7 +17,7 @@ class CpuSampleDecoder:
 
     def __init__(self, color: str = "RGB"):
         self.pixel_format = "rgb24" if color == "RGB" else "bgr24"
-        self._streams: dict[tuple[int, int], StreamSlotState] = {}
+        self.kept = KeptGops()
 
     def __call__(self, data: np.ndarray, plan: np.ndarray) -> np.ndarray:
         with nvtx.annotate("decode (cpu)", color="red"):
@@ -30,22 +30,19 @@ class CpuSampleDecoder:
         def decode_segment(i: int):
             s = plan.segments[i]
             try:
-                return decode_annexb(plan.segment_codec(i), data[s.offset:s.offset + s.size],
+                return decode_annexb(s.codec, data[s.offset:s.offset + s.size],
                                      s.packet_sizes, pixel_format=self.pixel_format)
             except Exception as e:   # FFmpeg's errors say what, not where
                 raise DecodeError(f"{names[i]}: cannot decode ({e})") from e
 
+        def decode_send(send):   # a whole GOP a stream slot will pick from: decoded once
+            frames = decode_segment(send.segment)
+            check_outputs(len(frames), plan.segments[send.segment], names[send.segment])
+            return names[send.segment], frames
+
         def stream_frames(camera: int, request) -> list:
-            step = request.stream
-            key = (step.slot, camera)
-            segment = request.picks[0][0]
-            if step.start:   # the slot enters a GOP: decode it whole, once
-                frames = decode_segment(segment)
-                check_outputs(len(frames), plan.segments[segment], names[segment])
-                self._streams[key] = StreamSlotState(step.video_key, step.gop_start, names[segment],
-                                                     frames=dict(enumerate(frames)))
-            state = check_stream_step(self._streams.get(key), request, request.picks[0][1])
-            return [state.frames[position] for _, position in request.picks]
+            name, frames = self.kept.step(camera, request.stream, decode_send)
+            return [frames[check_position(p, len(frames), name)] for _, p in request.picks]
 
         frames_shape(plan, names)
         frames = pick_frames(plan, names, decode_segment, stream_frames)

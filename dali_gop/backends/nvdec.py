@@ -5,24 +5,26 @@ Data path, per batch::
     workers --(bytes, plan)--> BitstreamStash (CPU python_function: keeps the host bytes)
                                plan.gpu() --> NvdecBatchDecoder (GPU dl_tensor_python_function)
                                               pops the host bytes, feeds NVDEC from host memory,
-                                              writes RGB frames into the output on the GPU
+                                              copies RGB frames into the output on the GPU
 
 NVDEC parses bitstreams from host memory, and DALI lets a GPU operator take GPU inputs only, so
 the bytes never go to the GPU at all: the CPU operator hands them over in order through a FIFO
 (DALI runs each stage's iterations in order), and only the small plan crosses to the GPU, where
 its shape lets the GPU side check that the FIFO is in step.
 
-Decoders are made once per (thread, codec, size) and, for stream decoding, once per (slot, camera),
-and reused across iterations and epochs. Each has its own CUDA stream; frames are copied out of the
-decoder on that stream (PyNvVideoCodec reuses its output buffer at the next ``Decode``), and DALI's
-stream waits on events, so there is no device-wide synchronization.
+Decoders are made once per (thread, codec) and reused across iterations and epochs; each thread
+has its own CUDA stream, and DALI's stream waits on events, so there is no device-wide
+synchronization. Frames leave the decoder by one driver-API device copy each (PyNvVideoCodec
+reuses its output buffer at the next ``Decode``): wrapping every frame in a tensor first cost
+more than half of NVDEC's throughput (docs/gpu-results.md).
 """
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,11 +32,11 @@ import numpy as np
 import nvtx
 
 from dali_gop.backends import DecodeBackend
-from dali_gop.backends._assemble import (DecodeError, check_outputs, check_stream_step,
+from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, check_position,
                                          frames_shape)
 from dali_gop.store import DecodePlan, Segment, decode_plan, segment_names
 
-DEFAULT_THREADS = 16   # the H100's NVDEC ceiling rose from 8 to 16 threads (docs/gpu-results.md)
+DEFAULT_THREADS = 32   # NVDEC's throughput still rose from 16 to 32 threads (docs/gpu-results.md)
 
 
 def _nvc():
@@ -91,6 +93,48 @@ def decode_packets(decoder, packets, sink: Callable[[int, object], None], *, flu
     return position
 
 
+class FrameCopier:
+    """Copies a decoded frame into a tensor on a stream, by one ``cuMemcpyDtoDAsync`` when the
+    frame is a dense buffer of the destination's size (it is, for RGB output); else through torch.
+    """
+
+    def __init__(self):
+        self._memcpy = ctypes.CDLL("libcuda.so.1").cuMemcpyDtoDAsync_v2
+        self._memcpy.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p]
+        self._memcpy.restype = ctypes.c_int
+
+    def device_copy(self, destination: int, source: int, nbytes: int, stream_handle: int) -> None:
+        status = self._memcpy(destination, source, nbytes, stream_handle)
+        if status:
+            raise DecodeError(f"cuMemcpyDtoDAsync failed with CUDA error {status}")
+
+    def frame_shape(self, frame) -> tuple[int, ...]:
+        return tuple(frame.__cuda_array_interface__["shape"])
+
+    def copy(self, frame, destination, stream, name: str) -> None:
+        """``destination``: a contiguous uint8 CUDA tensor; ``stream``: a torch stream."""
+        interface = frame.__cuda_array_interface__
+        shape, strides = tuple(interface["shape"]), interface.get("strides")
+        if shape != tuple(destination.shape):
+            raise DecodeError(f"{name}: NVDEC frame {shape} does not fit the sample's "
+                              f"{tuple(destination.shape)} (cameras or clips of different sizes?)")
+        if strides is None or strides == _dense_strides(shape):
+            self.device_copy(destination.data_ptr(), interface["data"][0], destination.numel(),
+                             stream.cuda_stream)
+        else:
+            import torch
+            with torch.cuda.stream(stream):
+                destination.copy_(torch.from_dlpack(frame))
+
+
+def _dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for extent in reversed(shape):
+        strides.append(step)
+        step *= extent
+    return tuple(reversed(strides))
+
+
 class BitstreamStash:
     """FIFO from the CPU operator to the GPU operator: host bytes and plans of each batch."""
 
@@ -117,110 +161,36 @@ class _ThreadDecoders:
     decoders: dict = field(default_factory=dict)
 
 
+class DecodedGop:
+    """A whole GOP a stream slot will pick from, decoded once by a pool thread into one tensor
+    (frames, H, W, 3) while earlier batches go by."""
+
+    def __init__(self, name: str, future: Future):
+        self.name = name
+        self._future = future    # -> (frames tensor, CUDA event recorded after the last copy)
+
+    def take(self, position: int, destination, consumer_stream, copier: FrameCopier) -> None:
+        """Copy frame ``position`` into ``destination`` on ``consumer_stream`` (DALI's)."""
+        frames, decoded = self._future.result()     # a decode error surfaces here
+        check_position(position, frames.shape[0], self.name)
+        if frames.shape[1:] != destination.shape:
+            raise DecodeError(f"{self.name}: frames of {tuple(frames.shape[1:])} do not fit the "
+                              f"sample's {tuple(destination.shape)}")
+        consumer_stream.wait_event(decoded)
+        frame_bytes = destination.numel()
+        copier.device_copy(destination.data_ptr(), frames.data_ptr() + position * frame_bytes,
+                           frame_bytes, consumer_stream.cuda_stream)
+        frames.record_stream(consumer_stream)   # not reused before DALI's stream has copied it
+
+
 @dataclass
 class _Job:
-    """One batch in flight: outputs, futures of its plain segments, and its stream steps."""
+    """One batch in flight: outputs, futures of its plain segments, and its stream picks."""
     plan_shapes: list
     outputs: list
     futures: list = field(default_factory=list)
-    stream_steps: list = field(default_factory=list)     # (GopFrames, position, destination)
+    stream_picks: list = field(default_factory=list)     # (DecodedGop, position, destination)
     errors: list = field(default_factory=list)
-
-
-class GopFrames:
-    """One GOP of one stream slot and camera, decoded once, in the background, frame by frame.
-
-    The decode goes a few packets at a time, each step a pool task that puts itself back in the
-    queue, so when many slots enter new GOPs in the same batch, all of their first frames come out
-    early instead of one GOP after the other. The slot's samples take frames in order as they come
-    out (a condition variable says which are ready; a CUDA event per frame orders the copy after
-    the decode), and each frame's memory is released as soon as it is taken.
-    """
-
-    PACKETS_PER_STEP = 4
-
-    def __init__(self, video_key: int, gop_start: int, name: str, segment: Segment,
-                 data: np.ndarray):
-        self.video_key, self.gop_start, self.name, self.segment = video_key, gop_start, name, segment
-        self._packets = packets_of(data, segment)
-        self._fed = 0
-        self._produced = 0
-        self._ready = threading.Condition()
-        self._frames: dict[int, tuple] = {}
-        self.done = False
-        self._error: Exception | None = None
-
-    def decode_step(self, decoder, stream, bgr: bool) -> bool:
-        """Feed the next few packets (a pool thread, the slot's decoder and stream); True when the
-        GOP is fully decoded and the decoder flushed."""
-        import torch
-
-        def keep(position, frame):
-            image = torch.from_dlpack(frame)
-            image = image.flip(-1) if bgr else image.clone()
-            decoded = torch.cuda.Event()
-            decoded.record(stream)
-            with self._ready:
-                self._frames[position] = (image, decoded)
-                self._ready.notify_all()
-
-        try:
-            chunk = self._packets[self._fed:self._fed + self.PACKETS_PER_STEP]
-            self._fed += len(chunk)
-            last = self._fed == len(self._packets)
-            with torch.cuda.stream(stream):
-                self._produced = decode_packets(decoder, chunk, keep, flush=last, low_latency=True,
-                                                first_position=self._produced)
-            if last:
-                check_outputs(self._produced, self.segment, self.name)
-        except Exception as e:
-            self._error = e if isinstance(e, DecodeError) else \
-                DecodeError(f"{self.name}: NVDEC failed ({e})")
-            self._finish()
-            raise self._error from e
-        if last:
-            self._finish()
-        return last
-
-    def fail(self, culprit: str) -> None:
-        """The slot's decoder broke on ``culprit``: nothing of this GOP will come."""
-        if not self.done:
-            self._error = self._error or DecodeError(f"{self.name}: not decoded, the slot's "
-                                                     f"decoder failed on {culprit}")
-            self._finish()
-
-    def _finish(self) -> None:
-        with self._ready:
-            self.done = True
-            self._ready.notify_all()
-
-    def take(self, position: int, destination, consumer_stream) -> None:
-        """Copy frame ``position`` into ``destination`` on ``consumer_stream`` (DALI's)."""
-        import torch
-        with self._ready:
-            self._ready.wait_for(lambda: position in self._frames or self.done)
-            entry = self._frames.get(position)
-            for taken in [p for p in self._frames if p <= position]:
-                del self._frames[taken]      # the slot only moves forward: free GPU memory early
-        if entry is None:
-            raise self._error or DecodeError(f"{self.name}: no frame {self.gop_start + position} "
-                                             "(already taken, or beyond the GOP)")
-        image, decoded = entry
-        consumer_stream.wait_event(decoded)
-        with torch.cuda.stream(consumer_stream):
-            destination.copy_(image)
-        image.record_stream(consumer_stream)   # not reused before DALI's stream has copied it
-
-
-@dataclass
-class _Slot:
-    """A stream slot's decoder for one camera, with its CUDA stream and its GOPs to decode, in
-    order (the decoder takes one GOP at a time)."""
-    decoder: object
-    stream: object
-    codec: str
-    gop: GopFrames | None = None
-    queue: collections.deque = field(default_factory=collections.deque)   # GOPs not yet decoded
 
 
 class NvdecBatchDecoder:
@@ -228,8 +198,9 @@ class NvdecBatchDecoder:
 
     Decoding runs one batch ahead: the CPU stage has usually stashed the next batch already, so
     while DALI hands on this batch, the pool is decoding the next one and NVDEC never idles
-    between batches. Stream slots decode each GOP once, in the background, as soon as the slot
-    enters it; their samples then only copy frames out.
+    between batches. Stream slots get their GOPs some batches before they reach them (see
+    :class:`dali_gop.source.GopSource`); each is decoded whole, once, in the background, and the
+    slot's samples only copy frames out.
     """
 
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
@@ -238,16 +209,17 @@ class NvdecBatchDecoder:
         self.bgr = color == "BGR"
         self.threads = threads
         self.lookahead = lookahead
+        self.kept = KeptGops()
+        self._copier = FrameCopier()
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._thread_decoders: list[_ThreadDecoders] = []
-        self._slots: dict[tuple[int, int], _Slot] = {}
         self._pending: collections.deque[_Job] = collections.deque()
         self._lock = threading.Lock()
 
     # -- resources ------------------------------------------------------------------------------
     def decoder_count(self) -> int:
-        return sum(len(t.decoders) for t in self._thread_decoders) + len(self._slots)
+        return sum(len(t.decoders) for t in self._thread_decoders)
 
     def _thread_state(self, device_id: int) -> _ThreadDecoders:
         import torch
@@ -259,9 +231,15 @@ class NvdecBatchDecoder:
                 self._thread_decoders.append(state)
         return state
 
-    def _submit(self, fn, *args):
+    def _decoder(self, state: _ThreadDecoders, codec: str, device_id: int):
+        decoder = state.decoders.get(codec)
+        if decoder is None:
+            decoder = state.decoders[codec] = create_decoder(codec, state.stream.cuda_stream,
+                                                             device_id)
+        return decoder
+
+    def _submit(self, fn, *args) -> Future:
         if self._pool is None:
-            # more threads than NVDEC needs only add GIL contention (docs/gpu-results.md)
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nvdec")
         return self._pool.submit(fn, *args)
 
@@ -294,16 +272,22 @@ class NvdecBatchDecoder:
                 dali_stream.wait_event(future.result())
             except Exception as e:
                 errors.append(e)
-        for gop, position, destination in job.stream_steps:
+        for gop, position, destination in job.stream_picks:
             try:
-                gop.take(position, destination, dali_stream)
+                gop.take(position, destination, dali_stream, self._copier)
             except Exception as e:
                 errors.append(e)
         if errors:
             raise errors[0]
-        return [to_dlpack(out) for out in job.outputs]
+        outputs = job.outputs
+        if self.bgr:
+            with torch.cuda.stream(dali_stream):
+                outputs = [out.flip(-1) for out in outputs]
+        return [to_dlpack(out) for out in outputs]
 
     def _start(self, batch, device_id: int, dali_stream) -> _Job:
+        """Allocate a batch's outputs and schedule its decodes (in batch order: stream slots'
+        bookkeeping relies on it)."""
         import torch
         datas, plans = batch
         decoded = [decode_plan(p) for p in plans]
@@ -321,16 +305,21 @@ class NvdecBatchDecoder:
                     for t, (segment, position) in enumerate(request.picks):
                         wanted[segment].append((position, camera, t))
                     continue
+
+                def send_decode(send, data=data, plan=plan, name_list=name_list):
+                    name = name_list[send.segment]
+                    return DecodedGop(name, self._submit(self._decode_gop, data,
+                                                         plan.segments[send.segment], name,
+                                                         device_id))
                 try:
-                    gop = self._stream_gop(device_id, data, plan, name_list, camera, request)
+                    gop = self.kept.step(camera, request.stream, send_decode)
                 except DecodeError as e:
                     job.errors.append(e)
                     continue
-                job.stream_steps += [(gop, position, out[camera, t])
+                job.stream_picks += [(gop, position, out[camera, t])
                                      for t, (_, position) in enumerate(request.picks)]
             for segment, targets in wanted.items():
-                segments.append((data, plan.segments[segment], name_list[segment],
-                                 plan.segment_codec(segment), out, targets))
+                segments.append((data, plan.segments[segment], name_list[segment], out, targets))
         segments.sort(key=lambda s: -s[1].size)     # longest first: the batch ends sooner
         job.futures = [self._submit(self._decode_segment, *s, device_id, allocated)
                        for s in segments]
@@ -340,83 +329,59 @@ class NvdecBatchDecoder:
         import torch
         return torch.empty((*frames_shape(plan, names), 3), dtype=torch.uint8, device="cuda")
 
-    def _copy(self, frame, destination):
+    def _run_decoder(self, state, segment: Segment, name: str, data, sink, device_id: int) -> None:
+        """Decode a segment from its keyframe on the thread's decoder and stream, then flush."""
         import torch
-        image = torch.from_dlpack(frame)
-        destination.copy_(image.flip(-1) if self.bgr else image)
+        decoder = self._decoder(state, segment.codec, device_id)
+        with torch.cuda.stream(state.stream):
+            try:
+                produced = decode_packets(decoder, packets_of(data, segment), sink)
+            except DecodeError:
+                state.decoders.pop(segment.codec, None)
+                raise
+            except Exception as e:
+                state.decoders.pop(segment.codec, None)   # a decoder in an unknown state: not reused
+                raise DecodeError(f"{name}: NVDEC failed ({e})") from e
+        check_outputs(produced, segment, name)
 
-    def _decode_segment(self, data, segment: Segment, name: str, codec: str, out, targets,
-                        device_id: int, allocated):
-        """Pool thread: decode a GOP prefix from its keyframe, copy the wanted outputs, flush."""
+    def _decode_segment(self, data, segment: Segment, name: str, out, targets, device_id: int,
+                        allocated):
+        """Pool thread: decode a GOP prefix, copying the wanted outputs into the batch's tensor."""
         import torch
         by_position = collections.defaultdict(list)
         for position, camera, t in targets:
             by_position[position].append(out[camera, t])
         state = self._thread_state(device_id)
-        decoder = state.decoders.get(codec)
-        if decoder is None:
-            decoder = state.decoders[codec] = create_decoder(codec, state.stream.cuda_stream,
-                                                             device_id)
+        state.stream.wait_event(allocated)
 
         def sink(position, frame):
             for destination in by_position.get(position, ()):
-                self._copy(frame, destination)
+                self._copier.copy(frame, destination, state.stream, name)
 
-        with torch.cuda.stream(state.stream):
-            state.stream.wait_event(allocated)
-            try:
-                produced = decode_packets(decoder, packets_of(data, segment), sink)
-            except Exception as e:
-                state.decoders.pop(codec, None)   # a decoder in an unknown state is not reused
-                raise DecodeError(f"{name}: NVDEC failed ({e})") from e
-            done = torch.cuda.Event()
-            done.record(state.stream)
-        check_outputs(produced, segment, name)    # wanted positions are all < num_outputs
+        self._run_decoder(state, segment, name, data, sink, device_id)
+        done = torch.cuda.Event()
+        done.record(state.stream)
         return done
 
-    def _stream_gop(self, device_id: int, data, plan: DecodePlan, names, camera: int,
-                    request) -> GopFrames:
-        """The GOP a stream step reads from; starting a GOP schedules its decode."""
+    def _decode_gop(self, data, segment: Segment, name: str, device_id: int):
+        """Pool thread: decode a whole GOP for a stream slot into one tensor."""
         import torch
-        step = request.stream
-        key = (step.slot, camera)
-        slot = self._slots.get(key)
-        if step.start:
-            if slot is None or slot.codec != request.codec:
-                stream = torch.cuda.Stream(device_id)
-                slot = self._slots[key] = _Slot(
-                    create_decoder(request.codec, stream.cuda_stream, device_id, low_latency=True),
-                    stream, request.codec)
-            index = request.picks[0][0]
-            slot.gop = GopFrames(step.video_key, step.gop_start, names[index], plan.segments[index],
-                                 data)
-            with self._lock:
-                slot.queue.append(slot.gop)
-                idle = len(slot.queue) == 1
-            if idle:
-                self._submit(self._decode_gop_step, key, slot)
-        return check_stream_step(slot.gop if slot else None, request, request.picks[0][1])
+        state = self._thread_state(device_id)
+        frames = None
 
-    def _decode_gop_step(self, key, slot: _Slot) -> None:
-        """Pool task: a few packets of the slot's oldest undecoded GOP, then back into the queue
-        (behind every other slot's work) until the slot has nothing left to decode."""
-        gop = slot.queue[0]
-        try:
-            finished = gop.decode_step(slot.decoder, slot.stream, self.bgr)
-        except Exception:
-            with self._lock:
-                if self._slots.get(key) is slot:
-                    del self._slots[key]    # its decoder is in an unknown state
-                for waiting in slot.queue:
-                    waiting.fail(gop.name)
-                slot.queue.clear()
-            raise
-        with self._lock:
-            if finished:
-                slot.queue.popleft()
-            more = bool(slot.queue)
-        if more:
-            self._submit(self._decode_gop_step, key, slot)
+        def sink(position, frame):
+            nonlocal frames
+            if frames is None:
+                with torch.cuda.stream(state.stream):
+                    frames = torch.empty((segment.num_outputs, *self._copier.frame_shape(frame)),
+                                         dtype=torch.uint8, device="cuda")
+            if position < segment.num_outputs:   # a GOP's bin may decode one frame of the next
+                self._copier.copy(frame, frames[position], state.stream, name)
+
+        self._run_decoder(state, segment, name, data, sink, device_id)
+        decoded = torch.cuda.Event()
+        decoded.record(state.stream)
+        return frames, decoded
 
 
 class NvdecBackend(DecodeBackend):
