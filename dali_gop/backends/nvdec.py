@@ -109,17 +109,17 @@ class FrameCopier:
             raise DecodeError(f"cuMemcpyDtoDAsync failed with CUDA error {status}")
 
     def frame_shape(self, frame) -> tuple[int, ...]:
-        return tuple(frame.__cuda_array_interface__["shape"])
+        return tuple(frame.shape)
 
     def copy(self, frame, destination, stream, name: str) -> None:
-        """``destination``: a contiguous uint8 CUDA tensor; ``stream``: a torch stream."""
-        interface = frame.__cuda_array_interface__
-        shape, strides = tuple(interface["shape"]), interface.get("strides")
+        """``destination``: a contiguous uint8 CUDA tensor; ``stream``: a torch stream.
+        (``torch.from_dlpack`` on a PyNvVideoCodec frame costs ~190 us, the pointer < 1 us.)"""
+        shape, strides = tuple(frame.shape), tuple(frame.strides)
         if shape != tuple(destination.shape):
             raise DecodeError(f"{name}: NVDEC frame {shape} does not fit the sample's "
                               f"{tuple(destination.shape)} (cameras or clips of different sizes?)")
-        if strides is None or strides == _dense_strides(shape):
-            self.device_copy(destination.data_ptr(), interface["data"][0], destination.numel(),
+        if strides == _dense_strides(shape):
+            self.device_copy(destination.data_ptr(), frame.GetPtrToPlane(0), destination.numel(),
                              stream.cuda_stream)
         else:
             import torch
