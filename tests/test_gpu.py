@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 
-from dali_gop import format as fmt
 from conftest import store_factory
 
 pytestmark = pytest.mark.gpu
@@ -137,8 +136,9 @@ def test_no_leaks_over_ten_epochs(stores, pattern):
 
     from pipelines.loader import make_loader
     gop_root, _ = stores("hevc-bframes")
+    # 4 threads: every thread has made its decoder within the first epoch
     loader = make_loader(gop_root, pattern=pattern, backend="nvdec", batch_size=3, num_workers=2,
-                         shard_id=0, num_shards=1)
+                         shard_id=0, num_shards=1, backend_options={"threads": 4})
     operator = loader.decode_operators[0]
     readings = []
     for epoch in range(10):
@@ -147,6 +147,7 @@ def test_no_leaks_over_ten_epochs(stores, pattern):
         torch.cuda.synchronize()
         free, total = torch.cuda.mem_get_info()
         readings.append((operator.decoder_count(), total - free))
+        assert operator.kept.count() == 0, "an epoch's end releases every kept GOP"
     print(f"{pattern}: decoders and device memory in use per epoch: {readings}")
     assert len({count for count, _ in readings[1:]}) == 1, "decoder sessions grow"
     used = [memory for _, memory in readings[1:]]

@@ -26,7 +26,7 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import nvtx
@@ -36,7 +36,7 @@ from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, c
                                          frames_shape)
 from dali_gop.store import DecodePlan, Segment, decode_plan, segment_names
 
-DEFAULT_THREADS = 32   # NVDEC's throughput still rose from 16 to 32 threads (docs/gpu-results.md)
+DEFAULT_THREADS = 48   # GOP-prefix decodes gained up to 48 threads (docs/gpu-results.md)
 
 
 def _nvc():
@@ -94,12 +94,15 @@ def decode_packets(decoder, packets, sink: Callable[[int, object], None], *, flu
 
 
 class FrameCopier:
-    """Copies a decoded frame into a tensor on a stream, by one ``cuMemcpyDtoDAsync`` when the
-    frame is a dense buffer of the destination's size (it is, for RGB output); else through torch.
+    """Copies decoded frames to device pointers, one ``cuMemcpyDtoDAsync`` each.
+
+    ``torch.from_dlpack`` on a PyNvVideoCodec frame costs ~190 us, its pointer < 1 us. The call
+    goes through ``ctypes.PyDLL``, which keeps the GIL: it only enqueues a copy, and releasing and
+    re-taking the GIL for it in dozens of decode threads cost more than the copy.
     """
 
     def __init__(self):
-        self._memcpy = ctypes.CDLL("libcuda.so.1").cuMemcpyDtoDAsync_v2
+        self._memcpy = ctypes.PyDLL("libcuda.so.1").cuMemcpyDtoDAsync_v2
         self._memcpy.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p]
         self._memcpy.restype = ctypes.c_int
 
@@ -108,23 +111,32 @@ class FrameCopier:
         if status:
             raise DecodeError(f"cuMemcpyDtoDAsync failed with CUDA error {status}")
 
-    def frame_shape(self, frame) -> tuple[int, ...]:
-        return tuple(frame.shape)
+    def sink(self, targets: Callable[[int], Sequence[int]], frame_shape: tuple[int, ...],
+             stream_handle: int, name: str) -> Callable[[int, object], None]:
+        """A ``decode_packets`` sink copying output ``position`` to each of ``targets(position)``
+        (device pointers to dense ``frame_shape`` uint8 buffers) on ``stream_handle``."""
+        nbytes = int(np.prod(frame_shape))
+        checked = False
 
-    def copy(self, frame, destination, stream, name: str) -> None:
-        """``destination``: a contiguous uint8 CUDA tensor; ``stream``: a torch stream.
-        (``torch.from_dlpack`` on a PyNvVideoCodec frame costs ~190 us, the pointer < 1 us.)"""
+        def sink(position, frame):
+            nonlocal checked
+            if not checked:
+                self._check(frame, frame_shape, name)
+                checked = True
+            for pointer in targets(position):
+                self.device_copy(pointer, frame.GetPtrToPlane(0), nbytes, stream_handle)
+
+        return sink
+
+    @staticmethod
+    def _check(frame, frame_shape: tuple[int, ...], name: str) -> None:
         shape, strides = tuple(frame.shape), tuple(frame.strides)
-        if shape != tuple(destination.shape):
+        if shape != tuple(frame_shape):
             raise DecodeError(f"{name}: NVDEC frame {shape} does not fit the sample's "
-                              f"{tuple(destination.shape)} (cameras or clips of different sizes?)")
-        if strides == _dense_strides(shape):
-            self.device_copy(destination.data_ptr(), frame.GetPtrToPlane(0), destination.numel(),
-                             stream.cuda_stream)
-        else:
-            import torch
-            with torch.cuda.stream(stream):
-                destination.copy_(torch.from_dlpack(frame))
+                              f"{tuple(frame_shape)} (cameras or clips of different sizes?)")
+        if strides != _dense_strides(shape):
+            raise DecodeError(f"{name}: PyNvVideoCodec gave a padded frame (strides {strides}); "
+                              "this backend expects dense RGB frames")
 
 
 def _dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -165,22 +177,19 @@ class DecodedGop:
     """A whole GOP a stream slot will pick from, decoded once by a pool thread into one tensor
     (frames, H, W, 3) while earlier batches go by."""
 
-    def __init__(self, name: str, future: Future):
+    def __init__(self, name: str, frames):
         self.name = name
-        self._future = future    # -> (frames tensor, CUDA event recorded after the last copy)
+        self.frames = frames
+        self.future: Future | None = None    # -> CUDA event recorded after the last frame's copy
 
     def take(self, position: int, destination, consumer_stream, copier: FrameCopier) -> None:
         """Copy frame ``position`` into ``destination`` on ``consumer_stream`` (DALI's)."""
-        frames, decoded = self._future.result()     # a decode error surfaces here
-        check_position(position, frames.shape[0], self.name)
-        if frames.shape[1:] != destination.shape:
-            raise DecodeError(f"{self.name}: frames of {tuple(frames.shape[1:])} do not fit the "
-                              f"sample's {tuple(destination.shape)}")
+        decoded = self.future.result()     # a decode error surfaces here
+        check_position(position, self.frames.shape[0], self.name)
         consumer_stream.wait_event(decoded)
         frame_bytes = destination.numel()
-        copier.device_copy(destination.data_ptr(), frames.data_ptr() + position * frame_bytes,
+        copier.device_copy(destination.data_ptr(), self.frames.data_ptr() + position * frame_bytes,
                            frame_bytes, consumer_stream.cuda_stream)
-        frames.record_stream(consumer_stream)   # not reused before DALI's stream has copied it
 
 
 @dataclass
@@ -286,102 +295,98 @@ class NvdecBatchDecoder:
         return [to_dlpack(out) for out in outputs]
 
     def _start(self, batch, device_id: int, dali_stream) -> _Job:
-        """Allocate a batch's outputs and schedule its decodes (in batch order: stream slots'
-        bookkeeping relies on it)."""
+        """Allocate a batch's outputs (and its stream sends' frames) on DALI's stream and schedule
+        the decodes, in batch order: the stream slots' bookkeeping relies on it."""
         import torch
         datas, plans = batch
         decoded = [decode_plan(p) for p in plans]
         names = [segment_names(d, p.names_offset) for d, p in zip(datas, decoded)]
-        with torch.cuda.stream(dali_stream):   # outputs freed on DALI's stream: reuse is ordered
-            outputs = [self._allocate(plan, name_list) for plan, name_list in zip(decoded, names)]
+        job = _Job([p.shape for p in plans], [])
+        segments, sends = [], []
+        # allocated on DALI's stream, which reads them last: a block freed and reused is then
+        # written only after DALI's reads (the decode threads wait for ``allocated``)
+        with torch.cuda.stream(dali_stream):
+            for data, plan, name_list in zip(datas, decoded, names):
+                out = self._allocate(plan, name_list)
+                job.outputs.append(out)
+                frame_shape = tuple(out.shape[2:])
+                wanted: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
+                for camera, request in enumerate(plan.requests):
+                    if request.stream is None:
+                        for t, (segment, position) in enumerate(request.picks):
+                            wanted[segment].append((position, camera, t))
+                        continue
+
+                    def send(send, data=data, plan=plan, name_list=name_list):
+                        segment = plan.segments[send.segment]
+                        gop = DecodedGop(name_list[send.segment], torch.empty(
+                            (segment.num_outputs, *frame_shape), dtype=torch.uint8, device="cuda"))
+                        sends.append((gop, data, segment))
+                        return gop
+                    try:
+                        gop = self.kept.step(camera, request.stream, send)
+                    except DecodeError as e:
+                        job.errors.append(e)
+                        continue
+                    job.stream_picks += [(gop, position, out[camera, t])
+                                         for t, (_, position) in enumerate(request.picks)]
+                for segment, targets in wanted.items():
+                    segments.append((data, plan.segments[segment], name_list[segment], out,
+                                     targets))
             allocated = torch.cuda.Event()
             allocated.record(dali_stream)
-        job = _Job([p.shape for p in plans], outputs)
-        segments = []
-        for data, plan, name_list, out in zip(datas, decoded, names, outputs):
-            wanted: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
-            for camera, request in enumerate(plan.requests):
-                if request.stream is None:
-                    for t, (segment, position) in enumerate(request.picks):
-                        wanted[segment].append((position, camera, t))
-                    continue
-
-                def send_decode(send, data=data, plan=plan, name_list=name_list):
-                    name = name_list[send.segment]
-                    return DecodedGop(name, self._submit(self._decode_gop, data,
-                                                         plan.segments[send.segment], name,
-                                                         device_id))
-                try:
-                    gop = self.kept.step(camera, request.stream, send_decode)
-                except DecodeError as e:
-                    job.errors.append(e)
-                    continue
-                job.stream_picks += [(gop, position, out[camera, t])
-                                     for t, (_, position) in enumerate(request.picks)]
-            for segment, targets in wanted.items():
-                segments.append((data, plan.segments[segment], name_list[segment], out, targets))
         segments.sort(key=lambda s: -s[1].size)     # longest first: the batch ends sooner
         job.futures = [self._submit(self._decode_segment, *s, device_id, allocated)
                        for s in segments]
+        for gop, data, segment in sends:    # after the plain segments: needed batches later
+            gop.future = self._submit(self._decode_gop, gop, data, segment, device_id, allocated)
         return job
 
     def _allocate(self, plan: DecodePlan, names: list[str]):
         import torch
         return torch.empty((*frames_shape(plan, names), 3), dtype=torch.uint8, device="cuda")
 
-    def _run_decoder(self, state, segment: Segment, name: str, data, sink, device_id: int) -> None:
-        """Decode a segment from its keyframe on the thread's decoder and stream, then flush."""
+    def _run_decoder(self, segment: Segment, name: str, data, targets, frame_shape, device_id: int,
+                     allocated):
+        """Pool thread: decode a segment from its keyframe on the thread's decoder, copying output
+        ``position`` to the pointers ``targets(position)``; flush; return an event after it all."""
         import torch
-        decoder = self._decoder(state, segment.codec, device_id)
-        with torch.cuda.stream(state.stream):
-            try:
-                produced = decode_packets(decoder, packets_of(data, segment), sink)
-            except DecodeError:
-                state.decoders.pop(segment.codec, None)
-                raise
-            except Exception as e:
-                state.decoders.pop(segment.codec, None)   # a decoder in an unknown state: not reused
-                raise DecodeError(f"{name}: NVDEC failed ({e})") from e
-        check_outputs(produced, segment, name)
-
-    def _decode_segment(self, data, segment: Segment, name: str, out, targets, device_id: int,
-                        allocated):
-        """Pool thread: decode a GOP prefix, copying the wanted outputs into the batch's tensor."""
-        import torch
-        by_position = collections.defaultdict(list)
-        for position, camera, t in targets:
-            by_position[position].append(out[camera, t])
         state = self._thread_state(device_id)
         state.stream.wait_event(allocated)
-
-        def sink(position, frame):
-            for destination in by_position.get(position, ()):
-                self._copier.copy(frame, destination, state.stream, name)
-
-        self._run_decoder(state, segment, name, data, sink, device_id)
+        decoder = self._decoder(state, segment.codec, device_id)
+        sink = self._copier.sink(targets, frame_shape, state.stream.cuda_stream, name)
+        try:
+            produced = decode_packets(decoder, packets_of(data, segment), sink)
+        except Exception as e:
+            state.decoders.pop(segment.codec, None)   # a decoder in an unknown state: not reused
+            if isinstance(e, DecodeError):
+                raise
+            raise DecodeError(f"{name}: NVDEC failed ({e})") from e
+        check_outputs(produced, segment, name)
         done = torch.cuda.Event()
         done.record(state.stream)
         return done
 
-    def _decode_gop(self, data, segment: Segment, name: str, device_id: int):
-        """Pool thread: decode a whole GOP for a stream slot into one tensor."""
-        import torch
-        state = self._thread_state(device_id)
-        frames = None
+    def _decode_segment(self, data, segment: Segment, name: str, out, targets, device_id: int,
+                        allocated):
+        """Pool thread: decode a GOP prefix, copying the wanted outputs into the batch's tensor."""
+        by_position = collections.defaultdict(list)
+        for position, camera, t in targets:
+            by_position[position].append(out[camera, t].data_ptr())
+        return self._run_decoder(segment, name, data, lambda p: by_position.get(p, ()),
+                                 tuple(out.shape[2:]), device_id, allocated)
 
-        def sink(position, frame):
-            nonlocal frames
-            if frames is None:
-                with torch.cuda.stream(state.stream):
-                    frames = torch.empty((segment.num_outputs, *self._copier.frame_shape(frame)),
-                                         dtype=torch.uint8, device="cuda")
-            if position < segment.num_outputs:   # a GOP's bin may decode one frame of the next
-                self._copier.copy(frame, frames[position], state.stream, name)
+    def _decode_gop(self, gop: DecodedGop, data, segment: Segment, device_id: int, allocated):
+        """Pool thread: decode a whole GOP for a stream slot into its tensor."""
+        frames = gop.frames
+        # a GOP dropped unread (a restart) must not be reallocated while this stream writes it
+        frames.record_stream(self._thread_state(device_id).stream)
+        base, count, frame_bytes = frames.data_ptr(), frames.shape[0], frames[0].numel()
 
-        self._run_decoder(state, segment, name, data, sink, device_id)
-        decoded = torch.cuda.Event()
-        decoded.record(state.stream)
-        return frames, decoded
+        def targets(position):   # a GOP's bin may decode one frame of the next GOP: not kept
+            return (base + position * frame_bytes,) if position < count else ()
+        return self._run_decoder(segment, gop.name, data, targets, tuple(frames.shape[1:]),
+                                 device_id, allocated)
 
 
 class NvdecBackend(DecodeBackend):
