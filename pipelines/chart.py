@@ -37,8 +37,8 @@ def subtitle(report: dict) -> str:
     a = report.get("args", {})
     if not a:
         return ""
-    return (f"{a['clips']} clips x {a['cameras']} cameras, {a['codec']} {a['width']}x{a['height']}, "
-            f"GOP {a['gop']}, B-frames {a['bframes']}; stream group_num {a['group_num']}, "
+    return (f"{a['clips']} clips x {a['cameras']} cameras, {a['codec']} "
+            f"{a['width']}x{a['height']}, GOP {a['gop']}, B-frames {a['bframes']}; stream group_num {a['group_num']}, "
             f"random {a['random_group_num']}")
 
 
@@ -54,7 +54,7 @@ def draw(report: dict, path: str | Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")      # files only: no display needed
     import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker below)
+    import matplotlib.ticker
 
     groups, values = bars(report)
     if not groups:

@@ -296,9 +296,10 @@ def pynvc_stream(paths: list[Path], codec: str, threads: int, device: int):
             torch.cuda.set_device(device)
             local.stream = torch.cuda.Stream()
             local.decoder = create_decoder(codec, local.stream.cuda_stream, device)
-        frames = sum(len(local.decoder.Decode(packet))
-                     for packet in nvc.CreateDemuxer(filename=str(path)))
-        return frames + len(local.decoder.Decode(nvc.PacketData()))   # flush
+        frames = 0
+        for packet in nvc.CreateDemuxer(filename=str(path)):
+            frames += sum(1 for _ in local.decoder.Decode(packet))
+        return frames + sum(1 for _ in local.decoder.Decode(nvc.PacketData()))   # flush
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(decode, paths[:threads]))
@@ -461,7 +462,8 @@ MEASUREMENTS: dict[str, tuple[Callable[[Bench], list[Result]], bool]] = {
 
 # -- several ranks -------------------------------------------------------------------------------
 def init_distributed(gpu: bool) -> tuple[int, int, int]:
-    """(rank, world size, local rank); a process group (nccl on GPUs, gloo on CPUs) under torchrun."""
+    """(rank, world size, local rank); under torchrun a process group, nccl on GPUs, gloo on
+    CPUs."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world == 1:
         return 0, 1, 0
@@ -623,7 +625,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed loader batches first (default: max(2 x workers, 8))")
     parser.add_argument("--threads", type=int, nargs="+", default=[8, 16],
-                        help="decode threads for the NVDEC ceiling (the largest for PyNvVideoCodec)")
+                        help="decode threads of the NVDEC ceiling (the largest: PyNvVideoCodec)")
     parser.add_argument("--random_batches", type=int, default=60,
                         help="timed batches: dali-gop random and stream without stream decoding")
     parser.add_argument("--baseline_batches", type=int, default=20,

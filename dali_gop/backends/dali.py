@@ -12,9 +12,9 @@ Graph, per sample::
 DALI's decoder demuxes each buffer with FFmpeg's raw H.264/HEVC demuxer and decodes it whole from
 its first keyframe, with a new parser and frame index per sample and nothing kept between
 samples: stream steps (a GOP sent once per stream slot) cannot apply, so loaders using this
-backend must be built with ``stream_decoding=False``. Its RGB conversion interpolates chroma bilinearly
-(dali/operators/video/color_space.cu) where FFmpeg's rgb24 and NVDEC take the nearest chroma
-sample, so at colour edges its pixels differ from theirs.
+backend must be built with ``stream_decoding=False``. Its RGB conversion interpolates chroma
+bilinearly (dali/operators/video/color_space.cu) where FFmpeg's rgb24 and NVDEC take the nearest
+chroma sample, so at colour edges its pixels differ from theirs.
 
 Known limit of concatenating a camera's segments (sequence samples spanning GOPs): FFmpeg drops
 the second segment when a cut open H.264 GOP (non-IDR keyframe) is followed by a non-adjacent one
