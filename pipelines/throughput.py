@@ -50,7 +50,7 @@ from preprocess.runner import preprocess
 
 STREAM, RANDOM = "stream", "random"
 # --quick: defaults for a run of about a minute (explicit options still win)
-QUICK = dict(clips=4, frames=60, random_batches=10, baseline_batches=3, threads=[16])
+QUICK = dict(clips=4, frames=60, warmup=6, random_batches=6, baseline_batches=3, threads=[16])
 
 
 @dataclass

@@ -119,3 +119,10 @@ def test_stream_steps_are_refused_with_the_fix(stores):
     data, plan, *_ = source.read(source.samples(0), 0)
     with pytest.raises(RuntimeError, match="stream_decoding=False"):
         CameraBuffers(len(dataset.cameras))(data, plan)
+
+
+def test_without_a_gpu_the_dali_backend_says_so(monkeypatch):
+    import dali_gop.backends as backends
+    monkeypatch.setattr(backends, "gpu_available", lambda: False)
+    with pytest.raises(RuntimeError, match="'dali' backend needs an NVIDIA GPU"):
+        backends.get_backend("dali")
