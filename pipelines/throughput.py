@@ -136,7 +136,7 @@ def measure(name: str, run: Callable[[], tuple[int, float]], *, method: str = ""
                     method or name, access)
     if verbose:
         gpu = "" if result.peak_gpu_mib is None else f", +{result.peak_gpu_mib:,.0f} MiB GPU"
-        print(f"  {name:<40} {result.frames_per_s:>9,.0f} frames/s  ({frames} frames, "
+        print(f"  {name:<46} {result.frames_per_s:>9,.0f} frames/s  ({frames} frames, "
               f"{seconds:.2f} s, {result.cpu_cores:.1f} CPU cores{gpu}) {note}", flush=True)
     return result
 
