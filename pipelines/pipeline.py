@@ -26,6 +26,7 @@ def gop_video(source: GopSource, backend: DecodeBackend, *, prefetch_queue_depth
         source=source, num_outputs=len(SOURCE_OUTPUTS), batch=False, parallel=True,
         prefetch_queue_depth=prefetch_queue_depth,
         dtype=[types.UINT8, types.INT64, types.INT64, types.INT64, types.INT64])
+    backend.bind(len(source.dataset.cameras))
     frames = backend.decode(data, plan)
     if resize is not None:
         cameras, length, height, width = frame_shape

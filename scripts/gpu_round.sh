@@ -16,7 +16,8 @@ case "${1:-tests}" in
     setsid nohup bash -c "python3 -m pipelines.throughput --data '$BENCH_DATA' --prepare-only \
        > /tmp/bench_prepare.log 2>&1; touch /tmp/bench_prepare.done" > /dev/null 2>&1 &
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
-    python3 -m pytest -m gpu -v -s -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/gpu-tests.log"
+    python3 -m pytest -m gpu -v -s -p no:cacheprovider tests/test_gpu.py tests/test_gpu_dali.py \
+      2>&1 | tee "$OUT/gpu-tests.log"
     ;;
   modes)
     for _ in $(seq 300); do [ -e /tmp/bench_prepare.done ] && break; sleep 2; done

@@ -16,11 +16,18 @@ class DecodeBackend(ABC):
 
     name: str = ""
     device: str = "cpu"         # where the frames it returns live: "cpu" or "gpu"
+    # whether decoders keep their place between samples, so the loader may send stream steps
+    # (a GOP's bytes once per stream slot); a stateless backend needs stream_decoding=False
+    stateful: bool = True
 
     def __init__(self, color: str = "RGB"):
         if color not in ("RGB", "BGR"):
             raise ValueError(f"color must be 'RGB' or 'BGR', not {color!r}")
         self.color = color
+
+    def bind(self, num_cameras: int) -> None:
+        """Called before :meth:`decode` with the cameras every sample holds; a backend whose graph
+        has one branch per camera keeps it."""
 
     @abstractmethod
     def decode(self, data, plan):
@@ -38,8 +45,9 @@ def gpu_available() -> bool:
 
 
 def get_backend(name: str = "auto", **options) -> DecodeBackend:
-    """``nvdec`` (PyNvVideoCodec on the GPU) or ``cpu`` (FFmpeg through PyAV); ``auto`` is
-    ``nvdec`` when a GPU is present, else ``cpu``. ``dali`` is reserved for DALI's own decoder."""
+    """``nvdec`` (PyNvVideoCodec on the GPU), ``dali`` (DALI's own ``fn.decoders.video`` on the
+    GPU, for comparison) or ``cpu`` (FFmpeg through PyAV); ``auto`` is ``nvdec`` when a GPU is
+    present, else ``cpu``."""
     if name == "auto":
         name = "nvdec" if gpu_available() else "cpu"
     if name == "cpu":
@@ -52,6 +60,9 @@ def get_backend(name: str = "auto", **options) -> DecodeBackend:
         from dali_gop.backends.nvdec import NvdecBackend
         return NvdecBackend(**options)
     if name == "dali":
-        raise NotImplementedError("the 'dali' backend (DALI's fn.decoders.video on GOP bins, for "
-                                  "comparison) is not built yet: use 'nvdec' or 'cpu'")
+        if not gpu_available():
+            raise RuntimeError("the 'dali' backend needs an NVIDIA GPU and driver (nvidia-smi found "
+                               "none); use backend='cpu' (or 'auto') on this machine")
+        from dali_gop.backends.dali import DaliBackend
+        return DaliBackend(**options)
     raise ValueError(f"unknown decode backend {name!r}: choose auto, nvdec, dali or cpu")

@@ -1,0 +1,121 @@
+"""The dali backend on the GPU: DALI's fn.decoders.video on the GOP bytes gives the source's frames.
+
+Skipped without an NVIDIA GPU (see conftest.py). On the GPU machine:
+``python -m pytest -m gpu -v -s tests/test_gpu_dali.py``.
+
+DALI converts YUV to RGB with bilinear chroma (dali/operators/video/color_space.cu) where FFmpeg's
+rgb24 takes the nearest chroma sample, so at colour edges the two differ by tens of levels. So each
+frame is compared with FFmpeg's YUV planes of the source converted the way DALI converts them
+(within 3 per channel), and must be closer to its own source frame (FFmpeg's rgb24) than to either
+neighbour.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import store_factory
+
+pytestmark = pytest.mark.gpu
+
+RGB_TOLERANCE_MAX = 3
+
+DATASETS = {
+    "h264": dict(codec="h264"),
+    "hevc": dict(codec="hevc"),
+    "hevc-bframes": dict(codec="hevc", bframes=3),
+}
+# DALI numbers frames by the timestamps FFmpeg's raw demuxer gives each packet, which it may not
+# give B-frame streams: recorded by the GPU run, not required
+B_FRAMES = pytest.mark.xfail(reason="DALI on raw Annex-B with B-frames: unverified")
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """name -> (gop_root, {video: {"yuv420p": frames, "rgb24": frames}})"""
+    return store_factory(tmp_path_factory, DATASETS, ("yuv420p", "rgb24"), clips=3, cameras=3,
+                         frames=36, width=320, height=192, gop=12)
+
+
+def rgb_as_dali_converts(planes: np.ndarray) -> np.ndarray:
+    """FFmpeg's yuv420p planes (H*3/2, W) to RGB as DALI's video decoder does: luma as is, chroma
+    sampled bilinearly at each pixel's centre (chroma samples centred in their 2x2 block), then
+    BT.601 limited range, rounding to uint8 after the chroma sampling and at the end."""
+    h, w = planes.shape[0] * 2 // 3, planes.shape[1]
+    y = planes[:h].astype(np.float32)
+
+    def upsampled(plane: np.ndarray) -> np.ndarray:
+        plane = plane.reshape(h // 2, w // 2).astype(np.float32)
+        rows = (np.arange(h) + 0.5) / 2 - 0.5      # pixel centres in chroma sample coordinates
+        cols = (np.arange(w) + 0.5) / 2 - 0.5
+        r0, c0 = np.floor(rows).astype(int), np.floor(cols).astype(int)
+        fr, fc = (rows - r0)[:, None], cols - c0
+        r0, r1 = np.clip(r0, 0, h // 2 - 1), np.clip(r0 + 1, 0, h // 2 - 1)
+        c0, c1 = np.clip(c0, 0, w // 2 - 1), np.clip(c0 + 1, 0, w // 2 - 1)
+        top = plane[r0][:, c0] * (1 - fc) + plane[r0][:, c1] * fc
+        bottom = plane[r1][:, c0] * (1 - fc) + plane[r1][:, c1] * fc
+        return np.round(top + (bottom - top) * fr)
+
+    u = upsampled(planes[h:h + h // 4]) - 128
+    v = upsampled(planes[h + h // 4:]) - 128
+    luma = 1.164 * (y - 16)
+    rgb = np.stack([luma + 1.596 * v, luma - 0.813 * v - 0.392 * u, luma + 2.017 * u], axis=-1)
+    return np.clip(np.round(rgb), 0, 255)
+
+
+def check_frames(batch, loader, reference) -> int:
+    """Every frame of the batch against the source (see the module docstring); the worst
+    difference from the DALI-style conversion. Image borders are left out: DALI's kernel samples
+    chroma outside the plane there."""
+    frames = batch["frames"].cpu().numpy().astype(np.int16)
+    worst = 0
+    for b in range(frames.shape[0]):
+        clip = loader.clip_names[int(batch["clip"][b])]
+        for c, camera in enumerate(loader.cameras):
+            decoded = reference[f"{clip}/{camera}"]
+            rgb = decoded["rgb24"]
+            for t, k in enumerate(batch["frame_idx"][b].tolist()):
+                got = frames[b, c, t]
+                diff = np.abs(got - rgb_as_dali_converts(decoded["yuv420p"][k]))[1:-1, 1:-1]
+                assert diff.max() <= RGB_TOLERANCE_MAX, \
+                    f"{clip}/{camera} frame {k}: max {diff.max()} from the source's planes " \
+                    f"(mean {diff.mean():.2f}; from FFmpeg's rgb24: max " \
+                    f"{np.abs(got - rgb[k]).max()})"
+                own = np.abs(got - rgb[k]).mean()
+                for other in (k - 1, k + 1):
+                    if 0 <= other < len(rgb):
+                        assert own < np.abs(got - rgb[other]).mean(), \
+                            f"{clip}/{camera}: frame {k} is closer to source frame {other}"
+                worst = max(worst, int(diff.max()))
+    return worst
+
+
+PATTERNS = [("stream", {}), ("random", {}), ("sequence", dict(sequence_length=3, stride=5)),
+            ("sequence", dict(sequence_length=4, random_starts=True))]
+
+
+@pytest.mark.parametrize("name", ["h264", "hevc", pytest.param("hevc-bframes", marks=B_FRAMES)])
+@pytest.mark.parametrize("pattern, options", PATTERNS)
+def test_dali_loader_delivers_the_source_frames(stores, name, pattern, options):
+    from pipelines.loader import make_loader
+    gop_root, reference = stores(name)
+    loader = make_loader(gop_root, pattern=pattern, backend="dali", batch_size=3, num_workers=2,
+                         shard_id=0, num_shards=1, stream_decoding=False, **options)
+    seen = worst = 0
+    for batch in loader:
+        assert batch["frames"].is_cuda
+        worst = max(worst, check_frames(batch, loader, reference))
+        seen += batch["frames"].shape[0]
+    assert seen == loader.source.shard_size()
+    print(f"{name} {pattern} {options}: {seen} samples, worst difference {worst}")
+
+
+def test_bgr_is_rgb_reversed(stores):
+    from pipelines.loader import make_loader
+    gop_root, _ = stores("hevc")
+    rgb, bgr = (next(iter(make_loader(gop_root, pattern="random", backend="dali", batch_size=3,
+                                      num_workers=2, color=color, shard_id=0, num_shards=1,
+                                      seed=3)))
+                for color in ("RGB", "BGR"))
+    assert np.array_equal(rgb["frames"].flip(-1).cpu().numpy(), bgr["frames"].cpu().numpy())
+
