@@ -120,12 +120,26 @@ class GopLoader:
         return value
 
     def close(self) -> None:
-        """End the helper thread; the pipeline is freed once the loader is dropped. Also on del."""
+        """Stop the helper thread and free the decoders (NVDEC sessions, kept GOPs) now, not at
+        garbage collection: DALI keeps a pipeline's python operators alive past the pipeline.
+        Also on ``del`` and at the end of a ``with`` block."""
         self._requests.put(False)
+        if self._fetcher is not None:
+            self._fetcher.join(timeout=10)
+        for operator in self.decode_operators:
+            operator.close()
+
+    def __enter__(self) -> "GopLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __del__(self):
         if hasattr(self, "_requests"):
             self._requests.put(False)
+            for operator in self.decode_operators:
+                operator.close()
 
     def _worker_pids(self) -> list[int]:
         pool = getattr(self.pipeline, "_py_pool", None)
@@ -173,6 +187,8 @@ def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend
                        verify_checksums=verify_checksums, stream_decoding=stream_decoding,
                        persistent_index=persistent_index, stream_lead=stream_lead)
     decoder = get_backend(backend, color=color, **(backend_options or {}))
+    # a backend without decoder state decodes every sample from its keyframe
+    source.stream_decoding = source.stream_decoding and decoder.stateful
     if decoder.device == "cpu":
         device_id = None
     elif device_id is None:

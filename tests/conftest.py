@@ -84,6 +84,22 @@ def cpu_loader(gop_root, **options):
     return make_loader(gop_root, **options)
 
 
+@pytest.fixture
+def loaders():
+    """``make_loader`` for one test: every loader it made is closed when the test ends (the GPU
+    tests make dozens, and each holds its NVDEC sessions until closed)."""
+    from pipelines.loader import make_loader
+    made = []
+
+    def make(*args, **options):
+        made.append(make_loader(*args, **options))
+        return made[-1]
+
+    yield make
+    for loader in made:
+        loader.close()
+
+
 def check_batch(batch, loader, reference) -> None:
     """Every frame of the batch equals the reference decode: ``reference[video][k]`` (RGB)."""
     import numpy as np

@@ -96,10 +96,9 @@ PATTERNS = [("stream", {}), ("random", {}), ("sequence", dict(sequence_length=3,
 
 @pytest.mark.parametrize("name", ["h264", "hevc", pytest.param("hevc-bframes", marks=B_FRAMES)])
 @pytest.mark.parametrize("pattern, options", PATTERNS)
-def test_dali_loader_delivers_the_source_frames(stores, name, pattern, options):
-    from pipelines.loader import make_loader
+def test_dali_loader_delivers_the_source_frames(loaders, stores, name, pattern, options):
     gop_root, reference = stores(name)
-    loader = make_loader(gop_root, pattern=pattern, backend="dali", batch_size=3, num_workers=2,
+    loader = loaders(gop_root, pattern=pattern, backend="dali", batch_size=3, num_workers=2,
                          shard_id=0, num_shards=1, stream_decoding=False, **options)
     seen = worst = 0
     for batch in loader:
@@ -110,10 +109,9 @@ def test_dali_loader_delivers_the_source_frames(stores, name, pattern, options):
     print(f"{name} {pattern} {options}: {seen} samples, worst difference {worst}")
 
 
-def test_bgr_is_rgb_reversed(stores):
-    from pipelines.loader import make_loader
+def test_bgr_is_rgb_reversed(loaders, stores):
     gop_root, _ = stores("hevc")
-    rgb, bgr = (next(iter(make_loader(gop_root, pattern="random", backend="dali", batch_size=3,
+    rgb, bgr = (next(iter(loaders(gop_root, pattern="random", backend="dali", batch_size=3,
                                       num_workers=2, color=color, shard_id=0, num_shards=1,
                                       seed=3)))
                 for color in ("RGB", "BGR"))

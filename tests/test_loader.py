@@ -13,7 +13,6 @@ from dali_gop.source import Dataset, GopSource
 from conftest import check_batch, cpu_loader, store_factory
 
 pytest.importorskip("nvidia.dali")
-from pipelines.loader import make_loader  # noqa: E402
 
 DATASETS = {
     "h264-open-gop": dict(codec="h264", bframes=2, open_gop=True),

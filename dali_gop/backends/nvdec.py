@@ -225,6 +225,7 @@ class NvdecBatchDecoder:
         self._thread_decoders: list[_ThreadDecoders] = []
         self._pending: collections.deque[_Job] = collections.deque()
         self._lock = threading.Lock()
+        self._closed = False
 
     # -- resources ------------------------------------------------------------------------------
     def decoder_count(self) -> int:
@@ -247,7 +248,20 @@ class NvdecBatchDecoder:
                                                              device_id)
         return decoder
 
+    def close(self) -> None:
+        """Free the NVDEC sessions and kept GOPs; later batches fail with a clear error."""
+        self._closed = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for state in self._thread_decoders:
+                state.decoders.clear()
+        self.kept = KeptGops()
+        self._pending.clear()
+
     def _submit(self, fn, *args) -> Future:
+        if self._closed:
+            raise DecodeError("nvdec: the loader was closed")
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nvdec")
         return self._pool.submit(fn, *args)
