@@ -28,7 +28,8 @@ def load(gop_root):
     return work
 
 
-def run(label, work, threads, *, depth=None, keep="clone", low=False, flush=True, rgb=True):
+def run(label, work, threads, *, depth=None, keep="clone", low=False, flush=True, rgb=True,
+        feed="packets"):
     """keep: what happens to each wanted frame: None, "dlpack" (wrap only), "clone" (wrap and copy
     with torch), "memcpy" (one cuMemcpyDtoDAsync into a tensor, as the nvdec backend does)."""
     from dali_gop.backends.nvdec import FrameCopier
@@ -62,6 +63,9 @@ def run(label, work, threads, *, depth=None, keep="clone", low=False, flush=True
         packets = packets_of(data, segment)
         if d is not None:
             packets = packets[:d]
+        if feed == "segment":   # the same bytes, one view
+            start = segment.offset
+            packets = [data[start:start + sum(len(p) for p in packets)]]
         with torch.cuda.stream(local.stream):
             n = decode_packets(local.decoder, packets, sink, flush=flush, low_latency=low)
         return n
@@ -82,18 +86,14 @@ def main():
     work = load(sys.argv[1])
     print(f"{len(work)} GOPs, {torch.cuda.get_device_name(0)}")
     uniform = lambda rng: rng.randint(1, 30)  # noqa: E731
-    for threads in (16, 32, 48):
-        run(f"whole GOP, default latency, {threads} thr, no copy", work, threads, keep=None)
-    for keep in ("dlpack", "clone", "memcpy"):
-        run(f"whole GOP, default latency, 32 thr, {keep}", work, 32, keep=keep)
-    run("whole GOP, default latency, 16 thr, memcpy", work, 16, keep="memcpy")
-    for threads in (16, 32, 48, 64):
-        run(f"prefix 1..30, default, flush, {threads} thr, memcpy", work, threads, depth=uniform,
-            keep="memcpy")
-    run("prefix 1..30, LOW, no flush, 32 thr, memcpy", work, 32, depth=uniform, low=True,
-        flush=False, keep="memcpy")
-    run("prefix 1..30, LOW, flush, 32 thr, memcpy", work, 32, depth=uniform, low=True,
-        keep="memcpy")
+    for feed in ("packets", "segment"):
+        for threads in (32, 48):
+            run(f"whole GOP, {feed}, {threads} thr, no copy", work, threads, keep=None, feed=feed)
+            run(f"whole GOP, {feed}, {threads} thr, memcpy", work, threads, keep="memcpy",
+                feed=feed)
+        for threads in (32, 48):
+            run(f"prefix 1..30, {feed}, flush, {threads} thr, memcpy", work, threads,
+                depth=uniform, keep="memcpy", feed=feed)
 
 
 if __name__ == "__main__":

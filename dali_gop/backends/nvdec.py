@@ -67,10 +67,16 @@ def _packet(buffer: np.ndarray, low_latency: bool = False):
     return packet
 
 
-def packets_of(data: np.ndarray, segment: Segment):
-    """The segment's packets as views of ``data`` (or the whole slice when sizes are unknown)."""
+FEEDS = ("segment", "packets")
+
+
+def packets_of(data: np.ndarray, segment: Segment, feed: str = "packets"):
+    """What to hand ``Decode``, as views of ``data``: the segment's packets one by one, or the
+    whole segment at once (``feed="segment"``, or when sizes are unknown). NVDEC's parser finds
+    the pictures in the Annex-B bytes either way; one call per segment spares the GIL dozens of
+    hand-overs per GOP (docs/gpu-results.md)."""
     chunk = data[segment.offset:segment.offset + segment.size]
-    if segment.packet_sizes is None:
+    if feed == "segment" or segment.packet_sizes is None:
         return [chunk]
     bounds = np.cumsum((0,) + segment.packet_sizes)
     return [chunk[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -213,7 +219,10 @@ class NvdecBatchDecoder:
     """
 
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
-                 lookahead: bool = True):
+                 lookahead: bool = True, feed: str = "segment"):
+        if feed not in FEEDS:
+            raise ValueError(f"feed must be one of {FEEDS}, not {feed!r}")
+        self.feed = feed
         self.stash = stash
         self.bgr = color == "BGR"
         self.threads = threads
@@ -370,7 +379,7 @@ class NvdecBatchDecoder:
         decoder = self._decoder(state, segment.codec, device_id)
         sink = self._copier.sink(targets, frame_shape, state.stream.cuda_stream, name)
         try:
-            produced = decode_packets(decoder, packets_of(data, segment), sink)
+            produced = decode_packets(decoder, packets_of(data, segment, self.feed), sink)
         except Exception as e:
             state.decoders.pop(segment.codec, None)   # a decoder in an unknown state: not reused
             if isinstance(e, DecodeError):
@@ -407,15 +416,16 @@ class NvdecBackend(DecodeBackend):
     name = "nvdec"
     device = "gpu"
 
-    def __init__(self, color: str = "RGB", threads: int | None = None):
+    def __init__(self, color: str = "RGB", threads: int | None = None, feed: str | None = None):
         super().__init__(color)
         self.threads = threads or int(os.environ.get("DALI_GOP_NVDEC_THREADS", DEFAULT_THREADS))
+        self.feed = feed or os.environ.get("DALI_GOP_NVDEC_FEED", "segment")
         self.operators: list[NvdecBatchDecoder] = []
 
     def decode(self, data, plan):
         from nvidia.dali import fn
         stash = BitstreamStash()
-        operator = NvdecBatchDecoder(stash, self.color, self.threads)
+        operator = NvdecBatchDecoder(stash, self.color, self.threads, feed=self.feed)
         self.operators.append(operator)
         tokens = fn.python_function(data, plan, function=stash.put, batch_processing=True)
         return fn.dl_tensor_python_function(tokens.gpu(), function=operator, batch_processing=True,
