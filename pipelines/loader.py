@@ -189,6 +189,8 @@ def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend
     decoder = get_backend(backend, color=color, **(backend_options or {}))
     # a backend without decoder state decodes every sample from its keyframe
     source.stream_decoding = source.stream_decoding and decoder.stateful
+    decoder.check_videos(source.store, [f"{clip}/{camera}" for clip in dataset.clips
+                                         for camera in dataset.cameras])
     if decoder.device == "cpu":
         device_id = None
     elif device_id is None:

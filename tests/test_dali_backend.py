@@ -126,3 +126,17 @@ def test_without_a_gpu_the_dali_backend_says_so(monkeypatch):
     monkeypatch.setattr(backends, "gpu_available", lambda: False)
     with pytest.raises(RuntimeError, match="'dali' backend needs an NVIDIA GPU"):
         backends.get_backend("dali")
+
+
+def test_b_frame_streams_are_refused_before_decoding(stores):
+    """DALI's decoder delivered wrong frames on B-frame streams on the GPU: the backend refuses
+    them from the index, naming the video (checked here without a GPU)."""
+    backend = DaliBackend(num_cameras=2)
+    gop_root, _ = stores("hevc")
+    store = GopStore(gop_root)
+    videos = sorted(store.manifest().videos)
+    backend.check_videos(store, videos)        # no B-frames: accepted
+    gop_root, _ = stores("hevc-bframes-open-gop")
+    store = GopStore(gop_root)
+    with pytest.raises(ValueError, match=r"cam\d\.mp4: has B-frames.*nvdec"):
+        backend.check_videos(store, sorted(store.manifest().videos))

@@ -1,7 +1,6 @@
 """preprocess as a program: parallel, sharded, resumable, atomic, and clear about bad videos."""
 from __future__ import annotations
 
-import filecmp
 import os
 import signal
 import subprocess

@@ -25,6 +25,9 @@ class DecodeBackend(ABC):
             raise ValueError(f"color must be 'RGB' or 'BGR', not {color!r}")
         self.color = color
 
+    def check_videos(self, store, videos) -> None:
+        """Refuse, before any decoding, videos this backend would decode wrong (default: none)."""
+
     def bind(self, num_cameras: int) -> None:
         """Called before :meth:`decode` with the cameras every sample holds; a backend whose graph
         has one branch per camera keeps it."""

@@ -88,6 +88,17 @@ class DaliBackend(DecodeBackend):
     def bind(self, num_cameras: int) -> None:
         self.num_cameras = num_cameras
 
+    def check_videos(self, store, videos) -> None:
+        """DALI's decoder gave wrong frames on B-frame streams (HEVC, H100 run of
+        tests/test_gpu_dali.py): it numbers frames by timestamps that a raw Annex-B stream does not
+        carry. Refused here, from the indices, rather than delivered wrong."""
+        for video in videos:
+            for gop in store.index(video).gops:
+                if list(gop.packet_frames) != sorted(gop.packet_frames):
+                    raise ValueError(f"{store.gop_root / video}: has B-frames (frames reordered "
+                                     f"in GOP {gop.start}); the dali backend decodes such streams "
+                                     "to wrong frames: use the nvdec backend")
+
     def decode(self, data, plan):
         from nvidia.dali import fn, types
         if not self.num_cameras:
