@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     print(summary.format())
     written = [r for r in summary.results if not r.error]
     workers = args.workers or os.cpu_count()
-    print(f"\n| videos | frames | source MB | seconds | videos/s | source MB/s | workers | machine |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    print("\n| videos | frames | source MB | seconds | videos/s | source MB/s | workers | machine |")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| {len(written)} ({args.clips}x{args.cameras}, {args.codec} {args.width}x{args.height}, "
           f"{args.frames} f, GOP {args.gop}{', textured' if args.textured else ''}) | {sum(r.frames for r in written)} | {source_mb:.1f} | "
           f"{summary.seconds:.2f} | {len(written) / summary.seconds:.1f} | "

@@ -1,7 +1,7 @@
 """Where does a batch's time go in the nvdec operator? Run on the GPU machine:
     python3 scripts/profile_operator.py /tmp/prof
 (makes a 4 clips x 6 cameras x 120 frames 1600x900 set there first). Prints per-call timings."""
-import os, sys, time, collections, threading
+import sys, time, collections
 import numpy as np
 import torch
 from pathlib import Path
@@ -28,7 +28,6 @@ def main():
         setattr(cls, name, wrapper)
 
     from dali_gop.backends import nvdec
-    from dali_gop import source
     timed(nvdec.NvdecBatchDecoder, "__call__")
     timed(nvdec.NvdecBatchDecoder, "_start")
     timed(nvdec.BitstreamStash, "put")
