@@ -11,6 +11,18 @@ from pathlib import Path
 
 
 # -- DALI's video reader on the mp4 files -------------------------------------------------------
+
+def timed_in_threads(work, items: list, threads: int, device: int) -> tuple[int, float]:
+    """Sum of ``work(item)`` over ``items`` in a pool of ``threads``, and the seconds it took; one
+    item per thread first, untimed (each thread makes its decoder then)."""
+    import torch
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, items[:threads]))
+        started = time.perf_counter()
+        frames = sum(pool.map(work, items))
+        torch.cuda.synchronize(device)
+        return frames, time.perf_counter() - started
+
 def reader_run(paths: list[str], *, batch_size: int, sequence_length: int, random_shuffle: bool,
                device: int, warmup: int, batches: int, shard_id: int = 0, num_shards: int = 1):
     """fn.readers.video(device="gpu"): ``warmup`` untimed batches, then ``batches`` timed ones;
@@ -62,19 +74,13 @@ def pynvc_stream(paths: list[Path], codec: str, threads: int, device: int):
             frames += sum(1 for _ in local.decoder.Decode(packet))
         return frames + sum(1 for _ in local.decoder.Decode(nvc.PacketData()))   # flush
 
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(decode, paths[:threads]))
-        started = time.perf_counter()
-        frames = sum(pool.map(decode, paths))
-        torch.cuda.synchronize(device)
-        return frames, time.perf_counter() - started
+    return timed_in_threads(decode, paths, threads, device)
 
 
 def pynvc_random(requests: list[tuple[Path, int]], threads: int, device: int):
     """Frame ``index`` of video ``path`` for each request, through a SimpleDecoder kept per thread
     (RGB, device memory), reconfigured to the request's video. Warm-up: one request per thread."""
     import PyNvVideoCodec as nvc
-    import torch
     local = threading.local()
 
     def fetch(request: tuple[Path, int]) -> int:
@@ -87,9 +93,4 @@ def pynvc_random(requests: list[tuple[Path, int]], threads: int, device: int):
         local.decoder[index]
         return 1
 
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(fetch, requests[:threads]))
-        started = time.perf_counter()
-        frames = sum(pool.map(fetch, requests))
-        torch.cuda.synchronize(device)
-        return frames, time.perf_counter() - started
+    return timed_in_threads(fetch, requests, threads, device)

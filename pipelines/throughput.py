@@ -36,7 +36,6 @@ import platform
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -47,7 +46,7 @@ import nvtx
 
 from dali_gop.store import GopStore
 from dali_gop.synthetic import add_dataset_arguments, dataset_name, dataset_options, make_dataset
-from pipelines.baselines import pynvc_random, pynvc_stream, reader_run
+from pipelines.baselines import pynvc_random, pynvc_stream, reader_run, timed_in_threads
 from preprocess.runner import preprocess
 
 STREAM, RANDOM = "stream", "random"
@@ -183,12 +182,7 @@ def nvdec_ceiling(gop_root: Path, videos: list[str], threads: int, rgb: bool = T
         decode_packets(local.decoder, packets_of(data, segment, feed), sink)
         return count[0]
 
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(decode, work[:threads]))       # warm-up: one decoder per thread
-        started = time.perf_counter()
-        frames = sum(pool.map(decode, work))
-        torch.cuda.synchronize(device)
-        return frames, time.perf_counter() - started
+    return timed_in_threads(decode, work, threads, device)
 
 
 # -- the loader through DALIGenericIterator -----------------------------------------------------

@@ -100,6 +100,17 @@ def loaders():
         loader.close()
 
 
+def assert_closest_to_own_frame(got, frames, k: int, label: str) -> None:
+    """``got`` (int16 image) differs less from source frame ``k`` than from either neighbour: a
+    frame off by one would fail even within the colour tolerance."""
+    import numpy as np
+    own = np.abs(got - frames[k]).mean()
+    for other in (k - 1, k + 1):
+        if 0 <= other < len(frames):
+            assert own < np.abs(got - frames[other]).mean(), \
+                f"{label}: frame {k} is closer to source frame {other}"
+
+
 def check_batch(batch, loader, reference) -> None:
     """Every frame of the batch equals the reference decode: ``reference[video][k]`` (RGB)."""
     import numpy as np

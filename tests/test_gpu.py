@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import store_factory
+from conftest import assert_closest_to_own_frame, store_factory
 
 pytestmark = pytest.mark.gpu
 
@@ -78,11 +78,7 @@ def check_rgb(batch, loader, reference):
                 diff = np.abs(got - rgb[k])
                 assert diff.max() <= RGB_TOLERANCE_MAX and diff.mean() <= RGB_TOLERANCE_MEAN, \
                     f"{clip}/{camera} frame {k}: max {diff.max()}, mean {diff.mean():.2f}"
-                own = diff.mean()
-                for other in (k - 1, k + 1):
-                    if 0 <= other < len(rgb):
-                        assert own < np.abs(got - rgb[other]).mean(), \
-                            f"{clip}/{camera}: frame {k} is closer to source frame {other}"
+                assert_closest_to_own_frame(got, rgb, k, f"{clip}/{camera}")
                 worst = max(worst, int(diff.max()))
     return worst
 
@@ -96,7 +92,7 @@ PATTERNS = [("stream", {}), ("random", {}), ("sequence", dict(sequence_length=3,
 def test_nvdec_loader_delivers_the_source_frames(loaders, stores, name, pattern, options):
     gop_root, reference = stores(name)
     loader = loaders(gop_root, pattern=pattern, backend="nvdec", batch_size=3, num_workers=2,
-                         shard_id=0, num_shards=1, **options)
+                     shard_id=0, num_shards=1, **options)
     seen = worst = 0
     for batch in loader:
         assert batch["frames"].is_cuda
@@ -112,7 +108,7 @@ def test_stream_decoding_equals_decoding_from_the_gop_start(loaders, stores, nam
     epochs = []
     for stream_decoding in (True, False):
         loader = loaders(gop_root, pattern="stream", backend="nvdec", batch_size=3,
-                             num_workers=2, shard_id=0, num_shards=1, stream_decoding=stream_decoding)
+                         num_workers=2, shard_id=0, num_shards=1, stream_decoding=stream_decoding)
         epochs.append([b["frames"].cpu().numpy() for b in loader])
     assert len(epochs[0]) == len(epochs[1])
     for a, b in zip(*epochs):
@@ -122,7 +118,7 @@ def test_stream_decoding_equals_decoding_from_the_gop_start(loaders, stores, nam
 def test_bgr_is_rgb_reversed_on_the_gpu(loaders, stores):
     gop_root, _ = stores("hevc")
     rgb, bgr = (next(iter(loaders(gop_root, pattern="random", backend="nvdec", batch_size=3,
-                                      num_workers=2, color=color, shard_id=0, num_shards=1, seed=3)))
+                                  num_workers=2, color=color, shard_id=0, num_shards=1, seed=3)))
                 for color in ("RGB", "BGR"))
     assert np.array_equal(rgb["frames"].flip(-1).cpu().numpy(), bgr["frames"].cpu().numpy())
 
@@ -134,7 +130,7 @@ def test_no_leaks_over_ten_epochs(loaders, stores, pattern):
     gop_root, _ = stores("hevc-bframes")
     # 4 threads: every thread has made its decoder within the first epoch
     loader = loaders(gop_root, pattern=pattern, backend="nvdec", batch_size=3, num_workers=2,
-                         shard_id=0, num_shards=1, backend_options={"threads": 4})
+                     shard_id=0, num_shards=1, backend_options={"threads": 4})
     operator = loader.decode_operators[0]
     readings = []
     for epoch in range(10):
@@ -163,7 +159,7 @@ def test_a_corrupt_bin_is_a_python_error_not_a_hang(loaders, stores, tmp_path):
     garbage = np.random.default_rng(0).integers(0, 256, victim.stat().st_size, dtype=np.uint8)
     victim.write_bytes(garbage.tobytes())    # same size: only decoding can tell
     loader = loaders(copy, pattern="stream", backend="nvdec", batch_size=3, num_workers=2,
-                         shard_id=0, num_shards=1)
+                     shard_id=0, num_shards=1)
     started = time.monotonic()
     with pytest.raises(Exception, match="gop.12.12.bin"):
         for _ in loader:

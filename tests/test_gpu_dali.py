@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import store_factory
+from conftest import assert_closest_to_own_frame, store_factory
 
 pytestmark = pytest.mark.gpu
 
@@ -78,11 +78,7 @@ def check_frames(batch, loader, reference) -> int:
                     f"{clip}/{camera} frame {k}: max {diff.max()} from the source's planes " \
                     f"(mean {diff.mean():.2f}; from FFmpeg's rgb24: max " \
                     f"{np.abs(got - rgb[k]).max()})"
-                own = np.abs(got - rgb[k]).mean()
-                for other in (k - 1, k + 1):
-                    if 0 <= other < len(rgb):
-                        assert own < np.abs(got - rgb[other]).mean(), \
-                            f"{clip}/{camera}: frame {k} is closer to source frame {other}"
+                assert_closest_to_own_frame(got, rgb, k, f"{clip}/{camera}")
                 worst = max(worst, int(diff.max()))
     return worst
 
@@ -96,7 +92,7 @@ PATTERNS = [("stream", {}), ("random", {}), ("sequence", dict(sequence_length=3,
 def test_dali_loader_delivers_the_source_frames(loaders, stores, name, pattern, options):
     gop_root, reference = stores(name)
     loader = loaders(gop_root, pattern=pattern, backend="dali", batch_size=3, num_workers=2,
-                         shard_id=0, num_shards=1, stream_decoding=False, **options)
+                     shard_id=0, num_shards=1, stream_decoding=False, **options)
     seen = worst = 0
     for batch in loader:
         assert batch["frames"].is_cuda
@@ -118,7 +114,7 @@ def test_b_frame_streams_are_refused(loaders, stores):
 def test_bgr_is_rgb_reversed(loaders, stores):
     gop_root, _ = stores("hevc")
     rgb, bgr = (next(iter(loaders(gop_root, pattern="random", backend="dali", batch_size=3,
-                                      num_workers=2, color=color, shard_id=0, num_shards=1,
+                                  num_workers=2, color=color, shard_id=0, num_shards=1,
                                       seed=3)))
                 for color in ("RGB", "BGR"))
     assert np.array_equal(rgb["frames"].flip(-1).cpu().numpy(), bgr["frames"].cpu().numpy())
