@@ -192,6 +192,9 @@ class DecodedGop:
         """Copy frame ``position`` into ``destination`` on ``consumer_stream`` (DALI's)."""
         decoded = self.future.result()     # a decode error surfaces here
         check_position(position, self.frames.shape[0], self.name)
+        if self.frames.shape[1:] != destination.shape:   # a raw copy must never overrun
+            raise DecodeError(f"{self.name}: frames of {tuple(self.frames.shape[1:])} do not fit "
+                              f"the sample's {tuple(destination.shape)} (clips of different sizes?)")
         consumer_stream.wait_event(decoded)
         frame_bytes = destination.numel()
         copier.device_copy(destination.data_ptr(), self.frames.data_ptr() + position * frame_bytes,
