@@ -1,8 +1,9 @@
 """Which way of driving PyNvVideoCodec decodes fastest? Raw decode of the benchmark bins, no DALI.
 Run on the GPU machine after the benchmark set exists:
     python3 scripts/decode_modes.py /tmp/bench/<set>/gops
-Prints frames/s for whole-GOP and prefix decodes, default vs LOW latency, thread counts,
-with and without keeping a copy of each frame (what a cache of decoded frames costs)."""
+Prints frames/s for whole-GOP and GOP-prefix decodes: packet by packet vs one Decode call per
+segment, thread counts, and what keeping each frame costs (wrap, clone, or one device copy).
+run() also takes low-latency and no-flush options (the earlier rows of docs/logs/decode-modes-*)."""
 import random
 import sys
 import threading
