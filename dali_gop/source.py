@@ -101,6 +101,23 @@ class GopSource:
                                        shard_id=self.shard_id, num_shards=self.num_shards,
                                        batch_size=self.batch_size)
 
+    def kept_gop_bytes(self) -> int:
+        """About how many bytes of decoded GOPs stream slots keep on the GPU (RGB), from the first
+        clip's cameras: a slot keeps the GOPs of its next ``stream_lead`` steps, ceil(lead / GOP)
+        + 1 per camera (one more where a short GOP ends a clip or a scene cut shortens one).
+        0 when no sample streams."""
+        if not self.stream_decoding or all(s.slot < 0 for s in self.samples(0)[:self.batch_size]):
+            return 0
+        clip = next(iter(self.dataset.clips))
+        per_slot = 0
+        for camera in self.dataset.cameras:
+            index = self.store.index(f"{clip}/{camera}")
+            counts = [g.count for g in index.gops]
+            shortest = min(counts[:-1] or counts)    # a short last GOP is walked only once
+            gops = -(-self.stream_lead // shortest) + 1
+            per_slot += gops * max(counts) * index.width * index.height * 3
+        return self.batch_size * per_slot
+
     def samples(self, epoch: int) -> list[SampleSpec]:
         if self._epoch is None or self._epoch[0] != epoch:
             if not self.persistent_index:

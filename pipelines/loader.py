@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import warnings
 from typing import Sequence
 
 from dali_gop.backends import get_backend
@@ -152,6 +153,19 @@ class GopLoader:
         self._iterator.reset()
 
 
+def _warn_if_kept_gops_crowd_the_gpu(kept: int, device_id: int, total: int | None = None) -> None:
+    """Stream decoding keeps decoded GOPs on the GPU; say so before it runs out of memory."""
+    if not kept:
+        return
+    if total is None:
+        import torch
+        total = torch.cuda.get_device_properties(device_id).total_memory
+    if kept > total / 2:
+        warnings.warn(f"stream decoding will keep up to {kept / 2**30:.1f} GiB of decoded GOPs on "
+                      f"GPU {device_id} ({total / 2**30:.0f} GiB): lower stream_lead or batch_size, "
+                      "or use stream_decoding=False", ResourceWarning, stacklevel=3)
+
+
 def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend: str = "auto",
                 batch_size: int = 4, num_workers: int = 4, cameras: Sequence[str] | None = None,
                 index_file: str | None = None, seed: int = 0, shard_id: int | None = None,
@@ -195,6 +209,8 @@ def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend
         device_id = None
     elif device_id is None:
         device_id = int(os.environ.get("LOCAL_RANK", 0))
+    if decoder.device == "gpu":
+        _warn_if_kept_gops_crowd_the_gpu(source.kept_gop_bytes(), device_id)
     frame_shape = None
     if resize is not None:
         info = source.store.video_info(f"{next(iter(dataset.clips))}/{dataset.cameras[0]}")

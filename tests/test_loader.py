@@ -218,3 +218,28 @@ def test_a_dropped_loader_frees_its_pipeline_and_thread(stores):
         time.sleep(0.05)
     assert not thread.is_alive(), "the helper thread outlived its loader"
     assert pipeline() is None, "the pipeline outlived its loader"
+
+
+def test_the_kept_gop_bound_and_its_warning(stores):
+    """Stream decoding keeps decoded GOPs on the GPU (36 GB at the benchmark's 16 slots x 6
+    cameras): the loader estimates them and warns before they take half of the GPU."""
+    import warnings
+    from pipelines.loader import _warn_if_kept_gops_crowd_the_gpu
+    gop_root, _ = stores("hevc-open-gop")
+    dataset = Dataset.open(gop_root)
+    source = GopSource(dataset, StreamPattern(), batch_size=3, stream_lead=30)
+    clip = next(iter(dataset.clips))
+    expected = 0
+    for camera in dataset.cameras:
+        index = source.store.index(f"{clip}/{camera}")
+        counts = [g.count for g in index.gops]
+        expected += (-(-30 // min(counts[:-1])) + 1) * max(counts) * index.width * index.height * 3
+    assert source.kept_gop_bytes() == 3 * expected > 0
+    assert GopSource(dataset, StreamPattern(), batch_size=3, stream_decoding=False).kept_gop_bytes() == 0
+    from dali_gop.sampling import RandomPattern
+    assert GopSource(dataset, RandomPattern(), batch_size=3).kept_gop_bytes() == 0
+    with pytest.warns(ResourceWarning, match="stream_lead"):
+        _warn_if_kept_gops_crowd_the_gpu(3 * 2**30, 0, total=4 * 2**30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_kept_gops_crowd_the_gpu(1 * 2**30, 0, total=4 * 2**30)
