@@ -61,10 +61,11 @@ def frames_shape(plan: DecodePlan, names: list[str]) -> tuple[int, int, int, int
     return len(plan.requests), len(plan.requests[0].picks), height, width
 
 
-def pick_frames(plan: DecodePlan, names: list[str], decode_segment: Callable[[int], Sequence],
+def pick_frames(plan: DecodePlan, decode_segment: Callable[[int], Sequence],
                 stream_frames: Callable[[int, Request], list]) -> list[list[Any]]:
     """Frames of every request, in order: ``decode_segment(i)`` decodes segment i once (a fresh
-    decoder, flushed); ``stream_frames(camera, request)`` serves a stream step's frames."""
+    decoder, flushed, its output count checked); ``stream_frames(camera, request)`` serves a
+    stream step's frames."""
     decoded: dict[int, Sequence] = {}
     out = []
     for camera, request in enumerate(plan.requests):
@@ -75,7 +76,6 @@ def pick_frames(plan: DecodePlan, names: list[str], decode_segment: Callable[[in
         for segment, position in request.picks:
             if segment not in decoded:
                 decoded[segment] = decode_segment(segment)
-                check_outputs(len(decoded[segment]), plan.segments[segment], names[segment])
             frames.append(decoded[segment][position])
         out.append(frames)
     return out

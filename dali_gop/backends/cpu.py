@@ -30,22 +30,22 @@ class CpuSampleDecoder:
         def decode_segment(i: int):
             s = plan.segments[i]
             try:
-                return decode_annexb(s.codec, data[s.offset:s.offset + s.size],
-                                     s.packet_sizes, pixel_format=self.pixel_format)
+                frames = decode_annexb(s.codec, data[s.offset:s.offset + s.size],
+                                       s.packet_sizes, pixel_format=self.pixel_format)
             except Exception as e:   # FFmpeg's errors say what, not where
                 raise DecodeError(f"{names[i]}: cannot decode ({e})") from e
+            check_outputs(len(frames), s, names[i])
+            return frames
 
         def decode_send(send):   # a whole GOP a stream slot will pick from: decoded once
-            frames = decode_segment(send.segment)
-            check_outputs(len(frames), plan.segments[send.segment], names[send.segment])
-            return names[send.segment], frames
+            return names[send.segment], decode_segment(send.segment)
 
         def stream_frames(camera: int, request) -> list:
             name, frames = self.kept.step(camera, request.stream, decode_send)
             return [frames[check_position(p, len(frames), name)] for _, p in request.picks]
 
         frames_shape(plan, names)
-        frames = pick_frames(plan, names, decode_segment, stream_frames)
+        frames = pick_frames(plan, decode_segment, stream_frames)
         return np.stack([np.stack(camera) for camera in frames])
 
 
