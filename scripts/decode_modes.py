@@ -3,18 +3,17 @@ Run on the GPU machine after the benchmark set exists:
     python3 scripts/decode_modes.py /tmp/bench/<set>/gops
 Prints frames/s for whole-GOP and GOP-prefix decodes: packet by packet vs one Decode call per
 segment, thread counts, and what keeping each frame costs (wrap, clone, or one device copy).
-run() also takes low-latency and no-flush options (the earlier rows of docs/logs/decode-modes-*)."""
+(The low-latency rows of docs/logs/decode-modes-* came from an earlier version of this script.)"""
 import random
 import sys
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from dali_gop.backends.nvdec import create_decoder, decode_packets, packets_of
 from dali_gop.store import GopStore
+from pipelines.baselines import timed_in_threads
 
 
 def load(gop_root):
@@ -29,8 +28,7 @@ def load(gop_root):
     return work
 
 
-def run(label, work, threads, *, depth=None, keep="clone", low=False, flush=True, rgb=True,
-        feed="packets"):
+def run(label, work, threads, *, depth=None, keep="clone", feed="packets"):
     """keep: what happens to each wanted frame: None, "dlpack" (wrap only), "clone" (wrap and copy
     with torch), "memcpy" (one cuMemcpyDtoDAsync into a tensor, as the nvdec backend does)."""
     from dali_gop.backends.nvdec import FrameCopier
@@ -44,8 +42,7 @@ def run(label, work, threads, *, depth=None, keep="clone", low=False, flush=True
         if not hasattr(local, "decoder"):
             torch.cuda.set_device(0)
             local.stream = torch.cuda.Stream()
-            local.decoder = create_decoder(codec, local.stream.cuda_stream, 0, rgb=rgb,
-                                           low_latency=low)
+            local.decoder = create_decoder(codec, local.stream.cuda_stream, 0)
         kept = []
 
         def sink(position, frame):
@@ -57,9 +54,10 @@ def run(label, work, threads, *, depth=None, keep="clone", low=False, flush=True
                 kept.append(torch.from_dlpack(frame).clone())
             else:
                 if not hasattr(local, "buffer"):
-                    local.buffer = torch.empty(copier.frame_shape(frame), dtype=torch.uint8,
+                    local.buffer = torch.empty(tuple(frame.shape), dtype=torch.uint8,
                                                device="cuda")
-                copier.copy(frame, local.buffer, local.stream, "bench")
+                copier.device_copy(local.buffer.data_ptr(), frame.GetPtrToPlane(0),
+                                   local.buffer.numel(), local.stream.cuda_stream)
 
         packets = packets_of(data, segment)
         if d is not None:
@@ -68,16 +66,10 @@ def run(label, work, threads, *, depth=None, keep="clone", low=False, flush=True
             start = segment.offset
             packets = [data[start:start + sum(len(p) for p in packets)]]
         with torch.cuda.stream(local.stream):
-            n = decode_packets(local.decoder, packets, sink, flush=flush, low_latency=low)
+            n = decode_packets(local.decoder, packets, sink)
         return n
 
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(decode, items[:threads]))
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        frames = sum(pool.map(decode, items))
-        torch.cuda.synchronize()
-        dt = time.perf_counter() - t
+    frames, dt = timed_in_threads(decode, items, threads, 0)
     wanted = len(items) if depth else frames
     print(f"{label:<52} {frames / dt:>8,.0f} decoded/s {wanted / dt:>8,.0f} wanted/s "
           f"(mean depth {frames / len(items):.1f})", flush=True)

@@ -44,26 +44,20 @@ def _nvc():
     return nvc
 
 
-def create_decoder(codec: str, stream_handle: int, device_id: int, *, rgb: bool = True,
-                   low_latency: bool = False):
+def create_decoder(codec: str, stream_handle: int, device_id: int, *, rgb: bool = True):
     nvc = _nvc()
     options = dict(gpuid=device_id, codec=getattr(nvc.cudaVideoCodec, {"h264": "H264", "hevc": "HEVC"}[codec]),
                    cudacontext=0, cudastream=stream_handle, usedevicememory=True)
     if rgb:
         options["outputColorType"] = nvc.OutputColorType.RGB
-    if low_latency:
-        options["latency"] = nvc.DisplayDecodeLatencyType.LOW
     return nvc.CreateDecoder(**options)
 
 
-def _packet(buffer: np.ndarray, low_latency: bool = False):
-    nvc = _nvc()
-    packet = nvc.PacketData()
+def _packet(buffer: np.ndarray | None):
+    packet = _nvc().PacketData()
     if buffer is not None:
         packet.bsl_data = buffer.ctypes.data
         packet.bsl = buffer.size
-        if low_latency:
-            packet.decode_flag = nvc.VideoPacketFlag.ENDOFPICTURE
     return packet
 
 
@@ -82,20 +76,18 @@ def packets_of(data: np.ndarray, segment: Segment, feed: str = "packets"):
     return [chunk[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def decode_packets(decoder, packets, sink: Callable[[int, object], None], *, flush: bool = True,
-                   low_latency: bool = False, first_position: int = 0) -> int:
+def decode_packets(decoder, packets, sink: Callable[[int, object], None]) -> int:
     """Feed packets, calling ``sink(position, frame)`` for each output frame in display order while
     the frame is valid (PyNvVideoCodec reuses its buffer at the next ``Decode``); then flush.
-    Returns the next output position."""
-    position = first_position
+    Returns the number of frames output."""
+    position = 0
     for packet in packets:
-        for frame in decoder.Decode(_packet(packet, low_latency)):
+        for frame in decoder.Decode(_packet(packet)):
             sink(position, frame)
             position += 1
-    if flush:
-        for frame in decoder.Decode(_packet(None)):
-            sink(position, frame)
-            position += 1
+    for frame in decoder.Decode(_packet(None)):
+        sink(position, frame)
+        position += 1
     return position
 
 
