@@ -111,15 +111,22 @@ def assert_closest_to_own_frame(got, frames, k: int, label: str) -> None:
                 f"{label}: frame {k} is closer to source frame {other}"
 
 
+def batch_frames(batch, loader):
+    """Every frame of a batch with where it claims to come from: (sample, camera index, video,
+    source frame k, frame as a numpy uint8 array)."""
+    frames = batch["frames"].cpu().numpy()
+    for b in range(frames.shape[0]):
+        clip = loader.clip_names[int(batch["clip"][b])]
+        for c, camera in enumerate(loader.cameras):
+            for t, k in enumerate(batch["frame_idx"][b].tolist()):
+                yield b, c, f"{clip}/{camera}", k, frames[b, c, t]
+
+
 def check_batch(batch, loader, reference) -> None:
     """Every frame of the batch equals the reference decode: ``reference[video][k]`` (RGB)."""
     import numpy as np
     frames = batch["frames"].numpy()
     assert frames.dtype == np.uint8 and frames.shape[1] == len(loader.cameras)
-    for b in range(frames.shape[0]):
-        clip = loader.clip_names[int(batch["clip"][b])]
-        for c, camera in enumerate(loader.cameras):
-            assert int(batch["camera"][b, c]) == c
-            for t, k in enumerate(batch["frame_idx"][b].tolist()):
-                expected = reference[f"{clip}/{camera}"][k]
-                assert np.array_equal(frames[b, c, t], expected), f"{clip}/{camera} frame {k}"
+    for b, c, video, k, got in batch_frames(batch, loader):
+        assert int(batch["camera"][b, c]) == c
+        assert np.array_equal(got, reference[video][k]), f"{video} frame {k}"

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import assert_closest_to_own_frame, store_factory
+from conftest import assert_closest_to_own_frame, batch_frames, store_factory
 
 pytestmark = pytest.mark.gpu
 
@@ -67,19 +67,15 @@ def test_nvdec_planes_are_bit_exact(stores, name):
 
 
 def check_rgb(batch, loader, reference):
-    frames = batch["frames"].cpu().numpy()
     worst = 0
-    for b in range(frames.shape[0]):
-        clip = loader.clip_names[int(batch["clip"][b])]
-        for c, camera in enumerate(loader.cameras):
-            rgb = reference[f"{clip}/{camera}"]["rgb24"]
-            for t, k in enumerate(batch["frame_idx"][b].tolist()):
-                got = frames[b, c, t].astype(np.int16)
-                diff = np.abs(got - rgb[k])
-                assert diff.max() <= RGB_TOLERANCE_MAX and diff.mean() <= RGB_TOLERANCE_MEAN, \
-                    f"{clip}/{camera} frame {k}: max {diff.max()}, mean {diff.mean():.2f}"
-                assert_closest_to_own_frame(got, rgb, k, f"{clip}/{camera}")
-                worst = max(worst, int(diff.max()))
+    for _, _, video, k, frame in batch_frames(batch, loader):
+        rgb = reference[video]["rgb24"]
+        got = frame.astype(np.int16)
+        diff = np.abs(got - rgb[k])
+        assert diff.max() <= RGB_TOLERANCE_MAX and diff.mean() <= RGB_TOLERANCE_MEAN, \
+            f"{video} frame {k}: max {diff.max()}, mean {diff.mean():.2f}"
+        assert_closest_to_own_frame(got, rgb, k, video)
+        worst = max(worst, int(diff.max()))
     return worst
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import assert_closest_to_own_frame, store_factory
+from conftest import assert_closest_to_own_frame, batch_frames, store_factory
 
 pytestmark = pytest.mark.gpu
 
@@ -64,22 +64,17 @@ def check_frames(batch, loader, reference) -> int:
     """Every frame of the batch against the source (see the module docstring); the worst
     difference from the DALI-style conversion. Image borders are left out: DALI's kernel samples
     chroma outside the plane there."""
-    frames = batch["frames"].cpu().numpy().astype(np.int16)
     worst = 0
-    for b in range(frames.shape[0]):
-        clip = loader.clip_names[int(batch["clip"][b])]
-        for c, camera in enumerate(loader.cameras):
-            decoded = reference[f"{clip}/{camera}"]
-            rgb = decoded["rgb24"]
-            for t, k in enumerate(batch["frame_idx"][b].tolist()):
-                got = frames[b, c, t]
-                diff = np.abs(got - rgb_as_dali_converts(decoded["yuv420p"][k]))[1:-1, 1:-1]
-                assert diff.max() <= RGB_TOLERANCE_MAX, \
-                    f"{clip}/{camera} frame {k}: max {diff.max()} from the source's planes " \
-                    f"(mean {diff.mean():.2f}; from FFmpeg's rgb24: max " \
-                    f"{np.abs(got - rgb[k]).max()})"
-                assert_closest_to_own_frame(got, rgb, k, f"{clip}/{camera}")
-                worst = max(worst, int(diff.max()))
+    for _, _, video, k, frame in batch_frames(batch, loader):
+        decoded = reference[video]
+        rgb = decoded["rgb24"]
+        got = frame.astype(np.int16)
+        diff = np.abs(got - rgb_as_dali_converts(decoded["yuv420p"][k]))[1:-1, 1:-1]
+        assert diff.max() <= RGB_TOLERANCE_MAX, \
+            f"{video} frame {k}: max {diff.max()} from the source's planes " \
+            f"(mean {diff.mean():.2f}; from FFmpeg's rgb24: max {np.abs(got - rgb[k]).max()})"
+        assert_closest_to_own_frame(got, rgb, k, video)
+        worst = max(worst, int(diff.max()))
     return worst
 
 
