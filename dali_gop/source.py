@@ -86,14 +86,16 @@ class GopSource:
         if stream_lead < 0:
             raise ValueError(f"stream_lead must be >= 0, not {stream_lead}")
         self.stream_lead = stream_lead
-        self._slot_gops: dict[tuple[int, int, str], tuple[str, int] | None] = {}
+        self._slot_gops: dict[tuple[int, int, int, str], tuple[str, int] | None] = {}
         self._clip_index = {clip: i for i, clip in enumerate(dataset.clips)}
         self._store: GopStore | None = None
-        self._epoch: tuple[int, list[SampleSpec]] | None = None
+        self._epochs: dict[int, list[SampleSpec]] = {}
+        self._current_epoch: int | None = None
 
     def __getstate__(self):
         # workers rebuild the store and the epoch's sample list themselves
-        return {**self.__dict__, "_store": None, "_epoch": None, "_slot_gops": {}}
+        return {**self.__dict__, "_store": None, "_epochs": {}, "_current_epoch": None,
+                "_slot_gops": {}}
 
     def shard_size(self, epoch: int = 0) -> int:
         """Real (non-padding) samples this shard sees in ``epoch``."""
@@ -102,10 +104,10 @@ class GopSource:
                                        batch_size=self.batch_size)
 
     def kept_gop_bytes(self) -> int:
-        """About how many bytes of decoded GOPs stream slots keep on the GPU (RGB), from the first
+        """At most how many bytes of decoded GOPs stream slots keep on the GPU (RGB), from the first
         clip's cameras: a slot keeps the GOPs of its next ``stream_lead`` steps, ceil(lead / GOP)
-        + 1 per camera (one more where a short GOP ends a clip or a scene cut shortens one).
-        0 when no sample streams."""
+        + 2 per camera where a slot jumps from one chunk to the next and both ends are GOP parts
+        (one less elsewhere). 0 when no sample streams."""
         if not self.stream_decoding or all(s.slot < 0 for s in self.samples(0)[:self.batch_size]):
             return 0
         clip = next(iter(self.dataset.clips))
@@ -114,19 +116,18 @@ class GopSource:
             index = self.store.index(f"{clip}/{camera}")
             counts = [g.count for g in index.gops]
             shortest = min(counts[:-1] or counts)    # a short last GOP is walked only once
-            gops = -(-self.stream_lead // shortest) + 1
+            gops = -(-self.stream_lead // shortest) + 2
             per_slot += gops * max(counts) * index.width * index.height * 3
         return self.batch_size * per_slot
 
     def samples(self, epoch: int) -> list[SampleSpec]:
-        if self._epoch is None or self._epoch[0] != epoch:
-            if not self.persistent_index:
-                self._store = None   # the seed's non-persistent mode: indices re-read each epoch
-            self._slot_gops = {}
-            self._epoch = epoch, self.pattern.epoch_samples(
+        """This shard's samples of ``epoch``, padded to whole batches (kept from the epoch before
+        the current one on: stream windows look into the neighbouring epochs)."""
+        if epoch not in self._epochs:
+            self._epochs[epoch] = self.pattern.epoch_samples(
                 self.dataset.clips, epoch=epoch, seed=self.seed, shard_id=self.shard_id,
                 num_shards=self.num_shards, batch_size=self.batch_size)
-        return self._epoch[1]
+        return self._epochs[epoch]
 
     @property
     def store(self) -> GopStore:
@@ -136,61 +137,89 @@ class GopSource:
         return self._store
 
     def __call__(self, sample_info) -> tuple[np.ndarray, ...]:
-        samples = self.samples(sample_info.epoch_idx)
-        position = sample_info.idx_in_epoch
-        if position >= len(samples):
+        epoch, position = sample_info.epoch_idx, sample_info.idx_in_epoch
+        if epoch != self._current_epoch:
+            self._current_epoch = epoch
+            if not self.persistent_index:
+                self._store = None   # the seed's non-persistent mode: indices re-read each epoch
+            self._epochs = {e: s for e, s in self._epochs.items() if e >= epoch - 1}
+            self._slot_gops = {k: v for k, v in self._slot_gops.items() if k[0] >= epoch - 1}
+        if position >= len(self.samples(epoch)):
             raise StopIteration
-        return self.read(samples, position)
+        return self.read(position, epoch)
 
-    def read(self, samples: list[SampleSpec], position: int) -> tuple[np.ndarray, ...]:
-        spec = samples[position]
-        requests = [self._request(samples, position, camera)
-                    for camera in self.dataset.cameras]
+    def read(self, position: int, epoch: int = 0) -> tuple[np.ndarray, ...]:
+        """The outputs for sample ``position`` of ``epoch`` (what the callback returns)."""
+        spec = self.samples(epoch)[position]
+        requests = [self._request(epoch, position, camera) for camera in self.dataset.cameras]
         read = self.store.read(requests)
         return (read.data, read.encode_plan(), np.asarray(spec.frames, dtype=np.int64),
                 np.asarray([self._clip_index[spec.clip]], dtype=np.int64),
                 np.arange(len(self.dataset.cameras), dtype=np.int64))
 
-    def _request(self, samples: list[SampleSpec], position: int, camera: str) -> ReadRequest:
+    def _request(self, epoch: int, position: int, camera: str) -> ReadRequest:
         """A stream step when the sample belongs to a slot and sits in one GOP, else plain."""
-        spec = samples[position]
+        spec = self.samples(epoch)[position]
         video = f"{spec.clip}/{camera}"
-        gop = self._slot_gop(samples, position, spec.slot, camera) if self.stream_decoding else None
+        gop = self._slot_gop(epoch, position, spec.slot, camera) if self.stream_decoding else None
         if gop is None:
             return ReadRequest(video, spec.frames)
-        return self._stream_request(samples, position, camera, video, gop)
+        return self._stream_request(epoch, position, camera, video, gop)
 
-    def _stream_request(self, samples, position, camera, video, gop) -> ReadRequest:
+    def _stream_request(self, epoch, position, camera, video, gop) -> ReadRequest:
         """With W(p) the GOPs of the slot's steps p, p+B, ..., p+lead*B (B = batch size), step p
         sends W(p) - W(p-B) and releases its GOP if it is not in W(p+B). By induction the slot then
-        holds exactly W(p) while step p picks, and nothing is sent twice while still held."""
-        slot, step = samples[position].slot, self.batch_size
-        previous = self._window(samples, position - step, slot, camera)
-        sends = tuple(g for g in self._window(samples, position, slot, camera) if g not in previous)
-        release = gop not in self._window(samples, position + step, slot, camera)
-        return ReadRequest(video, samples[position].frames, samples[position].slot, sends,
-                           stream_restart=not previous, stream_release=release)
+        holds exactly W(p) while step p picks, and nothing is sent twice while still held.
 
-    def _window(self, samples, position: int, slot: int, camera: str) -> list[tuple[str, int]]:
-        """W(position), in order; empty where ``position`` is no step of the slot (before its
-        first step or after its last)."""
+        Positions run on across epochs (DALI hands the next epoch's samples to the same decoders,
+        and every epoch is whole batches, so a slot keeps its lane): the last steps of an epoch
+        already send the GOPs the next epoch starts with, and NVDEC does not idle at the boundary.
+        """
+        spec = self.samples(epoch)[position]
+        slot, step = spec.slot, self.batch_size
+        previous = self._window(epoch, position - step, slot, camera)
+        sends = tuple(g for g in self._window(epoch, position, slot, camera) if g not in previous)
+        release = gop not in self._window(epoch, position + step, slot, camera)
+        return ReadRequest(video, spec.frames, slot, sends, stream_restart=not previous,
+                           stream_release=release)
+
+    def _locate(self, epoch: int, position: int) -> tuple[int, int] | None:
+        """(epoch, position) of a position counted on from ``epoch``'s start across epoch
+        boundaries; None before epoch 0."""
+        while position < 0:
+            epoch -= 1
+            if epoch < 0:
+                return None
+            position += len(self.samples(epoch))
+        while position >= len(self.samples(epoch)):
+            position -= len(self.samples(epoch))
+            epoch += 1
+        return epoch, position
+
+    def _window(self, epoch: int, position: int, slot: int, camera: str) -> list[tuple[str, int]]:
+        """W(position), in order; empty where ``position`` is no step of the slot (another slot's,
+        a filler, or before the first epoch)."""
         gops: list[tuple[str, int]] = []
-        if not 0 <= position < len(samples) or samples[position].slot != slot:
+        located = self._locate(epoch, position)
+        if located is None or self.samples(located[0])[located[1]].slot != slot:
             return gops
         for k in range(self.stream_lead + 1):
-            gop = self._slot_gop(samples, position + k * self.batch_size, slot, camera)
+            gop = self._slot_gop(epoch, position + k * self.batch_size, slot, camera)
             if gop is not None and gop not in gops:
                 gops.append(gop)
         return gops
 
-    def _slot_gop(self, samples, position: int, slot: int, camera: str) -> tuple[str, int] | None:
-        """(video, GOP start) of slot ``slot``'s step at ``position``; None where that is no step of
-        the slot (another slot, padding, outside the epoch) or its frames span GOPs."""
-        if slot < 0 or not 0 <= position < len(samples):
+    def _slot_gop(self, epoch: int, position: int, slot: int,
+                  camera: str) -> tuple[str, int] | None:
+        """(video, GOP start) of slot ``slot``'s step at ``position`` (counted on across epochs);
+        None where that is no step of the slot (another slot, padding, before the first epoch) or
+        its frames span GOPs."""
+        located = self._locate(epoch, position) if slot >= 0 else None
+        if located is None:
             return None
-        key = (position, slot, camera)
+        key = (*located, slot, camera)
         if key not in self._slot_gops:
-            spec = samples[position]
+            spec = self.samples(located[0])[located[1]]
             gop = None
             if spec.slot == slot and not spec.pad:
                 video = f"{spec.clip}/{camera}"

@@ -22,7 +22,9 @@ measures (``--skip`` leaves groups out):
 (reader and pynvc run in pipelines/baselines.py.)
 
 Frames are counted as delivered after warm-up batches (loader: samples x cameras x T per batch;
-readers.video: frames in each batch). "CPU cores" is process CPU time (this process and its DALI
+readers.video: frames in each batch). Stream rows time the second epoch whole, after a first one
+untimed: a training run's steady state, epoch boundary included (the first epoch also pays for
+the caching allocator's first blocks and the decoders' creation). "CPU cores" is process CPU time (this process and its DALI
 workers) over wall time; "peak GPU MiB" is device memory in use (all allocators) above the
 measurement's start. Under torchrun each rank measures its own shard on its own GPU (LOCAL_RANK),
 all ranks at once; rank 0 prints per-rank and summed figures and writes the JSON and the chart.
@@ -195,14 +197,14 @@ def _batches(loader):
 def loader_run(gop_root: Path, pattern: str, backend: str, group_num: int, workers: int,
                warmup: int, batches: int | None, *, shard_id: int = 0, num_shards: int = 1,
                **options):
-    """``warmup`` batches, then ``batches`` timed ones (None: the rest of the first epoch, at least
-    one), crossing epochs if need be. Frames: samples x cameras x T of each batch."""
+    """``warmup`` batches (None: one epoch), then ``batches`` timed ones (None: one epoch),
+    crossing epochs if need be. Frames: samples x cameras x T of each batch."""
     from pipelines.loader import make_loader
     loader = make_loader(gop_root, pattern=pattern, backend=backend, batch_size=group_num,
                          num_workers=workers, shard_id=shard_id, num_shards=num_shards, **options)
     try:
-        if batches is None:
-            batches = max(len(loader) - warmup, 1)
+        warmup = len(loader) if warmup is None else warmup
+        batches = len(loader) if batches is None else batches
         stream = _batches(loader)
         for _ in range(warmup):
             _finished(next(stream)["frames"])
@@ -298,7 +300,7 @@ def loader_rows(b: Bench) -> list[Result]:
     depth = b.random_decode_depth = mean_decode_depth(b.gops, RANDOM, a.random_group_num)
     return [
         b.measure(f"dali-gop stream ({backend})",
-                  lambda: loader_run(b.gops, STREAM, backend, a.group_num, a.workers, a.warmup,
+                  lambda: loader_run(b.gops, STREAM, backend, a.group_num, a.workers, None,
                                      None, **b.shard),
                   method=method),
         b.measure(f"dali-gop random ({backend})",

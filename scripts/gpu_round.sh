@@ -3,6 +3,7 @@
 #   bash scripts/gpu_round.sh tests    # GPU tests; meanwhile makes the benchmark set in the background
 #   bash scripts/gpu_round.sh modes    # raw decode strategies on that set (scripts/decode_modes.py)
 #   bash scripts/gpu_round.sh bench    # the throughput benchmark on that set (waits for it)
+#   bash scripts/gpu_round.sh profile VARIANT...   # scripts/profile_loader.py on that set
 # Logs go to $OUT (the device tool brings them back).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -22,6 +23,11 @@ case "${1:-tests}" in
   modes)
     for _ in $(seq 300); do [ -e /tmp/bench_prepare.done ] && break; sleep 2; done
     python3 scripts/decode_modes.py /tmp/bench/*/gops 2>&1 | tee "$OUT/decode-modes.log"
+    ;;
+  profile)
+    for _ in $(seq 300); do [ -e /tmp/bench_prepare.done ] && break; sleep 2; done
+    python3 scripts/profile_loader.py /tmp/bench/*/gops "${@:2}" 2>&1 \
+      | grep -v "_iterator_deprecation\|Please set .reader_name" | tee "$OUT/profile.log"
     ;;
   bench)
     for _ in $(seq 300); do [ -e /tmp/bench_prepare.done ] && break; sleep 2; done

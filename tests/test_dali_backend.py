@@ -116,7 +116,7 @@ def test_stream_steps_are_refused_with_the_fix(stores):
     gop_root, _ = stores("h264")
     dataset = Dataset.open(gop_root)
     source = GopSource(dataset, pattern_from_name("stream"), batch_size=2)
-    data, plan, *_ = source.read(source.samples(0), 0)
+    data, plan, *_ = source.read(0)
     with pytest.raises(RuntimeError, match="stream_decoding=False"):
         CameraBuffers(len(dataset.cameras))(data, plan)
 

@@ -37,6 +37,7 @@ from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, c
 from dali_gop.store import DecodePlan, Segment, decode_plan, segment_names
 
 DEFAULT_THREADS = 48   # GOP-prefix decodes gained up to 48 threads (docs/gpu-results.md)
+DEFAULT_LOOKAHEAD = 2  # batches scheduled before DALI asks for them (docs/gpu-results.md)
 
 
 def _nvc():
@@ -114,6 +115,7 @@ class FrameCopier:
         """A ``decode_packets`` sink copying output ``position`` to each of ``targets(position)``
         (device pointers to dense ``frame_shape`` uint8 buffers) on ``stream_handle``."""
         nbytes = int(np.prod(frame_shape))
+        memcpy = self._memcpy     # the per-frame path of every decode thread: no method lookups
         checked = False
 
         def sink(position, frame):
@@ -122,7 +124,9 @@ class FrameCopier:
                 self._check(frame, frame_shape, name)
                 checked = True
             for pointer in targets(position):
-                self.device_copy(pointer, frame.GetPtrToPlane(0), nbytes, stream_handle)
+                status = memcpy(pointer, frame.GetPtrToPlane(0), nbytes, stream_handle)
+                if status:
+                    raise DecodeError(f"{name}: cuMemcpyDtoDAsync failed with CUDA error {status}")
 
         return sink
 
@@ -179,18 +183,23 @@ class DecodedGop:
         self.name = name
         self.frames = frames
         self.future: Future | None = None    # -> CUDA event recorded after the last frame's copy
+        self._frame_bytes = frames[0].numel() if frames.shape[0] else 0
+        self._ready_for: int | None = None   # the consumer stream that already waits for it
 
     def take(self, position: int, destination, consumer_stream, copier: FrameCopier) -> None:
-        """Copy frame ``position`` into ``destination`` on ``consumer_stream`` (DALI's)."""
-        decoded = self.future.result()     # a decode error surfaces here
+        """Copy frame ``position`` into ``destination`` on ``consumer_stream`` (DALI's). The
+        stream waits for the decode once: the slot's later picks queue behind that wait."""
+        handle = consumer_stream.cuda_stream
+        if self._ready_for != handle:
+            decoded = self.future.result()     # a decode error surfaces here
+            consumer_stream.wait_event(decoded)
+            self._ready_for = handle
         check_position(position, self.frames.shape[0], self.name)
-        if self.frames.shape[1:] != destination.shape:   # a raw copy must never overrun
+        if destination.numel() != self._frame_bytes:   # a raw copy must never overrun
             raise DecodeError(f"{self.name}: frames of {tuple(self.frames.shape[1:])} do not fit "
                               f"the sample's {tuple(destination.shape)} (clips of different sizes?)")
-        consumer_stream.wait_event(decoded)
-        frame_bytes = destination.numel()
-        copier.device_copy(destination.data_ptr(), self.frames.data_ptr() + position * frame_bytes,
-                           frame_bytes, consumer_stream.cuda_stream)
+        copier.device_copy(destination.data_ptr(), self.frames.data_ptr() + position * self._frame_bytes,
+                           self._frame_bytes, handle)
 
 
 @dataclass
@@ -206,15 +215,15 @@ class _Job:
 class NvdecBatchDecoder:
     """GPU python operator: a batch of (host bytes, plan) -> frames (cameras, T, H, W, 3) per sample.
 
-    Decoding runs one batch ahead: the CPU stage has usually stashed the next batch already, so
-    while DALI hands on this batch, the pool is decoding the next one and NVDEC never idles
-    between batches. Stream slots get their GOPs some batches before they reach them (see
+    Decoding runs up to ``lookahead`` batches ahead: whatever the CPU stage has stashed already is
+    scheduled at once, so while DALI hands on this batch the pool decodes the next ones, and a
+    batch's slowest GOP does not leave NVDEC idle. Stream slots get their GOPs some batches before they reach them (see
     :class:`dali_gop.source.GopSource`); each is decoded whole, once, in the background, and the
     slot's samples only copy frames out.
     """
 
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
-                 lookahead: bool = True, feed: str = "segment"):
+                 lookahead: int = DEFAULT_LOOKAHEAD, feed: str = "segment"):
         if feed not in FEEDS:
             raise ValueError(f"feed must be one of {FEEDS}, not {feed!r}")
         self.feed = feed
@@ -286,13 +295,23 @@ class NvdecBatchDecoder:
                                                 device=device_id)
         job = self._pending.popleft() if self._pending else \
             self._start(self.stash.take(), device_id, dali_stream)
-        if self.lookahead and not self._pending:
+        while len(self._pending) < self.lookahead:
             upcoming = self.stash.take(wait=False)
-            if upcoming is not None:
-                self._pending.append(self._start(upcoming, device_id, dali_stream))
+            if upcoming is None:
+                break
+            self._pending.append(self._start(upcoming, device_id, dali_stream))
         if job.plan_shapes != shapes:
             raise DecodeError("nvdec: stashed bytes do not match this batch's plans (pipeline out "
                               "of step); rebuild the pipeline")
+        outputs = self._finish(job, dali_stream)
+        if self.bgr:
+            with torch.cuda.stream(dali_stream):
+                outputs = [out.flip(-1) for out in outputs]
+        return [to_dlpack(out) for out in outputs]
+
+    def _finish(self, job: _Job, dali_stream) -> list:
+        """Make DALI's stream wait for the batch's decodes and copy its stream picks; the first
+        error of the batch is raised."""
         errors = list(job.errors)
         for future in job.futures:
             try:
@@ -306,11 +325,7 @@ class NvdecBatchDecoder:
                 errors.append(e)
         if errors:
             raise errors[0]
-        outputs = job.outputs
-        if self.bgr:
-            with torch.cuda.stream(dali_stream):
-                outputs = [out.flip(-1) for out in outputs]
-        return [to_dlpack(out) for out in outputs]
+        return job.outputs
 
     def _start(self, batch, device_id: int, dali_stream) -> _Job:
         """Allocate a batch's outputs (and its stream sends' frames) on DALI's stream and schedule
@@ -411,16 +426,19 @@ class NvdecBackend(DecodeBackend):
     name = "nvdec"
     device = "gpu"
 
-    def __init__(self, color: str = "RGB", threads: int | None = None, feed: str | None = None):
+    def __init__(self, color: str = "RGB", threads: int | None = None, feed: str | None = None,
+                 lookahead: int | None = None):
         super().__init__(color)
         self.threads = threads or int(os.environ.get("DALI_GOP_NVDEC_THREADS", DEFAULT_THREADS))
         self.feed = feed or os.environ.get("DALI_GOP_NVDEC_FEED", "segment")
+        self.lookahead = lookahead if lookahead is not None else \
+            int(os.environ.get("DALI_GOP_NVDEC_LOOKAHEAD", DEFAULT_LOOKAHEAD))
         self.operators: list[NvdecBatchDecoder] = []
 
     def decode(self, data, plan):
         from nvidia.dali import fn
         stash = BitstreamStash()
-        operator = NvdecBatchDecoder(stash, self.color, self.threads, feed=self.feed)
+        operator = NvdecBatchDecoder(stash, self.color, self.threads, self.lookahead, self.feed)
         self.operators.append(operator)
         tokens = fn.python_function(data, plan, function=stash.put, batch_processing=True)
         return fn.dl_tensor_python_function(tokens.gpu(), function=operator, batch_processing=True,
