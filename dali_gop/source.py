@@ -86,7 +86,9 @@ class GopSource:
         if stream_lead < 0:
             raise ValueError(f"stream_lead must be >= 0, not {stream_lead}")
         self.stream_lead = stream_lead
+        # memos of the stream windows, keyed (epoch, position, slot, camera); trimmed per epoch
         self._slot_gops: dict[tuple[int, int, int, str], tuple[str, int] | None] = {}
+        self._windows: dict[tuple[int, int, int, str], list[tuple[str, int]]] = {}
         self._clip_index = {clip: i for i, clip in enumerate(dataset.clips)}
         self._store: GopStore | None = None
         self._epochs: dict[int, list[SampleSpec]] = {}
@@ -95,7 +97,7 @@ class GopSource:
     def __getstate__(self):
         # workers rebuild the store and the epoch's sample list themselves
         return {**self.__dict__, "_store": None, "_epochs": {}, "_current_epoch": None,
-                "_slot_gops": {}}
+                "_slot_gops": {}, "_windows": {}}
 
     def shard_size(self, epoch: int = 0) -> int:
         """Real (non-padding) samples this shard sees in ``epoch``."""
@@ -144,6 +146,7 @@ class GopSource:
                 self._store = None   # the seed's non-persistent mode: indices re-read each epoch
             self._epochs = {e: s for e, s in self._epochs.items() if e >= epoch - 1}
             self._slot_gops = {k: v for k, v in self._slot_gops.items() if k[0] >= epoch - 1}
+            self._windows = {k: v for k, v in self._windows.items() if k[0] >= epoch - 1}
         if position >= len(self.samples(epoch)):
             raise StopIteration
         return self.read(position, epoch)
@@ -198,15 +201,19 @@ class GopSource:
 
     def _window(self, epoch: int, position: int, slot: int, camera: str) -> list[tuple[str, int]]:
         """W(position), in order; empty where ``position`` is no step of the slot (another slot's,
-        a filler, or before the first epoch)."""
-        gops: list[tuple[str, int]] = []
-        located = self._locate(epoch, position)
-        if located is None or self.samples(located[0])[located[1]].slot != slot:
+        a filler, or before the first epoch). Memoized: consecutive steps ask for each other's."""
+        key = (epoch, position, slot, camera)
+        gops = self._windows.get(key)
+        if gops is not None:
             return gops
-        for k in range(self.stream_lead + 1):
-            gop = self._slot_gop(epoch, position + k * self.batch_size, slot, camera)
-            if gop is not None and gop not in gops:
-                gops.append(gop)
+        gops = []
+        located = self._locate(epoch, position)
+        if located is not None and self.samples(located[0])[located[1]].slot == slot:
+            for k in range(self.stream_lead + 1):
+                gop = self._slot_gop(epoch, position + k * self.batch_size, slot, camera)
+                if gop is not None and gop not in gops:
+                    gops.append(gop)
+        self._windows[key] = gops
         return gops
 
     def _slot_gop(self, epoch: int, position: int, slot: int,
@@ -214,16 +221,16 @@ class GopSource:
         """(video, GOP start) of slot ``slot``'s step at ``position`` (counted on across epochs);
         None where that is no step of the slot (another slot, padding, before the first epoch) or
         its frames span GOPs."""
+        key = (epoch, position, slot, camera)
+        if key in self._slot_gops:
+            return self._slot_gops[key]
         located = self._locate(epoch, position) if slot >= 0 else None
-        if located is None:
-            return None
-        key = (*located, slot, camera)
-        if key not in self._slot_gops:
+        gop = None
+        if located is not None:
             spec = self.samples(located[0])[located[1]]
-            gop = None
             if spec.slot == slot and not spec.pad:
                 video = f"{spec.clip}/{camera}"
                 starts = {self.store.gop_start(video, f) for f in spec.frames}
                 gop = (video, starts.pop()) if len(starts) == 1 else None
-            self._slot_gops[key] = gop
-        return self._slot_gops[key]
+        self._slot_gops[key] = gop
+        return gop
