@@ -28,9 +28,21 @@ def load(gop_root):
     return work
 
 
+class _Cai:
+    """A device buffer seen through __cuda_array_interface__ (no stream: no synchronization)."""
+
+    def __init__(self, pointer, nbytes):
+        self.__cuda_array_interface__ = dict(shape=(nbytes,), typestr="|u1", data=(pointer, False),
+                                             version=3, strides=None)
+
+
 def run(label, work, threads, *, depth=None, keep="clone", feed="packets"):
     """keep: what happens to each wanted frame: None, "dlpack" (wrap only), "clone" (wrap and copy
-    with torch), "memcpy" (one cuMemcpyDtoDAsync into a tensor, as the nvdec backend does)."""
+    with torch), "memcpy" (one cuMemcpyDtoDAsync into a tensor, as the nvdec backend does),
+    "memcpy0" (the same call moving 0 bytes: the call's cost without the copy), "kernel" (the
+    frame wrapped through __cuda_array_interface__ and copied by an SM kernel, not a copy engine),
+    "other-stream" (memcpy on a second stream of the thread, which waits for the decode through an
+    event; the decoder's stream waits for the copy only before the next Decode)."""
     from dali_gop.backends.nvdec import FrameCopier
     copier = FrameCopier()
     local = threading.local()
@@ -56,8 +68,23 @@ def run(label, work, threads, *, depth=None, keep="clone", feed="packets"):
                 if not hasattr(local, "buffer"):
                     local.buffer = torch.empty(tuple(frame.shape), dtype=torch.uint8,
                                                device="cuda")
-                copier.device_copy(local.buffer.data_ptr(), frame.GetPtrToPlane(0),
-                                   local.buffer.numel(), local.stream.cuda_stream)
+                    local.copy_stream = torch.cuda.Stream()
+                    local.int32 = local.buffer.view(-1).view(torch.int32)
+                if keep == "kernel":
+                    source = torch.as_tensor(_Cai(frame.GetPtrToPlane(0), local.buffer.numel()),
+                                             device="cuda").view(torch.int32)
+                    torch.add(source, 0, out=local.int32)
+                elif keep == "other-stream":
+                    decoded = torch.cuda.Event()
+                    decoded.record(local.stream)
+                    local.copy_stream.wait_event(decoded)
+                    copier.device_copy(local.buffer.data_ptr(), frame.GetPtrToPlane(0),
+                                       local.buffer.numel(), local.copy_stream.cuda_stream)
+                    local.pending = True
+                else:
+                    copier.device_copy(local.buffer.data_ptr(), frame.GetPtrToPlane(0),
+                                       0 if keep == "memcpy0" else local.buffer.numel(),
+                                       local.stream.cuda_stream)
 
         packets = packets_of(data, segment)
         if d is not None:
@@ -67,6 +94,8 @@ def run(label, work, threads, *, depth=None, keep="clone", feed="packets"):
             packets = [data[start:start + sum(len(p) for p in packets)]]
         with torch.cuda.stream(local.stream):
             n = decode_packets(local.decoder, packets, sink)
+        if getattr(local, "pending", False):   # the next GOP's output may reuse the buffers
+            local.stream.wait_stream(local.copy_stream)
         return n
 
     frames, dt = timed_in_threads(decode, items, threads, 0)

@@ -230,7 +230,7 @@ def raw(gops) -> None:
     import decode_modes
     work = decode_modes.load(gops)
     print()
-    for keep in (None, "memcpy"):
+    for keep in (None, "memcpy", "memcpy0", "kernel", "other-stream"):
         decode_modes.run(f"raw: whole GOP, segment, 48 thr, keep {keep}", work, 48, keep=keep,
                          feed="segment")
 
