@@ -28,6 +28,8 @@ class Segment:
     ``packet_sizes`` splits the slice into packets (decode order); ``None`` when unknown (fixed-GOP
     fast path): the decoder then parses the Annex-B stream itself. Fed and flushed, the decoder
     outputs ``num_outputs`` frames, display indices ``first_frame, first_frame+1, ...``.
+    ``in_order``: the packets decode in display order (no reordering: the index says so), so a
+    low-latency decoder outputs every frame as it is decoded and needs no flush.
     """
     offset: int
     size: int
@@ -35,6 +37,7 @@ class Segment:
     first_frame: int
     num_outputs: int
     codec: str = "h264"
+    in_order: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ class SampleRead:
         for s in self.segments:
             sizes = s.packet_sizes if s.packet_sizes is not None else ()
             out += [s.offset, s.size, s.first_frame, s.num_outputs, CODEC_IDS[s.codec],
-                    len(sizes) if s.packet_sizes is not None else -1, *sizes]
+                    int(s.in_order), len(sizes) if s.packet_sizes is not None else -1, *sizes]
         out.append(len(self.requests))
         for r in self.requests:
             st = r.stream
@@ -133,9 +136,10 @@ def decode_plan(plan: np.ndarray) -> DecodePlan:
     names_offset = next(values)
     segments = []
     for _ in range(next(values)):
-        offset, size, first, n_out, codec, n_packets = take(6)
+        offset, size, first, n_out, codec, in_order, n_packets = take(7)
         sizes = tuple(take(n_packets)) if n_packets >= 0 else None
-        segments.append(Segment(offset, size, sizes, first, n_out, CODEC_NAMES[codec]))
+        segments.append(Segment(offset, size, sizes, first, n_out, CODEC_NAMES[codec],
+                                bool(in_order)))
     requests = []
     for _ in range(next(values)):
         codec, width, height, has_stream = take(4)
@@ -175,6 +179,7 @@ class _GopSlice:
     first_frame: int
     num_outputs: int
     codec: str
+    in_order: bool = False      # unknown (fixed-GOP path): treated as reordering
 
 
 class GopStore:
@@ -247,8 +252,10 @@ class GopStore:
             # picks rely on output position == frame - start
             raise fmt.FormatError(f"{base / gop.file}: packets do not decode to frames "
                                   f"{start}..{last} in order")
+        fed = gop.packet_frames[:n_packets]
         return _GopSlice(base / gop.file, gop.size, gop.crc32, sum(gop.packet_sizes[:n_packets]),
-                         gop.packet_sizes[:n_packets], start, len(outputs), info.codec)
+                         gop.packet_sizes[:n_packets], start, len(outputs), info.codec,
+                         all(a < b for a, b in zip(fed, fed[1:])))
 
     def read(self, requests: Iterable[ReadRequest | tuple[str, Sequence[int]]]) -> SampleRead:
         """Read every GOP prefix that the requests need into one buffer.
@@ -291,7 +298,7 @@ class GopStore:
         for s, size in zip(slices, sizes):
             self._read_into(s, data[offset:offset + size])
             segments.append(Segment(offset, size, s.packet_sizes, s.first_frame, s.num_outputs,
-                                    s.codec))
+                                    s.codec, s.in_order))
             offset += size
         data[offset:] = np.frombuffer(names, np.uint8)
         return SampleRead(data, tuple(segments), tuple(planned), offset)

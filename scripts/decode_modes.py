@@ -36,11 +36,13 @@ class _Cai:
                                              version=3, strides=None)
 
 
-def run(label, work, threads, *, depth=None, keep="clone", feed="packets"):
+def run(label, work, threads, *, depth=None, keep="clone", feed="packets", low=False):
     """keep: what happens to each wanted frame: None, "dlpack" (wrap only), "clone" (wrap and copy
     with torch), "memcpy" (one cuMemcpyDtoDAsync into a tensor, as the nvdec backend does),
     "memcpy0" (the same call moving 0 bytes: the call's cost without the copy), "kernel" (the
     frame wrapped through __cuda_array_interface__ and copied by an SM kernel, not a copy engine),
+    ``low``: low-latency decoders, no flush when all fed frames came out (as the nvdec backend's
+    ``low_latency`` does on in-order segments).
     "other-stream" (memcpy on a second stream of the thread, which waits for the decode through an
     event; the decoder's stream waits for the copy only before the next Decode)."""
     from dali_gop.backends.nvdec import FrameCopier
@@ -54,7 +56,7 @@ def run(label, work, threads, *, depth=None, keep="clone", feed="packets"):
         if not hasattr(local, "decoder"):
             torch.cuda.set_device(0)
             local.stream = torch.cuda.Stream()
-            local.decoder = create_decoder(codec, local.stream.cuda_stream, 0)
+            local.decoder = create_decoder(codec, local.stream.cuda_stream, 0, low_latency=low)
         kept = []
 
         def sink(position, frame):
@@ -93,7 +95,9 @@ def run(label, work, threads, *, depth=None, keep="clone", feed="packets"):
             start = segment.offset
             packets = [data[start:start + sum(len(p) for p in packets)]]
         with torch.cuda.stream(local.stream):
-            n = decode_packets(local.decoder, packets, sink)
+            # low: no flush once every fed frame is out (the bench set has no B-frames)
+            n = decode_packets(local.decoder, packets, sink,
+                               (d or segment.num_outputs) if low else None)
         if getattr(local, "pending", False):   # the next GOP's output may reuse the buffers
             local.stream.wait_stream(local.copy_stream)
         return n

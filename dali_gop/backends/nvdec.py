@@ -45,12 +45,17 @@ def _nvc():
     return nvc
 
 
-def create_decoder(codec: str, stream_handle: int, device_id: int, *, rgb: bool = True):
+def create_decoder(codec: str, stream_handle: int, device_id: int, *, rgb: bool = True,
+                   low_latency: bool = False):
+    """A PyNvVideoCodec decoder; ``low_latency`` outputs each frame as soon as it is decoded and
+    displayable (display delay 0) instead of holding a few back until more data or a flush."""
     nvc = _nvc()
     options = dict(gpuid=device_id, codec=getattr(nvc.cudaVideoCodec, {"h264": "H264", "hevc": "HEVC"}[codec]),
                    cudacontext=0, cudastream=stream_handle, usedevicememory=True)
     if rgb:
         options["outputColorType"] = nvc.OutputColorType.RGB
+    if low_latency:
+        options["latency"] = nvc.DisplayDecodeLatencyType.LOW
     return nvc.CreateDecoder(**options)
 
 
@@ -77,15 +82,19 @@ def packets_of(data: np.ndarray, segment: Segment, feed: str = "packets"):
     return [chunk[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def decode_packets(decoder, packets, sink: Callable[[int, object], None]) -> int:
+def decode_packets(decoder, packets, sink: Callable[[int, object], None],
+                   expected: int | None = None) -> int:
     """Feed packets, calling ``sink(position, frame)`` for each output frame in display order while
-    the frame is valid (PyNvVideoCodec reuses its buffer at the next ``Decode``); then flush.
-    Returns the number of frames output."""
+    the frame is valid (PyNvVideoCodec reuses its buffer at the next ``Decode``); then flush, unless
+    ``expected`` frames are out already (a low-latency decoder fed packets in display order: it
+    holds nothing back, and the next segment starts at a keyframe). Returns the frames output."""
     position = 0
     for packet in packets:
         for frame in decoder.Decode(_packet(packet)):
             sink(position, frame)
             position += 1
+    if expected is not None and position >= expected:
+        return position
     for frame in decoder.Decode(_packet(None)):
         sink(position, frame)
         position += 1
@@ -223,10 +232,12 @@ class NvdecBatchDecoder:
     """
 
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
-                 lookahead: int = DEFAULT_LOOKAHEAD, feed: str = "segment"):
+                 lookahead: int = DEFAULT_LOOKAHEAD, feed: str = "segment",
+                 low_latency: bool = False):
         if feed not in FEEDS:
             raise ValueError(f"feed must be one of {FEEDS}, not {feed!r}")
         self.feed = feed
+        self.low_latency = low_latency
         self.stash = stash
         self.bgr = color == "BGR"
         self.threads = threads
@@ -257,8 +268,8 @@ class NvdecBatchDecoder:
     def _decoder(self, state: _ThreadDecoders, codec: str, device_id: int):
         decoder = state.decoders.get(codec)
         if decoder is None:
-            decoder = state.decoders[codec] = create_decoder(codec, state.stream.cuda_stream,
-                                                             device_id)
+            decoder = state.decoders[codec] = create_decoder(
+                codec, state.stream.cuda_stream, device_id, low_latency=self.low_latency)
         return decoder
 
     def close(self) -> None:
@@ -389,7 +400,8 @@ class NvdecBatchDecoder:
         decoder = self._decoder(state, segment.codec, device_id)
         sink = self._copier.sink(targets, frame_shape, state.stream.cuda_stream, name)
         try:
-            produced = decode_packets(decoder, packets_of(data, segment, self.feed), sink)
+            expected = segment.num_outputs if self.low_latency and segment.in_order else None
+            produced = decode_packets(decoder, packets_of(data, segment, self.feed), sink, expected)
         except Exception as e:
             state.decoders.pop(segment.codec, None)   # a decoder in an unknown state: not reused
             if isinstance(e, DecodeError):
@@ -427,18 +439,21 @@ class NvdecBackend(DecodeBackend):
     device = "gpu"
 
     def __init__(self, color: str = "RGB", threads: int | None = None, feed: str | None = None,
-                 lookahead: int | None = None):
+                 lookahead: int | None = None, low_latency: bool | None = None):
         super().__init__(color)
         self.threads = threads or int(os.environ.get("DALI_GOP_NVDEC_THREADS", DEFAULT_THREADS))
         self.feed = feed or os.environ.get("DALI_GOP_NVDEC_FEED", "segment")
         self.lookahead = lookahead if lookahead is not None else \
             int(os.environ.get("DALI_GOP_NVDEC_LOOKAHEAD", DEFAULT_LOOKAHEAD))
+        self.low_latency = low_latency if low_latency is not None else \
+            os.environ.get("DALI_GOP_NVDEC_LOW_LATENCY", "0") == "1"
         self.operators: list[NvdecBatchDecoder] = []
 
     def decode(self, data, plan):
         from nvidia.dali import fn
         stash = BitstreamStash()
-        operator = NvdecBatchDecoder(stash, self.color, self.threads, self.lookahead, self.feed)
+        operator = NvdecBatchDecoder(stash, self.color, self.threads, self.lookahead, self.feed,
+                                     self.low_latency)
         self.operators.append(operator)
         tokens = fn.python_function(data, plan, function=stash.put, batch_processing=True)
         # no stream sync before each call: the operator orders all its GPU work on DALI's stream
