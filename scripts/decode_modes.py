@@ -4,6 +4,7 @@ Run on the GPU machine after the benchmark set exists:
 Prints frames/s for whole-GOP and GOP-prefix decodes: packet by packet vs one Decode call per
 segment, thread counts, and what keeping each frame costs (wrap, clone, or one device copy).
 (The low-latency rows of docs/logs/decode-modes-* came from an earlier version of this script.)"""
+import ctypes
 import random
 import sys
 import threading
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-from dali_gop.backends.nvdec import create_decoder, decode_packets, packets_of
+import numpy as np
+
+from dali_gop.backends.nvdec import _packet, create_decoder, decode_packets, packets_of
 from dali_gop.store import GopStore
 from pipelines.baselines import timed_in_threads
 
@@ -26,6 +29,36 @@ def load(gop_root):
             read = store.read([(video, [gop.end - 1])])
             work.append((index.codec, read.data, read.segments[0]))
     return work
+
+
+class _BatchCopier:
+    """cuMemcpyBatchAsync (CUDA 12.8 ABI, through ctypes.CDLL, which drops the GIL): the frames one
+    ``Decode`` call returned, copied by one driver call."""
+
+    class Location(ctypes.Structure):
+        _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
+
+    def __init__(self, device=0):
+        Location = self.Location
+
+        class Attributes(ctypes.Structure):
+            _fields_ = [("srcAccessOrder", ctypes.c_int), ("srcLocHint", Location),
+                        ("dstLocHint", Location), ("flags", ctypes.c_uint)]
+        self.call = ctypes.CDLL("libcuda.so.1").cuMemcpyBatchAsync
+        self.call.restype = ctypes.c_int
+        # 1: CU_MEMCPY_SRC_ACCESS_ORDER_STREAM; 1: CU_MEM_LOCATION_TYPE_DEVICE
+        self.attrs = Attributes(1, Location(1, device), Location(1, device), 0)
+        self.index = (ctypes.c_size_t * 1)(0)
+
+    def copy(self, dsts, srcs, nbytes, stream):
+        n = len(dsts)
+        sizes = (ctypes.c_size_t * n)(*([nbytes] * n))
+        fail = ctypes.c_size_t(0)
+        status = self.call((ctypes.c_uint64 * n)(*dsts), (ctypes.c_uint64 * n)(*srcs), sizes,
+                           ctypes.c_size_t(n), ctypes.byref(self.attrs), self.index,
+                           ctypes.c_size_t(1), ctypes.byref(fail), ctypes.c_void_p(stream))
+        if status:
+            raise RuntimeError(f"cuMemcpyBatchAsync failed: CUDA error {status}")
 
 
 class _Cai:
@@ -43,6 +76,8 @@ def run(label, work, threads, *, depth=None, keep="clone", feed="packets", low=F
     frame wrapped through __cuda_array_interface__ and copied by an SM kernel, not a copy engine),
     ``low``: low-latency decoders, no flush when all fed frames came out (as the nvdec backend's
     ``low_latency`` does on in-order segments).
+    "batch" (whole segments only: the frames of each ``Decode`` call copied by one
+    cuMemcpyBatchAsync, called without the GIL),
     "other-stream" (memcpy on a second stream of the thread, which waits for the decode through an
     event; the decoder's stream waits for the copy only before the next Decode)."""
     from dali_gop.backends.nvdec import FrameCopier
@@ -88,6 +123,8 @@ def run(label, work, threads, *, depth=None, keep="clone", feed="packets", low=F
                                        0 if keep == "memcpy0" else local.buffer.numel(),
                                        local.stream.cuda_stream)
 
+        if keep == "batch":
+            return decode_batched(local, packets_of(data, segment, feed), segment, d)
         packets = packets_of(data, segment)
         if d is not None:
             packets = packets[:d]
@@ -101,6 +138,25 @@ def run(label, work, threads, *, depth=None, keep="clone", feed="packets", low=F
         if getattr(local, "pending", False):   # the next GOP's output may reuse the buffers
             local.stream.wait_stream(local.copy_stream)
         return n
+
+    def decode_batched(local, packets, segment, d):
+        if not hasattr(local, "batch"):
+            local.batch = _BatchCopier()
+            local.buffers = torch.empty((segment.num_outputs + 2, 900 * 1600 * 3), dtype=torch.uint8,
+                                        device="cuda")
+        position = 0
+        with torch.cuda.stream(local.stream):
+            for packet in packets + [None]:
+                frames = local.decoder.Decode(_packet(packet))
+                if frames:
+                    nbytes = int(np.prod(frames[0].shape))
+                    base = local.buffers.data_ptr()
+                    dsts = [base + ((position + i) % local.buffers.shape[0]) * nbytes
+                            for i in range(len(frames))]
+                    local.batch.copy(dsts, [f.GetPtrToPlane(0) for f in frames], nbytes,
+                                     local.stream.cuda_stream)
+                    position += len(frames)
+        return position
 
     frames, dt = timed_in_threads(decode, items, threads, 0)
     wanted = len(items) if depth else frames

@@ -232,15 +232,19 @@ def raw(gops) -> None:
     import decode_modes
     work = decode_modes.load(gops)
     print()
-    for keep in (None, "memcpy", "memcpy0", "kernel", "other-stream"):
-        decode_modes.run(f"raw: whole GOP, segment, 48 thr, keep {keep}", work, 48, keep=keep,
-                         feed="segment")
+    rows = [dict(label=f"whole GOP, segment, 48 thr, keep {keep}", keep=keep)
+            for keep in (None, "memcpy", "memcpy0", "kernel", "other-stream", "batch")]
     for low in (False, True):
-        decode_modes.run(f"raw: whole GOP, segment, 48 thr, memcpy, low latency {low}", work, 48,
-                         keep="memcpy", feed="segment", low=low)
-        decode_modes.run(f"raw: prefix 1..30, segment, 48 thr, memcpy last, low latency {low}",
-                         work, 48, depth=lambda rng: rng.randint(1, 30), keep="memcpy",
-                         feed="segment", low=low)
+        rows.append(dict(label=f"whole GOP, segment, 48 thr, memcpy, low latency {low}",
+                         keep="memcpy", low=low))
+        rows.append(dict(label=f"prefix 1..30, segment, 48 thr, memcpy last, low latency {low}",
+                         keep="memcpy", low=low, depth=lambda rng: rng.randint(1, 30)))
+    for row in rows:
+        label = row.pop("label")
+        try:
+            decode_modes.run(f"raw: {label}", work, 48, feed="segment", **row)
+        except Exception as e:
+            print(f"raw: {label}: FAILED {type(e).__name__}: {e}")
 
 
 def main():
