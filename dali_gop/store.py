@@ -28,8 +28,6 @@ class Segment:
     ``packet_sizes`` splits the slice into packets (decode order); ``None`` when unknown (fixed-GOP
     fast path): the decoder then parses the Annex-B stream itself. Fed and flushed, the decoder
     outputs ``num_outputs`` frames, display indices ``first_frame, first_frame+1, ...``.
-    ``in_order``: the packets decode in display order (no reordering: the index says so), so a
-    low-latency decoder outputs every frame as it is decoded and needs no flush.
     """
     offset: int
     size: int
@@ -37,7 +35,6 @@ class Segment:
     first_frame: int
     num_outputs: int
     codec: str = "h264"
-    in_order: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,7 +100,7 @@ class SampleRead:
         for s in self.segments:
             sizes = s.packet_sizes if s.packet_sizes is not None else ()
             out += [s.offset, s.size, s.first_frame, s.num_outputs, CODEC_IDS[s.codec],
-                    int(s.in_order), len(sizes) if s.packet_sizes is not None else -1, *sizes]
+                    len(sizes) if s.packet_sizes is not None else -1, *sizes]
         out.append(len(self.requests))
         for r in self.requests:
             st = r.stream
@@ -136,10 +133,9 @@ def decode_plan(plan: np.ndarray) -> DecodePlan:
     names_offset = next(values)
     segments = []
     for _ in range(next(values)):
-        offset, size, first, n_out, codec, in_order, n_packets = take(7)
+        offset, size, first, n_out, codec, n_packets = take(6)
         sizes = tuple(take(n_packets)) if n_packets >= 0 else None
-        segments.append(Segment(offset, size, sizes, first, n_out, CODEC_NAMES[codec],
-                                bool(in_order)))
+        segments.append(Segment(offset, size, sizes, first, n_out, CODEC_NAMES[codec]))
     requests = []
     for _ in range(next(values)):
         codec, width, height, has_stream = take(4)
@@ -179,7 +175,6 @@ class _GopSlice:
     first_frame: int
     num_outputs: int
     codec: str
-    in_order: bool = False      # unknown (fixed-GOP path): treated as reordering
 
 
 class GopStore:
@@ -252,10 +247,8 @@ class GopStore:
             # picks rely on output position == frame - start
             raise fmt.FormatError(f"{base / gop.file}: packets do not decode to frames "
                                   f"{start}..{last} in order")
-        fed = gop.packet_frames[:n_packets]
         return _GopSlice(base / gop.file, gop.size, gop.crc32, sum(gop.packet_sizes[:n_packets]),
-                         gop.packet_sizes[:n_packets], start, len(outputs), info.codec,
-                         all(a < b for a, b in zip(fed, fed[1:])))
+                         gop.packet_sizes[:n_packets], start, len(outputs), info.codec)
 
     def read(self, requests: Iterable[ReadRequest | tuple[str, Sequence[int]]]) -> SampleRead:
         """Read every GOP prefix that the requests need into one buffer.
@@ -298,7 +291,7 @@ class GopStore:
         for s, size in zip(slices, sizes):
             self._read_into(s, data[offset:offset + size])
             segments.append(Segment(offset, size, s.packet_sizes, s.first_frame, s.num_outputs,
-                                    s.codec, s.in_order))
+                                    s.codec))
             offset += size
         data[offset:] = np.frombuffer(names, np.uint8)
         return SampleRead(data, tuple(segments), tuple(planned), offset)

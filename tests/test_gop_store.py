@@ -151,21 +151,6 @@ def test_read_stops_after_the_last_needed_frame(case_store):
     assert read.segment_names() == [str(store.gop_root / rel / gop.file)]
 
 
-@pytest.mark.parametrize("name, in_order", [("hevc", True), ("h264", True),
-                                             ("hevc-open-gop-no-b", True), ("hevc-bframes", False),
-                                             ("h264-open-gop", False)])
-def test_segments_say_whether_they_decode_in_display_order(case_store, name, in_order):
-    """A low-latency decoder skips the flush only on segments the index shows never reorder."""
-    store, rel, index, _ = case_store(name)
-    for gop in index.gops:
-        for last in (gop.start, gop.end - 1):
-            segment, = store.read([(rel, [last])]).segments
-            fed = gop.packet_frames[:len(segment.packet_sizes)]
-            assert segment.in_order == (sorted(fed) == list(fed))
-    assert any(s.in_order for s in store.read([(rel, [g.end - 1]) for g in index.gops]).segments) \
-        == in_order
-
-
 def test_fixed_gop_fast_path_reads_no_index(video_cache, tmp_path):
     video = video_cache(**SMALL, codec="hevc", frames=40, gop=12, bframes=3)
     gop_root = tmp_path / "gops"
@@ -247,7 +232,7 @@ def test_corrupt_index_json_is_named(case_store, tmp_path):
 def test_plan_roundtrip():
     from dali_gop.store import Request, SampleRead, Segment, StreamSend, StreamStep
     read = SampleRead(np.frombuffer(b"0123456789a/b\nc/d", np.uint8),
-                      (Segment(0, 4, (1, 3), 12, 2, "hevc", True), Segment(4, 6, None, 0, 5, "h264")),
+                      (Segment(0, 4, (1, 3), 12, 2, "hevc"), Segment(4, 6, None, 0, 5, "h264")),
                       (Request("hevc", 320, 180, ((0, 1), (1, 4))),
                        Request("h264", 64, 48, ((-1, 3),),
                                StreamStep(5, 2**32 - 1, 30, True, False, (StreamSend(1, 7, 60),)))),

@@ -99,25 +99,6 @@ def test_nvdec_loader_delivers_the_source_frames(loaders, stores, name, pattern,
     print(f"{name} {pattern} {options}: {seen} samples, worst RGB difference {worst}")
 
 
-@pytest.mark.parametrize("name", DATASETS)
-@pytest.mark.parametrize("pattern", ["stream", "random"])
-def test_low_latency_decoders_deliver_the_source_frames(loaders, stores, name, pattern):
-    """Low-latency decoders skip the flush after segments the index shows decode in display
-    order; the next segment then starts on a decoder that was never flushed. Two epochs, so
-    decoders carry state from one epoch's segments into the next."""
-    gop_root, reference = stores(name)
-    loader = loaders(gop_root, pattern=pattern, backend="nvdec", batch_size=3, num_workers=2,
-                     shard_id=0, num_shards=1, backend_options={"low_latency": True})
-    worst = 0
-    for epoch in range(2):
-        seen = 0
-        for batch in loader:
-            worst = max(worst, check_rgb(batch, loader, reference))
-            seen += batch["frames"].shape[0]
-        assert seen == loader.source.shard_size(epoch)
-    print(f"{name} {pattern} low latency: worst RGB difference {worst}")
-
-
 @pytest.mark.parametrize("name", ["hevc-bframes-open-gop", "h264-bframes-open-gop"])
 def test_stream_decoding_equals_decoding_from_the_gop_start(loaders, stores, name):
     gop_root, _ = stores(name)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import math
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +38,6 @@ from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, c
 from dali_gop.store import DecodePlan, Segment, decode_plan, segment_names
 
 DEFAULT_THREADS = 48   # GOP-prefix decodes gained up to 48 threads (docs/gpu-results.md)
-DEFAULT_LOOKAHEAD = 2  # batches scheduled before DALI asks for them (docs/gpu-results.md)
 
 
 def _nvc():
@@ -86,8 +86,8 @@ def decode_packets(decoder, packets, sink: Callable[[int, object], None],
                    expected: int | None = None) -> int:
     """Feed packets, calling ``sink(position, frame)`` for each output frame in display order while
     the frame is valid (PyNvVideoCodec reuses its buffer at the next ``Decode``); then flush, unless
-    ``expected`` frames are out already (a low-latency decoder fed packets in display order: it
-    holds nothing back, and the next segment starts at a keyframe). Returns the frames output."""
+    ``expected`` frames are out already (scripts/decode_modes.py: a low-latency decoder fed packets
+    in display order holds nothing back). Returns the frames output."""
     position = 0
     for packet in packets:
         for frame in decoder.Decode(_packet(packet)):
@@ -195,20 +195,21 @@ class DecodedGop:
         self._frame_bytes = frames[0].numel() if frames.shape[0] else 0
         self._ready_for: int | None = None   # the consumer stream that already waits for it
 
-    def take(self, position: int, destination, consumer_stream, copier: FrameCopier) -> None:
-        """Copy frame ``position`` into ``destination`` on ``consumer_stream`` (DALI's). The
-        stream waits for the decode once: the slot's later picks queue behind that wait."""
+    def take(self, position: int, destination: int, nbytes: int, consumer_stream,
+             copier: FrameCopier) -> None:
+        """Copy frame ``position`` to device pointer ``destination`` (``nbytes``, the sample's frame
+        size) on ``consumer_stream`` (DALI's). The stream waits for the decode once: the slot's
+        later picks queue behind that wait."""
         handle = consumer_stream.cuda_stream
         if self._ready_for != handle:
             decoded = self.future.result()     # a decode error surfaces here
             consumer_stream.wait_event(decoded)
             self._ready_for = handle
         check_position(position, self.frames.shape[0], self.name)
-        if destination.numel() != self._frame_bytes:   # a raw copy must never overrun
+        if nbytes != self._frame_bytes:   # a raw copy must never overrun
             raise DecodeError(f"{self.name}: frames of {tuple(self.frames.shape[1:])} do not fit "
-                              f"the sample's {tuple(destination.shape)} (clips of different sizes?)")
-        copier.device_copy(destination.data_ptr(), self.frames.data_ptr() + position * self._frame_bytes,
-                           self._frame_bytes, handle)
+                              f"the sample's frames of {nbytes} bytes (clips of different sizes?)")
+        copier.device_copy(destination, self.frames.data_ptr() + position * nbytes, nbytes, handle)
 
 
 @dataclass
@@ -217,31 +218,33 @@ class _Job:
     plan_shapes: list
     outputs: list
     futures: list = field(default_factory=list)
-    stream_picks: list = field(default_factory=list)     # (DecodedGop, position, destination)
+    stream_picks: list = field(default_factory=list)     # (DecodedGop, position, pointer)
     errors: list = field(default_factory=list)
 
 
 class NvdecBatchDecoder:
     """GPU python operator: a batch of (host bytes, plan) -> frames (cameras, T, H, W, 3) per sample.
 
-    Decoding runs up to ``lookahead`` batches ahead: whatever the CPU stage has stashed already is
-    scheduled at once, so while DALI hands on this batch the pool decodes the next ones, and a
-    batch's slowest GOP does not leave NVDEC idle. Stream slots get their GOPs some batches before they reach them (see
+    Decoding runs ahead: whatever the CPU stage has stashed already (in practice the next batch:
+    DALI runs that stage one batch ahead of this one) is scheduled at once, so while DALI hands
+    on this batch the pool decodes the next, and NVDEC does not idle between batches. Stream
+    slots get their GOPs some batches before they reach them (see
     :class:`dali_gop.source.GopSource`); each is decoded whole, once, in the background, and the
     slot's samples only copy frames out.
+
+    The batch's Python runs in DALI's thread while dozens of decode threads want the GIL too, so
+    it is kept short: one allocation for the batch's outputs, frame destinations as pointers.
     """
 
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
-                 lookahead: int = DEFAULT_LOOKAHEAD, feed: str = "segment",
-                 low_latency: bool = False):
+                 feed: str = "segment"):
         if feed not in FEEDS:
             raise ValueError(f"feed must be one of {FEEDS}, not {feed!r}")
         self.feed = feed
-        self.low_latency = low_latency
         self.stash = stash
         self.bgr = color == "BGR"
         self.threads = threads
-        self.lookahead = lookahead
+        self._dali_streams: dict[int, object] = {}
         self.kept = KeptGops()
         self._copier = FrameCopier()
         self._pool: ThreadPoolExecutor | None = None
@@ -268,8 +271,8 @@ class NvdecBatchDecoder:
     def _decoder(self, state: _ThreadDecoders, codec: str, device_id: int):
         decoder = state.decoders.get(codec)
         if decoder is None:
-            decoder = state.decoders[codec] = create_decoder(
-                codec, state.stream.cuda_stream, device_id, low_latency=self.low_latency)
+            decoder = state.decoders[codec] = create_decoder(codec, state.stream.cuda_stream,
+                                                             device_id)
         return decoder
 
     def close(self) -> None:
@@ -302,14 +305,14 @@ class NvdecBatchDecoder:
 
         shapes = [tuple(from_dlpack(t).shape) for t in plan_tokens]
         device_id = torch.cuda.current_device()
-        dali_stream = torch.cuda.ExternalStream(python_function_plugin.current_dali_stream(),
-                                                device=device_id)
+        handle = python_function_plugin.current_dali_stream()
+        dali_stream = self._dali_streams.get(handle)
+        if dali_stream is None:
+            dali_stream = self._dali_streams[handle] = torch.cuda.ExternalStream(handle,
+                                                                                 device=device_id)
         job = self._pending.popleft() if self._pending else \
             self._start(self.stash.take(), device_id, dali_stream)
-        while len(self._pending) < self.lookahead:
-            upcoming = self.stash.take(wait=False)
-            if upcoming is None:
-                break
+        while (upcoming := self.stash.take(wait=False)) is not None:
             self._pending.append(self._start(upcoming, device_id, dali_stream))
         if job.plan_shapes != shapes:
             raise DecodeError("nvdec: stashed bytes do not match this batch's plans (pipeline out "
@@ -329,9 +332,9 @@ class NvdecBatchDecoder:
                 dali_stream.wait_event(future.result())
             except Exception as e:
                 errors.append(e)
-        for gop, position, destination in job.stream_picks:
+        for gop, position, pointer, nbytes in job.stream_picks:
             try:
-                gop.take(position, destination, dali_stream, self._copier)
+                gop.take(position, pointer, nbytes, dali_stream, self._copier)
             except Exception as e:
                 errors.append(e)
         if errors:
@@ -350,15 +353,16 @@ class NvdecBatchDecoder:
         # allocated on DALI's stream, which reads them last: a block freed and reused is then
         # written only after DALI's reads (the decode threads wait for ``allocated``)
         with torch.cuda.stream(dali_stream):
-            for data, plan, name_list in zip(datas, decoded, names):
-                out = self._allocate(plan, name_list)
-                job.outputs.append(out)
+            job.outputs = self._allocate(decoded, names)
+            for data, plan, name_list, out in zip(datas, decoded, names, job.outputs):
                 frame_shape = tuple(out.shape[2:])
-                wanted: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
+                length, nbytes, base = out.shape[1], math.prod(frame_shape), out.data_ptr()
+                wanted: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)
                 for camera, request in enumerate(plan.requests):
+                    first = base + camera * length * nbytes    # frame (camera, 0) of the sample
                     if request.stream is None:
                         for t, (segment, position) in enumerate(request.picks):
-                            wanted[segment].append((position, camera, t))
+                            wanted[segment].append((position, first + t * nbytes))
                         continue
 
                     def send(send, data=data, plan=plan, name_list=name_list):
@@ -372,11 +376,11 @@ class NvdecBatchDecoder:
                     except DecodeError as e:
                         job.errors.append(e)
                         continue
-                    job.stream_picks += [(gop, position, out[camera, t])
+                    job.stream_picks += [(gop, position, first + t * nbytes, nbytes)
                                          for t, (_, position) in enumerate(request.picks)]
                 for segment, targets in wanted.items():
-                    segments.append((data, plan.segments[segment], name_list[segment], out,
-                                     targets))
+                    segments.append((data, plan.segments[segment], name_list[segment], targets,
+                                     frame_shape))
             allocated = torch.cuda.Event()
             allocated.record(dali_stream)
         segments.sort(key=lambda s: -s[1].size)     # longest first: the batch ends sooner
@@ -386,9 +390,16 @@ class NvdecBatchDecoder:
             gop.future = self._submit(self._decode_gop, gop, data, segment, device_id, allocated)
         return job
 
-    def _allocate(self, plan: DecodePlan, names: list[str]):
+    @staticmethod
+    def _allocate(plans: list[DecodePlan], names: list[list[str]]) -> list:
+        """The batch's output tensors, (cameras, T, H, W, 3) each: views of one block when the
+        samples agree in shape (one allocation, not one per sample)."""
         import torch
-        return torch.empty((*frames_shape(plan, names), 3), dtype=torch.uint8, device="cuda")
+        shapes = [(*frames_shape(plan, n), 3) for plan, n in zip(plans, names)]
+        if len(set(shapes)) == 1:
+            return list(torch.empty((len(shapes), *shapes[0]), dtype=torch.uint8,
+                                    device="cuda").unbind(0))
+        return [torch.empty(shape, dtype=torch.uint8, device="cuda") for shape in shapes]
 
     def _run_decoder(self, segment: Segment, name: str, data, targets, frame_shape, device_id: int,
                      allocated):
@@ -400,8 +411,7 @@ class NvdecBatchDecoder:
         decoder = self._decoder(state, segment.codec, device_id)
         sink = self._copier.sink(targets, frame_shape, state.stream.cuda_stream, name)
         try:
-            expected = segment.num_outputs if self.low_latency and segment.in_order else None
-            produced = decode_packets(decoder, packets_of(data, segment, self.feed), sink, expected)
+            produced = decode_packets(decoder, packets_of(data, segment, self.feed), sink)
         except Exception as e:
             state.decoders.pop(segment.codec, None)   # a decoder in an unknown state: not reused
             if isinstance(e, DecodeError):
@@ -412,14 +422,15 @@ class NvdecBatchDecoder:
         done.record(state.stream)
         return done
 
-    def _decode_segment(self, data, segment: Segment, name: str, out, targets, device_id: int,
-                        allocated):
-        """Pool thread: decode a GOP prefix, copying the wanted outputs into the batch's tensor."""
+    def _decode_segment(self, data, segment: Segment, name: str, targets, frame_shape,
+                        device_id: int, allocated):
+        """Pool thread: decode a GOP prefix, copying each wanted output to its pointers
+        (``targets``: (position, pointer) pairs into the batch's tensors)."""
         by_position = collections.defaultdict(list)
-        for position, camera, t in targets:
-            by_position[position].append(out[camera, t].data_ptr())
+        for position, pointer in targets:
+            by_position[position].append(pointer)
         return self._run_decoder(segment, name, data, lambda p: by_position.get(p, ()),
-                                 tuple(out.shape[2:]), device_id, allocated)
+                                 frame_shape, device_id, allocated)
 
     def _decode_gop(self, gop: DecodedGop, data, segment: Segment, device_id: int, allocated):
         """Pool thread: decode a whole GOP for a stream slot into its tensor."""
@@ -438,22 +449,16 @@ class NvdecBackend(DecodeBackend):
     name = "nvdec"
     device = "gpu"
 
-    def __init__(self, color: str = "RGB", threads: int | None = None, feed: str | None = None,
-                 lookahead: int | None = None, low_latency: bool | None = None):
+    def __init__(self, color: str = "RGB", threads: int | None = None, feed: str | None = None):
         super().__init__(color)
         self.threads = threads or int(os.environ.get("DALI_GOP_NVDEC_THREADS", DEFAULT_THREADS))
         self.feed = feed or os.environ.get("DALI_GOP_NVDEC_FEED", "segment")
-        self.lookahead = lookahead if lookahead is not None else \
-            int(os.environ.get("DALI_GOP_NVDEC_LOOKAHEAD", DEFAULT_LOOKAHEAD))
-        self.low_latency = low_latency if low_latency is not None else \
-            os.environ.get("DALI_GOP_NVDEC_LOW_LATENCY", "0") == "1"
         self.operators: list[NvdecBatchDecoder] = []
 
     def decode(self, data, plan):
         from nvidia.dali import fn
         stash = BitstreamStash()
-        operator = NvdecBatchDecoder(stash, self.color, self.threads, self.lookahead, self.feed,
-                                     self.low_latency)
+        operator = NvdecBatchDecoder(stash, self.color, self.threads, feed=self.feed)
         self.operators.append(operator)
         tokens = fn.python_function(data, plan, function=stash.put, batch_processing=True)
         # no stream sync before each call: the operator orders all its GPU work on DALI's stream
