@@ -1,0 +1,90 @@
+"""Stand-ins that let the nvdec operator run on a CPU: PyAV decodes where NVDEC would, host memory
+plays device memory, CUDA streams and events do nothing. Only the operator's own logic is real:
+the stash, the stream slots' kept GOPs, the pool, the pointers it copies frames to."""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import types
+
+import numpy as np
+
+
+class StandInFrame:
+    """What the operator reads of a PyNvVideoCodec frame: shape, strides, plane pointer."""
+
+    def __init__(self, rgb: np.ndarray):
+        self.rgb = np.ascontiguousarray(rgb)
+        self.shape = self.rgb.shape
+        self.strides = (self.shape[1] * 3, 3, 1)
+
+    def GetPtrToPlane(self, plane: int) -> int:
+        return self.rgb.ctypes.data
+
+
+class StandInDecoder:
+    """Decode(packet) -> frames output so far; an empty packet flushes and resets the parser, as
+    PyNvVideoCodec's flush does. Frames stay valid until the next Decode, as there."""
+
+    def __init__(self, codec: str):
+        import av
+        self._codec = codec
+        self._context = av.CodecContext.create(codec, "r")
+        self._frames: list[StandInFrame] = []
+
+    def Decode(self, packet) -> list[StandInFrame]:
+        import av
+        data = ctypes.string_at(packet.bsl_data, packet.bsl) if packet.bsl else b""
+        frames = [f for p in self._context.parse(data) for f in self._context.decode(p)]
+        if not packet.bsl:
+            frames += list(self._context.decode(None))
+            self._context = av.CodecContext.create(self._codec, "r")
+        self._frames = [StandInFrame(f.to_ndarray(format="rgb24")) for f in frames]
+        return list(self._frames)
+
+
+class _PacketData:
+    bsl = 0
+    bsl_data = 0
+
+
+class _NoOp:
+    cuda_stream = 0
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def wait_event(self, event):
+        pass
+
+    def record(self, stream=None):
+        pass
+
+
+def install(monkeypatch) -> None:
+    import torch
+    from nvidia.dali import python_function_plugin
+
+    from dali_gop.backends import nvdec
+
+    standin_nvc = types.SimpleNamespace(
+        PacketData=_PacketData, cudaVideoCodec=types.SimpleNamespace(H264="h264", HEVC="hevc"),
+        OutputColorType=types.SimpleNamespace(RGB="rgb"),
+        CreateDecoder=lambda **options: StandInDecoder(options["codec"]))
+    monkeypatch.setattr(nvdec, "_nvc", lambda: standin_nvc)
+    for name in ("Stream", "Event", "ExternalStream"):
+        monkeypatch.setattr(torch.cuda, name, _NoOp)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: None, raising=False)
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: empty(*a, **k))
+    monkeypatch.setattr(python_function_plugin, "current_dali_stream", lambda: 0, raising=False)
+
+    def host_copy(self):
+        def memcpy(destination, source, nbytes, stream):
+            ctypes.memmove(destination, source, nbytes)
+            return 0
+        self._memcpy = memcpy
+    monkeypatch.setattr(nvdec.FrameCopier, "__init__", host_copy)

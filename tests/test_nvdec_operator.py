@@ -1,0 +1,86 @@
+"""The nvdec operator's own logic on a CPU (tests/nvdec_standins.py stands in for NVDEC and CUDA):
+batches fed as DALI feeds them, the CPU stage one batch ahead, over two epochs so stream slots
+carry GOPs across the boundary. The GPU tests check the same operator on NVDEC."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dali_gop.sampling import pattern_from_name
+from dali_gop.source import Dataset, GopSource
+from conftest import store_factory
+
+pytest.importorskip("nvidia.dali")
+torch = pytest.importorskip("torch")
+
+DATASETS = {
+    "hevc-open-gop": dict(codec="hevc", bframes=2, open_gop=True),
+    "h264": dict(codec="h264"),
+}
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    return store_factory(tmp_path_factory, DATASETS, clips=3, cameras=2, frames=30, width=160,
+                         height=96, gop=10)
+
+
+def operator_batches(gop_root, pattern, batch_size, epochs=2, **options):
+    """(source outputs, frames) of every batch the operator returns, in order."""
+    from torch.utils.dlpack import from_dlpack, to_dlpack
+
+    from dali_gop.backends.nvdec import BitstreamStash, NvdecBatchDecoder
+    source = GopSource(Dataset.open(gop_root), pattern_from_name(pattern, **options),
+                       batch_size=batch_size, stream_lead=3)
+    stash = BitstreamStash()
+    operator = NvdecBatchDecoder(stash, threads=3)
+    batches = [[source.read(p, epoch) for p in range(i, i + batch_size)]
+               for epoch in range(epochs)
+               for i in range(0, len(source.samples(epoch)), batch_size)]
+    stash.put(*zip(*[s[:2] for s in batches[0]]))
+    try:
+        for k, batch in enumerate(batches):
+            if k + 1 < len(batches):      # DALI's CPU stage runs one batch ahead
+                stash.put(*zip(*[s[:2] for s in batches[k + 1]]))
+            tokens = [to_dlpack(torch.from_numpy(np.array(s[1]))) for s in batch]
+            yield batch, [from_dlpack(t) for t in operator(tokens)]
+    finally:
+        operator.close()
+
+
+@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("pattern, options", [("stream", {}), ("random", {}),
+                                              ("sequence", dict(length=3, stride=2))])
+def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pattern, options):
+    from nvdec_standins import install
+    install(monkeypatch)
+    gop_root, reference = stores(name)
+    clips, cameras = list(Dataset.open(gop_root).clips), Dataset.open(gop_root).cameras
+    checked = 0
+    for batch, frames in operator_batches(gop_root, pattern, 3, **options):
+        for (_, _, frame_idx, clip, _), sample in zip(batch, frames):
+            assert tuple(sample.shape) == (len(cameras), len(frame_idx), 96, 160, 3)
+            for c, camera in enumerate(cameras):
+                rgb = reference[f"{clips[int(clip[0])]}/{camera}"]["rgb24"]
+                for t, k in enumerate(frame_idx):
+                    assert np.array_equal(sample[c, t].numpy(), rgb[k]), (camera, int(k))
+                    checked += 1
+    assert checked > 0
+
+
+def test_a_batch_out_of_step_with_the_stash_is_refused(monkeypatch, stores):
+    from torch.utils.dlpack import to_dlpack
+
+    from dali_gop.backends._assemble import DecodeError
+    from dali_gop.backends.nvdec import BitstreamStash, NvdecBatchDecoder
+    from nvdec_standins import install
+    install(monkeypatch)
+    gop_root, _ = stores("h264")
+    source = GopSource(Dataset.open(gop_root), pattern_from_name("random"), batch_size=2)
+    stash = BitstreamStash()
+    operator = NvdecBatchDecoder(stash, threads=2)
+    first, second = [source.read(p) for p in (0, 1)], [source.read(p) for p in (2, 3)]
+    stash.put([s[0] for s in first], [s[1] for s in first])
+    with pytest.raises(DecodeError, match="no stashed batch|out of step"):
+        operator([to_dlpack(torch.from_numpy(np.array(s[1]))) for s in second[:1]])
+    operator.close()
