@@ -192,7 +192,8 @@ class DecodedGop:
         self.name = name
         self.frames = frames
         self.future: Future | None = None    # -> CUDA event recorded after the last frame's copy
-        self._frame_bytes = frames[0].numel() if frames.shape[0] else 0
+        self._count, self._base = frames.shape[0], frames.data_ptr()
+        self._frame_bytes = math.prod(frames.shape[1:])
         self._ready_for: int | None = None   # the consumer stream that already waits for it
 
     def take(self, position: int, destination: int, nbytes: int, consumer_stream,
@@ -205,11 +206,11 @@ class DecodedGop:
             decoded = self.future.result()     # a decode error surfaces here
             consumer_stream.wait_event(decoded)
             self._ready_for = handle
-        check_position(position, self.frames.shape[0], self.name)
+        check_position(position, self._count, self.name)
         if nbytes != self._frame_bytes:   # a raw copy must never overrun
             raise DecodeError(f"{self.name}: frames of {tuple(self.frames.shape[1:])} do not fit "
                               f"the sample's frames of {nbytes} bytes (clips of different sizes?)")
-        copier.device_copy(destination, self.frames.data_ptr() + position * nbytes, nbytes, handle)
+        copier.device_copy(destination, self._base + position * nbytes, nbytes, handle)
 
 
 @dataclass
