@@ -74,12 +74,12 @@ def run(label, work, threads, *, depth=None, keep="clone", feed="packets", low=F
     with torch), "memcpy" (one cuMemcpyDtoDAsync into a tensor, as the nvdec backend does),
     "memcpy0" (the same call moving 0 bytes: the call's cost without the copy), "kernel" (the
     frame wrapped through __cuda_array_interface__ and copied by an SM kernel, not a copy engine),
-    ``low``: low-latency decoders, no flush when all fed frames came out (as the nvdec backend's
-    ``low_latency`` does on in-order segments).
     "batch" (whole segments only: the frames of each ``Decode`` call copied by one
-    cuMemcpyBatchAsync, called without the GIL),
-    "other-stream" (memcpy on a second stream of the thread, which waits for the decode through an
-    event; the decoder's stream waits for the copy only before the next Decode)."""
+    cuMemcpyBatchAsync, called without the GIL), "other-stream" (memcpy on a second stream of the
+    thread, which waits for the decode through an event; timing only: the decoder's stream waits
+    for the copies only at the end of the GOP).
+    ``low``: low-latency decoders, no flush when all fed frames came out (the bench set has no
+    B-frames, so its packets decode in display order)."""
     from dali_gop.backends.nvdec import FrameCopier
     copier = FrameCopier()
     local = threading.local()

@@ -27,12 +27,12 @@ case "${1:-tests}" in
   profile)
     for _ in $(seq 300); do [ -e /tmp/bench_prepare.done ] && break; sleep 2; done
     python3 scripts/profile_loader.py /tmp/bench/*/gops "${@:2}" 2>&1 \
-      | grep -v "_iterator_deprecation\|Please set .reader_name" | tee "$OUT/profile.log"
+      | grep --line-buffered -v "_iterator_deprecation\|Please set .reader_name" | tee "$OUT/profile.log"
     ;;
   bench)
     for _ in $(seq 300); do [ -e /tmp/bench_prepare.done ] && break; sleep 2; done
     [ -e /tmp/bench_prepare.done ] || { echo "benchmark set not ready: /tmp/bench_prepare.log"; exit 1; }
     python3 -m pipelines.throughput --data "$BENCH_DATA" --out "$OUT/throughput.json" "${@:2}" \
-      2>&1 | grep -v "_iterator_deprecation\|Please set .reader_name" | tee "$OUT/throughput.log"
+      2>&1 | grep --line-buffered -v "_iterator_deprecation\|Please set .reader_name" | tee "$OUT/throughput.log"
     ;;
 esac
