@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tempfile
 import zlib
 from dataclasses import asdict, dataclass, field, fields
@@ -291,6 +292,29 @@ class DatasetManifest:
         return merged
 
 
+def _temp_prefix(path: Path, pid: int) -> str:
+    """Temp files name their writer (host, pid): a later run can tell a killed writer's leftover
+    from a file another process is writing right now."""
+    return f".{path.name}.{socket.gethostname()}.{pid}."
+
+
+def remove_dead_writers_temps(path: str | os.PathLike) -> None:
+    """Delete temp files of ``path`` (see :func:`write_atomic`) left by processes of this host that
+    are gone (killed mid-write). Others' are left alone: they may be writing now, on this host or
+    another one sharing the directory."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        prefix, pid, _random = tmp.name[:-len(".tmp")].rsplit(".", 2)
+        if not pid.isdigit() or f"{prefix}.{pid}." != _temp_prefix(path, int(pid)):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:   # alive, another user's
+            pass
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` so that ``path`` is either absent, its old content, or complete: never partial.
 
@@ -298,7 +322,8 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     so the rename itself survives a crash.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path, os.getpid()), suffix=".tmp",
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o644)   # mkstemp makes 0600; readers may be other users

@@ -114,5 +114,6 @@ def write_manifest(video_root: Path, gop_root: Path, videos: list[str]) -> fmt.D
         clips[clip] = min(clips.get(clip, index.num_frames), index.num_frames)
     manifest = fmt.DatasetManifest(video_dirs={str(video_root): clips}, cameras=cameras,
                                    videos=summaries)
+    fmt.remove_dead_writers_temps(gop_root / fmt.MANIFEST_FILENAME)   # a run killed mid-write
     fmt.write_atomic(gop_root / fmt.MANIFEST_FILENAME, manifest.to_json().encode())
     return manifest

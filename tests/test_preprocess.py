@@ -113,3 +113,21 @@ def test_changed_source_is_redone(dataset, tmp_path):
     os.utime(dataset / "clip002" / "cam2.mp4")
     summary = preprocess(dataset, gops, workers=2, progress=False)
     assert [r.rel for r in summary.results if not r.skipped] == ["clip002/cam2.mp4"]
+
+
+def test_a_killed_writers_temp_file_is_removed_and_a_live_ones_kept(tmp_path):
+    """The manifest's temp file of a run killed mid-write goes at the next write; a temp file of a
+    process still writing (this one), or of another host sharing the directory, stays."""
+    path = tmp_path / fmt.MANIFEST_FILENAME
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = {"dead": fmt._temp_prefix(path, dead.pid) + "abc123.tmp",
+             "alive": fmt._temp_prefix(path, os.getpid()) + "def456.tmp",
+             "other host": f".{path.name}.elsewhere.example.{dead.pid}.ghi789.tmp"}
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"{")
+    fmt.remove_dead_writers_temps(path)
+    assert not (tmp_path / names["dead"]).exists()
+    assert (tmp_path / names["alive"]).exists() and (tmp_path / names["other host"]).exists()
+    fmt.write_atomic(path, b"{}")
+    assert path.read_bytes() == b"{}"
