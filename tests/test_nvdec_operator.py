@@ -84,3 +84,21 @@ def test_a_batch_out_of_step_with_the_stash_is_refused(monkeypatch, stores):
     with pytest.raises(DecodeError, match="no stashed batch|out of step"):
         operator([to_dlpack(torch.from_numpy(np.array(s[1]))) for s in second[:1]])
     operator.close()
+
+
+def test_a_kept_gop_refuses_a_frame_of_another_shape(monkeypatch):
+    """Same byte count, other shape (a transposed video): a raw copy would scramble the frame."""
+    from concurrent.futures import Future
+
+    from dali_gop.backends._assemble import DecodeError
+    from dali_gop.backends.nvdec import DecodedGop, FrameCopier
+    from nvdec_standins import install
+    install(monkeypatch)
+    gop = DecodedGop("clip/cam0.mp4/gop.0.3.bin", torch.zeros((3, 4, 6, 3), dtype=torch.uint8))
+    gop.future = Future()
+    gop.future.set_result(torch.cuda.Event())
+    out = torch.ones((6, 4, 3), dtype=torch.uint8)
+    with pytest.raises(DecodeError, match=r"gop\.0\.3\.bin.*\(4, 6, 3\).*\(6, 4, 3\)"):
+        gop.take(1, out.data_ptr(), (6, 4, 3), torch.cuda.ExternalStream(0), FrameCopier())
+    gop.take(1, out.data_ptr(), (4, 6, 3), torch.cuda.ExternalStream(0), FrameCopier())
+    assert not out.any()

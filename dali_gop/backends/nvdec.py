@@ -193,24 +193,26 @@ class DecodedGop:
         self.frames = frames
         self.future: Future | None = None    # -> CUDA event recorded after the last frame's copy
         self._count, self._base = frames.shape[0], frames.data_ptr()
-        self._frame_bytes = math.prod(frames.shape[1:])
+        self._frame_shape = tuple(frames.shape[1:])
+        self._frame_bytes = math.prod(self._frame_shape)
         self._ready_for: int | None = None   # the consumer stream that already waits for it
 
-    def take(self, position: int, destination: int, nbytes: int, consumer_stream,
+    def take(self, position: int, destination: int, frame_shape: tuple[int, ...], consumer_stream,
              copier: FrameCopier) -> None:
-        """Copy frame ``position`` to device pointer ``destination`` (``nbytes``, the sample's frame
-        size) on ``consumer_stream`` (DALI's). The stream waits for the decode once: the slot's
-        later picks queue behind that wait."""
+        """Copy frame ``position`` to device pointer ``destination`` (a dense ``frame_shape``
+        frame of the sample) on ``consumer_stream`` (DALI's). The stream waits for the decode once:
+        the slot's later picks queue behind that wait."""
         handle = consumer_stream.cuda_stream
         if self._ready_for != handle:
             decoded = self.future.result()     # a decode error surfaces here
             consumer_stream.wait_event(decoded)
             self._ready_for = handle
         check_position(position, self._count, self.name)
-        if nbytes != self._frame_bytes:   # a raw copy must never overrun
-            raise DecodeError(f"{self.name}: frames of {tuple(self.frames.shape[1:])} do not fit "
-                              f"the sample's frames of {nbytes} bytes (clips of different sizes?)")
-        copier.device_copy(destination, self._base + position * nbytes, nbytes, handle)
+        if frame_shape != self._frame_shape:   # a raw copy must never overrun or scramble
+            raise DecodeError(f"{self.name}: frames of {self._frame_shape} do not fit the "
+                              f"sample's {frame_shape} (clips of different sizes?)")
+        copier.device_copy(destination, self._base + position * self._frame_bytes,
+                           self._frame_bytes, handle)
 
 
 @dataclass
@@ -219,7 +221,7 @@ class _Job:
     plan_shapes: list
     outputs: list
     futures: list = field(default_factory=list)
-    stream_picks: list = field(default_factory=list)     # (DecodedGop, position, pointer)
+    stream_picks: list = field(default_factory=list)  # (DecodedGop, position, pointer, shape)
     errors: list = field(default_factory=list)
 
 
@@ -333,9 +335,9 @@ class NvdecBatchDecoder:
                 dali_stream.wait_event(future.result())
             except Exception as e:
                 errors.append(e)
-        for gop, position, pointer, nbytes in job.stream_picks:
+        for gop, position, pointer, frame_shape in job.stream_picks:
             try:
-                gop.take(position, pointer, nbytes, dali_stream, self._copier)
+                gop.take(position, pointer, frame_shape, dali_stream, self._copier)
             except Exception as e:
                 errors.append(e)
         if errors:
@@ -377,7 +379,7 @@ class NvdecBatchDecoder:
                     except DecodeError as e:
                         job.errors.append(e)
                         continue
-                    job.stream_picks += [(gop, position, first + t * nbytes, nbytes)
+                    job.stream_picks += [(gop, position, first + t * nbytes, frame_shape)
                                          for t, (_, position) in enumerate(request.picks)]
                 for segment, targets in wanted.items():
                     segments.append((data, plan.segments[segment], name_list[segment], targets,
