@@ -24,9 +24,9 @@ measures (``--skip`` leaves groups out):
 Frames are counted as delivered after warm-up batches (loader: samples x cameras x T per batch;
 readers.video: frames in each batch). Stream rows time the second epoch whole, after a first one
 untimed: a training run's steady state, epoch boundary included (the first epoch also pays for
-the caching allocator's first blocks and the decoders' creation). "CPU cores" is process CPU time (this process and its DALI
-workers) over wall time; "peak GPU MiB" is device memory in use (all allocators) above the
-measurement's start. Under torchrun each rank measures its own shard on its own GPU (LOCAL_RANK),
+the caching allocator's first blocks and the decoders' creation). "CPU cores" is process CPU
+time (this process and its DALI workers) over wall time; "peak GPU MiB" is device memory in use
+(all allocators) above the measurement's start. Under torchrun each rank measures its own shard on its own GPU (LOCAL_RANK),
 all ranks at once; rank 0 prints per-rank and summed figures and writes the JSON and the chart.
 """
 from __future__ import annotations

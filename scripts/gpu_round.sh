@@ -9,6 +9,15 @@ set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 BENCH_DATA=${BENCH_DATA:-/tmp/bench}
+
+wait_for_bench_set() {   # made in the background by the tests step
+  for _ in $(seq 300); do [ -e /tmp/bench_prepare.done ] && return; sleep 2; done
+  echo "benchmark set not ready: /tmp/bench_prepare.log"; exit 1
+}
+without_dali_warnings() {   # line by line: a run cut at its time limit keeps what it printed
+  grep --line-buffered -v "_iterator_deprecation\|Please set .reader_name"
+}
+
 case "${1:-tests}" in
   tests)
     # the benchmark's default set, made once with all cores while the tests run
@@ -21,18 +30,17 @@ case "${1:-tests}" in
       2>&1 | tee "$OUT/gpu-tests.log"
     ;;
   modes)
-    for _ in $(seq 300); do [ -e /tmp/bench_prepare.done ] && break; sleep 2; done
-    python3 scripts/decode_modes.py /tmp/bench/*/gops 2>&1 | tee "$OUT/decode-modes.log"
+    wait_for_bench_set
+    python3 scripts/decode_modes.py "$BENCH_DATA"/*/gops 2>&1 | tee "$OUT/decode-modes.log"
     ;;
   profile)
-    for _ in $(seq 300); do [ -e /tmp/bench_prepare.done ] && break; sleep 2; done
-    python3 scripts/profile_loader.py /tmp/bench/*/gops "${@:2}" 2>&1 \
-      | grep --line-buffered -v "_iterator_deprecation\|Please set .reader_name" | tee "$OUT/profile.log"
+    wait_for_bench_set
+    python3 scripts/profile_loader.py "$BENCH_DATA"/*/gops "${@:2}" 2>&1 | without_dali_warnings \
+      | tee "$OUT/profile.log"
     ;;
   bench)
-    for _ in $(seq 300); do [ -e /tmp/bench_prepare.done ] && break; sleep 2; done
-    [ -e /tmp/bench_prepare.done ] || { echo "benchmark set not ready: /tmp/bench_prepare.log"; exit 1; }
+    wait_for_bench_set
     python3 -m pipelines.throughput --data "$BENCH_DATA" --out "$OUT/throughput.json" "${@:2}" \
-      2>&1 | grep --line-buffered -v "_iterator_deprecation\|Please set .reader_name" | tee "$OUT/throughput.log"
+      2>&1 | without_dali_warnings | tee "$OUT/throughput.log"
     ;;
 esac

@@ -124,7 +124,6 @@ class FrameCopier:
         """A ``decode_packets`` sink copying output ``position`` to each of ``targets(position)``
         (device pointers to dense ``frame_shape`` uint8 buffers) on ``stream_handle``."""
         nbytes = int(np.prod(frame_shape))
-        memcpy = self._memcpy     # the per-frame path of every decode thread: no method lookups
         checked = False
 
         def sink(position, frame):
@@ -133,9 +132,7 @@ class FrameCopier:
                 self._check(frame, frame_shape, name)
                 checked = True
             for pointer in targets(position):
-                status = memcpy(pointer, frame.GetPtrToPlane(0), nbytes, stream_handle)
-                if status:
-                    raise DecodeError(f"{name}: cuMemcpyDtoDAsync failed with CUDA error {status}")
+                self.device_copy(pointer, frame.GetPtrToPlane(0), nbytes, stream_handle)
 
         return sink
 
