@@ -6,6 +6,7 @@ epoch, and returns the bytes the decoders need and the plan that tells them what
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -72,7 +73,7 @@ class GopSource:
     def __init__(self, dataset: Dataset, pattern: AccessPattern, *, batch_size: int, seed: int = 0,
                  shard_id: int = 0, num_shards: int = 1, fix_gop_size: int | None = None,
                  verify_checksums: bool = False, stream_decoding: bool = True,
-                 persistent_index: bool = True, stream_lead: int = 30):
+                 persistent_index: bool = True, stream_lead: int = 30, decode_ahead: int = 0):
         self.dataset = dataset
         self.pattern = pattern
         self.batch_size = batch_size
@@ -86,6 +87,9 @@ class GopSource:
         if stream_lead < 0:
             raise ValueError(f"stream_lead must be >= 0, not {stream_lead}")
         self.stream_lead = stream_lead
+        if decode_ahead < 0:
+            raise ValueError(f"decode_ahead must be >= 0, not {decode_ahead}")
+        self.decode_ahead = decode_ahead
         # memos of the stream windows, keyed (epoch, position, slot, camera); trimmed per epoch
         self._slot_gops: dict[tuple[int, int, int, str], tuple[str, int] | None] = {}
         self._windows: dict[tuple[int, int, int, str], list[tuple[str, int]]] = {}
@@ -152,13 +156,45 @@ class GopSource:
         return self.read(position, epoch)
 
     def read(self, position: int, epoch: int = 0) -> tuple[np.ndarray, ...]:
-        """The outputs for sample ``position`` of ``epoch`` (what the callback returns)."""
+        """The outputs for sample ``position`` of ``epoch`` (what the callback returns).
+
+        Decoding ahead, the bytes are the sample's ``decode_ahead`` batches on (counted across
+        epochs, like stream windows), and the sample's own frames are decoded already; the first
+        samples of the run carry their own bytes too, since no sample came before them.
+        """
         spec = self.samples(epoch)[position]
-        requests = [self._request(epoch, position, camera) for camera in self.dataset.cameras]
-        read = self.store.read(requests)
+        cameras = self.dataset.cameras
+        own = [] if self._decoded_ahead(epoch, position) else \
+            [self._request(epoch, position, camera) for camera in cameras]
+        ahead, ahead_key = [], -1
+        target = self._locate(epoch, position + self.decode_ahead * self.batch_size)
+        if self.decode_ahead and self._decoded_ahead(*target):
+            ahead = [self._request(*target, camera) for camera in cameras]
+            ahead_key = self._key(*target)
+        read = dataclasses.replace(self.store.read(own + ahead),
+                                   kept_key=-1 if own else self._key(epoch, position),
+                                   ahead_key=ahead_key, ahead_from=len(own))
         return (read.data, read.encode_plan(), np.asarray(spec.frames, dtype=np.int64),
                 np.asarray([self._clip_index[spec.clip]], dtype=np.int64),
                 np.arange(len(self.dataset.cameras), dtype=np.int64))
+
+    @staticmethod
+    def _key(epoch: int, position: int) -> int:
+        return epoch << 32 | position
+
+    def _decoded_ahead(self, epoch: int, position: int) -> bool:
+        """Whether the sample at ``position`` (counted on across epochs) is decoded ahead: decoding
+        ahead is on, some sample ``decode_ahead`` batches before it carries it, and it is plain
+        (stream steps have their own lead)."""
+        located = self._locate(epoch, position)
+        if not self.decode_ahead or located is None:
+            return False
+        epoch, position = located
+        if epoch == 0 and position < self.decode_ahead * self.batch_size:
+            return False
+        slot = self.samples(epoch)[position].slot
+        return not self.stream_decoding or all(
+            self._slot_gop(epoch, position, slot, camera) is None for camera in self.dataset.cameras)
 
     def _request(self, epoch: int, position: int, camera: str) -> ReadRequest:
         """A stream step when the sample belongs to a slot and sits in one GOP, else plain."""

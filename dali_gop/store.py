@@ -90,6 +90,12 @@ class SampleRead:
     segments: tuple[Segment, ...]
     requests: tuple[Request, ...]
     names_offset: int
+    # decoding ahead (GopSource.decode_ahead): requests[ahead_from:] are the frames of the sample
+    # keyed ``ahead_key``, to decode now and keep; ``kept_key`` >= 0: this sample's own frames were
+    # decoded ahead under that key, and no request here is its own. Keys: epoch << 32 | position.
+    kept_key: int = -1
+    ahead_key: int = -1
+    ahead_from: int | None = None     # None: len(requests)
 
     def segment_names(self) -> list[str]:
         return segment_names(self.data, self.names_offset)
@@ -113,6 +119,8 @@ class SampleRead:
             out.append(len(r.picks))
             for seg, pos in r.picks:
                 out += [seg, pos]
+        ahead_from = len(self.requests) if self.ahead_from is None else self.ahead_from
+        out += [self.kept_key, self.ahead_key, ahead_from]
         return np.asarray(out, dtype=np.int64)
 
 
@@ -125,29 +133,44 @@ class DecodePlan:
     names_offset: int
     segments: tuple[Segment, ...]
     requests: tuple[Request, ...]
+    kept_key: int = -1        # see SampleRead
+    ahead_key: int = -1
+    ahead_from: int = 0
 
 
 def decode_plan(plan: np.ndarray) -> DecodePlan:
-    values = iter(int(v) for v in np.asarray(plan).ravel())
-    take = lambda n: [next(values) for _ in range(n)]  # noqa: E731
-    names_offset = next(values)
+    """Inverse of :meth:`SampleRead.encode_plan`. Runs in DALI's thread for every sample, so it
+    walks a list by index (a generator per value cost 3x as much)."""
+    v = np.asarray(plan).ravel().tolist()
+    names_offset, n_segments, i = v[0], v[1], 2
     segments = []
-    for _ in range(next(values)):
-        offset, size, first, n_out, codec, n_packets = take(6)
-        sizes = tuple(take(n_packets)) if n_packets >= 0 else None
+    for _ in range(n_segments):
+        offset, size, first, n_out, codec, n_packets = v[i:i + 6]
+        i += 6
+        sizes = None
+        if n_packets >= 0:
+            sizes = tuple(v[i:i + n_packets])
+            i += n_packets
         segments.append(Segment(offset, size, sizes, first, n_out, CODEC_NAMES[codec]))
     requests = []
-    for _ in range(next(values)):
-        codec, width, height, has_stream = take(4)
+    n_requests, i = v[i], i + 1
+    for _ in range(n_requests):
+        codec, width, height, has_stream = v[i:i + 4]
+        i += 4
         stream = None
         if has_stream:
-            slot, key, gop_start, restart, release, n_sends = take(6)
-            sends = tuple(StreamSend(*take(3)) for _ in range(n_sends))
+            slot, key, gop_start, restart, release, n_sends = v[i:i + 6]
+            i += 6
+            sends = tuple(StreamSend(*v[j:j + 3]) for j in range(i, i + 3 * n_sends, 3))
+            i += 3 * n_sends
             stream = StreamStep(slot, key, gop_start, bool(restart), bool(release), sends)
-        n = next(values)
-        picks = tuple(tuple(take(2)) for _ in range(n))
+        n, i = v[i], i + 1
+        picks = tuple(zip(v[i:i + 2 * n:2], v[i + 1:i + 2 * n:2]))
+        i += 2 * n
         requests.append(Request(CODEC_NAMES[codec], width, height, picks, stream))
-    return DecodePlan(names_offset, tuple(segments), tuple(requests))
+    kept_key, ahead_key, ahead_from = v[i:i + 3]
+    return DecodePlan(names_offset, tuple(segments), tuple(requests), kept_key, ahead_key,
+                      ahead_from)
 
 
 @dataclass(frozen=True)

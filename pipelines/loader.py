@@ -173,7 +173,8 @@ def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend
                 color: str = "RGB", resize: tuple[int, int] | None = None,
                 sequence_length: int = 4, stride: int = 1, random_starts: bool = False,
                 samples_per_epoch: int | None = None, fix_gop_size: int | None = None,
-                stream_decoding: bool = True, stream_lead: int = 30, verify_checksums: bool = False,
+                stream_decoding: bool = True, stream_lead: int = 30, decode_ahead: int = 2,
+                verify_checksums: bool = False,
                 persistent_index: bool = True,
                 device_id: int | None = None, num_threads: int = 4,
                 prefetch_queue_depth: int = 2, backend_options: dict | None = None) -> GopLoader:
@@ -185,7 +186,9 @@ def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend
     ``nvdec``, ``dali`` or ``cpu``. ``stream_lead``: how many batches before a stream slot reaches a
     GOP it is sent to the decoder; about one GOP keeps NVDEC busy across GOP boundaries, and each
     slot and camera then keeps up to two decoded GOPs (RGB: GOP x H x W x 3 bytes each) on the
-    GPU. ``device_id`` defaults to LOCAL_RANK (torchrun) or 0 on the GPU,
+    GPU. ``decode_ahead``: how many batches before its turn a sample that is no stream step (random
+    and sequence access) is decoded (``nvdec`` only; its frames wait on the GPU), so that NVDEC has
+    work queued past the batch DALI is handing on; 0: decode each batch in its turn. ``device_id`` defaults to LOCAL_RANK (torchrun) or 0 on the GPU,
     and is ignored by the ``cpu`` backend, whose pipeline runs without a GPU.
     """
     if last_batch_policy not in LAST_BATCH_POLICIES:
@@ -199,10 +202,12 @@ def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend
     source = GopSource(dataset, access, batch_size=batch_size, seed=seed, shard_id=shard_id,
                        num_shards=num_shards, fix_gop_size=fix_gop_size,
                        verify_checksums=verify_checksums, stream_decoding=stream_decoding,
-                       persistent_index=persistent_index, stream_lead=stream_lead)
+                       persistent_index=persistent_index, stream_lead=stream_lead,
+                       decode_ahead=decode_ahead)
     decoder = get_backend(backend, color=color, **(backend_options or {}))
     # a backend without decoder state decodes every sample from its keyframe
     source.stream_decoding = source.stream_decoding and decoder.stateful
+    source.decode_ahead = source.decode_ahead if decoder.decodes_ahead else 0
     decoder.check_videos(source.store, [f"{clip}/{camera}" for clip in dataset.clips
                                          for camera in dataset.cameras])
     if decoder.device == "cpu":

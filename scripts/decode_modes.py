@@ -80,8 +80,8 @@ def run(label, work, threads, *, depth=None, keep="clone", feed="packets", low=F
     for the copies only at the end of the GOP).
     ``low``: low-latency decoders, no flush when all fed frames came out (the bench set has no
     B-frames, so its packets decode in display order)."""
-    from dali_gop.backends.nvdec import FrameCopier
-    copier = FrameCopier()
+    from dali_gop.backends.nvdec import CudaDriver
+    copier = CudaDriver(hold_gil=True)   # as the operator's copies were when this was measured
     local = threading.local()
     rng = random.Random(0)
     items = [(w, depth(rng) if depth else None) for w in work]
@@ -115,11 +115,11 @@ def run(label, work, threads, *, depth=None, keep="clone", feed="packets", low=F
                     decoded = torch.cuda.Event()
                     decoded.record(local.stream)
                     local.copy_stream.wait_event(decoded)
-                    copier.device_copy(local.buffer.data_ptr(), frame.GetPtrToPlane(0),
+                    copier.copy(local.buffer.data_ptr(), frame.GetPtrToPlane(0),
                                        local.buffer.numel(), local.copy_stream.cuda_stream)
                     local.pending = True
                 else:
-                    copier.device_copy(local.buffer.data_ptr(), frame.GetPtrToPlane(0),
+                    copier.copy(local.buffer.data_ptr(), frame.GetPtrToPlane(0),
                                        0 if keep == "memcpy0" else local.buffer.numel(),
                                        local.stream.cuda_stream)
 

@@ -3,8 +3,8 @@
 A variant is ``pattern:key=value:...`` with pattern ``stream``, ``random`` or ``nodecode-stream`` /
 ``nodecode-random`` (the same DALI graph, workers and stash, with an operator that decodes nothing),
 or ``raw`` (scripts/decode_modes.py's rows), and keys g (clips per batch), w (DALI workers),
-t (decode threads), pq (prefetch queue depth), lead (stream_lead), n (timed batches), warm
-(untimed batches first).
+t (decode threads), pq (prefetch queue depth), lead (stream_lead), ahead (decode_ahead), n (timed
+batches), warm (untimed batches first).
 
 Per variant it prints frames/s and where the main process spends each batch: operator calls and
 the gaps between them, scheduling (_start) and waiting (_finish), how many batches the CPU stage had
@@ -128,7 +128,7 @@ def cpu_by_group(before, after, main_tid) -> dict[str, float]:
 
 def parse(variant: str) -> tuple[str, dict]:
     pattern, *items = variant.split(":")
-    options = dict(g=16 if "stream" in pattern else 8, w=6, t=48, pq=2, lead=30)
+    options = dict(g=16 if "stream" in pattern else 8, w=6, t=48, pq=2, lead=30, ahead=2)
     for item in items:
         key, value = item.split("=")
         options[key] = int(value)
@@ -153,6 +153,7 @@ def make(gops, pattern: str, o: dict):
         original = None
     loader = make_loader(gops, pattern=pattern, backend="nvdec", batch_size=o["g"],
                          num_workers=o["w"], prefetch_queue_depth=o["pq"], stream_lead=o["lead"],
+                         decode_ahead=o["ahead"],
                          backend_options=dict(threads=o["t"]))
     return loader, pattern, original
 

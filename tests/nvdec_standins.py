@@ -9,6 +9,8 @@ import types
 
 import numpy as np
 
+from dali_gop.backends.nvdec import CudaDriver
+
 
 class StandInFrame:
     """What the operator reads of a PyNvVideoCodec frame: shape, strides, plane pointer."""
@@ -61,6 +63,37 @@ class _NoOp:
         pass
 
 
+class _StandInEvent:
+    cuda_event = 0
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def record(self, stream=None):
+        pass
+
+
+class StandInDriver(CudaDriver):
+    """The operator's driver calls on host memory: copies are memmoves, events and waits nothing.
+    Batched copies and the frame sink are the real ones, over these copies."""
+
+    def __init__(self, hold_gil: bool = True):
+        self._batch = None
+        self._attributes = {}
+
+    def copy(self, destination, source, nbytes, stream):
+        ctypes.memmove(destination, source, nbytes)
+
+    def wait(self, stream, event):
+        pass
+
+    def record(self, stream):
+        return 0
+
+    def destroy(self, event):
+        pass
+
+
 def install(monkeypatch) -> None:
     import torch
     from nvidia.dali import python_function_plugin
@@ -72,8 +105,9 @@ def install(monkeypatch) -> None:
         OutputColorType=types.SimpleNamespace(RGB="rgb"),
         CreateDecoder=lambda **options: StandInDecoder(options["codec"]))
     monkeypatch.setattr(nvdec, "_nvc", lambda: standin_nvc)
-    for name in ("Stream", "Event", "ExternalStream"):
+    for name in ("Stream", "ExternalStream"):
         monkeypatch.setattr(torch.cuda, name, _NoOp)
+    monkeypatch.setattr(torch.cuda, "Event", _StandInEvent)
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
@@ -82,9 +116,4 @@ def install(monkeypatch) -> None:
     monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: empty(*a, **k))
     monkeypatch.setattr(python_function_plugin, "current_dali_stream", lambda: 0, raising=False)
 
-    def host_copy(self):
-        def memcpy(destination, source, nbytes, stream):
-            ctypes.memmove(destination, source, nbytes)
-            return 0
-        self._memcpy = memcpy
-    monkeypatch.setattr(nvdec.FrameCopier, "__init__", host_copy)
+    monkeypatch.setattr(nvdec, "CudaDriver", StandInDriver)

@@ -8,6 +8,7 @@ import pytest
 
 from dali_gop.sampling import pattern_from_name
 from dali_gop.source import Dataset, GopSource
+from dali_gop.store import decode_plan
 from conftest import store_factory
 
 pytest.importorskip("nvidia.dali")
@@ -25,13 +26,13 @@ def stores(tmp_path_factory):
                          height=96, gop=10)
 
 
-def operator_batches(gop_root, pattern, batch_size, epochs=2, **options):
+def operator_batches(gop_root, pattern, batch_size, epochs=2, decode_ahead=0, **options):
     """(source outputs, frames) of every batch the operator returns, in order."""
     from torch.utils.dlpack import from_dlpack, to_dlpack
 
     from dali_gop.backends.nvdec import BitstreamStash, NvdecBatchDecoder
     source = GopSource(Dataset.open(gop_root), pattern_from_name(pattern, **options),
-                       batch_size=batch_size, stream_lead=3)
+                       batch_size=batch_size, stream_lead=3, decode_ahead=decode_ahead)
     stash = BitstreamStash()
     operator = NvdecBatchDecoder(stash, threads=3)
     batches = [[source.read(p, epoch) for p in range(i, i + batch_size)]
@@ -51,14 +52,18 @@ def operator_batches(gop_root, pattern, batch_size, epochs=2, **options):
 @pytest.mark.parametrize("name", DATASETS)
 @pytest.mark.parametrize("pattern, options", [("stream", {}), ("random", {}),
                                               ("sequence", dict(length=3, stride=2))])
-def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pattern, options):
+@pytest.mark.parametrize("decode_ahead", [0, 2])
+def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pattern, options,
+                                                  decode_ahead):
     from nvdec_standins import install
     install(monkeypatch)
     gop_root, reference = stores(name)
     clips, cameras = list(Dataset.open(gop_root).clips), Dataset.open(gop_root).cameras
-    checked = 0
-    for batch, frames in operator_batches(gop_root, pattern, 3, **options):
-        for (_, _, frame_idx, clip, _), sample in zip(batch, frames):
+    checked = kept = 0
+    for batch, frames in operator_batches(gop_root, pattern, 3, decode_ahead=decode_ahead,
+                                          **options):
+        for (_, plan, frame_idx, clip, _), sample in zip(batch, frames):
+            kept += decode_plan(plan).kept_key >= 0
             assert tuple(sample.shape) == (len(cameras), len(frame_idx), 96, 160, 3)
             for c, camera in enumerate(cameras):
                 rgb = reference[f"{clips[int(clip[0])]}/{camera}"]["rgb24"]
@@ -66,6 +71,8 @@ def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pat
                     assert np.array_equal(sample[c, t].numpy(), rgb[k]), (camera, int(k))
                     checked += 1
     assert checked > 0
+    if decode_ahead and pattern == "random":
+        assert kept > len(frames)    # the first batches of the run carry their own bytes only
 
 
 def test_a_batch_out_of_step_with_the_stash_is_refused(monkeypatch, stores):
@@ -91,14 +98,15 @@ def test_a_kept_gop_refuses_a_frame_of_another_shape(monkeypatch):
     from concurrent.futures import Future
 
     from dali_gop.backends._assemble import DecodeError
-    from dali_gop.backends.nvdec import DecodedGop, FrameCopier
-    from nvdec_standins import install
+    from dali_gop.backends.nvdec import DecodedGop
+    from nvdec_standins import StandInDriver, install
     install(monkeypatch)
-    gop = DecodedGop("clip/cam0.mp4/gop.0.3.bin", torch.zeros((3, 4, 6, 3), dtype=torch.uint8))
+    gop = DecodedGop("clip/cam0.mp4/gop.0.3.bin", 3, (4, 6, 3))
+    gop.frames = torch.zeros((3, 4, 6, 3), dtype=torch.uint8)
     gop.future = Future()
     gop.future.set_result(torch.cuda.Event())
-    out = torch.ones((6, 4, 3), dtype=torch.uint8)
     with pytest.raises(DecodeError, match=r"gop\.0\.3\.bin.*\(4, 6, 3\).*\(6, 4, 3\)"):
-        gop.take(1, out.data_ptr(), (6, 4, 3), torch.cuda.ExternalStream(0), FrameCopier())
-    gop.take(1, out.data_ptr(), (4, 6, 3), torch.cuda.ExternalStream(0), FrameCopier())
-    assert not out.any()
+        gop.source(1, (6, 4, 3), 0, StandInDriver())
+    assert gop.source(1, (4, 6, 3), 0, StandInDriver()) == gop.frames[1].data_ptr()
+    with pytest.raises(DecodeError, match=r"gop\.0\.3\.bin: no output 3"):
+        gop.source(3, (4, 6, 3), 0, StandInDriver())

@@ -19,6 +19,8 @@ class DecodeBackend(ABC):
     # whether decoders keep their place between samples, so the loader may send stream steps
     # (a GOP's bytes once per stream slot); a stateless backend needs stream_decoding=False
     stateful: bool = True
+    # whether it keeps frames decoded ahead for later samples (GopSource.decode_ahead)
+    decodes_ahead: bool = False
 
     def __init__(self, color: str = "RGB"):
         if color not in ("RGB", "BGR"):

@@ -51,14 +51,15 @@ def check_outputs(produced: int, segment: Segment, name: str) -> None:
                           f"{segment.num_outputs}: corrupt bin (re-run preprocess)")
 
 
-def frames_shape(plan: DecodePlan, names: list[str]) -> tuple[int, int, int, int]:
-    """(cameras, T, H, W) of a sample's frames: its cameras must share one size."""
-    sizes = {(r.height, r.width) for r in plan.requests}
+def frames_shape(requests: Sequence[Request], names: list[str]) -> tuple[int, int, int, int]:
+    """(cameras, T, H, W) of a sample's frames (one request per camera): its cameras must share one
+    size."""
+    sizes = {(r.height, r.width) for r in requests}
     if len(sizes) != 1:
         raise DecodeError(f"cameras of one sample differ in size {sorted(sizes)} ({names[0]} ...): "
                           "a batch tensor needs one size; resize them in preprocessing")
     (height, width), = sizes
-    return len(plan.requests), len(plan.requests[0].picks), height, width
+    return len(requests), len(requests[0].picks), height, width
 
 
 def pick_frames(plan: DecodePlan, decode_segment: Callable[[int], Sequence],

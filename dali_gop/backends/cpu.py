@@ -44,7 +44,7 @@ class CpuSampleDecoder:
             name, frames = self.kept.step(camera, request.stream, decode_send)
             return [frames[check_position(p, len(frames), name)] for _, p in request.picks]
 
-        frames_shape(plan, names)
+        frames_shape(plan.requests, names)
         frames = pick_frames(plan, decode_segment, stream_frames)
         return np.stack([np.stack(camera) for camera in frames])
 

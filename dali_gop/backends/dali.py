@@ -69,7 +69,7 @@ class CameraBuffers:
         if len(plan.requests) != self.num_cameras:
             raise DecodeError(f"a sample of {names[0]} ... has {len(plan.requests)} cameras, the "
                               f"pipeline was built for {self.num_cameras}")
-        frames_shape(plan, names)   # cameras of one sample must share a size to be stacked
+        frames_shape(plan.requests, names)   # cameras of one sample must share a size to be stacked
         out = []
         for request in plan.requests:
             out += camera_buffer(data, plan, request)

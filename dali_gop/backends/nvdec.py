@@ -24,8 +24,9 @@ import collections
 import ctypes
 import math
 import os
+import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -82,69 +83,173 @@ def packets_of(data: np.ndarray, segment: Segment, feed: str = "packets"):
     return [chunk[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def decode_packets(decoder, packets, sink: Callable[[int, object], None],
-                   expected: int | None = None) -> int:
-    """Feed packets, calling ``sink(position, frame)`` for each output frame in display order while
-    the frame is valid (PyNvVideoCodec reuses its buffer at the next ``Decode``); then flush, unless
-    ``expected`` frames are out already (scripts/decode_modes.py: a low-latency decoder fed packets
-    in display order holds nothing back). Returns the frames output."""
+def decode_calls(decoder, packets, sink: Callable[[int, list], None],
+                 expected: int | None = None) -> int:
+    """Feed packets, calling ``sink(first_position, frames)`` with the frames each ``Decode`` call
+    output (display order) while they are valid (PyNvVideoCodec reuses its buffers at the next
+    ``Decode``); then flush, unless ``expected`` frames are out already (scripts/decode_modes.py: a
+    low-latency decoder fed packets in display order holds nothing back). Returns the frames
+    output."""
     position = 0
     for packet in packets:
-        for frame in decoder.Decode(_packet(packet)):
-            sink(position, frame)
-            position += 1
+        frames = decoder.Decode(_packet(packet))
+        if frames:
+            sink(position, frames)
+            position += len(frames)
     if expected is not None and position >= expected:
         return position
-    for frame in decoder.Decode(_packet(None)):
-        sink(position, frame)
-        position += 1
+    frames = decoder.Decode(_packet(None))
+    if frames:
+        sink(position, frames)
+        position += len(frames)
     return position
 
 
-class FrameCopier:
-    """Copies decoded frames to device pointers, one ``cuMemcpyDtoDAsync`` each.
+def decode_packets(decoder, packets, sink: Callable[[int, object], None],
+                   expected: int | None = None) -> int:
+    """:func:`decode_calls` with ``sink(position, frame)`` called frame by frame."""
+    def each(first, frames):
+        for offset, frame in enumerate(frames):
+            sink(first + offset, frame)
+    return decode_calls(decoder, packets, each, expected)
 
-    ``torch.from_dlpack`` on a PyNvVideoCodec frame costs ~190 us, its pointer < 1 us. The call
-    goes through ``ctypes.PyDLL``, which keeps the GIL: it only enqueues a copy, and releasing and
-    re-taking the GIL for it in dozens of decode threads cost more than the copy.
+
+class CudaDriver:
+    """The CUDA driver calls the operator makes itself, through ctypes, on raw device pointers.
+
+    Two flavours, because the GIL is what runs short. DALI's thread keeps the GIL across its calls
+    (``hold_gil``: ``ctypes.PyDLL``): every hand-over costs it a re-acquisition of 1-2 ms while
+    dozens of decode threads want the GIL (docs/gpu-results.md). Decode threads drop it
+    (``ctypes.CDLL``): a driver call can wait for the context's locks while other threads' NVDEC
+    work holds them, and every Python thread would wait with it. ``torch.from_dlpack`` on a
+    PyNvVideoCodec frame costs ~190 us; a raw copy from its plane pointer ~1 us of CPU.
     """
 
-    def __init__(self):
-        self._memcpy = ctypes.PyDLL("libcuda.so.1").cuMemcpyDtoDAsync_v2
-        self._memcpy.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t, ctypes.c_void_p]
-        self._memcpy.restype = ctypes.c_int
+    _EVENT_DISABLE_TIMING = 2
+    _LOCATION_DEVICE = 1
+    _ACCESS_ORDER_STREAM = 1
 
-    def device_copy(self, destination: int, source: int, nbytes: int, stream_handle: int) -> None:
-        status = self._memcpy(destination, source, nbytes, stream_handle)
+    class _Location(ctypes.Structure):
+        _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
+
+    class _CopyAttributes(ctypes.Structure):
+        pass
+
+    _CopyAttributes._fields_ = [("srcAccessOrder", ctypes.c_int), ("srcLocHint", _Location),
+                                ("dstLocHint", _Location), ("flags", ctypes.c_uint)]
+
+    def __init__(self, hold_gil: bool):
+        lib = (ctypes.PyDLL if hold_gil else ctypes.CDLL)("libcuda.so.1")
+        u64, ptr, size = ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t
+        self._memcpy = self._bind(lib.cuMemcpyDtoDAsync_v2, u64, u64, size, ptr)
+        self._wait = self._bind(lib.cuStreamWaitEvent, ptr, ptr, ctypes.c_uint)
+        self._create = self._bind(lib.cuEventCreate, ctypes.POINTER(ptr), ctypes.c_uint)
+        self._record = self._bind(lib.cuEventRecord, ptr, ptr)
+        self._destroy = self._bind(lib.cuEventDestroy_v2, ptr)
+        # CUDA 12.8's ABI, which later drivers keep under this name; older drivers lack it
+        self._batch = getattr(lib, "cuMemcpyBatchAsync", None)
+        if self._batch is not None:
+            self._batch.restype = ctypes.c_int
+        self._attributes: dict[int, object] = {}
+
+    @staticmethod
+    def _bind(function, *argtypes):
+        function.argtypes, function.restype = list(argtypes), ctypes.c_int
+        return function
+
+    @staticmethod
+    def _check(status: int, call: str) -> None:
         if status:
-            raise DecodeError(f"cuMemcpyDtoDAsync failed with CUDA error {status}")
+            raise DecodeError(f"{call} failed with CUDA error {status}")
 
-    def sink(self, targets: Callable[[int], Sequence[int]], frame_shape: tuple[int, ...],
-             stream_handle: int, name: str) -> Callable[[int, object], None]:
-        """A ``decode_packets`` sink copying output ``position`` to each of ``targets(position)``
-        (device pointers to dense ``frame_shape`` uint8 buffers) on ``stream_handle``."""
-        nbytes = int(np.prod(frame_shape))
+    def copy(self, destination: int, source: int, nbytes: int, stream: int) -> None:
+        self._check(self._memcpy(destination, source, nbytes, stream), "cuMemcpyDtoDAsync")
+
+    def copy_many(self, destinations: Sequence[int], sources: Sequence[int],
+                  sizes: Sequence[int], stream: int, device: int) -> None:
+        """Device-to-device copies on ``stream``: one driver call where the driver has batches."""
+        count = len(destinations)
+        if count == 1 or self._batch is None:
+            for destination, source, nbytes in zip(destinations, sources, sizes):
+                self.copy(destination, source, nbytes, stream)
+            return
+        attributes = self._attributes.get(device)
+        if attributes is None:
+            where = self._Location(self._LOCATION_DEVICE, device)
+            attributes = self._attributes[device] = (
+                self._CopyAttributes(self._ACCESS_ORDER_STREAM, where, where, 0),
+                (ctypes.c_size_t * 1)(0))
+        failed = ctypes.c_size_t(0)
+        self._check(self._batch(
+            (ctypes.c_uint64 * count)(*destinations), (ctypes.c_uint64 * count)(*sources),
+            (ctypes.c_size_t * count)(*sizes), ctypes.c_size_t(count),
+            ctypes.byref(attributes[0]), attributes[1], ctypes.c_size_t(1), ctypes.byref(failed),
+            ctypes.c_void_p(stream)), "cuMemcpyBatchAsync")
+
+    def wait(self, stream: int, event: int) -> None:
+        """``stream`` waits for ``event`` (a CUevent, e.g. ``torch.cuda.Event.cuda_event``)."""
+        self._check(self._wait(stream, event, 0), "cuStreamWaitEvent")
+
+    def record(self, stream: int) -> int:
+        """A new event recorded on ``stream``; :meth:`destroy` it once no one waits for it."""
+        event = ctypes.c_void_p()
+        self._check(self._create(ctypes.byref(event), self._EVENT_DISABLE_TIMING), "cuEventCreate")
+        self._check(self._record(event, stream), "cuEventRecord")
+        return event.value
+
+    def destroy(self, event: int) -> None:
+        self._destroy(event)    # streams still waiting for it keep it alive in the driver
+
+    def frame_sink(self, targets: Callable[[int], Sequence[int]], frame_shape: tuple[int, ...],
+                   stream: int, device: int, name: str) -> Callable[[int, list], None]:
+        """A :func:`decode_calls` sink copying output ``position`` to each of
+        ``targets(position)`` (device pointers to dense ``frame_shape`` uint8 buffers) on
+        ``stream``: one driver call per ``Decode`` call."""
+        nbytes = math.prod(frame_shape)
         checked = False
 
-        def sink(position, frame):
+        def sink(first, frames):
             nonlocal checked
             if not checked:
-                self._check(frame, frame_shape, name)
+                _check_frame(frames[0], frame_shape, name)
                 checked = True
-            for pointer in targets(position):
-                self.device_copy(pointer, frame.GetPtrToPlane(0), nbytes, stream_handle)
+            destinations, sources = [], []
+            for offset, frame in enumerate(frames):
+                pointers = targets(first + offset)
+                if pointers:
+                    plane = frame.GetPtrToPlane(0)
+                    for pointer in pointers:
+                        destinations.append(pointer)
+                        sources.append(plane)
+            if destinations:
+                self.copy_many(destinations, sources, [nbytes] * len(destinations), stream,
+                               device)
 
         return sink
 
-    @staticmethod
-    def _check(frame, frame_shape: tuple[int, ...], name: str) -> None:
-        shape, strides = tuple(frame.shape), tuple(frame.strides)
-        if shape != tuple(frame_shape):
-            raise DecodeError(f"{name}: NVDEC frame {shape} does not fit the sample's "
-                              f"{tuple(frame_shape)} (cameras or clips of different sizes?)")
-        if strides != _dense_strides(shape):
-            raise DecodeError(f"{name}: PyNvVideoCodec gave a padded frame (strides {strides}); "
-                              "this backend expects dense RGB frames")
+
+class _DriverEvent:
+    """An event recorded on a stream now, destroyed with the last task holding it."""
+
+    def __init__(self, driver: CudaDriver, stream: int):
+        self._driver = driver
+        self.handle = driver.record(stream)
+
+    def __del__(self):
+        try:
+            self._driver.destroy(self.handle)
+        except Exception:   # interpreter shutdown: the driver frees it with the context
+            pass
+
+
+def _check_frame(frame, frame_shape: tuple[int, ...], name: str) -> None:
+    shape, strides = tuple(frame.shape), tuple(frame.strides)
+    if shape != tuple(frame_shape):
+        raise DecodeError(f"{name}: NVDEC frame {shape} does not fit the sample's "
+                          f"{tuple(frame_shape)} (cameras or clips of different sizes?)")
+    if strides != _dense_strides(shape):
+        raise DecodeError(f"{name}: PyNvVideoCodec gave a padded frame (strides {strides}); "
+                          "this backend expects dense RGB frames")
 
 
 def _dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -175,6 +280,50 @@ class BitstreamStash:
         return self._batches.popleft()
 
 
+class _DecodePool:
+    """Daemon threads running (function, args) jobs in submission order.
+
+    ``ThreadPoolExecutor.submit`` costs DALI's thread ~0.2 ms (its idle semaphore and thread-count
+    checks contend with the workers); a ``queue.SimpleQueue`` put costs microseconds.
+    """
+
+    def __init__(self, threads: int, name: str):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
+                         for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self._queue.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:   # the consumer of the future raises it
+                future.set_exception(e)
+
+    def shutdown(self) -> None:
+        """Cancel what has not started, let running jobs end, stop the threads."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[0].cancel()
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
 @dataclass
 class _ThreadDecoders:
     stream: object
@@ -183,33 +332,39 @@ class _ThreadDecoders:
 
 class DecodedGop:
     """A whole GOP a stream slot will pick from, decoded once by a pool thread into one tensor
-    (frames, H, W, 3) while earlier batches go by."""
+    (frames, H, W, 3) while earlier batches go by. The pool thread allocates the tensor too: an
+    allocation in DALI's thread would hand over the GIL."""
 
-    def __init__(self, name: str, frames):
+    def __init__(self, name: str, count: int, frame_shape: tuple[int, ...]):
         self.name = name
-        self.frames = frames
+        self.count = count
+        self.frame_shape = tuple(frame_shape)
+        self.frame_bytes = math.prod(self.frame_shape)
+        self.frames = None                   # set by the pool thread
         self.future: Future | None = None    # -> CUDA event recorded after the last frame's copy
-        self._count, self._base = frames.shape[0], frames.data_ptr()
-        self._frame_shape = tuple(frames.shape[1:])
-        self._frame_bytes = math.prod(self._frame_shape)
         self._ready_for: int | None = None   # the consumer stream that already waits for it
 
-    def take(self, position: int, destination: int, frame_shape: tuple[int, ...], consumer_stream,
-             copier: FrameCopier) -> None:
-        """Copy frame ``position`` to device pointer ``destination`` (a dense ``frame_shape``
-        frame of the sample) on ``consumer_stream`` (DALI's). The stream waits for the decode once:
-        the slot's later picks queue behind that wait."""
-        handle = consumer_stream.cuda_stream
-        if self._ready_for != handle:
+    def source(self, position: int, frame_shape: tuple[int, ...], consumer_stream: int,
+               driver: CudaDriver) -> int:
+        """Device pointer of frame ``position``, once ``consumer_stream`` (DALI's) waits for the
+        decode; it waits once, the slot's later picks queue behind that wait. ``frame_shape`` is
+        the sample's: a raw copy must never overrun or scramble."""
+        if self._ready_for != consumer_stream:
             decoded = self.future.result()     # a decode error surfaces here
-            consumer_stream.wait_event(decoded)
-            self._ready_for = handle
-        check_position(position, self._count, self.name)
-        if frame_shape != self._frame_shape:   # a raw copy must never overrun or scramble
-            raise DecodeError(f"{self.name}: frames of {self._frame_shape} do not fit the "
+            driver.wait(consumer_stream, decoded.cuda_event)
+            self._ready_for = consumer_stream
+        check_position(position, self.count, self.name)
+        if frame_shape != self.frame_shape:
+            raise DecodeError(f"{self.name}: frames of {self.frame_shape} do not fit the "
                               f"sample's {frame_shape} (clips of different sizes?)")
-        copier.device_copy(destination, self._base + position * self._frame_bytes,
-                           self._frame_bytes, handle)
+        return self.frames.data_ptr() + position * self.frame_bytes
+
+
+@dataclass
+class _Decoded:
+    """Frames of a sample decoded ahead: its output tensor and the decodes writing it."""
+    frames: object
+    futures: list
 
 
 @dataclass
@@ -225,15 +380,17 @@ class _Job:
 class NvdecBatchDecoder:
     """GPU python operator: a batch of (host bytes, plan) -> frames (cameras, T, H, W, 3) per sample.
 
-    Decoding runs ahead: whatever the CPU stage has stashed already (in practice the next batch:
-    DALI runs that stage one batch ahead of this one) is scheduled at once, so while DALI hands
-    on this batch the pool decodes the next, and NVDEC does not idle between batches. Stream
-    slots get their GOPs some batches before they reach them (see
-    :class:`dali_gop.source.GopSource`); each is decoded whole, once, in the background, and the
-    slot's samples only copy frames out.
+    Decoding runs ahead three ways. Whatever the CPU stage has stashed (in practice the next
+    batch: DALI runs that stage one batch ahead of this one) is scheduled at once. Plain samples
+    reach the operator some batches before their turn when the source decodes ahead
+    (``GopSource.decode_ahead``): their frames are decoded into tensors kept until then, so the
+    pool always has batches queued and NVDEC does not idle at batch barriers. Stream slots get
+    their GOPs some batches before they reach them (see :class:`dali_gop.source.GopSource`);
+    each is decoded whole, once, in the background, and the slot's samples only copy frames out.
 
     The batch's Python runs in DALI's thread while dozens of decode threads want the GIL too, so
-    it is kept short: one allocation for the batch's outputs, frame destinations as pointers.
+    it is kept short and keeps the GIL: one allocation per batch, driver calls that hold the GIL
+    (:class:`CudaDriver`), the stream picks copied by one driver call.
     """
 
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
@@ -246,8 +403,10 @@ class NvdecBatchDecoder:
         self.threads = threads
         self._dali_streams: dict[int, object] = {}
         self.kept = KeptGops()
-        self._copier = FrameCopier()
-        self._pool: ThreadPoolExecutor | None = None
+        self.ahead: dict[int, _Decoded] = {}
+        self._driver: CudaDriver | None = None         # DALI's thread: keeps the GIL
+        self._pool_driver: CudaDriver | None = None    # decode threads: drop it
+        self._pool: _DecodePool | None = None
         self._local = threading.local()
         self._thread_decoders: list[_ThreadDecoders] = []
         self._pending: collections.deque[_Job] = collections.deque()
@@ -276,21 +435,23 @@ class NvdecBatchDecoder:
         return decoder
 
     def close(self) -> None:
-        """Free the NVDEC sessions and kept GOPs; later batches fail with a clear error."""
+        """Free the NVDEC sessions, kept GOPs and frames decoded ahead; later batches fail with a
+        clear error."""
         self._closed = True
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown()
         with self._lock:
             for state in self._thread_decoders:
                 state.decoders.clear()
         self.kept = KeptGops()
+        self.ahead.clear()
         self._pending.clear()
 
     def _submit(self, fn, *args) -> Future:
         if self._closed:
             raise DecodeError("nvdec: the loader was closed")
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nvdec")
+            self._pool = _DecodePool(self.threads, "nvdec")
         return self._pool.submit(fn, *args)
 
     # -- the operator ---------------------------------------------------------------------------
@@ -303,6 +464,8 @@ class NvdecBatchDecoder:
         from nvidia.dali import python_function_plugin
         from torch.utils.dlpack import from_dlpack, to_dlpack
 
+        if self._driver is None:
+            self._driver, self._pool_driver = CudaDriver(hold_gil=True), CudaDriver(hold_gil=False)
         shapes = [tuple(from_dlpack(t).shape) for t in plan_tokens]
         device_id = torch.cuda.current_device()
         handle = python_function_plugin.current_dali_stream()
@@ -317,101 +480,143 @@ class NvdecBatchDecoder:
         if job.plan_shapes != shapes:
             raise DecodeError("nvdec: stashed bytes do not match this batch's plans (pipeline out "
                               "of step); rebuild the pipeline")
-        outputs = self._finish(job, dali_stream)
+        outputs = self._finish(job, handle, device_id)
         if self.bgr:
             with torch.cuda.stream(dali_stream):
                 outputs = [out.flip(-1) for out in outputs]
         return [to_dlpack(out) for out in outputs]
 
-    def _finish(self, job: _Job, dali_stream) -> list:
-        """Make DALI's stream wait for the batch's decodes and copy its stream picks; the first
-        error of the batch is raised."""
+    def _finish(self, job: _Job, dali_stream: int, device_id: int) -> list:
+        """Make DALI's stream wait for the batch's decodes and copy its stream picks (one driver
+        call); the first error of the batch is raised."""
         errors = list(job.errors)
         for future in job.futures:
             try:
-                dali_stream.wait_event(future.result())
+                self._driver.wait(dali_stream, future.result().cuda_event)
             except Exception as e:
                 errors.append(e)
+        destinations, sources, sizes = [], [], []
         for gop, position, pointer, frame_shape in job.stream_picks:
             try:
-                gop.take(position, pointer, frame_shape, dali_stream, self._copier)
+                sources.append(gop.source(position, frame_shape, dali_stream, self._driver))
             except Exception as e:
                 errors.append(e)
+                continue
+            destinations.append(pointer)
+            sizes.append(gop.frame_bytes)
         if errors:
             raise errors[0]
+        if destinations:
+            self._driver.copy_many(destinations, sources, sizes, dali_stream, device_id)
         return job.outputs
 
     def _start(self, batch, device_id: int, dali_stream) -> _Job:
-        """Allocate a batch's outputs (and its stream sends' frames) on DALI's stream and schedule
-        the decodes, in batch order: the stream slots' bookkeeping relies on it."""
+        """Allocate a batch's outputs (and its samples' decoded ahead) on DALI's stream and
+        schedule the decodes, in batch order: the stream slots' bookkeeping relies on it."""
         import torch
         datas, plans = batch
         decoded = [decode_plan(p) for p in plans]
         names = [segment_names(d, p.names_offset) for d, p in zip(datas, decoded)]
-        job = _Job([p.shape for p in plans], [])
-        segments, sends = [], []
+        job = _Job([p.shape for p in plans], [None] * len(plans))
+        now = [i for i, plan in enumerate(decoded) if plan.kept_key < 0]
+        ahead = [i for i, plan in enumerate(decoded) if plan.ahead_key >= 0]
+        for i, plan in enumerate(decoded):
+            if plan.kept_key >= 0:
+                kept = self.ahead.pop(plan.kept_key, None)
+                if kept is None:
+                    job.errors.append(DecodeError(
+                        f"nvdec: sample {plan.kept_key >> 32}:{plan.kept_key & 0xffffffff} was "
+                        "never decoded ahead (pipeline out of step); rebuild the pipeline"))
+                    continue
+                job.outputs[i] = kept.frames
+                job.futures += kept.futures
+        tasks, sends = [], []
         # allocated on DALI's stream, which reads them last: a block freed and reused is then
         # written only after DALI's reads (the decode threads wait for ``allocated``)
         with torch.cuda.stream(dali_stream):
-            job.outputs = self._allocate(decoded, names)
-            for data, plan, name_list, out in zip(datas, decoded, names, job.outputs):
-                frame_shape = tuple(out.shape[2:])
-                length, nbytes, base = out.shape[1], math.prod(frame_shape), out.data_ptr()
-                wanted: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)
-                for camera, request in enumerate(plan.requests):
-                    first = base + camera * length * nbytes    # frame (camera, 0) of the sample
-                    if request.stream is None:
-                        for t, (segment, position) in enumerate(request.picks):
-                            wanted[segment].append((position, first + t * nbytes))
-                        continue
-
-                    def send(send, data=data, plan=plan, name_list=name_list):
-                        segment = plan.segments[send.segment]
-                        gop = DecodedGop(name_list[send.segment], torch.empty(
-                            (segment.num_outputs, *frame_shape), dtype=torch.uint8, device="cuda"))
-                        sends.append((gop, data, segment))
-                        return gop
-                    try:
-                        gop = self.kept.step(camera, request.stream, send)
-                    except DecodeError as e:
-                        job.errors.append(e)
-                        continue
-                    job.stream_picks += [(gop, position, first + t * nbytes, frame_shape)
-                                         for t, (_, position) in enumerate(request.picks)]
-                for segment, targets in wanted.items():
-                    segments.append((data, plan.segments[segment], name_list[segment], targets,
-                                     frame_shape))
-            allocated = torch.cuda.Event()
-            allocated.record(dali_stream)
-        segments.sort(key=lambda s: -s[1].size)     # longest first: the batch ends sooner
-        job.futures = [self._submit(self._decode_segment, *s, device_id, allocated)
-                       for s in segments]
-        for gop, data, segment in sends:    # after the plain segments: needed batches later
-            gop.future = self._submit(self._decode_gop, gop, data, segment, device_id, allocated)
+            fresh = self._allocate([decoded[i].requests[:decoded[i].ahead_from] for i in now],
+                                   [names[i] for i in now])
+            later = self._allocate([decoded[i].requests[decoded[i].ahead_from:] for i in ahead],
+                                   [names[i] for i in ahead])
+        allocated = _DriverEvent(self._driver, dali_stream.cuda_stream)
+        for i, out in zip(now, fresh):
+            job.outputs[i] = out
+            plan = decoded[i]
+            tasks += self._plan_tasks(datas[i], plan, names[i], plan.requests[:plan.ahead_from],
+                                      out, job, sends)
+        ahead_tasks = []
+        for i, out in zip(ahead, later):
+            plan = decoded[i]
+            mine = self._plan_tasks(datas[i], plan, names[i], plan.requests[plan.ahead_from:],
+                                    out, job, sends)
+            ahead_tasks.append((plan.ahead_key, out, mine))
+        tasks.sort(key=lambda t: -t[1].size)     # longest first: the batch ends sooner
+        job.futures += [self._submit(self._decode_segment, *t, device_id, allocated)
+                        for t in tasks]
+        for gop, data, segment in sends:    # after this batch's own segments: needed later
+            gop.future = self._submit(self._decode_gop, gop, data, segment, device_id,
+                                      dali_stream)
+        for key, out, mine in ahead_tasks:  # needed last
+            self.ahead[key] = _Decoded(out, [self._submit(self._decode_segment, *t, device_id,
+                                                          allocated) for t in mine])
         return job
 
+    def _plan_tasks(self, data, plan: DecodePlan, name_list: list[str], requests, out, job: _Job,
+                    sends: list) -> list:
+        """The segment decodes that fill ``out`` (cameras, T, H, W, 3) with ``requests``' frames;
+        stream steps become picks of kept GOPs (``job.stream_picks``), and the GOPs they send new
+        ``sends``."""
+        frame_shape = tuple(out.shape[2:])
+        length, nbytes, base = out.shape[1], math.prod(frame_shape), out.data_ptr()
+        wanted: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)
+        for camera, request in enumerate(requests):
+            first = base + camera * length * nbytes    # frame (camera, 0) of the sample
+            if request.stream is None:
+                for t, (segment, position) in enumerate(request.picks):
+                    wanted[segment].append((position, first + t * nbytes))
+                continue
+
+            def send(send):
+                segment = plan.segments[send.segment]
+                gop = DecodedGop(name_list[send.segment], segment.num_outputs, frame_shape)
+                sends.append((gop, data, segment))
+                return gop
+            try:
+                gop = self.kept.step(camera, request.stream, send)
+            except DecodeError as e:
+                job.errors.append(e)
+                continue
+            job.stream_picks += [(gop, position, first + t * nbytes, frame_shape)
+                                 for t, (_, position) in enumerate(request.picks)]
+        return [(data, plan.segments[segment], name_list[segment], targets, frame_shape)
+                for segment, targets in wanted.items()]
+
     @staticmethod
-    def _allocate(plans: list[DecodePlan], names: list[list[str]]) -> list:
-        """The batch's output tensors, (cameras, T, H, W, 3) each: views of one block when the
-        samples agree in shape (one allocation, not one per sample)."""
+    def _allocate(requests: list, names: list[list[str]]) -> list:
+        """Output tensors, (cameras, T, H, W, 3) each, for samples' ``requests``: views of one block
+        when the samples agree in shape (one allocation, not one per sample)."""
         import torch
-        shapes = [(*frames_shape(plan, n), 3) for plan, n in zip(plans, names)]
+        if not requests:
+            return []
+        shapes = [(*frames_shape(r, n), 3) for r, n in zip(requests, names)]
         if len(set(shapes)) == 1:
             return list(torch.empty((len(shapes), *shapes[0]), dtype=torch.uint8,
                                     device="cuda").unbind(0))
         return [torch.empty(shape, dtype=torch.uint8, device="cuda") for shape in shapes]
 
     def _run_decoder(self, segment: Segment, name: str, data, targets, frame_shape, device_id: int,
-                     allocated):
+                     allocated: _DriverEvent | None):
         """Pool thread: decode a segment from its keyframe on the thread's decoder, copying output
         ``position`` to the pointers ``targets(position)``; flush; return an event after it all."""
         import torch
         state = self._thread_state(device_id)
-        state.stream.wait_event(allocated)
+        stream = state.stream.cuda_stream
+        if allocated is not None:
+            self._pool_driver.wait(stream, allocated.handle)
         decoder = self._decoder(state, segment.codec, device_id)
-        sink = self._copier.sink(targets, frame_shape, state.stream.cuda_stream, name)
+        sink = self._pool_driver.frame_sink(targets, frame_shape, stream, device_id, name)
         try:
-            produced = decode_packets(decoder, packets_of(data, segment, self.feed), sink)
+            produced = decode_calls(decoder, packets_of(data, segment, self.feed), sink)
         except Exception as e:
             state.decoders.pop(segment.codec, None)   # a decoder in an unknown state: not reused
             if isinstance(e, DecodeError):
@@ -423,31 +628,36 @@ class NvdecBatchDecoder:
         return done
 
     def _decode_segment(self, data, segment: Segment, name: str, targets, frame_shape,
-                        device_id: int, allocated):
+                        device_id: int, allocated: _DriverEvent):
         """Pool thread: decode a GOP prefix, copying each wanted output to its pointers
-        (``targets``: (position, pointer) pairs into the batch's tensors)."""
+        (``targets``: (position, pointer) pairs into output tensors)."""
         by_position = collections.defaultdict(list)
         for position, pointer in targets:
             by_position[position].append(pointer)
         return self._run_decoder(segment, name, data, lambda p: by_position.get(p, ()),
                                  frame_shape, device_id, allocated)
 
-    def _decode_gop(self, gop: DecodedGop, data, segment: Segment, device_id: int, allocated):
-        """Pool thread: decode a whole GOP for a stream slot into its tensor."""
-        frames = gop.frames
-        # a GOP dropped unread (a restart) must not be reallocated while this stream writes it
-        frames.record_stream(self._thread_state(device_id).stream)
-        base, count, frame_bytes = frames.data_ptr(), frames.shape[0], frames[0].numel()
+    def _decode_gop(self, gop: DecodedGop, data, segment: Segment, device_id: int, dali_stream):
+        """Pool thread: allocate a stream slot's GOP tensor and decode the whole GOP into it."""
+        import torch
+        state = self._thread_state(device_id)
+        with torch.cuda.stream(state.stream):
+            frames = torch.empty((gop.count, *gop.frame_shape), dtype=torch.uint8, device="cuda")
+        # DALI's stream copies frames out last: the block is not reused before it is done
+        frames.record_stream(dali_stream)
+        gop.frames = frames
+        base, count, frame_bytes = frames.data_ptr(), gop.count, gop.frame_bytes
 
         def targets(position):   # a GOP's bin may decode one frame of the next GOP: not kept
             return (base + position * frame_bytes,) if position < count else ()
-        return self._run_decoder(segment, gop.name, data, targets, tuple(frames.shape[1:]),
-                                 device_id, allocated)
+        return self._run_decoder(segment, gop.name, data, targets, gop.frame_shape, device_id,
+                                 None)
 
 
 class NvdecBackend(DecodeBackend):
     name = "nvdec"
     device = "gpu"
+    decodes_ahead = True
 
     def __init__(self, color: str = "RGB", threads: int | None = None, feed: str | None = None):
         super().__init__(color)
