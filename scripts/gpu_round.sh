@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One round on the GPU machine, after ../shared/gpu/bundle's chunks are stored and installed there:
-#   bash scripts/gpu_round.sh tests    # GPU tests; meanwhile makes the benchmark set in the background
+#   bash scripts/gpu_round.sh tests [FILE...]   # GPU tests (default: test_gpu.py, test_gpu_dali.py);
+#                                              # meanwhile makes the benchmark set in the background
 #   bash scripts/gpu_round.sh modes    # raw decode strategies on that set (scripts/decode_modes.py)
 #   bash scripts/gpu_round.sh bench    # the throughput benchmark on that set (waits for it)
 #   bash scripts/gpu_round.sh profile VARIANT...   # scripts/profile_loader.py on that set
@@ -26,8 +27,8 @@ case "${1:-tests}" in
     setsid nohup bash -c "python3 -m pipelines.throughput --data '$BENCH_DATA' --prepare-only \
        > /tmp/bench_prepare.log 2>&1; touch /tmp/bench_prepare.done" > /dev/null 2>&1 &
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
-    python3 -m pytest -m gpu -v -s -p no:cacheprovider tests/test_gpu.py tests/test_gpu_dali.py \
-      2>&1 | tee "$OUT/gpu-tests.log"
+    files=("${@:2}"); [ ${#files[@]} -gt 0 ] || files=(tests/test_gpu.py tests/test_gpu_dali.py)
+    python3 -m pytest -m gpu -v -s -p no:cacheprovider "${files[@]}" 2>&1 | tee "$OUT/gpu-tests.log"
     ;;
   modes)
     wait_for_bench_set
