@@ -126,6 +126,13 @@ class GopSource:
             per_slot += gops * max(counts) * index.width * index.height * 3
         return self.batch_size * per_slot
 
+    def slot_lead(self, slot: int) -> int:
+        """How many steps ahead slot ``slot`` sends its GOPs: ``stream_lead`` for slot 0, down to
+        about half of it for the last slot. Slots whose GOP boundaries fall on the same steps
+        (clips of equal length, fixed GOPs: the usual case) would otherwise all send in one batch,
+        and NVDEC would get its work in bursts of batch size x cameras GOPs, idle between them."""
+        return self.stream_lead - slot * self.stream_lead // (2 * self.batch_size)
+
     def samples(self, epoch: int) -> list[SampleSpec]:
         """This shard's samples of ``epoch``, padded to whole batches (kept from the epoch before
         the current one on: stream windows look into the neighbouring epochs)."""
@@ -206,7 +213,8 @@ class GopSource:
         return self._stream_request(epoch, position, camera, video, gop)
 
     def _stream_request(self, epoch, position, camera, video, gop) -> ReadRequest:
-        """With W(p) the GOPs of the slot's steps p, p+B, ..., p+lead*B (B = batch size), step p
+        """With W(p) the GOPs of the slot's steps p, p+B, ..., p+lead*B (B = batch size, lead the
+        slot's :meth:`slot_lead`), step p
         sends W(p) - W(p-B) and releases its GOP if it is not in W(p+B). By induction the slot then
         holds exactly W(p) while step p picks, and nothing is sent twice while still held.
 
@@ -245,7 +253,7 @@ class GopSource:
         gops = []
         located = self._locate(epoch, position)
         if located is not None and self.samples(located[0])[located[1]].slot == slot:
-            for k in range(self.stream_lead + 1):
+            for k in range(self.slot_lead(slot) + 1):
                 gop = self._slot_gop(epoch, position + k * self.batch_size, slot, camera)
                 if gop is not None and gop not in gops:
                     gops.append(gop)

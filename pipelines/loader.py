@@ -184,8 +184,9 @@ def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend
     ``sequence`` (``sequence_length`` frames ``stride`` apart). ``batch_size`` is the seed's
     ``group_num``: samples (clips) per batch, each with every camera. ``backend``: ``auto``,
     ``nvdec``, ``dali`` or ``cpu``. ``stream_lead``: how many batches before a stream slot reaches a
-    GOP it is sent to the decoder; about one GOP keeps NVDEC busy across GOP boundaries, and each
-    slot and camera then keeps up to two decoded GOPs (RGB: GOP x H x W x 3 bytes each) on the
+    GOP it is sent to the decoder (the first slot; later ones down to about half of it, staggered
+    so that their sends do not come in bursts); about one GOP keeps NVDEC busy across GOP
+    boundaries, and each slot and camera then keeps up to two decoded GOPs (RGB: GOP x H x W x 3 bytes each) on the
     GPU. ``decode_ahead``: how many batches before its turn a sample that is no stream step (random
     and sequence access) is decoded (``nvdec`` only; its frames wait on the GPU), so that NVDEC has
     work queued past the batch DALI is handing on; 0: decode each batch in its turn. ``device_id`` defaults to LOCAL_RANK (torchrun) or 0 on the GPU,

@@ -22,9 +22,10 @@ measures (``--skip`` leaves groups out):
 (reader and pynvc run in pipelines/baselines.py.)
 
 Frames are counted as delivered after warm-up batches (loader: samples x cameras x T per batch;
-readers.video: frames in each batch). Stream rows time the second epoch whole, after a first one
-untimed: a training run's steady state, epoch boundary included (the first epoch also pays for
-the caching allocator's first blocks and the decoders' creation). "CPU cores" is process CPU
+readers.video: frames in each batch). The dali-gop stream row times ``--stream_epochs`` whole
+epochs after a first one untimed: a training run's steady state, epoch boundaries included (the
+first epoch also pays for the caching allocator's first blocks and the decoders' creation); one
+epoch of the default set is under 2 s, too short to time alone. "CPU cores" is process CPU
 time (this process and its DALI workers) over wall time; "peak GPU MiB" is device memory in use
 (all allocators) above the measurement's start. Under torchrun each rank measures its own shard on its own GPU (LOCAL_RANK),
 all ranks at once; rank 0 prints per-rank and summed figures and writes the JSON and the chart.
@@ -195,16 +196,16 @@ def _batches(loader):
 
 
 def loader_run(gop_root: Path, pattern: str, backend: str, group_num: int, workers: int,
-               warmup: int, batches: int | None, *, shard_id: int = 0, num_shards: int = 1,
-               **options):
-    """``warmup`` batches (None: one epoch), then ``batches`` timed ones (None: one epoch),
-    crossing epochs if need be. Frames: samples x cameras x T of each batch."""
+               warmup: int, batches: int | None, *, epochs: int = 1, shard_id: int = 0,
+               num_shards: int = 1, **options):
+    """``warmup`` batches (None: one epoch), then ``batches`` timed ones (None: ``epochs`` whole
+    epochs), crossing epochs if need be. Frames: samples x cameras x T of each batch."""
     from pipelines.loader import make_loader
     loader = make_loader(gop_root, pattern=pattern, backend=backend, batch_size=group_num,
                          num_workers=workers, shard_id=shard_id, num_shards=num_shards, **options)
     try:
         warmup = len(loader) if warmup is None else warmup
-        batches = len(loader) if batches is None else batches
+        batches = epochs * len(loader) if batches is None else batches
         stream = _batches(loader)
         for _ in range(warmup):
             _finished(next(stream)["frames"])
@@ -301,7 +302,7 @@ def loader_rows(b: Bench) -> list[Result]:
     return [
         b.measure(f"dali-gop stream ({backend})",
                   lambda: loader_run(b.gops, STREAM, backend, a.group_num, a.workers, None,
-                                     None, **b.shard),
+                                     None, epochs=a.stream_epochs, **b.shard),
                   method=method),
         b.measure(f"dali-gop random ({backend})",
                   lambda: loader_run(b.gops, RANDOM, backend, a.random_group_num, a.workers,
@@ -545,6 +546,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="untimed loader batches first (default: max(2 x workers, 8))")
     parser.add_argument("--threads", type=int, nargs="+", default=[8, 16],
                         help="decode threads of the NVDEC ceiling (the largest: PyNvVideoCodec)")
+    parser.add_argument("--stream_epochs", type=int, default=3,
+                        help="timed epochs of dali-gop stream, after one untimed epoch")
     parser.add_argument("--random_batches", type=int, default=60,
                         help="timed batches: dali-gop random and stream without stream decoding")
     parser.add_argument("--baseline_batches", type=int, default=20,

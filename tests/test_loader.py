@@ -138,9 +138,9 @@ def test_dataset_checks_cameras(stores):
 def test_stream_source_sends_each_gop_once_ahead_and_keeps_little(stores, batch_size, lead):
     """Replays the plans three epochs' workers make, back to back as DALI runs them, through the
     slots' bookkeeping: every pick finds its GOP, no GOP is sent while its slot still keeps it, each
-    send comes exactly ``lead`` steps before the slot picks from it (from the slot's very first step
-    on, also across epoch boundaries), and a slot keeps at most the GOPs its next ``lead`` steps
-    need. (The worker never asks the decoder: all of this follows from the samples.)"""
+    send comes exactly its slot's lead (``lead`` for slot 0, less for later ones: staggered) steps
+    before the slot picks from it (from the slot's very first step on, also across epoch
+    boundaries), and a slot keeps at most the GOPs its next ``lead`` steps need. (The worker never asks the decoder: all of this follows from the samples.)"""
     from dali_gop.backends._assemble import KeptGops
     from dali_gop.store import decode_plan
     gop_root, _ = stores("hevc-open-gop")
@@ -186,7 +186,8 @@ def test_stream_source_sends_each_gop_once_ahead_and_keeps_little(stores, batch_
             # sent for the epoch after the last one replayed
             assert sent_at > step_number - 1 - lead - 1
             continue
-        assert later[0] - sent_at == min(lead, later[0] - restarts[(slot, camera)])
+        lead_of_slot = source.slot_lead(slot)
+        assert later[0] - sent_at == min(lead_of_slot, later[0] - restarts[(slot, camera)])
         ahead_checked += 1
     assert ahead_checked > 0
     assert kept.count() > 0 or lead == 0, "the last epoch's steps already hold the next one's GOPs"

@@ -106,7 +106,8 @@ def test_a_kept_gop_refuses_a_frame_of_another_shape(monkeypatch):
     gop.future = Future()
     gop.future.set_result(torch.cuda.Event())
     with pytest.raises(DecodeError, match=r"gop\.0\.3\.bin.*\(4, 6, 3\).*\(6, 4, 3\)"):
-        gop.source(1, (6, 4, 3), 0, StandInDriver())
-    assert gop.source(1, (4, 6, 3), 0, StandInDriver()) == gop.frames[1].data_ptr()
+        gop.check_pick(1, (6, 4, 3))
     with pytest.raises(DecodeError, match=r"gop\.0\.3\.bin: no output 3"):
-        gop.source(3, (4, 6, 3), 0, StandInDriver())
+        gop.check_pick(3, (4, 6, 3))
+    offset = gop.check_pick(1, (4, 6, 3))
+    assert gop.base(0, StandInDriver()) + offset == gop.frames[1].data_ptr()

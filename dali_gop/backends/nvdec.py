@@ -344,20 +344,23 @@ class DecodedGop:
         self.future: Future | None = None    # -> CUDA event recorded after the last frame's copy
         self._ready_for: int | None = None   # the consumer stream that already waits for it
 
-    def source(self, position: int, frame_shape: tuple[int, ...], consumer_stream: int,
-               driver: CudaDriver) -> int:
-        """Device pointer of frame ``position``, once ``consumer_stream`` (DALI's) waits for the
-        decode; it waits once, the slot's later picks queue behind that wait. ``frame_shape`` is
-        the sample's: a raw copy must never overrun or scramble."""
-        if self._ready_for != consumer_stream:
-            decoded = self.future.result()     # a decode error surfaces here
-            driver.wait(consumer_stream, decoded.cuda_event)
-            self._ready_for = consumer_stream
+    def check_pick(self, position: int, frame_shape: tuple[int, ...]) -> int:
+        """Byte offset of frame ``position`` for a sample of frames ``frame_shape``: a raw copy
+        must never overrun or scramble."""
         check_position(position, self.count, self.name)
         if frame_shape != self.frame_shape:
             raise DecodeError(f"{self.name}: frames of {self.frame_shape} do not fit the "
                               f"sample's {frame_shape} (clips of different sizes?)")
-        return self.frames.data_ptr() + position * self.frame_bytes
+        return position * self.frame_bytes
+
+    def base(self, consumer_stream: int, driver: CudaDriver) -> int:
+        """Device pointer of the frames, once ``consumer_stream`` (DALI's) waits for the decode; it
+        waits once, the slot's later picks queue behind that wait."""
+        if self._ready_for != consumer_stream:
+            decoded = self.future.result()     # a decode error surfaces here
+            driver.wait(consumer_stream, decoded.cuda_event)
+            self._ready_for = consumer_stream
+        return self.frames.data_ptr()
 
 
 @dataclass
@@ -373,7 +376,7 @@ class _Job:
     plan_shapes: list
     outputs: list
     futures: list = field(default_factory=list)
-    stream_picks: list = field(default_factory=list)  # (DecodedGop, position, pointer, shape)
+    stream_picks: list = field(default_factory=list)  # (DecodedGop, byte offset, pointer)
     errors: list = field(default_factory=list)
 
 
@@ -496,14 +499,18 @@ class NvdecBatchDecoder:
             except Exception as e:
                 errors.append(e)
         destinations, sources, sizes = [], [], []
-        for gop, position, pointer, frame_shape in job.stream_picks:
-            try:
-                sources.append(gop.source(position, frame_shape, dali_stream, self._driver))
-            except Exception as e:
-                errors.append(e)
-                continue
-            destinations.append(pointer)
-            sizes.append(gop.frame_bytes)
+        bases: dict[DecodedGop, int | None] = {}
+        for gop, offset, pointer in job.stream_picks:
+            if gop not in bases:
+                try:
+                    bases[gop] = gop.base(dali_stream, self._driver)
+                except Exception as e:
+                    bases[gop] = None
+                    errors.append(e)
+            if bases[gop] is not None:
+                destinations.append(pointer)
+                sources.append(bases[gop] + offset)
+                sizes.append(gop.frame_bytes)
         if errors:
             raise errors[0]
         if destinations:
@@ -586,8 +593,11 @@ class NvdecBatchDecoder:
             except DecodeError as e:
                 job.errors.append(e)
                 continue
-            job.stream_picks += [(gop, position, first + t * nbytes, frame_shape)
-                                 for t, (_, position) in enumerate(request.picks)]
+            try:
+                job.stream_picks += [(gop, gop.check_pick(position, frame_shape), first + t * nbytes)
+                                     for t, (_, position) in enumerate(request.picks)]
+            except DecodeError as e:
+                job.errors.append(e)
         return [(data, plan.segments[segment], name_list[segment], targets, frame_shape)
                 for segment, targets in wanted.items()]
 
