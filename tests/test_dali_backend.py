@@ -121,6 +121,19 @@ def test_stream_steps_are_refused_with_the_fix(stores):
         CameraBuffers(len(dataset.cameras))(data, plan)
 
 
+def test_plans_decoded_ahead_are_refused_by_the_backends_that_cannot(stores):
+    """A sample decoded ahead carries another sample's requests: cpu and dali would decode
+    those as its own frames."""
+    from dali_gop.backends.cpu import CpuSampleDecoder
+    gop_root, _ = stores("h264")
+    dataset = Dataset.open(gop_root)
+    source = GopSource(dataset, pattern_from_name("random"), batch_size=2, decode_ahead=1)
+    data, plan, *_ = source.read(0)      # its own requests and those of the sample 2 on
+    for decode in (CameraBuffers(len(dataset.cameras)), CpuSampleDecoder()):
+        with pytest.raises(RuntimeError, match="decode_ahead=0"):
+            decode(data, plan)
+
+
 def test_without_a_gpu_the_dali_backend_says_so(monkeypatch):
     import dali_gop.backends as backends
     monkeypatch.setattr(backends, "gpu_available", lambda: False)

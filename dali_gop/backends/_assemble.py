@@ -38,6 +38,14 @@ class KeptGops:
         return sum(len(k) for k in self._kept.values())
 
 
+def refuse_decoding_ahead(plan: DecodePlan, names: list[str], backend: str) -> None:
+    """A plan made for a backend that keeps frames decoded ahead: decoding its requests here would
+    give another sample's frames."""
+    if plan.kept_key >= 0 or plan.ahead_key >= 0:
+        raise DecodeError(f"the {backend} backend does not decode ahead, but a sample of "
+                          f"{names[0]} ... was planned so: build the source with decode_ahead=0")
+
+
 def check_position(position: int, num_outputs: int, name: str) -> int:
     if not 0 <= position < num_outputs:
         raise DecodeError(f"{name}: no output {position} (the GOP decodes to {num_outputs} frames)")

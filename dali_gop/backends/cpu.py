@@ -7,7 +7,7 @@ import nvtx
 
 from dali_gop.backends import DecodeBackend
 from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, check_position,
-                                         frames_shape, pick_frames)
+                                         frames_shape, pick_frames, refuse_decoding_ahead)
 from dali_gop.reference import decode_annexb
 from dali_gop.store import decode_plan, segment_names
 
@@ -26,6 +26,7 @@ class CpuSampleDecoder:
     def _decode_sample(self, data: np.ndarray, plan: np.ndarray) -> np.ndarray:
         plan = decode_plan(plan)
         names = segment_names(data, plan.names_offset)
+        refuse_decoding_ahead(plan, names, "cpu")
 
         def decode_segment(i: int):
             s = plan.segments[i]

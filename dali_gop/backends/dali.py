@@ -26,7 +26,7 @@ import numpy as np
 import nvtx
 
 from dali_gop.backends import DecodeBackend
-from dali_gop.backends._assemble import DecodeError, frames_shape
+from dali_gop.backends._assemble import DecodeError, frames_shape, refuse_decoding_ahead
 from dali_gop.store import DecodePlan, Request, decode_plan, segment_names
 
 
@@ -63,6 +63,7 @@ class CameraBuffers:
 
     def _split(self, data: np.ndarray, plan: DecodePlan) -> tuple[np.ndarray, ...]:
         names = segment_names(data, plan.names_offset)
+        refuse_decoding_ahead(plan, names, "dali")
         if any(r.stream is not None for r in plan.requests):
             raise DecodeError("the dali backend decodes every sample from its keyframe: build the "
                               "loader with stream_decoding=False")

@@ -14,9 +14,10 @@ its shape lets the GPU side check that the FIFO is in step.
 
 Decoders are made once per (thread, codec) and reused across iterations and epochs; each thread
 has its own CUDA stream, and DALI's stream waits on events, so there is no device-wide
-synchronization. Frames leave the decoder by one driver-API device copy each (PyNvVideoCodec
-reuses its output buffer at the next ``Decode``): wrapping every frame in a tensor first cost
-more than half of NVDEC's throughput (docs/gpu-results.md).
+synchronization. Frames leave the decoder by driver-API device copies from their plane pointers,
+one call per ``Decode`` call (PyNvVideoCodec reuses its output buffers at the next ``Decode``):
+wrapping every frame in a tensor first cost more than half of NVDEC's throughput
+(docs/gpu-results.md).
 """
 from __future__ import annotations
 
