@@ -174,10 +174,11 @@ class GopSource:
         own = [] if self._decoded_ahead(epoch, position) else \
             [self._request(epoch, position, camera) for camera in cameras]
         ahead, ahead_key = [], -1
-        target = self._locate(epoch, position + self.decode_ahead * self.batch_size)
-        if self.decode_ahead and self._decoded_ahead(*target):
-            ahead = [self._request(*target, camera) for camera in cameras]
-            ahead_key = self._key(*target)
+        target = position + self.decode_ahead * self.batch_size
+        if self.decode_ahead and self._decoded_ahead(epoch, target):
+            target_epoch, target = self._locate(epoch, target)
+            ahead = [self._request(target_epoch, target, camera) for camera in cameras]
+            ahead_key = self._key(target_epoch, target)
         read = dataclasses.replace(self.store.read(own + ahead),
                                    kept_key=-1 if own else self._key(epoch, position),
                                    ahead_key=ahead_key, ahead_from=len(own))
@@ -200,8 +201,8 @@ class GopSource:
         if epoch == 0 and position < self.decode_ahead * self.batch_size:
             return False
         slot = self.samples(epoch)[position].slot
-        return not self.stream_decoding or all(
-            self._slot_gop(epoch, position, slot, camera) is None for camera in self.dataset.cameras)
+        return not self.stream_decoding or all(self._slot_gop(epoch, position, slot, camera) is None
+                                               for camera in self.dataset.cameras)
 
     def _request(self, epoch: int, position: int, camera: str) -> ReadRequest:
         """A stream step when the sample belongs to a slot and sits in one GOP, else plain."""

@@ -137,6 +137,16 @@ class DecodePlan:
     ahead_key: int = -1
     ahead_from: int = 0
 
+    @property
+    def own_requests(self) -> tuple[Request, ...]:
+        """The sample's own requests (none when its frames were decoded ahead)."""
+        return self.requests[:self.ahead_from]
+
+    @property
+    def ahead_requests(self) -> tuple[Request, ...]:
+        """The requests of the sample ``ahead_key``, to decode now and keep."""
+        return self.requests[self.ahead_from:]
+
 
 def decode_plan(plan: np.ndarray) -> DecodePlan:
     """Inverse of :meth:`SampleRead.encode_plan`. Runs in DALI's thread for every sample, so it

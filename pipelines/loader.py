@@ -184,13 +184,14 @@ def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend
     ``sequence`` (``sequence_length`` frames ``stride`` apart). ``batch_size`` is the seed's
     ``group_num``: samples (clips) per batch, each with every camera. ``backend``: ``auto``,
     ``nvdec``, ``dali`` or ``cpu``. ``stream_lead``: how many batches before a stream slot reaches a
-    GOP it is sent to the decoder (the first slot; later ones down to about half of it, staggered
-    so that their sends do not come in bursts); about one GOP keeps NVDEC busy across GOP
-    boundaries, and each slot and camera then keeps up to two decoded GOPs (RGB: GOP x H x W x 3 bytes each) on the
-    GPU. ``decode_ahead``: how many batches before its turn a sample that is no stream step (random
-    and sequence access) is decoded (``nvdec`` only; its frames wait on the GPU), so that NVDEC has
-    work queued past the batch DALI is handing on; 0: decode each batch in its turn. ``device_id`` defaults to LOCAL_RANK (torchrun) or 0 on the GPU,
-    and is ignored by the ``cpu`` backend, whose pipeline runs without a GPU.
+    GOP it is sent to the decoder (the first slot; later ones down to about half of it, staggered so
+    that their sends do not come in bursts); about one GOP keeps NVDEC busy across GOP boundaries,
+    and each slot and camera then keeps up to two decoded GOPs (RGB: GOP x H x W x 3 bytes each) on
+    the GPU. ``decode_ahead``: how many batches before its turn a sample that is no stream step
+    (random and sequence access) is decoded (``nvdec`` only; its frames wait on the GPU), so that
+    NVDEC has work queued past the batch DALI is handing on; 0: decode each batch in its turn.
+    ``device_id`` defaults to LOCAL_RANK (torchrun) or 0 on the GPU, and is ignored by the ``cpu``
+    backend, whose pipeline runs without a GPU.
     """
     if last_batch_policy not in LAST_BATCH_POLICIES:
         raise ValueError(f"last_batch_policy {last_batch_policy!r}: choose one of {LAST_BATCH_POLICIES}")
@@ -200,15 +201,15 @@ def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend
     options = {"sequence": dict(length=sequence_length, stride=stride, random_starts=random_starts),
                "random": dict(samples_per_epoch=samples_per_epoch)}.get(pattern, {})
     access = pattern_from_name(pattern, **options)
+    decoder = get_backend(backend, color=color, **(backend_options or {}))
+    # the source plans only what the backend can do: a backend without decoder state decodes every
+    # sample from its keyframe, and only nvdec keeps frames decoded ahead
     source = GopSource(dataset, access, batch_size=batch_size, seed=seed, shard_id=shard_id,
                        num_shards=num_shards, fix_gop_size=fix_gop_size,
-                       verify_checksums=verify_checksums, stream_decoding=stream_decoding,
+                       verify_checksums=verify_checksums,
+                       stream_decoding=stream_decoding and decoder.stateful,
                        persistent_index=persistent_index, stream_lead=stream_lead,
-                       decode_ahead=decode_ahead)
-    decoder = get_backend(backend, color=color, **(backend_options or {}))
-    # a backend without decoder state decodes every sample from its keyframe
-    source.stream_decoding = source.stream_decoding and decoder.stateful
-    source.decode_ahead = source.decode_ahead if decoder.decodes_ahead else 0
+                       decode_ahead=decode_ahead if decoder.decodes_ahead else 0)
     decoder.check_videos(source.store, [f"{clip}/{camera}" for clip in dataset.clips
                                          for camera in dataset.cameras])
     if decoder.device == "cpu":

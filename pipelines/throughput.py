@@ -22,12 +22,12 @@ measures (``--skip`` leaves groups out):
 (reader and pynvc run in pipelines/baselines.py.)
 
 Frames are counted as delivered after warm-up batches (loader: samples x cameras x T per batch;
-readers.video: frames in each batch). The dali-gop stream row times ``--stream_epochs`` whole
-epochs after a first one untimed: a training run's steady state, epoch boundaries included (the
-first epoch also pays for the caching allocator's first blocks and the decoders' creation); one
-epoch of the default set is under 2 s, too short to time alone. "CPU cores" is process CPU
-time (this process and its DALI workers) over wall time; "peak GPU MiB" is device memory in use
-(all allocators) above the measurement's start. Under torchrun each rank measures its own shard on its own GPU (LOCAL_RANK),
+readers.video: frames in each batch). The dali-gop stream row times ``--stream_epochs`` whole epochs
+after a first one untimed: a training run's steady state, epoch boundaries included (the first epoch
+also pays for the caching allocator's first blocks and the decoders' creation); one epoch of the
+default set is under 2 s, too short to time alone. "CPU cores" is process CPU time (this process and
+its DALI workers) over wall time; "peak GPU MiB" is device memory in use (all allocators) above the
+measurement's start. Under torchrun each rank measures its own shard on its own GPU (LOCAL_RANK),
 all ranks at once; rank 0 prints per-rank and summed figures and writes the JSON and the chart.
 """
 from __future__ import annotations

@@ -4,7 +4,6 @@ Run on the GPU machine after the benchmark set exists:
 Prints frames/s for whole-GOP and GOP-prefix decodes: packet by packet vs one Decode call per
 segment, thread counts, and what keeping each frame costs (wrap, clone, or one device copy).
 (The low-latency rows of docs/logs/decode-modes-* came from an earlier version of this script.)"""
-import ctypes
 import random
 import sys
 import threading
@@ -29,36 +28,6 @@ def load(gop_root):
             read = store.read([(video, [gop.end - 1])])
             work.append((index.codec, read.data, read.segments[0]))
     return work
-
-
-class _BatchCopier:
-    """cuMemcpyBatchAsync (CUDA 12.8 ABI, through ctypes.CDLL, which drops the GIL): the frames one
-    ``Decode`` call returned, copied by one driver call."""
-
-    class Location(ctypes.Structure):
-        _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
-
-    def __init__(self, device=0):
-        Location = self.Location
-
-        class Attributes(ctypes.Structure):
-            _fields_ = [("srcAccessOrder", ctypes.c_int), ("srcLocHint", Location),
-                        ("dstLocHint", Location), ("flags", ctypes.c_uint)]
-        self.call = ctypes.CDLL("libcuda.so.1").cuMemcpyBatchAsync
-        self.call.restype = ctypes.c_int
-        # 1: CU_MEMCPY_SRC_ACCESS_ORDER_STREAM; 1: CU_MEM_LOCATION_TYPE_DEVICE
-        self.attrs = Attributes(1, Location(1, device), Location(1, device), 0)
-        self.index = (ctypes.c_size_t * 1)(0)
-
-    def copy(self, dsts, srcs, nbytes, stream):
-        n = len(dsts)
-        sizes = (ctypes.c_size_t * n)(*([nbytes] * n))
-        fail = ctypes.c_size_t(0)
-        status = self.call((ctypes.c_uint64 * n)(*dsts), (ctypes.c_uint64 * n)(*srcs), sizes,
-                           ctypes.c_size_t(n), ctypes.byref(self.attrs), self.index,
-                           ctypes.c_size_t(1), ctypes.byref(fail), ctypes.c_void_p(stream))
-        if status:
-            raise RuntimeError(f"cuMemcpyBatchAsync failed: CUDA error {status}")
 
 
 class _Cai:
@@ -116,12 +85,12 @@ def run(label, work, threads, *, depth=None, keep="clone", feed="packets", low=F
                     decoded.record(local.stream)
                     local.copy_stream.wait_event(decoded)
                     copier.copy(local.buffer.data_ptr(), frame.GetPtrToPlane(0),
-                                       local.buffer.numel(), local.copy_stream.cuda_stream)
+                                local.buffer.numel(), local.copy_stream.cuda_stream)
                     local.pending = True
                 else:
                     copier.copy(local.buffer.data_ptr(), frame.GetPtrToPlane(0),
-                                       0 if keep == "memcpy0" else local.buffer.numel(),
-                                       local.stream.cuda_stream)
+                                0 if keep == "memcpy0" else local.buffer.numel(),
+                                local.stream.cuda_stream)
 
         if keep == "batch":
             return decode_batched(local, packets_of(data, segment, feed), segment, d)
@@ -141,9 +110,9 @@ def run(label, work, threads, *, depth=None, keep="clone", feed="packets", low=F
 
     def decode_batched(local, packets, segment, d):
         if not hasattr(local, "batch"):
-            local.batch = _BatchCopier()
-            local.buffers = torch.empty((segment.num_outputs + 2, 900 * 1600 * 3), dtype=torch.uint8,
-                                        device="cuda")
+            local.batch = CudaDriver(hold_gil=False)   # drops the GIL, as the operator's threads do
+            local.buffers = torch.empty((segment.num_outputs + 2, 900 * 1600 * 3),
+                                        dtype=torch.uint8, device="cuda")
         position = 0
         with torch.cuda.stream(local.stream):
             for packet in packets + [None]:
@@ -153,8 +122,8 @@ def run(label, work, threads, *, depth=None, keep="clone", feed="packets", low=F
                     base = local.buffers.data_ptr()
                     dsts = [base + ((position + i) % local.buffers.shape[0]) * nbytes
                             for i in range(len(frames))]
-                    local.batch.copy(dsts, [f.GetPtrToPlane(0) for f in frames], nbytes,
-                                     local.stream.cuda_stream)
+                    local.batch.copy_many(dsts, [f.GetPtrToPlane(0) for f in frames],
+                                          [nbytes] * len(dsts), local.stream.cuda_stream, 0)
                     position += len(frames)
         return position
 

@@ -140,7 +140,8 @@ def test_stream_source_sends_each_gop_once_ahead_and_keeps_little(stores, batch_
     slots' bookkeeping: every pick finds its GOP, no GOP is sent while its slot still keeps it, each
     send comes exactly its slot's lead (``lead`` for slot 0, less for later ones: staggered) steps
     before the slot picks from it (from the slot's very first step on, also across epoch
-    boundaries), and a slot keeps at most the GOPs its next ``lead`` steps need. (The worker never asks the decoder: all of this follows from the samples.)"""
+    boundaries), and a slot keeps at most the GOPs its next ``lead`` steps need. (The worker never
+    asks the decoder: all of this follows from the samples.)"""
     from dali_gop.backends._assemble import KeptGops
     from dali_gop.store import decode_plan
     gop_root, _ = stores("hevc-open-gop")

@@ -542,22 +542,19 @@ class NvdecBatchDecoder:
         # allocated on DALI's stream, which reads them last: a block freed and reused is then
         # written only after DALI's reads (the decode threads wait for ``allocated``)
         with torch.cuda.stream(dali_stream):
-            fresh = self._allocate([decoded[i].requests[:decoded[i].ahead_from] for i in now],
-                                   [names[i] for i in now])
-            later = self._allocate([decoded[i].requests[decoded[i].ahead_from:] for i in ahead],
+            fresh = self._allocate([decoded[i].own_requests for i in now], [names[i] for i in now])
+            later = self._allocate([decoded[i].ahead_requests for i in ahead],
                                    [names[i] for i in ahead])
         allocated = _DriverEvent(self._driver, dali_stream.cuda_stream)
         for i, out in zip(now, fresh):
             job.outputs[i] = out
-            plan = decoded[i]
-            tasks += self._plan_tasks(datas[i], plan, names[i], plan.requests[:plan.ahead_from],
+            tasks += self._plan_tasks(datas[i], decoded[i], names[i], decoded[i].own_requests,
                                       out, job, sends)
         ahead_tasks = []
         for i, out in zip(ahead, later):
-            plan = decoded[i]
-            mine = self._plan_tasks(datas[i], plan, names[i], plan.requests[plan.ahead_from:],
+            mine = self._plan_tasks(datas[i], decoded[i], names[i], decoded[i].ahead_requests,
                                     out, job, sends)
-            ahead_tasks.append((plan.ahead_key, out, mine))
+            ahead_tasks.append((decoded[i].ahead_key, out, mine))
         tasks.sort(key=lambda t: -t[1].size)     # longest first: the batch ends sooner
         job.futures += [self._submit(self._decode_segment, *t, device_id, allocated)
                         for t in tasks]
@@ -595,8 +592,9 @@ class NvdecBatchDecoder:
                 job.errors.append(e)
                 continue
             try:
-                job.stream_picks += [(gop, gop.check_pick(position, frame_shape), first + t * nbytes)
-                                     for t, (_, position) in enumerate(request.picks)]
+                job.stream_picks += [
+                    (gop, gop.check_pick(position, frame_shape), first + t * nbytes)
+                    for t, (_, position) in enumerate(request.picks)]
             except DecodeError as e:
                 job.errors.append(e)
         return [(data, plan.segments[segment], name_list[segment], targets, frame_shape)
