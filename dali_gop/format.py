@@ -21,15 +21,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from dali_gop.errors import FormatError
+
 FORMAT_VERSION = 1
 INDEX_FILENAME = ".gop_index.json"
 MANIFEST_FILENAME = "manifest.json"
 SUPPORTED_CODECS = ("h264", "hevc")
 _BIN_RE = re.compile(r"^gop\.(\d+)\.(\d+)\.bin$")
-
-
-class FormatError(ValueError):
-    """Something on disk is not what the format promises. The message names the file."""
 
 
 def bin_filename(start: int, count: int) -> str:

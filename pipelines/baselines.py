@@ -61,7 +61,7 @@ def pynvc_stream(paths: list[Path], codec: str, threads: int, device: int):
     import PyNvVideoCodec as nvc
     import torch
 
-    from dali_gop.backends.nvdec import create_decoder
+    from dali_gop.backends._nvdec import create_decoder
     local = threading.local()
 
     def decode(path: Path) -> int:

@@ -47,7 +47,7 @@ from typing import Callable
 import numpy as np
 import nvtx
 
-from dali_gop.store import GopStore
+from dali_gop._store import GopStore
 from dali_gop.synthetic import add_dataset_arguments, dataset_name, dataset_options, make_dataset
 from pipelines.baselines import pynvc_random, pynvc_stream, reader_run, timed_in_threads
 from preprocess.runner import preprocess
@@ -160,14 +160,14 @@ def nvdec_ceiling(gop_root: Path, videos: list[str], threads: int, rgb: bool = T
                   limit: int | None = None, device: int = 0, feed: str = "packets"):
     import torch
 
-    from dali_gop.backends.nvdec import create_decoder, decode_packets, packets_of
+    from dali_gop.backends._nvdec import create_decoder, decode_packets, packets_of
     store = GopStore(gop_root)
     work = []
     for video in videos:
         index = store.index(video)
         for gop in index.gops:
             read = store.read([(video, [gop.end - 1])])
-            work.append((index.codec, read.data, read.segments[0]))
+            work.append((index.codec, read.data, read.plan.segments[0]))
     work = work[:limit]
     local = threading.local()
 
@@ -200,7 +200,7 @@ def loader_run(gop_root: Path, pattern: str, backend: str, group_num: int, worke
                num_shards: int = 1, **options):
     """``warmup`` batches (None: one epoch), then ``batches`` timed ones (None: ``epochs`` whole
     epochs), crossing epochs if need be. Frames: samples x cameras x T of each batch."""
-    from pipelines.loader import make_loader
+    from dali_gop._loader import make_loader
     loader = make_loader(gop_root, pattern=pattern, backend=backend, batch_size=group_num,
                          num_workers=workers, shard_id=shard_id, num_shards=num_shards, **options)
     try:
@@ -231,8 +231,8 @@ def _finished(frames) -> None:
 def mean_decode_depth(gop_root: Path, pattern: str, group_num: int, **options) -> float:
     """Frames NVDEC decodes per wanted frame when each request is decoded from its GOP start
     (the first 2,000 samples of epoch 0): the divisor of the ceiling in the random target."""
-    from dali_gop.sampling import pattern_from_name
-    from dali_gop.source import Dataset
+    from dali_gop.patterns import pattern_from_name
+    from dali_gop._source import Dataset
     dataset = Dataset.open(gop_root)
     store = GopStore(gop_root)
     access = pattern_from_name(pattern, **options)
@@ -346,7 +346,7 @@ def reader_rows(b: Bench) -> list[Result]:
 
 
 def pynvc_rows(b: Bench) -> list[Result]:
-    from dali_gop.source import Dataset
+    from dali_gop._source import Dataset
     a = b.args
     threads = max(a.threads)
     paths = [b.videos / rel for rel in b.my_videos]

@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     import torch
     import torch.distributed as dist
 
-    from pipelines.loader import make_loader
+    from dali_gop import SequencePattern, make_loader
     from preprocess.demo import make_demo_gop_store
     from preprocess.runner import preprocess
 
@@ -93,12 +93,13 @@ def main(argv=None) -> None:
     if world > 1:
         dist.barrier()   # the other ranks wait for rank 0's preprocessing
 
-    loader = make_loader(gop_root, pattern=args.pattern, backend=args.backend,
+    pattern = SequencePattern(args.sequence_length, args.stride) if args.pattern == "sequence" \
+        else args.pattern
+    loader = make_loader(gop_root, pattern, backend=args.backend,
                          batch_size=args.group_num, num_workers=args.num_workers,
                          index_file=args.index_file, fix_gop_size=args.fix_gop_size,
                          cameras=args.cameras.split(",") if args.cameras else None,
                          persistent_index=args.use_persistent_index, seed=args.seed,
-                         sequence_length=args.sequence_length, stride=args.stride,
                          resize=tuple(args.resize))
     model = TinyVideoNet(len(loader.cameras)).to(device)
     if world > 1:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dali_gop import format as fmt
 from dali_gop.reference import decode_annexb
-from dali_gop.store import GopStore
+from dali_gop._store import GopStore
 from dali_gop.synthetic import make_dataset, read_frame_number
 from preprocess.runner import preprocess
 
@@ -52,9 +52,9 @@ def show(gops: Path) -> None:
         frame = rng.randrange(clips[clip])
         read = store.read([(f"{clip}/{cam}", [frame]) for cam in manifest.cameras[clip]])
         shown = []
-        for request in read.requests:
+        for request in read.plan.requests:
             (segment, position), = request.picks
-            s = read.segments[segment]
+            s = read.plan.segments[segment]
             image = decode_annexb(index.codec, read.data[s.offset:s.offset + s.size],
                                   s.packet_sizes, pixel_format="rgb24")[position]
             shown.append(read_frame_number(image))

@@ -13,8 +13,8 @@ import torch
 
 import numpy as np
 
-from dali_gop.backends.nvdec import _packet, create_decoder, decode_packets, packets_of
-from dali_gop.store import GopStore
+from dali_gop.backends._nvdec import _packet, create_decoder, decode_packets, packets_of
+from dali_gop._store import GopStore
 from pipelines.baselines import timed_in_threads
 
 
@@ -26,7 +26,7 @@ def load(gop_root):
         index = store.index(video)
         for gop in index.gops:
             read = store.read([(video, [gop.end - 1])])
-            work.append((index.codec, read.data, read.segments[0]))
+            work.append((index.codec, read.data, read.plan.segments[0]))
     return work
 
 
@@ -49,7 +49,7 @@ def run(label, work, threads, *, depth=None, keep="clone", feed="packets", low=F
     for the copies only at the end of the GOP).
     ``low``: low-latency decoders, no flush when all fed frames came out (the bench set has no
     B-frames, so its packets decode in display order)."""
-    from dali_gop.backends.nvdec import CudaDriver
+    from dali_gop.backends._nvdec import CudaDriver
     copier = CudaDriver(hold_gil=True)   # as the operator's copies were when this was measured
     local = threading.local()
     rng = random.Random(0)

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from dali_gop.backends import nvdec
+from dali_gop.backends import _nvdec as nvdec
 from pipelines.throughput import process_cpu_seconds
 
 EVENTS: dict[str, list] = collections.defaultdict(list)
@@ -136,7 +136,7 @@ def parse(variant: str) -> tuple[str, dict]:
 
 
 def make(gops, pattern: str, o: dict):
-    from pipelines.loader import make_loader
+    from dali_gop._loader import make_loader
     nodecode = pattern.startswith("nodecode-")
     if nodecode:
         pattern = pattern.split("-", 1)[1]

@@ -78,7 +78,7 @@ def store_factory(tmp_path_factory, datasets: dict, pixel_formats=("rgb24",), **
 
 def cpu_loader(gop_root, **options):
     """A loader on the cpu backend, small batches, one shard: the CI-sized default."""
-    from pipelines.loader import make_loader
+    from dali_gop import make_loader
     options = {"backend": "cpu", "batch_size": 2, "num_workers": 2, "shard_id": 0, "num_shards": 1,
                **options}
     return make_loader(gop_root, **options)
@@ -88,7 +88,7 @@ def cpu_loader(gop_root, **options):
 def loaders():
     """``make_loader`` for one test: every loader it made is closed when the test ends (the GPU
     tests make dozens, and each holds its NVDEC sessions until closed)."""
-    from pipelines.loader import make_loader
+    from dali_gop import make_loader
     made = []
 
     def make(*args, **options):

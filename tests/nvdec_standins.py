@@ -9,7 +9,7 @@ import types
 
 import numpy as np
 
-from dali_gop.backends.nvdec import CudaDriver
+from dali_gop.backends._cuda import CudaDriver
 
 
 class StandInFrame:
@@ -98,7 +98,7 @@ def install(monkeypatch) -> None:
     import torch
     from nvidia.dali import python_function_plugin
 
-    from dali_gop.backends import nvdec
+    from dali_gop.backends import _nvdec as nvdec
 
     standin_nvc = types.SimpleNamespace(
         PacketData=_PacketData, cudaVideoCodec=types.SimpleNamespace(H264="h264", HEVC="hevc"),

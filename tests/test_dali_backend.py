@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 
 from dali_gop.reference import decode_annexb
-from dali_gop.sampling import pattern_from_name
-from dali_gop.source import Dataset, GopSource
-from dali_gop.store import GopStore, ReadRequest, decode_plan
+from dali_gop.patterns import pattern_from_name
+from dali_gop._source import Dataset, GopSource
+from dali_gop._store import GopStore, ReadRequest
+from dali_gop.plan import Plan
 from conftest import store_factory
 
 pytest.importorskip("nvidia.dali")
-from dali_gop.backends.dali import CameraBuffers, DaliBackend, camera_buffer  # noqa: E402
-from pipelines.pipeline import build_pipeline  # noqa: E402
+from dali_gop.backends._dali import CameraBuffers, DaliBackend, camera_buffer  # noqa: E402
+from dali_gop._pipeline import build_pipeline  # noqa: E402
 
 DATASETS = {
     "h264": dict(codec="h264"),
@@ -104,7 +105,7 @@ def test_positions_follow_the_segments_before(stores):
     gop_root, _ = stores("h264-bframes-open-gop")
     store = GopStore(gop_root)
     read = store.read([ReadRequest("clip000/cam0.mp4", (9, 10, 25))])
-    plan = decode_plan(read.encode_plan())
+    plan = Plan.from_array(read.plan.to_array())
     buffer, positions = camera_buffer(read.data, plan, plan.requests[0])
     sizes = [s.num_outputs for s in plan.segments]
     assert len(plan.segments) == 3
@@ -124,7 +125,7 @@ def test_stream_steps_are_refused_with_the_fix(stores):
 def test_plans_decoded_ahead_are_refused_by_the_backends_that_cannot(stores):
     """A sample decoded ahead carries another sample's requests: cpu and dali would decode
     those as its own frames."""
-    from dali_gop.backends.cpu import CpuSampleDecoder
+    from dali_gop.backends._cpu import CpuSampleDecoder
     gop_root, _ = stores("h264")
     dataset = Dataset.open(gop_root)
     source = GopSource(dataset, pattern_from_name("random"), batch_size=2, decode_ahead=1)

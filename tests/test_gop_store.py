@@ -12,7 +12,8 @@ import pytest
 
 from dali_gop import format as fmt
 from dali_gop.reference import decode_annexb, decode_source
-from dali_gop.store import GopStore, decode_plan
+from dali_gop._store import GopStore
+from dali_gop.plan import Plan
 from preprocess.runner import write_manifest
 from preprocess.writer import VideoError, write_video
 
@@ -119,9 +120,9 @@ def test_lookup_finds_every_frame(case_store, name):
 
 
 def decode_read(read, codec):
-    plan = decode_plan(read.encode_plan())
+    plan = Plan.from_array(read.plan.to_array())
     segments, requests = plan.segments, plan.requests
-    assert (segments, requests, plan.names_offset) == (read.segments, read.requests, read.names_offset)
+    assert (segments, requests, plan.names_offset) == (read.plan.segments, read.plan.requests, read.plan.names_offset)
     decoded = []
     for s in segments:
         frames = decode_annexb(codec, read.data[s.offset:s.offset + s.size], s.packet_sizes)
@@ -146,8 +147,8 @@ def test_read_stops_after_the_last_needed_frame(case_store):
     store, rel, index, _ = case_store("hevc")
     gop = index.gops[1]
     read = store.read([(rel, [gop.start])])
-    assert read.segments[0].packet_sizes == gop.packet_sizes[:1]
-    assert read.names_offset == gop.packet_sizes[0]
+    assert read.plan.segments[0].packet_sizes == gop.packet_sizes[:1]
+    assert read.plan.names_offset == gop.packet_sizes[0]
     assert read.segment_names() == [str(store.gop_root / rel / gop.file)]
 
 
@@ -161,7 +162,7 @@ def test_fixed_gop_fast_path_reads_no_index(video_cache, tmp_path):
     store = GopStore(gop_root, fix_gop_size=12)
     requests = [[0], [13], [39], [11, 12, 36]]
     read = store.read([(rel, f) for f in requests])
-    assert all(s.packet_sizes is None for s in read.segments)
+    assert all(s.packet_sizes is None for s in read.plan.segments)
     for frames, got in zip(requests, decode_read(read, index.codec)):
         for k, image in zip(frames, got):
             assert np.array_equal(image, reference[k]), f"frame {k}"
@@ -230,40 +231,40 @@ def test_corrupt_index_json_is_named(case_store, tmp_path):
 
 
 def test_plan_roundtrip():
-    from dali_gop.store import Request, SampleRead, Segment, StreamSend, StreamStep
-    read = SampleRead(np.frombuffer(b"0123456789a/b\nc/d", np.uint8),
-                      (Segment(0, 4, (1, 3), 12, 2, "hevc"), Segment(4, 6, None, 0, 5, "h264")),
-                      (Request("hevc", 320, 180, ((0, 1), (1, 4))),
-                       Request("h264", 64, 48, ((-1, 3),),
-                               StreamStep(5, 2**32 - 1, 30, True, False, (StreamSend(1, 7, 60),)))),
-                      10)
-    plan = decode_plan(read.encode_plan())
-    assert (plan.segments, plan.requests) == (read.segments, read.requests)
-    assert read.segment_names() == ["a/b", "c/d"]
+    from dali_gop.plan import Plan, Request, Segment, StreamSend, StreamStep
+    from dali_gop.plan import segment_names
+    data = np.frombuffer(b"0123456789a/b\nc/d", np.uint8)
+    sent = Plan(10, (Segment(0, 4, (1, 3), 12, 2, "hevc"), Segment(4, 6, None, 0, 5, "h264")),
+                (Request("hevc", 320, 180, ((0, 1), (1, 4))),
+                 Request("h264", 64, 48, ((-1, 3),),
+                         StreamStep(5, 2**32 - 1, 30, True, False, (StreamSend(1, 7, 60),)))))
+    plan = Plan.from_array(sent.to_array())
+    assert (plan.segments, plan.requests) == (sent.segments, sent.requests)
+    assert segment_names(data, plan.names_offset) == ["a/b", "c/d"]
 
 
 def test_stream_reads_send_whole_gops_and_pick_from_kept_ones(case_store):
     store, rel, index, reference = case_store("hevc-bframes")
-    from dali_gop.store import ReadRequest
+    from dali_gop._store import ReadRequest
     gop, after = index.gops[1], index.gops[2]
     first = store.read([ReadRequest(rel, (gop.start + 2,), stream_slot=3,
                                     stream_sends=((rel, gop.start), (rel, after.start)),
                                     stream_restart=True)])
-    (request,) = first.requests
+    (request,) = first.plan.requests
     step = request.stream
     assert step.restart and not step.release and step.gop_start == gop.start
     assert [s.gop_start for s in step.sends] == [gop.start, after.start]
     assert request.picks == ((-1, 2),)
     for send, whole in zip(step.sends, (gop, after)):
-        segment = first.segments[send.segment]
+        segment = first.plan.segments[send.segment]
         assert segment.codec == index.codec and segment.num_outputs >= whole.count
         frames = decode_annexb(segment.codec, first.data[segment.offset:segment.offset + segment.size],
                                segment.packet_sizes)
         assert all(np.array_equal(f, reference[whole.start + i])
                    for i, f in enumerate(frames[:whole.count]))
     later = store.read([ReadRequest(rel, (gop.start + 5,), stream_slot=3, stream_release=True)])
-    assert later.names_offset == 0 and later.requests[0].picks == ((-1, 5),)
-    assert later.requests[0].stream.release and not later.requests[0].stream.sends
+    assert later.plan.names_offset == 0 and later.plan.requests[0].picks == ((-1, 5),)
+    assert later.plan.requests[0].stream.release and not later.plan.requests[0].stream.sends
     with pytest.raises(ValueError, match="no GOP starts at frame"):
         store.read([ReadRequest(rel, (gop.start,), stream_slot=0,
                                 stream_sends=((rel, gop.start + 1),))])

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from dali_gop import SequencePattern
 from conftest import assert_closest_to_own_frame, batch_frames, store_factory
 
 pytestmark = pytest.mark.gpu
@@ -40,8 +41,8 @@ def test_nvdec_planes_are_bit_exact(stores, name):
     """Before colour conversion NVDEC must give FFmpeg's YUV planes exactly, for every bin."""
     import torch
 
-    from dali_gop.backends.nvdec import create_decoder, decode_packets, packets_of
-    from dali_gop.store import GopStore
+    from dali_gop.backends._nvdec import create_decoder, decode_calls
+    from dali_gop._store import GopStore
     gop_root, reference = stores(name)
     store = GopStore(gop_root)
     stream = torch.cuda.Stream()
@@ -54,8 +55,9 @@ def test_nvdec_planes_are_bit_exact(stores, name):
             read = store.read([(rel, [gop.end - 1])])
             got = []
             with torch.cuda.stream(stream):
-                decode_packets(decoder, packets_of(read.data, read.segments[0]),
-                               lambda position, frame: got.append(torch.from_dlpack(frame).cpu().numpy()))
+                decode_calls(decoder, read.data, read.plan.segments[0],
+                             lambda first, frames: got.extend(torch.from_dlpack(frame).cpu().numpy()
+                                                              for frame in frames))
             assert len(got) >= gop.count
             for position, image in enumerate(got[:gop.count]):
                 k = gop.start + position
@@ -80,8 +82,8 @@ def check_rgb(batch, loader, reference):
     return worst
 
 
-PATTERNS = [("stream", {}), ("random", {}), ("sequence", dict(sequence_length=3, stride=2)),
-            ("sequence", dict(sequence_length=4, random_starts=True))]
+PATTERNS = [("stream", {}), ("random", {}), (SequencePattern(3, stride=2), {}),
+            (SequencePattern(4, random_starts=True), {})]
 
 
 @pytest.mark.parametrize("name", DATASETS)

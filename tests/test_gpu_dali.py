@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dali_gop import SequencePattern
 from conftest import assert_closest_to_own_frame, batch_frames, store_factory
 
 pytestmark = pytest.mark.gpu
@@ -78,8 +79,8 @@ def check_frames(batch, loader, reference) -> int:
     return worst
 
 
-PATTERNS = [("stream", {}), ("random", {}), ("sequence", dict(sequence_length=3, stride=5)),
-            ("sequence", dict(sequence_length=4, random_starts=True))]
+PATTERNS = [("stream", {}), ("random", {}), (SequencePattern(3, stride=5), {}),
+            (SequencePattern(4, random_starts=True), {})]
 
 
 @pytest.mark.parametrize("name", ["h264", "hevc"])

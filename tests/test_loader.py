@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from dali_gop import format as fmt
-from dali_gop.sampling import StreamPattern
-from dali_gop.source import Dataset, GopSource
+from dali_gop.patterns import RandomPattern, SequencePattern, StreamPattern
+from dali_gop._source import Dataset, GopSource
 from conftest import check_batch, cpu_loader, store_factory
 
 pytest.importorskip("nvidia.dali")
@@ -33,8 +33,8 @@ loader_for = cpu_loader
 @pytest.mark.parametrize("pattern, options", [
     ("stream", {}),
     ("random", {}),
-    ("sequence", dict(sequence_length=3, stride=2)),
-    ("sequence", dict(sequence_length=4, random_starts=True)),
+    (SequencePattern(3, stride=2), {}),
+    (SequencePattern(4, random_starts=True), {}),
 ])
 def test_cpu_loader_delivers_the_source_frames(stores, name, pattern, options):
     gop_root, reference = stores(name)
@@ -100,7 +100,7 @@ def test_stream_order_is_the_seeds(stores):
 def test_last_batch_policies(stores, policy, expected):
     gop_root, _ = stores("h264-open-gop")
     # 14 random samples over 2 ranks: 7 on rank 1, batches of 3 -> the last batch holds 1 sample
-    loader = loader_for(gop_root, pattern="random", batch_size=3, samples_per_epoch=14,
+    loader = loader_for(gop_root, pattern=RandomPattern(samples_per_epoch=14), batch_size=3,
                         shard_id=1, num_shards=2, last_batch_policy=policy)
     assert loader.source.shard_size() == 7
     for epoch in range(2):
@@ -143,7 +143,7 @@ def test_stream_source_sends_each_gop_once_ahead_and_keeps_little(stores, batch_
     boundaries), and a slot keeps at most the GOPs its next ``lead`` steps need. (The worker never
     asks the decoder: all of this follows from the samples.)"""
     from dali_gop.backends._assemble import KeptGops
-    from dali_gop.store import decode_plan
+    from dali_gop.plan import Plan
     gop_root, _ = stores("hevc-open-gop")
     source = GopSource(Dataset.open(gop_root), StreamPattern(), batch_size=batch_size,
                        stream_lead=lead)
@@ -160,7 +160,7 @@ def test_stream_source_sends_each_gop_once_ahead_and_keeps_little(stores, batch_
             if position % batch_size == 0 and position:
                 step_number += 1
             data, plan, *_ = source.read(position, epoch)
-            plan = decode_plan(plan)
+            plan = Plan.from_array(plan)
             for camera, request in enumerate(plan.requests):
                 step = request.stream
                 if step is None:
@@ -238,7 +238,7 @@ def test_the_kept_gop_bound_and_its_warning(stores):
     """Stream decoding keeps decoded GOPs on the GPU (36 GB at the benchmark's 16 slots x 6
     cameras): the loader estimates them and warns before they take half of the GPU."""
     import warnings
-    from pipelines.loader import _warn_if_kept_gops_crowd_the_gpu
+    from dali_gop._loader import _warn_if_kept_gops_crowd_the_gpu
     gop_root, _ = stores("hevc-open-gop")
     dataset = Dataset.open(gop_root)
     source = GopSource(dataset, StreamPattern(), batch_size=3, stream_lead=30)
@@ -250,7 +250,7 @@ def test_the_kept_gop_bound_and_its_warning(stores):
         expected += (-(-30 // min(counts[:-1])) + 2) * max(counts) * index.width * index.height * 3
     assert source.kept_gop_bytes() == 3 * expected > 0
     assert GopSource(dataset, StreamPattern(), batch_size=3, stream_decoding=False).kept_gop_bytes() == 0
-    from dali_gop.sampling import RandomPattern
+    from dali_gop.patterns import RandomPattern
     assert GopSource(dataset, RandomPattern(), batch_size=3).kept_gop_bytes() == 0
     with pytest.warns(ResourceWarning, match="stream_lead"):
         _warn_if_kept_gops_crowd_the_gpu(3 * 2**30, 0, total=4 * 2**30)

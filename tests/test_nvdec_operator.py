@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dali_gop.sampling import pattern_from_name
-from dali_gop.source import Dataset, GopSource
-from dali_gop.store import decode_plan
+from dali_gop.patterns import pattern_from_name
+from dali_gop._source import Dataset, GopSource
+from dali_gop.plan import Plan
 from conftest import store_factory
 
 pytest.importorskip("nvidia.dali")
@@ -30,7 +30,7 @@ def operator_batches(gop_root, pattern, batch_size, epochs=2, decode_ahead=0, **
     """(source outputs, frames) of every batch the operator returns, in order."""
     from torch.utils.dlpack import from_dlpack, to_dlpack
 
-    from dali_gop.backends.nvdec import BitstreamStash, NvdecBatchDecoder
+    from dali_gop.backends._nvdec import BitstreamStash, NvdecBatchDecoder
     source = GopSource(Dataset.open(gop_root), pattern_from_name(pattern, **options),
                        batch_size=batch_size, stream_lead=3, decode_ahead=decode_ahead)
     stash = BitstreamStash()
@@ -63,7 +63,7 @@ def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pat
     for batch, frames in operator_batches(gop_root, pattern, 3, decode_ahead=decode_ahead,
                                           **options):
         for (_, plan, frame_idx, clip, _), sample in zip(batch, frames):
-            kept += decode_plan(plan).kept_key >= 0
+            kept += Plan.from_array(plan).kept_key >= 0
             assert tuple(sample.shape) == (len(cameras), len(frame_idx), 96, 160, 3)
             for c, camera in enumerate(cameras):
                 rgb = reference[f"{clips[int(clip[0])]}/{camera}"]["rgb24"]
@@ -79,7 +79,7 @@ def test_a_batch_out_of_step_with_the_stash_is_refused(monkeypatch, stores):
     from torch.utils.dlpack import to_dlpack
 
     from dali_gop.backends._assemble import DecodeError
-    from dali_gop.backends.nvdec import BitstreamStash, NvdecBatchDecoder
+    from dali_gop.backends._nvdec import BitstreamStash, NvdecBatchDecoder
     from nvdec_standins import install
     install(monkeypatch)
     gop_root, _ = stores("h264")
@@ -98,7 +98,7 @@ def test_a_kept_gop_refuses_a_frame_of_another_shape(monkeypatch):
     from concurrent.futures import Future
 
     from dali_gop.backends._assemble import DecodeError
-    from dali_gop.backends.nvdec import DecodedGop
+    from dali_gop.backends._nvdec import DecodedGop
     from nvdec_standins import StandInDriver, install
     install(monkeypatch)
     gop = DecodedGop("clip/cam0.mp4/gop.0.3.bin", 3, (4, 6, 3))

@@ -26,10 +26,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from dali_gop.patterns import SequencePattern
 from dali_gop import format as fmt
 from dali_gop.reference import decode_source
-from dali_gop.store import (GopStore, ReadRequest, Request, SampleRead, Segment, StreamSend,
-                            StreamStep, decode_plan)
+from dali_gop._store import GopStore, ReadRequest, SampleRead
+from dali_gop.plan import Plan, Request, Segment, StreamSend, StreamStep
 from dali_gop.synthetic import make_dataset, make_video
 from preprocess.runner import preprocess
 from preprocess.writer import VideoError, _Packet, parameter_sets_annexb, split_gops, write_video
@@ -133,12 +134,12 @@ def test_flipped_bytes_are_caught_with_checksums(gops):
         GopStore(gops, verify_checksums=True).read([(VIDEO, [entry.end - 1])])
     # without checksums the bytes are delivered as they are: only the decoder can notice
     read = GopStore(gops).read([(VIDEO, [entry.end - 1])])
-    assert bytes(read.data[:read.names_offset]) == bytes(data)[:read.segments[0].size]
+    assert bytes(read.data[:read.plan.names_offset]) == bytes(data)[:read.plan.segments[0].size]
 
 
 def cpu_decode(read: SampleRead) -> np.ndarray:
-    from dali_gop.backends.cpu import CpuSampleDecoder
-    return CpuSampleDecoder()(read.data, read.encode_plan())
+    from dali_gop.backends._cpu import CpuSampleDecoder
+    return CpuSampleDecoder()(read.data, read.plan.to_array())
 
 
 def test_flipped_bytes_without_checksums_decode_to_garbage_or_a_decode_error(gops, reference):
@@ -228,8 +229,8 @@ def test_paths_outside_the_gop_root_are_refused(gops):
         with pytest.raises(fmt.FormatError, match="inside the GOP root"):
             fmt.video_gop_dir(gops, bad)
     # a manifest listing a clip '../x': the dataset opens, every read of it is refused
-    from dali_gop.sampling import StreamPattern
-    from dali_gop.source import Dataset, GopSource
+    from dali_gop.patterns import StreamPattern
+    from dali_gop._source import Dataset, GopSource
     manifest = fmt.read_manifest(gops)
     clips = manifest.video_dirs[next(iter(manifest.video_dirs))]
     clips["../x"] = clips.pop("clip001")
@@ -269,7 +270,7 @@ def test_cameras_of_different_sizes_fail_at_the_decoder_naming_the_file(uneven):
     read = GopStore(gops).read([("clip000/cam0.mp4", [3]), ("clip000/cam1.mp4", [3])])
     with pytest.raises(DecodeError, match=r"differ in size .*clip000/cam0.mp4/gop.0.8.bin"):
         cpu_decode(read)
-    loader = loader_for(gops, pattern="sequence", batch_size=1, sequence_length=2)
+    loader = loader_for(gops, pattern=SequencePattern(2), batch_size=1)
     with pytest.raises(Exception, match=r"DecodeError: cameras of one sample differ in size .*gop"):
         next(iter(loader))
 
@@ -725,8 +726,7 @@ requests = st.builds(Request, codec=st.sampled_from(["h264", "hevc"]), width=int
 @given(segs=st.lists(segments, max_size=4).map(tuple),
        reqs=st.lists(requests, max_size=4).map(tuple), names_offset=int64)
 def test_fuzz_decode_plan_round_trip(segs, reqs, names_offset):
-    read = SampleRead(np.zeros(0, np.uint8), segs, reqs, names_offset)
-    plan = decode_plan(read.encode_plan())
+    plan = Plan.from_array(Plan(names_offset, segs, reqs).to_array())
     assert (plan.names_offset, plan.segments, plan.requests) == (names_offset, segs, reqs)
 
 
@@ -778,14 +778,14 @@ def test_fuzz_bin_reader(fuzz_store, data):
             else:
                 assert mode == "checksums" and new != original and "checksum mismatch" in str(e)
             return
-        got = bytes(read.data[:read.names_offset])
+        got = bytes(read.data[:read.plan.names_offset])
         assert read.segment_names() == [str(path)]
         if mode == "fixed-gop":
             assert got == new   # no index: the whole file, whatever it holds
         else:
             assert len(new) == len(original)
             assert mode == "index" or new == original
-            assert got == new[:read.segments[0].size] and read.segments[0].size <= gop.size
+            assert got == new[:read.plan.segments[0].size] and read.plan.segments[0].size <= gop.size
     finally:
         path.write_bytes(original)
 

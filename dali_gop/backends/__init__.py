@@ -1,73 +1,10 @@
-"""Decode backends: one interface, chosen by name.
+"""Decode backends: one interface, chosen by name (``nvdec``, ``cpu``, ``dali``).
 
-A backend turns the worker's outputs (``data``: GOP bytes, ``plan``: int64 decode plan, see
-:mod:`dali_gop.store`) into a uint8 tensor of frames per sample, shaped (cameras, T, H, W, 3), inside
-a DALI pipeline graph. Backends import their heavy dependencies (PyNvVideoCodec, torch) only when
-built, so that choosing ``cpu`` never touches a GPU driver.
+A backend turns the worker's outputs (``data``: GOP bytes, ``plan``: a :class:`dali_gop.plan.Plan`
+as int64) into a uint8 tensor of frames per sample, shaped (cameras, T, H, W, 3), inside a DALI
+pipeline graph. Backends import their heavy dependencies (PyNvVideoCodec, torch) only when built,
+so that choosing ``cpu`` never touches a GPU driver.
 """
-from __future__ import annotations
+from dali_gop.backends._base import DecodeBackend, get_backend, gpu_available
 
-import subprocess
-from abc import ABC, abstractmethod
-
-
-class DecodeBackend(ABC):
-    """Adds the decode to the pipeline being defined (call inside ``pipeline_def``)."""
-
-    name: str = ""
-    device: str = "cpu"         # where the frames it returns live: "cpu" or "gpu"
-    # whether decoders keep their place between samples, so the loader may send stream steps
-    # (a GOP's bytes once per stream slot); a stateless backend needs stream_decoding=False
-    stateful: bool = True
-    # whether it keeps frames decoded ahead for later samples (GopSource.decode_ahead)
-    decodes_ahead: bool = False
-
-    def __init__(self, color: str = "RGB"):
-        if color not in ("RGB", "BGR"):
-            raise ValueError(f"color must be 'RGB' or 'BGR', not {color!r}")
-        self.color = color
-
-    def check_videos(self, store, videos) -> None:
-        """Refuse, before any decoding, videos this backend would decode wrong (default: none)."""
-
-    def bind(self, num_cameras: int) -> None:
-        """Called before :meth:`decode` with the cameras every sample holds; a backend whose graph
-        has one branch per camera keeps it."""
-
-    @abstractmethod
-    def decode(self, data, plan):
-        """DataNodes in, a DataNode of frames (cameras, T, H, W, 3) uint8 out."""
-
-
-def gpu_available() -> bool:
-    """An NVIDIA driver answers. Asked of nvidia-smi because PyNvVideoCodec cannot even be imported
-    without the driver."""
-    try:
-        subprocess.run(["nvidia-smi", "-L"], check=True, capture_output=True, timeout=20)
-        return True
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
-def get_backend(name: str = "auto", **options) -> DecodeBackend:
-    """``nvdec`` (PyNvVideoCodec on the GPU), ``dali`` (DALI's own ``fn.decoders.video`` on the
-    GPU, for comparison) or ``cpu`` (FFmpeg through PyAV); ``auto`` is ``nvdec`` when a GPU is
-    present, else ``cpu``."""
-    if name == "auto":
-        name = "nvdec" if gpu_available() else "cpu"
-    if name == "cpu":
-        from dali_gop.backends.cpu import CpuBackend
-        return CpuBackend(**options)
-    if name == "nvdec":
-        if not gpu_available():
-            raise RuntimeError("the 'nvdec' backend needs an NVIDIA GPU and driver (nvidia-smi found "
-                               "none); use backend='cpu' (or 'auto') on this machine")
-        from dali_gop.backends.nvdec import NvdecBackend
-        return NvdecBackend(**options)
-    if name == "dali":
-        if not gpu_available():
-            raise RuntimeError("the 'dali' backend needs an NVIDIA GPU and driver (nvidia-smi found "
-                               "none); use backend='cpu' (or 'auto') on this machine")
-        from dali_gop.backends.dali import DaliBackend
-        return DaliBackend(**options)
-    raise ValueError(f"unknown decode backend {name!r}: choose auto, nvdec, dali or cpu")
+__all__ = ["DecodeBackend", "get_backend", "gpu_available"]

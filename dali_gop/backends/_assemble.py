@@ -3,11 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from dali_gop.store import DecodePlan, Request, Segment, StreamSend, StreamStep
-
-
-class DecodeError(RuntimeError):
-    """A bin decoded to fewer frames than its index promises, or a stream slot lost its place."""
+from dali_gop.errors import DecodeError
+from dali_gop.plan import Plan, Request, Segment, StreamSend, StreamStep
 
 
 class KeptGops:
@@ -38,7 +35,7 @@ class KeptGops:
         return sum(len(k) for k in self._kept.values())
 
 
-def refuse_decoding_ahead(plan: DecodePlan, names: list[str], backend: str) -> None:
+def refuse_decoding_ahead(plan: Plan, names: list[str], backend: str) -> None:
     """A plan made for a backend that keeps frames decoded ahead: decoding its requests here would
     give another sample's frames."""
     if plan.kept_key >= 0 or plan.ahead_key >= 0:
@@ -70,7 +67,7 @@ def frames_shape(requests: Sequence[Request], names: list[str]) -> tuple[int, in
     return len(requests), len(requests[0].picks), height, width
 
 
-def pick_frames(plan: DecodePlan, decode_segment: Callable[[int], Sequence],
+def pick_frames(plan: Plan, decode_segment: Callable[[int], Sequence],
                 stream_frames: Callable[[int, Request], list]) -> list[list[Any]]:
     """Frames of every request, in order: ``decode_segment(i)`` decodes segment i once (a fresh
     decoder, flushed, its output count checked); ``stream_frames(camera, request)`` serves a

@@ -22,9 +22,8 @@ wrapping every frame in a tensor first cost more than half of NVDEC's throughput
 from __future__ import annotations
 
 import collections
-import ctypes
+import contextlib
 import math
-import os
 import queue
 import threading
 from concurrent.futures import Future
@@ -34,10 +33,12 @@ from typing import Callable, Sequence
 import numpy as np
 import nvtx
 
-from dali_gop.backends import DecodeBackend
+from dali_gop.backends._base import DecodeBackend
+from dali_gop.backends._cuda import CudaDriver, DriverEvent
 from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, check_position,
                                          frames_shape)
-from dali_gop.store import DecodePlan, Segment, decode_plan, segment_names
+from dali_gop.hooks import DecodeHook, nested
+from dali_gop.plan import Plan, Segment, segment_names
 
 DEFAULT_THREADS = 48   # GOP-prefix decodes gained up to 48 threads (docs/gpu-results.md)
 
@@ -47,17 +48,13 @@ def _nvc():
     return nvc
 
 
-def create_decoder(codec: str, stream_handle: int, device_id: int, *, rgb: bool = True,
-                   low_latency: bool = False):
-    """A PyNvVideoCodec decoder; ``low_latency`` outputs each frame as soon as it is decoded and
-    displayable (display delay 0) instead of holding a few back until more data or a flush."""
+def create_decoder(codec: str, stream_handle: int, device_id: int, *, rgb: bool = True):
+    """A PyNvVideoCodec decoder on ``stream_handle``, RGB out of NVDEC unless ``rgb`` is False."""
     nvc = _nvc()
     options = dict(gpuid=device_id, codec=getattr(nvc.cudaVideoCodec, {"h264": "H264", "hevc": "HEVC"}[codec]),
                    cudacontext=0, cudastream=stream_handle, usedevicememory=True)
     if rgb:
         options["outputColorType"] = nvc.OutputColorType.RGB
-    if low_latency:
-        options["latency"] = nvc.DisplayDecodeLatencyType.LOW
     return nvc.CreateDecoder(**options)
 
 
@@ -69,178 +66,48 @@ def _packet(buffer: np.ndarray | None):
     return packet
 
 
-FEEDS = ("segment", "packets")
-
-
-def packets_of(data: np.ndarray, segment: Segment, feed: str = "packets"):
-    """What to hand ``Decode``, as views of ``data``: the segment's packets one by one, or the
-    whole segment at once (``feed="segment"``, or when sizes are unknown). NVDEC's parser finds
-    the pictures in the Annex-B bytes either way; one call per segment spares the GIL dozens of
-    hand-overs per GOP (docs/gpu-results.md)."""
-    chunk = data[segment.offset:segment.offset + segment.size]
-    if feed == "segment" or segment.packet_sizes is None:
-        return [chunk]
-    bounds = np.cumsum((0,) + segment.packet_sizes)
-    return [chunk[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def decode_calls(decoder, packets, sink: Callable[[int, list], None],
-                 expected: int | None = None) -> int:
-    """Feed packets, calling ``sink(first_position, frames)`` with the frames each ``Decode`` call
-    output (display order) while they are valid (PyNvVideoCodec reuses its buffers at the next
-    ``Decode``); then flush, unless ``expected`` frames are out already (scripts/decode_modes.py: a
-    low-latency decoder fed packets in display order holds nothing back). Returns the frames
-    output."""
+def decode_calls(decoder, data: np.ndarray, segment: Segment,
+                 sink: Callable[[int, list], None]) -> int:
+    """Feed a segment in one ``Decode`` call, then flush, calling ``sink(first_position, frames)``
+    with the frames each call output (display order) while they are valid (PyNvVideoCodec reuses
+    its buffers at the next ``Decode``). One call per segment rather than per packet: NVDEC's
+    parser finds the pictures in the Annex-B bytes either way, and each call hands the GIL over.
+    Returns the frames output."""
     position = 0
-    for packet in packets:
+    for packet in (data[segment.offset:segment.offset + segment.size], None):
         frames = decoder.Decode(_packet(packet))
         if frames:
             sink(position, frames)
             position += len(frames)
-    if expected is not None and position >= expected:
-        return position
-    frames = decoder.Decode(_packet(None))
-    if frames:
-        sink(position, frames)
-        position += len(frames)
     return position
 
 
-def decode_packets(decoder, packets, sink: Callable[[int, object], None],
-                   expected: int | None = None) -> int:
-    """:func:`decode_calls` with ``sink(position, frame)`` called frame by frame."""
-    def each(first, frames):
+def frame_sink(driver: CudaDriver, targets: Callable[[int], Sequence[int]], frame_shape: tuple[int, ...],
+               stream: int, device: int, name: str) -> Callable[[int, list], None]:
+    """A :func:`decode_calls` sink copying output ``position`` to each of
+    ``targets(position)`` (device pointers to dense ``frame_shape`` uint8 buffers) on
+    ``stream``: one driver call per ``Decode`` call."""
+    nbytes = math.prod(frame_shape)
+    checked = False
+
+    def sink(first, frames):
+        nonlocal checked
+        if not checked:
+            _check_frame(frames[0], frame_shape, name)
+            checked = True
+        destinations, sources = [], []
         for offset, frame in enumerate(frames):
-            sink(first + offset, frame)
-    return decode_calls(decoder, packets, each, expected)
+            pointers = targets(first + offset)
+            if pointers:
+                plane = frame.GetPtrToPlane(0)
+                for pointer in pointers:
+                    destinations.append(pointer)
+                    sources.append(plane)
+        if destinations:
+            driver.copy_many(destinations, sources, [nbytes] * len(destinations), stream,
+                           device)
 
-
-class CudaDriver:
-    """The CUDA driver calls the operator makes itself, through ctypes, on raw device pointers.
-
-    Two flavours, because the GIL is what runs short. DALI's thread keeps the GIL across its calls
-    (``hold_gil``: ``ctypes.PyDLL``): every hand-over costs it a re-acquisition of 1-2 ms while
-    dozens of decode threads want the GIL (docs/gpu-results.md). Decode threads drop it
-    (``ctypes.CDLL``): a driver call can wait for the context's locks while other threads' NVDEC
-    work holds them, and every Python thread would wait with it. ``torch.from_dlpack`` on a
-    PyNvVideoCodec frame costs ~190 us; a raw copy from its plane pointer ~1 us of CPU.
-    """
-
-    _EVENT_DISABLE_TIMING = 2
-    _LOCATION_DEVICE = 1
-    _ACCESS_ORDER_STREAM = 1
-
-    class _Location(ctypes.Structure):
-        _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
-
-    class _CopyAttributes(ctypes.Structure):
-        pass
-
-    _CopyAttributes._fields_ = [("srcAccessOrder", ctypes.c_int), ("srcLocHint", _Location),
-                                ("dstLocHint", _Location), ("flags", ctypes.c_uint)]
-
-    def __init__(self, hold_gil: bool):
-        lib = (ctypes.PyDLL if hold_gil else ctypes.CDLL)("libcuda.so.1")
-        u64, ptr, size = ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t
-        self._memcpy = self._bind(lib.cuMemcpyDtoDAsync_v2, u64, u64, size, ptr)
-        self._wait = self._bind(lib.cuStreamWaitEvent, ptr, ptr, ctypes.c_uint)
-        self._create = self._bind(lib.cuEventCreate, ctypes.POINTER(ptr), ctypes.c_uint)
-        self._record = self._bind(lib.cuEventRecord, ptr, ptr)
-        self._destroy = self._bind(lib.cuEventDestroy_v2, ptr)
-        # CUDA 12.8's ABI, which later drivers keep under this name; older drivers lack it
-        self._batch = getattr(lib, "cuMemcpyBatchAsync", None)
-        if self._batch is not None:
-            self._batch.restype = ctypes.c_int
-        self._attributes: dict[int, object] = {}
-
-    @staticmethod
-    def _bind(function, *argtypes):
-        function.argtypes, function.restype = list(argtypes), ctypes.c_int
-        return function
-
-    @staticmethod
-    def _check(status: int, call: str) -> None:
-        if status:
-            raise DecodeError(f"{call} failed with CUDA error {status}")
-
-    def copy(self, destination: int, source: int, nbytes: int, stream: int) -> None:
-        self._check(self._memcpy(destination, source, nbytes, stream), "cuMemcpyDtoDAsync")
-
-    def copy_many(self, destinations: Sequence[int], sources: Sequence[int],
-                  sizes: Sequence[int], stream: int, device: int) -> None:
-        """Device-to-device copies on ``stream``: one driver call where the driver has batches."""
-        count = len(destinations)
-        if count == 1 or self._batch is None:
-            for destination, source, nbytes in zip(destinations, sources, sizes):
-                self.copy(destination, source, nbytes, stream)
-            return
-        attributes = self._attributes.get(device)
-        if attributes is None:
-            where = self._Location(self._LOCATION_DEVICE, device)
-            attributes = self._attributes[device] = (
-                self._CopyAttributes(self._ACCESS_ORDER_STREAM, where, where, 0),
-                (ctypes.c_size_t * 1)(0))
-        failed = ctypes.c_size_t(0)
-        self._check(self._batch(
-            (ctypes.c_uint64 * count)(*destinations), (ctypes.c_uint64 * count)(*sources),
-            (ctypes.c_size_t * count)(*sizes), ctypes.c_size_t(count),
-            ctypes.byref(attributes[0]), attributes[1], ctypes.c_size_t(1), ctypes.byref(failed),
-            ctypes.c_void_p(stream)), "cuMemcpyBatchAsync")
-
-    def wait(self, stream: int, event: int) -> None:
-        """``stream`` waits for ``event`` (a CUevent, e.g. ``torch.cuda.Event.cuda_event``)."""
-        self._check(self._wait(stream, event, 0), "cuStreamWaitEvent")
-
-    def record(self, stream: int) -> int:
-        """A new event recorded on ``stream``; :meth:`destroy` it once no one waits for it."""
-        event = ctypes.c_void_p()
-        self._check(self._create(ctypes.byref(event), self._EVENT_DISABLE_TIMING), "cuEventCreate")
-        self._check(self._record(event, stream), "cuEventRecord")
-        return event.value
-
-    def destroy(self, event: int) -> None:
-        self._destroy(event)    # streams still waiting for it keep it alive in the driver
-
-    def frame_sink(self, targets: Callable[[int], Sequence[int]], frame_shape: tuple[int, ...],
-                   stream: int, device: int, name: str) -> Callable[[int, list], None]:
-        """A :func:`decode_calls` sink copying output ``position`` to each of
-        ``targets(position)`` (device pointers to dense ``frame_shape`` uint8 buffers) on
-        ``stream``: one driver call per ``Decode`` call."""
-        nbytes = math.prod(frame_shape)
-        checked = False
-
-        def sink(first, frames):
-            nonlocal checked
-            if not checked:
-                _check_frame(frames[0], frame_shape, name)
-                checked = True
-            destinations, sources = [], []
-            for offset, frame in enumerate(frames):
-                pointers = targets(first + offset)
-                if pointers:
-                    plane = frame.GetPtrToPlane(0)
-                    for pointer in pointers:
-                        destinations.append(pointer)
-                        sources.append(plane)
-            if destinations:
-                self.copy_many(destinations, sources, [nbytes] * len(destinations), stream,
-                               device)
-
-        return sink
-
-
-class _DriverEvent:
-    """An event recorded on a stream now, destroyed with the last task holding it."""
-
-    def __init__(self, driver: CudaDriver, stream: int):
-        self._driver = driver
-        self.handle = driver.record(stream)
-
-    def __del__(self):
-        try:
-            self._driver.destroy(self.handle)
-        except Exception:   # interpreter shutdown: the driver frees it with the context
-            pass
+    return sink
 
 
 def _check_frame(frame, frame_shape: tuple[int, ...], name: str) -> None:
@@ -271,6 +138,9 @@ class BitstreamStash:
         # DALI's input buffers live only during this call: keep copies
         self._batches.append(([np.array(d) for d in datas], [np.array(p) for p in plans]))
         return [np.array(p) for p in plans]
+
+    def __len__(self) -> int:
+        return len(self._batches)
 
     def take(self, wait: bool = True):
         """The oldest stashed batch; None if there is none and ``wait`` is False."""
@@ -389,7 +259,7 @@ class NvdecBatchDecoder:
     reach the operator some batches before their turn when the source decodes ahead
     (``GopSource.decode_ahead``): their frames are decoded into tensors kept until then, so the
     pool always has batches queued and NVDEC does not idle at batch barriers. Stream slots get
-    their GOPs some batches before they reach them (see :class:`dali_gop.source.GopSource`);
+    their GOPs some batches before they reach them (see :class:`dali_gop._source.GopSource`);
     each is decoded whole, once, in the background, and the slot's samples only copy frames out.
 
     The batch's Python runs in DALI's thread while dozens of decode threads want the GIL too, so
@@ -398,10 +268,8 @@ class NvdecBatchDecoder:
     """
 
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
-                 feed: str = "segment"):
-        if feed not in FEEDS:
-            raise ValueError(f"feed must be one of {FEEDS}, not {feed!r}")
-        self.feed = feed
+                 hooks: Sequence[DecodeHook] = ()):
+        self.hooks = tuple(hooks)
         self.stash = stash
         self.bgr = color == "BGR"
         self.threads = threads
@@ -460,8 +328,12 @@ class NvdecBatchDecoder:
 
     # -- the operator ---------------------------------------------------------------------------
     def __call__(self, plan_tokens):
-        with nvtx.annotate("decode (nvdec)", color="red"):
+        with nvtx.annotate("decode (nvdec)", color="red"), \
+                self._hooked("batch", len(self.stash)):
             return self._decode_batch(plan_tokens)
+
+    def _hooked(self, method: str, *args):
+        return nested(self.hooks, method, *args) if self.hooks else contextlib.nullcontext()
 
     def _decode_batch(self, plan_tokens):
         import torch
@@ -477,14 +349,16 @@ class NvdecBatchDecoder:
         if dali_stream is None:
             dali_stream = self._dali_streams[handle] = torch.cuda.ExternalStream(handle,
                                                                                  device=device_id)
-        job = self._pending.popleft() if self._pending else \
-            self._start(self.stash.take(), device_id, dali_stream)
-        while (upcoming := self.stash.take(wait=False)) is not None:
-            self._pending.append(self._start(upcoming, device_id, dali_stream))
+        with self._hooked("schedule"):
+            job = self._pending.popleft() if self._pending else \
+                self._start(self.stash.take(), device_id, dali_stream)
+            while (upcoming := self.stash.take(wait=False)) is not None:
+                self._pending.append(self._start(upcoming, device_id, dali_stream))
         if job.plan_shapes != shapes:
             raise DecodeError("nvdec: stashed bytes do not match this batch's plans (pipeline out "
                               "of step); rebuild the pipeline")
-        outputs = self._finish(job, handle, device_id)
+        with self._hooked("finish"):
+            outputs = self._finish(job, handle, device_id)
         if self.bgr:
             with torch.cuda.stream(dali_stream):
                 outputs = [out.flip(-1) for out in outputs]
@@ -523,7 +397,7 @@ class NvdecBatchDecoder:
         schedule the decodes, in batch order: the stream slots' bookkeeping relies on it."""
         import torch
         datas, plans = batch
-        decoded = [decode_plan(p) for p in plans]
+        decoded = [Plan.from_array(p) for p in plans]
         names = [segment_names(d, p.names_offset) for d, p in zip(datas, decoded)]
         job = _Job([p.shape for p in plans], [None] * len(plans))
         now = [i for i, plan in enumerate(decoded) if plan.kept_key < 0]
@@ -545,7 +419,7 @@ class NvdecBatchDecoder:
             fresh = self._allocate([decoded[i].own_requests for i in now], [names[i] for i in now])
             later = self._allocate([decoded[i].ahead_requests for i in ahead],
                                    [names[i] for i in ahead])
-        allocated = _DriverEvent(self._driver, dali_stream.cuda_stream)
+        allocated = DriverEvent(self._driver, dali_stream.cuda_stream)
         for i, out in zip(now, fresh):
             job.outputs[i] = out
             tasks += self._plan_tasks(datas[i], decoded[i], names[i], decoded[i].own_requests,
@@ -566,7 +440,7 @@ class NvdecBatchDecoder:
                                                           allocated) for t in mine])
         return job
 
-    def _plan_tasks(self, data, plan: DecodePlan, name_list: list[str], requests, out, job: _Job,
+    def _plan_tasks(self, data, plan: Plan, name_list: list[str], requests, out, job: _Job,
                     sends: list) -> list:
         """The segment decodes that fill ``out`` (cameras, T, H, W, 3) with ``requests``' frames;
         stream steps become picks of kept GOPs (``job.stream_picks``), and the GOPs they send new
@@ -614,7 +488,7 @@ class NvdecBatchDecoder:
         return [torch.empty(shape, dtype=torch.uint8, device="cuda") for shape in shapes]
 
     def _run_decoder(self, segment: Segment, name: str, data, targets, frame_shape, device_id: int,
-                     allocated: _DriverEvent | None):
+                     allocated: DriverEvent | None):
         """Pool thread: decode a segment from its keyframe on the thread's decoder, copying output
         ``position`` to the pointers ``targets(position)``; flush; return an event after it all."""
         import torch
@@ -623,9 +497,10 @@ class NvdecBatchDecoder:
         if allocated is not None:
             self._pool_driver.wait(stream, allocated.handle)
         decoder = self._decoder(state, segment.codec, device_id)
-        sink = self._pool_driver.frame_sink(targets, frame_shape, stream, device_id, name)
+        sink = frame_sink(self._pool_driver, targets, frame_shape, stream, device_id, name)
         try:
-            produced = decode_calls(decoder, packets_of(data, segment, self.feed), sink)
+            with self._hooked("decode", name, allocated is None):
+                produced = decode_calls(decoder, data, segment, sink)
         except Exception as e:
             state.decoders.pop(segment.codec, None)   # a decoder in an unknown state: not reused
             if isinstance(e, DecodeError):
@@ -637,7 +512,7 @@ class NvdecBatchDecoder:
         return done
 
     def _decode_segment(self, data, segment: Segment, name: str, targets, frame_shape,
-                        device_id: int, allocated: _DriverEvent):
+                        device_id: int, allocated: DriverEvent):
         """Pool thread: decode a GOP prefix, copying each wanted output to its pointers
         (``targets``: (position, pointer) pairs into output tensors)."""
         by_position = collections.defaultdict(list)
@@ -668,16 +543,17 @@ class NvdecBackend(DecodeBackend):
     device = "gpu"
     decodes_ahead = True
 
-    def __init__(self, color: str = "RGB", threads: int | None = None, feed: str | None = None):
+    def __init__(self, color: str = "RGB", threads: int = DEFAULT_THREADS,
+                 hooks: Sequence[DecodeHook] = ()):
         super().__init__(color)
-        self.threads = threads or int(os.environ.get("DALI_GOP_NVDEC_THREADS", DEFAULT_THREADS))
-        self.feed = feed or os.environ.get("DALI_GOP_NVDEC_FEED", "segment")
+        self.threads = threads
+        self.hooks = tuple(hooks)
         self.operators: list[NvdecBatchDecoder] = []
 
     def decode(self, data, plan):
         from nvidia.dali import fn
         stash = BitstreamStash()
-        operator = NvdecBatchDecoder(stash, self.color, self.threads, feed=self.feed)
+        operator = NvdecBatchDecoder(stash, self.color, self.threads, hooks=self.hooks)
         self.operators.append(operator)
         tokens = fn.python_function(data, plan, function=stash.put, batch_processing=True)
         # no stream sync before each call: the operator orders all its GPU work on DALI's stream

@@ -6,7 +6,6 @@ epoch, and returns the bytes the decoders need and the plan that tells them what
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -14,8 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from dali_gop import format as fmt
-from dali_gop.sampling import AccessPattern, SampleSpec
-from dali_gop.store import GopStore, ReadRequest
+from dali_gop.patterns import AccessPattern, SampleSpec
+from dali_gop._store import GopStore, ReadRequest
 
 #: what the callback returns, in this order (DALI's external_source with num_outputs=len(...))
 SOURCE_OUTPUTS = ("data", "plan", "frame_idx", "clip", "camera")
@@ -179,10 +178,9 @@ class GopSource:
             target_epoch, target = self._locate(epoch, target)
             ahead = [self._request(target_epoch, target, camera) for camera in cameras]
             ahead_key = self._key(target_epoch, target)
-        read = dataclasses.replace(self.store.read(own + ahead),
-                                   kept_key=-1 if own else self._key(epoch, position),
-                                   ahead_key=ahead_key, ahead_from=len(own))
-        return (read.data, read.encode_plan(), np.asarray(spec.frames, dtype=np.int64),
+        data, plan = self.store.read(own + ahead, kept_key=-1 if own else self._key(epoch, position),
+                                     ahead_key=ahead_key, ahead_from=len(own))
+        return (data, plan.to_array(), np.asarray(spec.frames, dtype=np.int64),
                 np.asarray([self._clip_index[spec.clip]], dtype=np.int64),
                 np.arange(len(self.dataset.cameras), dtype=np.int64))
 

@@ -1,7 +1,7 @@
 """The GOP store reader: which bytes a sample needs, and what a decoder must do with them.
 
-Workers call :meth:`GopStore.read` and ship the resulting :class:`SampleRead` (one byte buffer and
-one int64 plan) to the decode operator; decoders never see a file. Imports numpy and the format
+Workers call :meth:`GopStore.read` and ship the resulting bytes and :class:`dali_gop.plan.Plan` to
+the decode operator; decoders never see a file. Imports numpy and the format
 module only, so it runs in DALI's worker processes without CUDA.
 """
 from __future__ import annotations
@@ -10,177 +10,21 @@ import bisect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
 from dali_gop import format as fmt
+from dali_gop.plan import Plan, Request, Segment, StreamSend, StreamStep, segment_names
 
 
-CODEC_IDS = {"h264": 0, "hevc": 1}
-CODEC_NAMES = {v: k for k, v in CODEC_IDS.items()}
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Bytes for one decoder run, a slice of the sample buffer starting at a keyframe.
-
-    ``packet_sizes`` splits the slice into packets (decode order); ``None`` when unknown (fixed-GOP
-    fast path): the decoder then parses the Annex-B stream itself. Fed and flushed, the decoder
-    outputs ``num_outputs`` frames, display indices ``first_frame, first_frame+1, ...``.
-    """
-    offset: int
-    size: int
-    packet_sizes: tuple[int, ...] | None
-    first_frame: int
-    num_outputs: int
-    codec: str = "h264"
-
-
-@dataclass(frozen=True)
-class StreamSend:
-    """A whole GOP sent ahead to a stream slot (segment ``segment`` of this sample): the decoder
-    decodes it once and keeps its frames under (``video_key``, ``gop_start``) for later picks."""
-    segment: int
-    video_key: int
-    gop_start: int
-
-
-@dataclass(frozen=True)
-class StreamStep:
-    """Stream decoding: each (stream slot, camera) keeps the decoded GOPs it will pick from.
-
-    Workers send each GOP of a slot once, some batches before the slot reaches it (``sends``), so
-    decoding runs ahead of the picks and each frame is decoded once. This step picks from the GOP
-    (``video_key``, ``gop_start``); ``video_key`` is the CRC-32 of the video path. ``restart``: drop
-    whatever the slot kept before (its first step of an epoch); ``release``: the slot needs this GOP
-    no more after this step. Which GOPs to send, keep and drop is a pure function of the epoch's
-    sample list (see :class:`dali_gop.source.GopSource`), so any worker can compute it.
-    """
-    slot: int
-    video_key: int
-    gop_start: int
-    restart: bool = False
-    release: bool = False
-    sends: tuple[StreamSend, ...] = ()
-
-
-@dataclass(frozen=True)
-class Request:
-    """One video's part of a sample (one camera): what to decode and which outputs to keep.
-
-    ``picks[i] = (segment, output_position)`` locates the request's frame ``i``. For a stream step
-    the segment is -1 (the frames come from the slot's kept GOP), the position ``frame - gop_start``.
-    """
-    codec: str
-    width: int
-    height: int
-    picks: tuple[tuple[int, int], ...]
-    stream: StreamStep | None = None
-
-
-@dataclass(frozen=True)
-class SampleRead:
-    """A sample's bytes and decode plan: what a worker hands to the decode operator.
-
-    ``data`` ends with the segments' file paths ('\n'-joined UTF-8, from ``names_offset``) so a
-    decoder that finds a bin corrupt can name it.
-    """
-    data: np.ndarray                 # uint8, the needed GOP bytes back to back, then the names
-    segments: tuple[Segment, ...]
-    requests: tuple[Request, ...]
-    names_offset: int
-    # decoding ahead (GopSource.decode_ahead): requests[ahead_from:] are the frames of the sample
-    # keyed ``ahead_key``, to decode now and keep; ``kept_key`` >= 0: this sample's own frames were
-    # decoded ahead under that key, and no request here is its own. Keys: epoch << 32 | position.
-    kept_key: int = -1
-    ahead_key: int = -1
-    ahead_from: int | None = None     # None: len(requests)
+class SampleRead(NamedTuple):
+    """A sample's bytes (GOP prefixes, then the segments' paths) and the plan that decodes them."""
+    data: np.ndarray
+    plan: Plan
 
     def segment_names(self) -> list[str]:
-        return segment_names(self.data, self.names_offset)
-
-    def encode_plan(self) -> np.ndarray:
-        """Flat int64 array (DALI passes arrays, not objects); inverse of :func:`decode_plan`."""
-        out = [self.names_offset, len(self.segments)]
-        for s in self.segments:
-            sizes = s.packet_sizes if s.packet_sizes is not None else ()
-            out += [s.offset, s.size, s.first_frame, s.num_outputs, CODEC_IDS[s.codec],
-                    len(sizes) if s.packet_sizes is not None else -1, *sizes]
-        out.append(len(self.requests))
-        for r in self.requests:
-            st = r.stream
-            out += [CODEC_IDS[r.codec], r.width, r.height, int(st is not None)]
-            if st is not None:
-                out += [st.slot, st.video_key, st.gop_start, int(st.restart), int(st.release),
-                        len(st.sends)]
-                for send in st.sends:
-                    out += [send.segment, send.video_key, send.gop_start]
-            out.append(len(r.picks))
-            for seg, pos in r.picks:
-                out += [seg, pos]
-        ahead_from = len(self.requests) if self.ahead_from is None else self.ahead_from
-        out += [self.kept_key, self.ahead_key, ahead_from]
-        return np.asarray(out, dtype=np.int64)
-
-
-def segment_names(data: np.ndarray, names_offset: int) -> list[str]:
-    return bytes(np.asarray(data)[names_offset:]).decode(errors="replace").split("\n")
-
-
-@dataclass(frozen=True)
-class DecodePlan:
-    names_offset: int
-    segments: tuple[Segment, ...]
-    requests: tuple[Request, ...]
-    kept_key: int = -1        # see SampleRead
-    ahead_key: int = -1
-    ahead_from: int = 0
-
-    @property
-    def own_requests(self) -> tuple[Request, ...]:
-        """The sample's own requests (none when its frames were decoded ahead)."""
-        return self.requests[:self.ahead_from]
-
-    @property
-    def ahead_requests(self) -> tuple[Request, ...]:
-        """The requests of the sample ``ahead_key``, to decode now and keep."""
-        return self.requests[self.ahead_from:]
-
-
-def decode_plan(plan: np.ndarray) -> DecodePlan:
-    """Inverse of :meth:`SampleRead.encode_plan`. Runs in DALI's thread for every sample, so it
-    walks a list by index (a generator per value cost 3x as much)."""
-    v = np.asarray(plan).ravel().tolist()
-    names_offset, n_segments, i = v[0], v[1], 2
-    segments = []
-    for _ in range(n_segments):
-        offset, size, first, n_out, codec, n_packets = v[i:i + 6]
-        i += 6
-        sizes = None
-        if n_packets >= 0:
-            sizes = tuple(v[i:i + n_packets])
-            i += n_packets
-        segments.append(Segment(offset, size, sizes, first, n_out, CODEC_NAMES[codec]))
-    requests = []
-    n_requests, i = v[i], i + 1
-    for _ in range(n_requests):
-        codec, width, height, has_stream = v[i:i + 4]
-        i += 4
-        stream = None
-        if has_stream:
-            slot, key, gop_start, restart, release, n_sends = v[i:i + 6]
-            i += 6
-            sends = tuple(StreamSend(*v[j:j + 3]) for j in range(i, i + 3 * n_sends, 3))
-            i += 3 * n_sends
-            stream = StreamStep(slot, key, gop_start, bool(restart), bool(release), sends)
-        n, i = v[i], i + 1
-        picks = tuple(zip(v[i:i + 2 * n:2], v[i + 1:i + 2 * n:2]))
-        i += 2 * n
-        requests.append(Request(CODEC_NAMES[codec], width, height, picks, stream))
-    kept_key, ahead_key, ahead_from = v[i:i + 3]
-    return DecodePlan(names_offset, tuple(segments), tuple(requests), kept_key, ahead_key,
-                      ahead_from)
+        return segment_names(self.data, self.plan.names_offset)
 
 
 @dataclass(frozen=True)
@@ -283,7 +127,8 @@ class GopStore:
         return _GopSlice(base / gop.file, gop.size, gop.crc32, sum(gop.packet_sizes[:n_packets]),
                          gop.packet_sizes[:n_packets], start, len(outputs), info.codec)
 
-    def read(self, requests: Iterable[ReadRequest | tuple[str, Sequence[int]]]) -> SampleRead:
+    def read(self, requests: Iterable[ReadRequest | tuple[str, Sequence[int]]], *,
+             kept_key: int = -1, ahead_key: int = -1, ahead_from: int | None = None) -> SampleRead:
         """Read every GOP prefix that the requests need into one buffer.
 
         A GOP needed twice (by two frames, or two requests) is read and decoded once, as far as the
@@ -327,7 +172,8 @@ class GopStore:
                                     s.codec))
             offset += size
         data[offset:] = np.frombuffer(names, np.uint8)
-        return SampleRead(data, tuple(segments), tuple(planned), offset)
+        return SampleRead(data, Plan(offset, tuple(segments), tuple(planned), kept_key, ahead_key,
+                                     ahead_from))
 
     def _plan_stream(self, request: ReadRequest, info: fmt.VideoSummary, starts: list[int],
                      add) -> Request:

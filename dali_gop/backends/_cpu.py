@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import nvtx
 
-from dali_gop.backends import DecodeBackend
+from dali_gop.backends._base import DecodeBackend
 from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, check_position,
                                          frames_shape, pick_frames, refuse_decoding_ahead)
 from dali_gop.reference import decode_annexb
-from dali_gop.store import decode_plan, segment_names
+from dali_gop.plan import Plan, segment_names
 
 
 class CpuSampleDecoder:
@@ -24,7 +24,7 @@ class CpuSampleDecoder:
             return self._decode_sample(data, plan)
 
     def _decode_sample(self, data: np.ndarray, plan: np.ndarray) -> np.ndarray:
-        plan = decode_plan(plan)
+        plan = Plan.from_array(plan)
         names = segment_names(data, plan.names_offset)
         refuse_decoding_ahead(plan, names, "cpu")
 

@@ -25,12 +25,12 @@ from __future__ import annotations
 import numpy as np
 import nvtx
 
-from dali_gop.backends import DecodeBackend
+from dali_gop.backends._base import DecodeBackend
 from dali_gop.backends._assemble import DecodeError, frames_shape, refuse_decoding_ahead
-from dali_gop.store import DecodePlan, Request, decode_plan, segment_names
+from dali_gop.plan import Plan, Request, segment_names
 
 
-def camera_buffer(data: np.ndarray, plan: DecodePlan, request: Request) -> tuple[np.ndarray,
+def camera_buffer(data: np.ndarray, plan: Plan, request: Request) -> tuple[np.ndarray,
                                                                                  np.ndarray]:
     """One camera's segments as one Annex-B stream, and where its picks land in the decoded output.
 
@@ -59,9 +59,9 @@ class CameraBuffers:
 
     def __call__(self, data: np.ndarray, plan: np.ndarray) -> tuple[np.ndarray, ...]:
         with nvtx.annotate("buffers (dali)", color="red"):
-            return self._split(data, decode_plan(plan))
+            return self._split(data, Plan.from_array(plan))
 
-    def _split(self, data: np.ndarray, plan: DecodePlan) -> tuple[np.ndarray, ...]:
+    def _split(self, data: np.ndarray, plan: Plan) -> tuple[np.ndarray, ...]:
         names = segment_names(data, plan.names_offset)
         refuse_decoding_ahead(plan, names, "dali")
         if any(r.stream is not None for r in plan.requests):

@@ -1,4 +1,4 @@
-"""The iterator factory: a few lines from a GOP root to batches of torch tensors.
+"""The loader: a few lines from a GOP root to batches of torch tensors.
 
     loader = make_loader("/data/gops", pattern="stream", batch_size=4)
     for batch in loader:                      # one epoch
@@ -17,9 +17,11 @@ import warnings
 from typing import Sequence
 
 from dali_gop.backends import get_backend
-from dali_gop.sampling import pattern_from_name, shard_from_env
-from dali_gop.source import Dataset, GopSource
-from pipelines.pipeline import OUTPUT_NAMES, build_pipeline
+from dali_gop.errors import ConfigError
+from dali_gop.hooks import DecodeHook
+from dali_gop.patterns import AccessPattern, pattern_from_name, shard_from_env
+from dali_gop._source import Dataset, GopSource
+from dali_gop._pipeline import OUTPUT_NAMES, build_pipeline
 
 LAST_BATCH_POLICIES = ("FILL", "DROP", "PARTIAL")
 WATCHDOG_SECONDS = 2.0
@@ -166,42 +168,68 @@ def _warn_if_kept_gops_crowd_the_gpu(kept: int, device_id: int, total: int | Non
                       "or use stream_decoding=False", ResourceWarning, stacklevel=3)
 
 
-def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend: str = "auto",
-                batch_size: int = 4, num_workers: int = 4, cameras: Sequence[str] | None = None,
-                index_file: str | None = None, seed: int = 0, shard_id: int | None = None,
-                num_shards: int | None = None, last_batch_policy: str = "PARTIAL",
-                color: str = "RGB", resize: tuple[int, int] | None = None,
-                sequence_length: int = 4, stride: int = 1, random_starts: bool = False,
-                samples_per_epoch: int | None = None, fix_gop_size: int | None = None,
-                stream_decoding: bool = True, stream_lead: int = 30, decode_ahead: int = 2,
-                verify_checksums: bool = False,
-                persistent_index: bool = True,
-                device_id: int | None = None, num_threads: int = 4,
-                prefetch_queue_depth: int = 2, backend_options: dict | None = None) -> GopLoader:
-    """Build the pipeline and the iterator for one rank.
+def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "stream", *,
+                batch_size: int = 4, backend: str = "auto", cameras: Sequence[str] | None = None,
+                seed: int = 0, shard_id: int | None = None, num_shards: int | None = None,
+                last_batch_policy: str = "PARTIAL", color: str = "RGB",
+                resize: tuple[int, int] | None = None, stream_decoding: bool = True,
+                stream_lead: int = 30, decode_ahead: int = 2, num_workers: int = 4,
+                device_id: int | None = None, decode_threads: int | None = None,
+                hooks: Sequence[DecodeHook] = (), index_file: str | os.PathLike | None = None,
+                fix_gop_size: int | None = None, persistent_index: bool = True,
+                verify_checksums: bool = False, num_threads: int = 4,
+                prefetch_queue_depth: int = 2) -> GopLoader:
+    """Build the DALI pipeline and the iterator over one rank's shard of a GOP store.
 
-    ``pattern``: ``stream`` (the seed's order; stream decoding), ``random`` (the seed's), or
-    ``sequence`` (``sequence_length`` frames ``stride`` apart). ``batch_size`` is the seed's
-    ``group_num``: samples (clips) per batch, each with every camera. ``backend``: ``auto``,
-    ``nvdec``, ``dali`` or ``cpu``. ``stream_lead``: how many batches before a stream slot reaches a
-    GOP it is sent to the decoder (the first slot; later ones down to about half of it, staggered so
-    that their sends do not come in bursts); about one GOP keeps NVDEC busy across GOP boundaries,
-    and each slot and camera then keeps up to two decoded GOPs (RGB: GOP x H x W x 3 bytes each) on
-    the GPU. ``decode_ahead``: how many batches before its turn a sample that is no stream step
-    (random and sequence access) is decoded (``nvdec`` only; its frames wait on the GPU), so that
-    NVDEC has work queued past the batch DALI is handing on; 0: decode each batch in its turn.
-    ``device_id`` defaults to LOCAL_RANK (torchrun) or 0 on the GPU, and is ignored by the ``cpu``
-    backend, whose pipeline runs without a GPU.
+    Args:
+        gop_root: what ``python -m preprocess`` wrote (``manifest.json`` and one folder per clip).
+        pattern: ``"stream"``, ``"random"``, ``"sequence"`` (windows of 4 consecutive frames), or a
+            pattern object for other options: :class:`StreamPattern`, :class:`RandomPattern`
+            (``samples_per_epoch``), :class:`SequencePattern` (``length``, ``stride``,
+            ``random_starts``, ``samples_per_epoch``).
+        batch_size: samples (clips at one time point, every camera) per batch.
+        backend: ``"nvdec"`` (NVDEC through PyNvVideoCodec, frames on the GPU), ``"cpu"`` (FFmpeg,
+            frames in host memory), ``"dali"`` (DALI's own decoder, for comparison), or
+            ``"auto"``: nvdec where an NVIDIA driver answers, else cpu.
+        cameras: the camera videos to serve, by file name (``"CAM_FRONT.mp4"``); default: those of
+            the first clip.
+        seed: seeds every epoch's order (``(seed, epoch)`` fixes the samples of an epoch).
+        shard_id, num_shards: this rank's part of every epoch; default: torch.distributed's rank
+            and world size, or ``RANK``/``WORLD_SIZE``, or one shard.
+        last_batch_policy: DALI's ``"PARTIAL"`` (a short last batch), ``"FILL"`` (filled up from
+            the epoch's start) or ``"DROP"``.
+        color: ``"RGB"`` or ``"BGR"``.
+        resize: ``(height, width)`` to resize to on the decode device.
+        stream_decoding: stream pattern: decode each GOP once per slot, ahead, and keep it; False
+            decodes every sample from its keyframe.
+        stream_lead: stream pattern: how many batches before a slot reaches a GOP it is sent to the
+            decoder (the first slot; later slots down to about half of it, staggered).
+        decode_ahead: random and sequence access on nvdec: how many batches before its turn a
+            sample is decoded (its frames wait on the GPU); 0 decodes each batch in its turn.
+        num_workers: reader processes (DALI's ``py_num_workers``); they only read files.
+        device_id: the GPU; default ``LOCAL_RANK`` or 0. Ignored by the cpu backend.
+        decode_threads: nvdec decode threads (default 48).
+        hooks: :class:`dali_gop.hooks.DecodeHook` objects the nvdec operator calls (measurement).
+        index_file, fix_gop_size, persistent_index: the reference loader's options of the same
+            names (a seed-shaped index file; bin names from the frame number without an index;
+            indexes re-read every epoch when False).
+        verify_checksums: check every bin's CRC-32 as it is read.
+        num_threads, prefetch_queue_depth: DALI's pipeline options.
+
+    Returns:
+        A :class:`GopLoader`: each ``for`` over it is one epoch of batches (dicts of torch tensors).
     """
     if last_batch_policy not in LAST_BATCH_POLICIES:
-        raise ValueError(f"last_batch_policy {last_batch_policy!r}: choose one of {LAST_BATCH_POLICIES}")
+        raise ConfigError(f"last_batch_policy {last_batch_policy!r}: choose one of "
+                          f"{LAST_BATCH_POLICIES}")
     if shard_id is None or num_shards is None:
         shard_id, num_shards = shard_from_env()
     dataset = Dataset.open(gop_root, cameras=cameras, index_file=index_file)
-    options = {"sequence": dict(length=sequence_length, stride=stride, random_starts=random_starts),
-               "random": dict(samples_per_epoch=samples_per_epoch)}.get(pattern, {})
-    access = pattern_from_name(pattern, **options)
-    decoder = get_backend(backend, color=color, **(backend_options or {}))
+    access = pattern_from_name(pattern) if isinstance(pattern, str) else pattern
+    options = {"hooks": tuple(hooks)} if hooks else {}
+    if decode_threads is not None:
+        options["threads"] = decode_threads
+    decoder = get_backend(backend, color=color, **options)
     # the source plans only what the backend can do: a backend without decoder state decodes every
     # sample from its keyframe, and only nvdec keeps frames decoded ahead
     source = GopSource(dataset, access, batch_size=batch_size, seed=seed, shard_id=shard_id,
@@ -221,7 +249,7 @@ def make_loader(gop_root: str | os.PathLike, *, pattern: str = "stream", backend
     frame_shape = None
     if resize is not None:
         info = source.store.video_info(f"{next(iter(dataset.clips))}/{dataset.cameras[0]}")
-        length = sequence_length if pattern == "sequence" else 1
+        length = len(source.samples(0)[0].frames)
         frame_shape = (len(dataset.cameras), length, info.height, info.width)
     pipeline = build_pipeline(source, decoder, batch_size=batch_size, num_threads=num_threads,
                               device_id=device_id, py_num_workers=num_workers,

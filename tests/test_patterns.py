@@ -21,9 +21,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dali_gop.sampling import (AccessPattern, RandomPattern, SampleSpec, SequencePattern,
-                               StreamPattern, clip_order, pad_to_batches,
+from dali_gop.patterns import (AccessPattern, RandomPattern, SampleSpec, SequencePattern,
+                               StreamPattern, clip_order,
                                pattern_from_name, shard_from_env)
+from dali_gop.patterns._base import pad_to_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIPS = {f"scene-{i:04d}": 20 + 3 * i for i in range(12)}
@@ -124,7 +125,7 @@ def test_epochs_and_seeds_reshuffle(pattern):
 def test_epoch_is_the_same_in_another_process_and_sampling_imports_no_torch_or_dali():
     script = (
         "import sys\n"
-        "from dali_gop.sampling import pattern_from_name\n"
+        "from dali_gop.patterns import pattern_from_name\n"
         f"clips = {CLIPS!r}\n"
         "for name, opts in [('stream', {}), ('random', {}), ('sequence', {'length': 3})]:\n"
         "    print(pattern_from_name(name, **opts).epoch_samples(clips, epoch=2, seed=5, "

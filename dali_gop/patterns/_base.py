@@ -22,6 +22,8 @@ from typing import ClassVar, Mapping
 
 import numpy as np
 
+from dali_gop.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class SampleSpec:
@@ -48,12 +50,12 @@ class ShardEpoch:
         for f in fields(self):
             operator.index(getattr(self, f.name))  # TypeError for floats, strings, None
         if self.seed < 0 or self.epoch < 0:
-            raise ValueError(f"seed and epoch must be >= 0 (they seed numpy), got "
+            raise ConfigError(f"seed and epoch must be >= 0 (they seed numpy), got "
                              f"seed={self.seed}, epoch={self.epoch}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.num_shards < 1 or not 0 <= self.shard_id < self.num_shards:
-            raise ValueError(f"need 0 <= shard_id < num_shards, got shard_id={self.shard_id}, "
+            raise ConfigError(f"need 0 <= shard_id < num_shards, got shard_id={self.shard_id}, "
                              f"num_shards={self.num_shards}")
 
     @property
@@ -125,7 +127,7 @@ class AccessPattern(ABC):
     def _require_samples(self, count: int, shard: ShardEpoch) -> None:
         # An empty shard would give the DALI iterator a zero-length epoch: say why instead.
         if count == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"the {self.name} pattern has no samples for shard {shard.shard_id} of "
                 f"{shard.num_shards}: an epoch needs at least batch_size*num_shards = "
                 f"{shard.global_batch} samples")
@@ -133,11 +135,11 @@ class AccessPattern(ABC):
 
 def _checked_clips(clips: Mapping[str, int]) -> dict[str, int]:
     if not clips:
-        raise ValueError("no clips given")
+        raise ConfigError("no clips given")
     checked = {clip: operator.index(n) for clip, n in clips.items()}
     negative = [clip for clip, n in checked.items() if n < 0]
     if negative:
-        raise ValueError(f"negative frame counts for clips {sorted(negative)[:5]}")
+        raise ConfigError(f"negative frame counts for clips {sorted(negative)[:5]}")
     return checked
 
 
@@ -222,160 +224,7 @@ def _random_batches(choices: np.ndarray, per_shard: int, shard: ShardEpoch,
 
 def _check_samples_per_epoch(samples_per_epoch: int | None) -> None:
     if samples_per_epoch is not None and operator.index(samples_per_epoch) < 1:
-        raise ValueError(f"samples_per_epoch must be >= 1 or None, got {samples_per_epoch}")
-
-
-@dataclass(frozen=True)
-class StreamPattern(AccessPattern):
-    """Every frame once per epoch, each slot walking forward through whole clips (T = 1).
-
-    Clips are shuffled per epoch and their frames laid end to end, then cut into contiguous
-    chunks, one per slot (see :func:`_chunk_layout`). At most ``batch_size*num_shards - 1`` frames
-    per epoch are skipped (the end of the shuffled list); the shuffle changes which from one epoch
-    to the next. No padding is ever needed.
-    """
-    name: ClassVar[str] = "stream"
-
-    def _real_samples(self, clips: dict[str, int], shard: ShardEpoch) -> list[SampleSpec]:
-        order = clip_order(clips, seed=shard.seed, epoch=shard.epoch)
-        counts = np.array([clips[c] for c in order], dtype=np.int64)
-        clip, frame, slot = _chunk_layout(counts, shard)
-        return [SampleSpec(order[c], (f,), s) for c, f, s in zip(clip, frame, slot)]
-
-    def _real_count(self, clips: dict[str, int], shard: ShardEpoch) -> int:
-        return _balanced_count(sum(clips.values()), shard)
-
-
-@dataclass(frozen=True)
-class RandomPattern(AccessPattern):
-    """Independent random samples (T = 1): each batch holds ``batch_size`` distinct clips, each at
-    a uniformly random frame.
-
-    ``samples_per_epoch`` (all shards together) defaults to the total frame count, so an epoch
-    decodes as many frames as the stream pattern; it is rounded down to a multiple of
-    ``num_shards``, so a shard's last batch may be partial (padded, then the iterator's last-batch
-    policy applies). Batches are dealt to shards round robin (see :func:`_random_batches`). Clips
-    without frames are never drawn.
-    """
-    samples_per_epoch: int | None = None
-    name: ClassVar[str] = "random"
-
-    def __post_init__(self) -> None:
-        _check_samples_per_epoch(self.samples_per_epoch)
-
-    def _real_samples(self, clips: dict[str, int], shard: ShardEpoch) -> list[SampleSpec]:
-        ids = self._drawable(clips, shard)
-        frames = np.array([clips[c] for c in ids], dtype=np.int64)
-        clip, frame = _random_batches(frames, self._real_count(clips, shard), shard, distinct=True)
-        return [SampleSpec(ids[c], (f,)) for c, f in zip(clip, frame)]
-
-    def _real_count(self, clips: dict[str, int], shard: ShardEpoch) -> int:
-        self._drawable(clips, shard)
-        return _random_count(self._num_samples(clips), shard)
-
-    def _num_samples(self, clips: dict[str, int]) -> int:
-        if self.samples_per_epoch is None:
-            return sum(clips.values())
-        return self.samples_per_epoch
-
-    @staticmethod
-    def _drawable(clips: dict[str, int], shard: ShardEpoch) -> list[str]:
-        ids = [c for c in sorted(clips) if clips[c] > 0]
-        if shard.batch_size > len(ids):
-            raise ValueError(f"the random pattern puts batch_size={shard.batch_size} distinct "
-                             f"clips in each batch, but only {len(ids)} clips have frames")
-        return ids
-
-
-@dataclass(frozen=True)
-class SequencePattern(AccessPattern):
-    """Windows of ``length`` frames ``start, start+stride, ...`` per sample, for temporal models.
-
-    A window spans ``(length-1)*stride + 1`` frames and must fit in its clip; shorter clips are
-    skipped. ``random_starts=False``: every non-overlapping window (starts 0, span, 2*span, ...)
-    once per epoch, laid out like :class:`StreamPattern` (a slot's consecutive batches move forward
-    through the same clip; at most ``batch_size*num_shards - 1`` windows are skipped per epoch).
-    ``random_starts=True``: random clips at uniformly random valid starts, like
-    :class:`RandomPattern`, with distinct clips per batch when there are at least ``batch_size``
-    fitting clips (otherwise clips may repeat); ``samples_per_epoch`` defaults to the number of
-    non-overlapping windows, so both modes have epochs of the same length.
-    """
-    length: int
-    stride: int = 1
-    random_starts: bool = False
-    samples_per_epoch: int | None = None
-    name: ClassVar[str] = "sequence"
-
-    def __post_init__(self) -> None:
-        if operator.index(self.length) < 1 or operator.index(self.stride) < 1:
-            raise ValueError(f"length and stride must be >= 1, got length={self.length}, "
-                             f"stride={self.stride}")
-        if self.samples_per_epoch is not None and not self.random_starts:
-            raise ValueError("samples_per_epoch applies to random_starts=True only: sequential "
-                             "epochs visit every window once")
-        _check_samples_per_epoch(self.samples_per_epoch)
-
-    @property
-    def span(self) -> int:
-        """Frames covered by one window, first to last."""
-        return (self.length - 1) * self.stride + 1
-
-    def _real_samples(self, clips: dict[str, int], shard: ShardEpoch) -> list[SampleSpec]:
-        fitting = self._fitting(clips)
-        if self.random_starts:
-            starts = np.array([clips[c] - self.span + 1 for c in fitting], dtype=np.int64)
-            clip, start = _random_batches(starts, self._real_count(clips, shard), shard,
-                                          distinct=shard.batch_size <= len(fitting))
-            return [SampleSpec(fitting[c], self._frames(s)) for c, s in zip(clip, start)]
-        fits = set(fitting)
-        order = [c for c in clip_order(clips, seed=shard.seed, epoch=shard.epoch) if c in fits]
-        windows = np.array([clips[c] // self.span for c in order], dtype=np.int64)
-        clip, window, slot = _chunk_layout(windows, shard)
-        return [SampleSpec(order[c], self._frames(w * self.span), s)
-                for c, w, s in zip(clip, window, slot)]
-
-    def _real_count(self, clips: dict[str, int], shard: ShardEpoch) -> int:
-        fitting = self._fitting(clips)
-        if self.random_starts:
-            return _random_count(self._num_samples(clips, fitting), shard)
-        return _balanced_count(self._window_count(clips, fitting), shard)
-
-    def _fitting(self, clips: dict[str, int]) -> list[str]:
-        fitting = [c for c in sorted(clips) if clips[c] >= self.span]
-        if not fitting:
-            raise ValueError(f"no clip is long enough for one window of length={self.length}, "
-                             f"stride={self.stride} ({self.span} frames); the longest has "
-                             f"{max(clips.values())}")
-        return fitting
-
-    def _window_count(self, clips: dict[str, int], fitting: list[str]) -> int:
-        return sum(clips[c] // self.span for c in fitting)
-
-    def _num_samples(self, clips: dict[str, int], fitting: list[str]) -> int:
-        if self.samples_per_epoch is None:
-            return self._window_count(clips, fitting)
-        return self.samples_per_epoch
-
-    def _frames(self, start: int) -> tuple[int, ...]:
-        return tuple(range(start, start + self.span, self.stride))
-
-
-PATTERNS: dict[str, type[AccessPattern]] = {
-    p.name: p for p in (StreamPattern, RandomPattern, SequencePattern)}
-
-
-def pattern_from_name(name: str, **options) -> AccessPattern:
-    """The pattern called ``name`` ("stream", "random" or "sequence"), built with ``options``
-    (e.g. ``length=8, stride=2, random_starts=True`` for "sequence")."""
-    if name not in PATTERNS:
-        raise ValueError(f"unknown access pattern {name!r}; valid names: {', '.join(PATTERNS)}")
-    cls = PATTERNS[name]
-    accepted = [f.name for f in fields(cls)]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"the {name} pattern has no option(s) {unknown}; it accepts "
-                         f"{accepted or 'none'}")
-    return cls(**options)
+        raise ConfigError(f"samples_per_epoch must be >= 1 or None, got {samples_per_epoch}")
 
 
 def shard_from_env() -> tuple[int, int]:
@@ -394,12 +243,12 @@ def shard_from_env() -> tuple[int, int]:
     if rank is None and world is None:
         return 0, 1
     if rank is None or world is None:
-        raise ValueError(f"RANK and WORLD_SIZE must be set together (torchrun sets both), got "
+        raise ConfigError(f"RANK and WORLD_SIZE must be set together (torchrun sets both), got "
                          f"RANK={rank!r}, WORLD_SIZE={world!r}")
     try:
         shard_id, num_shards = int(rank), int(world)
     except ValueError:
-        raise ValueError(f"RANK and WORLD_SIZE must be integers, got RANK={rank!r}, "
+        raise ConfigError(f"RANK and WORLD_SIZE must be integers, got RANK={rank!r}, "
                          f"WORLD_SIZE={world!r}") from None
     return _checked_shard(shard_id, num_shards, "RANK", "WORLD_SIZE")
 
@@ -407,6 +256,6 @@ def shard_from_env() -> tuple[int, int]:
 def _checked_shard(shard_id: int, num_shards: int, id_name: str,
                    count_name: str) -> tuple[int, int]:
     if num_shards < 1 or not 0 <= shard_id < num_shards:
-        raise ValueError(f"need 0 <= {id_name} < {count_name}, got {id_name}={shard_id}, "
+        raise ConfigError(f"need 0 <= {id_name} < {count_name}, got {id_name}={shard_id}, "
                          f"{count_name}={num_shards}")
     return shard_id, num_shards

@@ -7,7 +7,7 @@ ready-made pipeline the loader uses.
 from __future__ import annotations
 
 from dali_gop.backends import DecodeBackend
-from dali_gop.source import SOURCE_OUTPUTS, GopSource
+from dali_gop._source import SOURCE_OUTPUTS, GopSource
 
 OUTPUT_NAMES = ("frames", "frame_idx", "clip", "camera")
 

@@ -1,0 +1,107 @@
+"""The CUDA driver calls the nvdec operator makes itself, through ctypes, on raw device pointers."""
+from __future__ import annotations
+
+import ctypes
+from typing import Sequence
+
+from dali_gop.errors import DecodeError
+
+
+class CudaDriver:
+    """The CUDA driver calls the operator makes itself, through ctypes, on raw device pointers.
+
+    Two flavours, because the GIL is what runs short. DALI's thread keeps the GIL across its calls
+    (``hold_gil``: ``ctypes.PyDLL``): every hand-over costs it a re-acquisition of 1-2 ms while
+    dozens of decode threads want the GIL (docs/gpu-results.md). Decode threads drop it
+    (``ctypes.CDLL``): a driver call can wait for the context's locks while other threads' NVDEC
+    work holds them, and every Python thread would wait with it. ``torch.from_dlpack`` on a
+    PyNvVideoCodec frame costs ~190 us; a raw copy from its plane pointer ~1 us of CPU.
+    """
+
+    _EVENT_DISABLE_TIMING = 2
+    _LOCATION_DEVICE = 1
+    _ACCESS_ORDER_STREAM = 1
+
+    class _Location(ctypes.Structure):
+        _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
+
+    class _CopyAttributes(ctypes.Structure):
+        pass
+
+    _CopyAttributes._fields_ = [("srcAccessOrder", ctypes.c_int), ("srcLocHint", _Location),
+                                ("dstLocHint", _Location), ("flags", ctypes.c_uint)]
+
+    def __init__(self, hold_gil: bool):
+        lib = (ctypes.PyDLL if hold_gil else ctypes.CDLL)("libcuda.so.1")
+        u64, ptr, size = ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t
+        self._memcpy = self._bind(lib.cuMemcpyDtoDAsync_v2, u64, u64, size, ptr)
+        self._wait = self._bind(lib.cuStreamWaitEvent, ptr, ptr, ctypes.c_uint)
+        self._create = self._bind(lib.cuEventCreate, ctypes.POINTER(ptr), ctypes.c_uint)
+        self._record = self._bind(lib.cuEventRecord, ptr, ptr)
+        self._destroy = self._bind(lib.cuEventDestroy_v2, ptr)
+        # CUDA 12.8's ABI, which later drivers keep under this name; older drivers lack it
+        self._batch = getattr(lib, "cuMemcpyBatchAsync", None)
+        if self._batch is not None:
+            self._batch.restype = ctypes.c_int
+        self._attributes: dict[int, object] = {}
+
+    @staticmethod
+    def _bind(function, *argtypes):
+        function.argtypes, function.restype = list(argtypes), ctypes.c_int
+        return function
+
+    @staticmethod
+    def _check(status: int, call: str) -> None:
+        if status:
+            raise DecodeError(f"{call} failed with CUDA error {status}")
+
+    def copy(self, destination: int, source: int, nbytes: int, stream: int) -> None:
+        self._check(self._memcpy(destination, source, nbytes, stream), "cuMemcpyDtoDAsync")
+
+    def copy_many(self, destinations: Sequence[int], sources: Sequence[int],
+                  sizes: Sequence[int], stream: int, device: int) -> None:
+        """Device-to-device copies on ``stream``: one driver call where the driver has batches."""
+        count = len(destinations)
+        if count == 1 or self._batch is None:
+            for destination, source, nbytes in zip(destinations, sources, sizes):
+                self.copy(destination, source, nbytes, stream)
+            return
+        attributes = self._attributes.get(device)
+        if attributes is None:
+            where = self._Location(self._LOCATION_DEVICE, device)
+            attributes = self._attributes[device] = (
+                self._CopyAttributes(self._ACCESS_ORDER_STREAM, where, where, 0),
+                (ctypes.c_size_t * 1)(0))
+        failed = ctypes.c_size_t(0)
+        self._check(self._batch(
+            (ctypes.c_uint64 * count)(*destinations), (ctypes.c_uint64 * count)(*sources),
+            (ctypes.c_size_t * count)(*sizes), ctypes.c_size_t(count),
+            ctypes.byref(attributes[0]), attributes[1], ctypes.c_size_t(1), ctypes.byref(failed),
+            ctypes.c_void_p(stream)), "cuMemcpyBatchAsync")
+
+    def wait(self, stream: int, event: int) -> None:
+        """``stream`` waits for ``event`` (a CUevent, e.g. ``torch.cuda.Event.cuda_event``)."""
+        self._check(self._wait(stream, event, 0), "cuStreamWaitEvent")
+
+    def record(self, stream: int) -> int:
+        """A new event recorded on ``stream``; :meth:`destroy` it once no one waits for it."""
+        event = ctypes.c_void_p()
+        self._check(self._create(ctypes.byref(event), self._EVENT_DISABLE_TIMING), "cuEventCreate")
+        self._check(self._record(event, stream), "cuEventRecord")
+        return event.value
+
+    def destroy(self, event: int) -> None:
+        self._destroy(event)    # streams still waiting for it keep it alive in the driver
+
+class DriverEvent:
+    """An event recorded on a stream now, destroyed with the last task holding it."""
+
+    def __init__(self, driver: CudaDriver, stream: int):
+        self._driver = driver
+        self.handle = driver.record(stream)
+
+    def __del__(self):
+        try:
+            self._driver.destroy(self.handle)
+        except Exception:   # interpreter shutdown: the driver frees it with the context
+            pass
