@@ -20,7 +20,8 @@ from dali_gop.backends import get_backend
 from dali_gop.errors import ConfigError
 from dali_gop.hooks import DecodeHook
 from dali_gop.patterns import AccessPattern, pattern_from_name, shard_from_env
-from dali_gop._source import Dataset, GopSource
+from dali_gop._dataset import Dataset
+from dali_gop._source import GopSource
 from dali_gop._pipeline import OUTPUT_NAMES, build_pipeline
 
 LAST_BATCH_POLICIES = ("FILL", "DROP", "PARTIAL")

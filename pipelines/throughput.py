@@ -232,7 +232,7 @@ def mean_decode_depth(gop_root: Path, pattern: str, group_num: int, **options) -
     """Frames NVDEC decodes per wanted frame when each request is decoded from its GOP start
     (the first 2,000 samples of epoch 0): the divisor of the ceiling in the random target."""
     from dali_gop.patterns import pattern_from_name
-    from dali_gop._source import Dataset
+    from dali_gop._dataset import Dataset
     dataset = Dataset.open(gop_root)
     store = GopStore(gop_root)
     access = pattern_from_name(pattern, **options)
@@ -346,7 +346,7 @@ def reader_rows(b: Bench) -> list[Result]:
 
 
 def pynvc_rows(b: Bench) -> list[Result]:
-    from dali_gop._source import Dataset
+    from dali_gop._dataset import Dataset
     a = b.args
     threads = max(a.threads)
     paths = [b.videos / rel for rel in b.my_videos]

@@ -13,7 +13,8 @@ import pytest
 
 from dali_gop.reference import decode_annexb
 from dali_gop.patterns import pattern_from_name
-from dali_gop._source import Dataset, GopSource
+from dali_gop._dataset import Dataset
+from dali_gop._source import GopSource
 from dali_gop._store import GopStore, ReadRequest
 from dali_gop.plan import Plan
 from conftest import store_factory

@@ -8,7 +8,8 @@ import pytest
 
 from dali_gop import format as fmt
 from dali_gop.patterns import RandomPattern, SequencePattern, StreamPattern
-from dali_gop._source import Dataset, GopSource
+from dali_gop._dataset import Dataset
+from dali_gop._source import GopSource
 from conftest import check_batch, cpu_loader, store_factory
 
 pytest.importorskip("nvidia.dali")

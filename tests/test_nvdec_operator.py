@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from dali_gop.patterns import pattern_from_name
-from dali_gop._source import Dataset, GopSource
+from dali_gop._dataset import Dataset
+from dali_gop._source import GopSource
 from dali_gop.plan import Plan
 from conftest import store_factory
 
