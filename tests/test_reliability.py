@@ -231,7 +231,7 @@ def test_paths_outside_the_gop_root_are_refused(gops):
     # a manifest listing a clip '../x': the dataset opens, every read of it is refused
     from dali_gop.patterns import StreamPattern
     from dali_gop._dataset import Dataset
-from dali_gop._source import GopSource
+    from dali_gop._source import GopSource
     manifest = fmt.read_manifest(gops)
     clips = manifest.video_dirs[next(iter(manifest.video_dirs))]
     clips["../x"] = clips.pop("clip001")
