@@ -1,31 +1,45 @@
-"""The benchmark's own machinery on the CPU: results over ranks, the table, the JSON, the chart, and
-a real two-rank torchrun of the cpu-backend measurements."""
+"""The benchmark's own machinery on the CPU: results over ranks, the tables, the JSON, the chart, the
+profiler hook, the command lines' user errors, the quick cpu run, and a real two-rank torchrun of
+the cpu-backend measurements."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from conftest import ROOT
-from pipelines.throughput import GpuMemoryPeak, Result, combine, format_table, make_report, measure
+from pipelines.throughput.measure import (GpuMemoryPeak, Result, Timed, decoder_sampler, measure,
+                                          nvml_index, process_cpu_seconds, thread_cpu_seconds)
+from pipelines.throughput.profile import Profiler, format_profile
+from pipelines.throughput.report import combine, format_table, format_train_table, make_report
 
 ARGS = dict(clips=10, cameras=6, codec="hevc", width=1600, height=900, gop=30, bframes=0,
             group_num=16, random_group_num=8)
 
 
+def train_details(scale: float) -> dict:
+    return {"train": {"model_fps": 2000 * scale, "loader_fps": 9000 * scale,
+                      "together_fps": 1900 * scale, "overlap": 1.05 * scale, "serial": 1.22,
+                      "model": {"layers": 3}, "pattern": "stream"}}
+
+
 def rank_results(scale: float) -> list[Result]:
     return [
-        Result("NVDEC ceiling RGB, 16 threads", 9000 * scale, 14400, 1.6, 2.0, 1100.0,
-               method="NVDEC ceiling RGB, 16 threads"),
-        Result("dali-gop stream (nvdec)", 2500 * scale, 13000, 5.2, 2.1, 19800.0,
+        Result("NVDEC ceiling RGB, 16 threads", 9000 * scale, 14400, 1.6, 2.0, 1100.0, 90.0),
+        Result("dali-gop stream (nvdec)", 2500 * scale, 13000, 5.2, 2.1, 19800.0, 80.0 * scale,
                method="dali-gop (nvdec)"),
         Result("dali-gop random (nvdec)", 430 * scale, 2880, 6.6, 2.2, 1300.0,
-               method="dali-gop (nvdec)", access="random"),
+               method="dali-gop (nvdec)", access="random",
+               details={"mean_decode_depth": 15.3}),
         Result("DALI readers.video random", 50 * scale, 960, 19.0, 1.0, None,
                method="DALI readers.video (mp4)", access="random"),
+        Result("train stream", 1900 * scale, 1200, 0.6, 3.0, 30000.0, 70.0,
+               note="3 conv layers", method="beside a training step",
+               details=train_details(scale)),
     ]
 
 
@@ -37,39 +51,94 @@ def test_ranks_are_summed_per_measurement():
     assert stream.frames_per_s == pytest.approx(2500 * 2.5)
     assert (stream.frames, stream.seconds, stream.cpu_cores) == (26000, 5.2, pytest.approx(4.2))
     assert stream.peak_gpu_mib == 19800.0          # per GPU: the largest
+    assert stream.nvdec_busy == pytest.approx(100.0)   # per GPU: the mean
     assert combined[3].peak_gpu_mib is None        # no GPU figure on any rank
+    train = combined[4].details["train"]
+    assert train["loader_fps"] == pytest.approx(9000 * 2.5)   # frames/s summed
+    assert train["overlap"] == pytest.approx(1.05 * 1.5)      # the worst rank's
     with pytest.raises(RuntimeError, match="different things"):
         combine([rank_results(1.0), rank_results(1.0)[:2]])
 
 
 def test_report_and_table_show_every_rank_and_the_sum():
-    report = make_report([rank_results(1.0), rank_results(1.5)], device="NVIDIA H100", args=ARGS,
-                         random_decode_depth=15.3)
+    report = make_report([rank_results(1.0), rank_results(1.5)], device="NVIDIA H100", args=ARGS)
     assert json.loads(json.dumps(report)) == report
     assert report["world_size"] == 2 and len(report["ranks"]) == 2
     assert report["ceiling_rgb"] == pytest.approx(9000 * 2.5)
+    assert report["random_decode_depth"] == 15.3
     table = format_table(report).splitlines()
     assert table[0] == ("| measurement | rank 0 frames/s | rank 1 frames/s | frames/s, all ranks "
-                        "| CPU cores | peak GPU MiB |")
-    assert table[3] == "| dali-gop stream (nvdec) | 2,500 | 3,750 | 6,250 | 4.2 | 19,800 |"
-    assert table[5].endswith("| - |")             # no GPU memory figure
+                        "| CPU cores | peak GPU MiB | NVDEC busy % |")
+    assert table[3] == "| dali-gop stream (nvdec) | 2,500 | 3,750 | 6,250 | 4.2 | 19,800 | 100 |"
+    assert table[5].endswith("| - | - |")         # no GPU memory or decoder figure
 
 
 def test_one_rank_table_has_no_rank_columns():
     report = make_report([rank_results(1.0)], device="NVIDIA H100", args=ARGS)
     assert format_table(report).splitlines()[0] == \
-        "| measurement | frames/s | CPU cores | peak GPU MiB |"
+        "| measurement | frames/s | CPU cores | peak GPU MiB | NVDEC busy % |"
 
 
-def test_measure_without_a_gpu_records_no_gpu_memory():
+def test_train_table_shows_the_three_phases_and_the_overlap():
+    report = make_report([rank_results(1.0)], device="NVIDIA H100", args=ARGS)
+    lines = format_train_table(report).splitlines()
+    assert len(lines) == 3 and "together / max(model, loader)" in lines[0]
+    assert lines[2] == ("| train stream: 3 conv layers | 2,000 | 9,000 | 1,900 | 1.05 | 1.22 | 70 "
+                        "| 30,000 |")
+    without = make_report([rank_results(1.0)[:2]], device="NVIDIA H100", args=ARGS)
+    assert format_train_table(without) == ""
+
+
+def test_measure_without_a_gpu_records_no_gpu_figures():
     assert GpuMemoryPeak(None).stop() is None
-    result = measure("work", lambda: (100, 0.5), device=None, verbose=False)
-    assert (result.frames_per_s, result.peak_gpu_mib, result.method) == (200, None, "work")
+    assert decoder_sampler(None) is None
+
+    def work():
+        started = time.perf_counter()
+        return Timed(100, started, started + 0.5, {"x": 1})
+    result = measure("work", work, device=None, verbose=False)
+    assert (result.frames_per_s, result.peak_gpu_mib, result.nvdec_busy, result.method,
+            result.details) == (200, None, None, "work", {"x": 1})
 
 
-def test_chart_is_a_png(tmp_path):
+def test_cpu_seconds_come_from_proc():
+    before, threads = process_cpu_seconds(), thread_cpu_seconds()
+    sum(i * i for i in range(2_000_000))
+    assert process_cpu_seconds() > before
+    assert threads and all(seconds >= 0 for _, seconds in threads.values())
+
+
+def test_nvml_index_follows_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    assert (nvml_index(0), nvml_index(1)) == (3, 1)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert nvml_index(1) == 1
+
+
+def test_profiler_is_a_decode_hook_that_summarizes_the_timed_part():
+    profiler = Profiler()
+    with profiler.batch(stashed=9):       # before the timed part: not counted
+        pass
+    profiler.start()
+    for stashed in (1, 2, 2):
+        with profiler.batch(stashed):
+            with profiler.schedule():
+                pass
+            with profiler.decode("clip/cam.mp4/gop.0.30.bin", gop=True):
+                time.sleep(0.002)
+            with profiler.finish():
+                pass
+    summary = profiler.stop([0.001, 0.002, 0.003])
+    assert json.loads(json.dumps(summary))
+    assert summary["batches"] == 3 and summary["stashed_at_call"] == {1: 1, 2: 2}
+    assert summary["operator_call_ms"]["mean"] >= 2 and summary["decodes_at_once"] > 0
+    assert "nvdec pool" in summary["cpu_cores_by_thread"]   # decode() ran on this thread
+    assert "operator call" in format_profile(summary)
+
+
+def test_chart_is_a_png_with_the_train_panel(tmp_path):
     pytest.importorskip("matplotlib")
-    from pipelines.chart import main
+    from pipelines.throughput.chart import main
     results = tmp_path / "results.json"
     results.write_text(json.dumps(make_report([rank_results(1.0)], device="NVIDIA H100",
                                               args=ARGS)))
@@ -78,18 +147,63 @@ def test_chart_is_a_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+def run_module(*args: str, env: dict | None = None, timeout: float = 120):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, *words: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(w in lines[0] for w in words), done.stderr
+
+
+def test_no_gpu_says_so_before_making_data(tmp_path):
+    done = run_module("pipelines.throughput", "--quick", "--data", str(tmp_path / "data"),
+                      env={"CUDA_VISIBLE_DEVICES": ""})
+    assert_one_line_error(done, "--backend cpu")
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["pipelines.throughput", "--skip", "nothing"], ["invalid choice"]),
+    (["pipelines.throughput", "--backend", "cpu", "--profile"], ["--profile"]),
+    (["pipelines.throughput.chart", "missing.json"], ["missing.json"]),
+    (["pipelines.throughput.chart", "README.md"], ["README.md", "not a results file"]),
+])
+def test_user_errors_are_one_line(args, words):
+    assert_one_line_error(run_module(*args), *words)
+
+
+def test_quick_cpu_run_finishes(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    out = tmp_path / "quick.json"
+    started = time.perf_counter()
+    done = run_module("pipelines.throughput", "--quick", "--backend", "cpu", "--data",
+                      str(tmp_path / "data"), "--out", str(out), env={"OMP_NUM_THREADS": "1"},
+                      timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert time.perf_counter() - started < 300     # about a minute on 2 cores: a smoke bound
+    report = json.loads(out.read_text())
+    assert [r["name"] for r in report["results"]] == [
+        "dali-gop stream (cpu)", "dali-gop random (cpu)",
+        "dali-gop stream, no stream decoding (cpu)"]
+    assert all(r["frames"] > 0 for r in report["results"])
+
+
 @pytest.mark.slow
 def test_torchrun_sums_two_cpu_ranks(tmp_path):
     pytest.importorskip("torch.distributed")
     pytest.importorskip("nvidia.dali")
     out = tmp_path / "results.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               "2", "-m", "pipelines.throughput", "--backend", "cpu", "--quick",
-               "--data", str(tmp_path / "data"), "--out", str(out), "--clips", "2",
-               "--cameras", "2", "--width", "96", "--height", "64", "--frames", "24", "--gop", "8",
-               "--group_num", "2", "--workers", "1", "--warmup", "1", "--random_batches", "2"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = run_module("torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                      "pipelines.throughput", "--backend", "cpu", "--quick",
+                      "--data", str(tmp_path / "data"), "--out", str(out), "--clips", "2",
+                      "--cameras", "2", "--width", "96", "--height", "64", "--frames", "24",
+                      "--gop", "8", "--group_num", "2", "--workers", "1", "--warmup", "1",
+                      "--random_batches", "2", env={"OMP_NUM_THREADS": "1"}, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["world_size"] == 2 and len(report["ranks"]) == 2

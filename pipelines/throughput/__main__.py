@@ -1,0 +1,206 @@
+"""The benchmark's command line: options, the machine check, the data set, the groups, the output.
+What it measures: the package's docstring (``--help``)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pipelines.throughput as package
+from dali_gop.errors import ConfigError, DaliGopError
+from dali_gop.synthetic import add_dataset_arguments, dataset_name, dataset_options, make_dataset
+from pipelines.throughput.bench import Bench, barrier, gather, init_distributed
+from pipelines.throughput.cli import ArgumentParser, entry
+from pipelines.throughput.decode import ceiling_rows, pynvc_rows
+from pipelines.throughput.loader import dali_rows, loader_rows
+from pipelines.throughput.measure import Result
+from pipelines.throughput.reader import reader_rows
+from pipelines.throughput.report import (format_table, format_train_table, make_report, targets,
+                                         write_outputs)
+from pipelines.throughput.train import train_rows
+from preprocess.runner import preprocess
+
+GROUPS: dict[str, tuple[Callable[[Bench], list[Result]], bool]] = {
+    # name: (rows, needs a GPU)
+    "ceiling": (ceiling_rows, True),
+    "loader": (loader_rows, False),
+    "dali": (dali_rows, True),
+    "reader": (reader_rows, True),
+    "pynvc": (pynvc_rows, True),
+    "train": (train_rows, True),
+}
+# --quick: about a minute on one H200 with 16 CPU cores, the data set's making included (explicit
+# options still win)
+QUICK = dict(clips=4, frames=60, warmup=6, random_batches=6, baseline_batches=2, threads=[16],
+             train_steps=10, train_warmup=3)
+# --quick --backend cpu: FFmpeg decodes every frame on the CPU, so a smaller set: about a minute
+# on 2 CPU cores
+QUICK_CPU = dict(clips=4, cameras=6, frames=48, width=640, height=360, gop=12, group_num=4,
+                 workers=2, warmup=2, random_batches=8, stream_epochs=1)
+
+
+# -- the machine and the data ----------------------------------------------------------------------
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:   # its parent package is missing
+        return False
+
+
+def check_machine(backend: str) -> None:
+    """Refuse, before any data is made, what this machine cannot run."""
+    if not _installed("torch"):
+        raise ConfigError("torch is not installed: install your build of torch first (README)")
+    if backend != "cpu":
+        import torch
+        if not torch.cuda.is_available():
+            raise ConfigError("no CUDA GPU here (or a CPU build of torch): the GPU measurements "
+                              "need one; --backend cpu measures the loader on the CPU alone")
+    needed = ["nvidia.dali"] if backend == "cpu" else ["nvidia.dali", "PyNvVideoCodec"]
+    for module in needed:
+        if not _installed(module):
+            extra = "cpu" if backend == "cpu" else "cu12"
+            raise ConfigError(f"{module} is not installed: pip install -e '.[{extra}]'")
+
+
+def dataset_paths(args) -> tuple[Path, Path]:
+    """Where the benchmark set's videos and GOP store are (named by the set's shape)."""
+    videos = args.data / dataset_name({**dataset_options(args), "textured": True}) / "videos"
+    return videos, videos.parent / "gops"
+
+
+def prepare_dataset(args) -> None:
+    """Make the set (once; textured so the bitrate is camera-like) and preprocess it."""
+    videos, gops = dataset_paths(args)
+    t0 = time.perf_counter()
+    paths = make_dataset(videos, **{**dataset_options(args), "textured": True}, progress=True)
+    print(f"dataset: {len(paths)} videos in {videos} ({time.perf_counter() - t0:.0f} s), "
+          f"{sum(p.stat().st_size for p in paths) / 1e6:.0f} MB")
+    summary = preprocess(videos, gops, progress=False)
+    print(summary.format())
+    if summary.failed:
+        raise DaliGopError(f"preprocessing failed for {len(summary.failed)} video(s): see above")
+
+
+# -- options ---------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    parser = ArgumentParser(prog="python -m pipelines.throughput", description=package.__doc__)
+    parser.add_argument("--data", type=Path, default=Path("data/bench"))
+    parser.add_argument("--out", type=Path, default=Path("throughput.json"))
+    parser.add_argument("--chart", type=Path, default=None,
+                        help="PNG bar chart (default: --out with .png; needs matplotlib)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a run of about a minute, the data set's making included: on one "
+                             f"H200 with 16 CPU cores {QUICK}; with --backend cpu, on 2 CPU "
+                             f"cores {QUICK_CPU}")
+    parser.add_argument("--skip", nargs="+", default=[], choices=sorted(GROUPS), metavar="NAME",
+                        help=f"groups to leave out: {sorted(GROUPS)}")
+    parser.add_argument("--backend", choices=["nvdec", "cpu"], default="nvdec",
+                        help="the loader's backend; cpu leaves out every GPU measurement")
+    parser.add_argument("--profile", action="store_true",
+                        help="nvdec: print where each batch's time goes in the loader rows (and "
+                             "put it in the JSON)")
+    add_dataset_arguments(parser)
+    loader = parser.add_argument_group("the loader")
+    loader.add_argument("--group_num", type=int, default=16,
+                        help="clips per batch in stream access (the seed's group_num)")
+    loader.add_argument("--random_group_num", type=int, default=8,
+                        help="clips per batch in random access (distinct clips: at most --clips)")
+    loader.add_argument("--workers", type=int, default=6, help="DALI worker processes")
+    loader.add_argument("--decode_threads", type=int, default=None,
+                        help="nvdec decode threads (default: make_loader's)")
+    loader.add_argument("--stream_lead", type=int, default=30, help="make_loader's stream_lead")
+    loader.add_argument("--decode_ahead", type=int, default=2, help="make_loader's decode_ahead")
+    loader.add_argument("--warmup", type=int, default=None,
+                        help="untimed loader batches first (default: max(2 x workers, 8))")
+    loader.add_argument("--stream_epochs", type=int, default=3,
+                        help="timed epochs of dali-gop stream, after one untimed epoch")
+    loader.add_argument("--random_batches", type=int, default=60,
+                        help="timed batches: dali-gop random and stream without stream decoding")
+    raw = parser.add_argument_group("the ceiling and the baselines")
+    raw.add_argument("--threads", type=int, nargs="+", default=[8, 16],
+                     help="decode threads of the NVDEC ceiling (the largest: PyNvVideoCodec)")
+    raw.add_argument("--baseline_batches", type=int, default=20,
+                     help="timed batches of the baselines (dali backend, readers.video, "
+                          "PyNvVideoCodec random)")
+    raw.add_argument("--baseline_warmup", type=int, default=2,
+                     help="untimed readers.video batches first")
+    raw.add_argument("--reader_sequence_length", type=int, default=1,
+                     help="frames per readers.video sample in file order (1: one frame per "
+                          "sample, as the loader's stream access delivers them)")
+    train = parser.add_argument_group(
+        "beside a training step", "the stand-in model: 3x3 convolutions + ReLU, bf16, on frames "
+        "downsampled to --train_size; forward, backward, SGD")
+    train.add_argument("--train_layers", type=int, default=3, help="convolutions")
+    train.add_argument("--train_channels", type=int, default=128, help="channels of each")
+    train.add_argument("--train_size", type=int, nargs=2, default=[225, 400],
+                       metavar=("H", "W"), help="frames are downsampled to H x W first")
+    train.add_argument("--launch_layers", type=int, default=100,
+                       help="the launch-bound model: many tiny layers")
+    train.add_argument("--launch_channels", type=int, default=8)
+    train.add_argument("--launch_size", type=int, nargs=2, default=[28, 50], metavar=("H", "W"))
+    train.add_argument("--train_steps", type=int, default=60, help="timed steps of each phase")
+    train.add_argument("--train_warmup", type=int, default=10,
+                       help="untimed steps before each phase")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="make and preprocess the dataset, measure nothing")
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**(QUICK_CPU if args.backend == "cpu" else QUICK))
+        args = parser.parse_args(argv)
+    if args.profile and args.backend != "nvdec":
+        raise ConfigError("--profile hooks the nvdec operator: it needs --backend nvdec")
+    args.random_group_num = min(args.random_group_num, args.clips)
+    if args.warmup is None:
+        args.warmup = max(2 * args.workers, 8)
+    return args
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    gpu = args.backend != "cpu"
+    check_machine(args.backend)
+    rank, world, local_rank = init_distributed(gpu)
+    videos, gops = dataset_paths(args)
+    b = Bench(args, videos, gops, rank, world, local_rank if gpu else None)
+    if rank == 0:
+        prepare_dataset(args)
+    barrier(b)
+    if args.prepare_only:
+        return
+    if gpu:
+        import torch
+        device = torch.cuda.get_device_name(local_rank)
+    else:
+        device = f"CPU ({platform.machine()}), cpu backend"
+    if rank == 0:
+        print(f"\n{device}{f' x{world} ranks' if world > 1 else ''}, {os.cpu_count()} CPU cores, "
+              f"{platform.python_version()}; {args.clips}x{args.cameras} {args.codec} "
+              f"{args.width}x{args.height} GOP {args.gop} bframes {args.bframes}; group_num "
+              f"{args.group_num} (stream), {args.random_group_num} (random), {args.workers} "
+              f"workers", flush=True)
+    rows = []
+    for name, (group, needs_gpu) in GROUPS.items():
+        if name not in args.skip and (gpu or not needs_gpu):
+            rows += group(b)
+    per_rank = gather(b, rows)
+    if rank == 0:
+        report = make_report(per_rank, device=device, args=args, command=" ".join(sys.argv))
+        for text in (targets(report), format_table(report), format_train_table(report)):
+            if text:
+                print(f"\n{text}")
+        write_outputs(report, args.out, args.chart or args.out.with_suffix(".png"))
+        print(f"total {time.perf_counter() - started:.0f} s")
+    if world > 1:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    entry(main, "pipelines.throughput")

@@ -1,0 +1,177 @@
+"""Raw NVDEC decode through PyNvVideoCodec, no DALI, frames not copied: the ceiling (the GOP bins,
+read into memory first) and the PyNvVideoCodec baselines (the mp4 files, demuxed at run time).
+
+``ceiling`` and ``pynvc`` are their rows. All three run on one harness, :func:`in_threads`: a pool of threads, each with its own CUDA stream
+and decoders made on first use and reused, as a PyNvVideoCodec user would write it. GPU only.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from dali_gop.format import read_index, video_gop_dir
+from pipelines.throughput.bench import Bench
+from pipelines.throughput.measure import RANDOM, Result, Timed
+
+CODECS = {"h264": "H264", "hevc": "HEVC"}
+
+
+def _nvc():
+    import PyNvVideoCodec as nvc   # needs the NVIDIA driver: import only when decoding
+    return nvc
+
+
+def create_decoder(codec: str, stream: int, device: int, rgb: bool = True):
+    """A PyNvVideoCodec decoder on CUDA stream ``stream``; RGB out of NVDEC, else NV12."""
+    nvc = _nvc()
+    options = dict(gpuid=device, codec=getattr(nvc.cudaVideoCodec, CODECS[codec]),
+                   cudacontext=0, cudastream=stream, usedevicememory=True)
+    if rgb:
+        options["outputColorType"] = nvc.OutputColorType.RGB
+    return nvc.CreateDecoder(**options)
+
+
+def _packet(data: np.ndarray | None):
+    """A PacketData over ``data`` (not copied); None: the flush packet."""
+    packet = _nvc().PacketData()
+    if data is not None:
+        packet.bsl_data = data.ctypes.data
+        packet.bsl = data.size
+    return packet
+
+
+class ThreadDecoders:
+    """A pool thread's CUDA stream and the decoders it made (``made``, keyed as the work likes)."""
+
+    def __init__(self, device: int):
+        import torch
+        torch.cuda.set_device(device)   # the current device is per thread
+        self.device = device
+        self.stream = torch.cuda.Stream()
+        self.made: dict = {}
+
+    def get(self, key, make: Callable[[int], object]):
+        """The decoder called ``key``, made by ``make(stream handle)`` the first time."""
+        if key not in self.made:
+            self.made[key] = make(self.stream.cuda_stream)
+        return self.made[key]
+
+
+def in_threads(work: Callable[[ThreadDecoders, object], int], items: list, threads: int,
+               device: int) -> Timed:
+    """Sum of ``work(thread's decoders, item)`` (frames) over ``items`` in a pool of ``threads``,
+    timed; one item per thread first, untimed, so that decoders are made before the clock runs."""
+    import torch
+    local = threading.local()
+
+    def run(item) -> int:
+        if not hasattr(local, "decoders"):
+            local.decoders = ThreadDecoders(device)
+        return work(local.decoders, item)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run, items[:threads]))
+        torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        frames = sum(pool.map(run, items))
+        torch.cuda.synchronize(device)
+        return Timed(frames, started, time.perf_counter())
+
+
+# -- the ceiling: the GOP bins -----------------------------------------------------------------
+def read_bins(gop_root: Path, videos: list[str]) -> list[tuple[str, np.ndarray]]:
+    """(codec, bytes) of every GOP bin of ``videos``, in memory, so that the ceiling times NVDEC
+    and not the disk."""
+    bins = []
+    for video in videos:
+        index = read_index(gop_root, video)
+        folder = video_gop_dir(gop_root, video)
+        bins += [(index.codec, np.fromfile(folder / gop.file, dtype=np.uint8))
+                 for gop in index.gops]
+    return bins
+
+
+def decode_bins(bins: list[tuple[str, np.ndarray]], threads: int, device: int,
+                rgb: bool = True) -> Timed:
+    """Each bin decoded whole: one ``Decode`` call with all its bytes, then a flush, as the
+    loader's nvdec backend feeds a GOP."""
+    def decode(decoders: ThreadDecoders, item) -> int:
+        codec, data = item
+        decoder = decoders.get((codec, rgb),
+                               lambda stream: create_decoder(codec, stream, device, rgb))
+        return len(decoder.Decode(_packet(data))) + len(decoder.Decode(_packet(None)))
+
+    return in_threads(decode, bins, threads, device)
+
+
+# -- PyNvVideoCodec on the mp4 files -------------------------------------------------------------
+def decode_files(paths: list[Path], codec: str, threads: int, device: int) -> Timed:
+    """Each file demuxed (CreateDemuxer) and decoded whole to RGB."""
+    nvc = _nvc()
+
+    def decode(decoders: ThreadDecoders, path: Path) -> int:
+        decoder = decoders.get(codec, lambda stream: create_decoder(codec, stream, device))
+        frames = sum(len(decoder.Decode(packet)) for packet in nvc.CreateDemuxer(filename=str(path)))
+        return frames + len(decoder.Decode(_packet(None)))
+
+    return in_threads(decode, paths, threads, device)
+
+
+def fetch_frames(requests: list[tuple[Path, int]], threads: int, device: int) -> Timed:
+    """Frame ``index`` of video ``path`` for each request, through a SimpleDecoder kept per thread
+    (RGB, device memory) and reconfigured to the request's video; it seeks to the keyframe before
+    the frame and decodes forward."""
+    nvc = _nvc()
+
+    def fetch(decoders: ThreadDecoders, request: tuple[Path, int]) -> int:
+        path, index = request
+        decoder = decoders.made.get("simple")
+        if decoder is None:
+            decoders.made["simple"] = decoder = nvc.SimpleDecoder(
+                str(path), gpu_id=device, use_device_memory=True,
+                output_color_type=nvc.OutputColorType.RGB)
+        else:
+            decoder.reconfigure_decoder(str(path))
+        decoder[index]
+        return 1
+
+    return in_threads(fetch, requests, threads, device)
+
+
+# -- the rows --------------------------------------------------------------------------------------
+def ceiling_rows(b: Bench) -> list[Result]:
+    threads, note = b.args.threads, "raw decode of the bins, no DALI"
+    bins = read_bins(b.gops, b.my_videos)
+    rows = [b.measure(f"NVDEC ceiling RGB, {t} threads", lambda t=t: decode_bins(bins, t, b.device),
+                      note=note) for t in threads]
+    rows.append(b.measure(f"NVDEC ceiling NV12, {max(threads)} threads",
+                          lambda: decode_bins(bins, max(threads), b.device, rgb=False), note=note))
+    return rows
+
+
+def pynvc_rows(b: Bench) -> list[Result]:
+    a = b.args
+    threads = max(a.threads)
+    paths = [b.videos / rel for rel in b.my_videos]
+    # the loader's random access: random clips at random frames, every camera of each
+    clips = sorted(b.clips)
+    rng = np.random.default_rng([0, b.rank])
+    requests = []
+    for _ in range(a.baseline_batches * a.random_group_num):
+        clip = clips[rng.integers(len(clips))]
+        frame = int(rng.integers(b.clips[clip]))
+        requests += [(b.videos / clip / camera, frame) for camera in b.cameras]
+    return [
+        b.measure("PyNvVideoCodec stream (mp4 demux)",
+                  lambda: decode_files(paths, a.codec, threads, b.device),
+                  method="PyNvVideoCodec (mp4)", note=f"whole files, {threads} threads"),
+        b.measure("PyNvVideoCodec random (SimpleDecoder)",
+                  lambda: fetch_frames(requests, threads, b.device),
+                  method="PyNvVideoCodec (mp4)", access=RANDOM,
+                  note=f"seek to the keyframe, decode forward, {threads} threads"),
+    ]

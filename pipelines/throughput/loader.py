@@ -1,0 +1,137 @@
+"""The dali-gop loader through ``make_loader``, as a training loop sees it: the ``loader`` rows (the
+--backend, stream and random access) and the ``dali`` rows (the dali backend).
+
+Frames are counted as delivered, samples x cameras x T of each batch, after warm-up batches.
+"""
+from __future__ import annotations
+
+import time
+from bisect import bisect_right
+from contextlib import contextmanager
+from typing import Iterator
+
+from dali_gop import GopLoader, RandomPattern, make_loader
+from dali_gop.format import read_index
+from pipelines.throughput.bench import Bench
+from pipelines.throughput.measure import RANDOM, STREAM, Result, Timed
+from pipelines.throughput.profile import Profiler, format_profile
+
+
+@contextmanager
+def open_loader(b: Bench, pattern: str, backend: str, batch_size: int, *, hooks=(),
+                **options) -> Iterator[GopLoader]:
+    """This rank's loader with the run's options; closed at the end (its pipeline, workers and
+    GPU memory go at once, not at garbage collection)."""
+    a = b.args
+    if backend == "nvdec":
+        options.update(hooks=hooks, decode_threads=a.decode_threads)
+    loader = make_loader(b.gops, pattern, batch_size=batch_size, backend=backend,
+                         num_workers=a.workers, stream_lead=a.stream_lead,
+                         decode_ahead=a.decode_ahead, **b.shard, **options)
+    try:
+        yield loader
+    finally:
+        loader.close()
+
+
+def endless(loader: GopLoader) -> Iterator[dict]:
+    """Batches epoch after epoch, as a training loop sees them."""
+    while True:
+        yield from loader
+
+
+def frames_in(batch) -> int:
+    return batch.shape[0] * batch.shape[1] * batch.shape[2]
+
+
+def finished(frames) -> None:
+    """Wait until the GPU has written ``frames`` (a CPU tensor is ready as it is)."""
+    if frames.is_cuda:
+        import torch
+        torch.cuda.synchronize(frames.device)
+
+
+def loader_run(b: Bench, pattern: str, backend: str, batch_size: int, warmup: int | None,
+               batches: int | None, *, epochs: int = 1, profiler: Profiler | None = None,
+               **options) -> Timed:
+    """``warmup`` batches (None: one epoch), then ``batches`` timed ones (None: ``epochs`` whole
+    epochs), crossing epochs if need be."""
+    with open_loader(b, pattern, backend, batch_size, hooks=[profiler] if profiler else [],
+                     **options) as loader:
+        warmup = len(loader) if warmup is None else warmup
+        batches = epochs * len(loader) if batches is None else batches
+        stream = endless(loader)
+        for _ in range(warmup):
+            finished(next(stream)["frames"])
+        if profiler:
+            profiler.start()
+        started, frames, waits = time.perf_counter(), 0, []
+        for _ in range(batches):
+            asked = time.perf_counter()
+            batch = next(stream)["frames"]
+            waits.append(time.perf_counter() - asked)
+            frames += frames_in(batch)
+        finished(batch)
+        ended = time.perf_counter()
+        details = {"profile": profiler.stop(waits)} if profiler else {}
+    return Timed(frames, started, ended, details)
+
+
+def mean_decode_depth(b: Bench, batch_size: int) -> float:
+    """Frames NVDEC decodes per wanted frame when each random sample is decoded from its GOP
+    start (the first 2,000 samples of epoch 0): the divisor of the ceiling in the random target."""
+    samples = RandomPattern().epoch_samples(b.clips, epoch=0, seed=0, shard_id=0, num_shards=1,
+                                            batch_size=batch_size)
+    indexes: dict = {}
+    decoded = wanted = 0
+    for spec in samples[:2000]:
+        for camera in b.cameras:
+            video = f"{spec.clip}/{camera}"
+            if video not in indexes:
+                index = read_index(b.gops, video)
+                indexes[video] = (index.gops, index.gop_starts)
+            gops, starts = indexes[video]
+            gop = gops[bisect_right(starts, spec.frames[0]) - 1]
+            decoded += gop.packets_through(max(spec.frames))
+            wanted += len(spec.frames)
+    return decoded / wanted
+
+
+def _profiled(b: Bench, name: str, run, **options) -> Result:
+    """A row whose workload takes a profiler (--profile, nvdec), printed after the row."""
+    profile = b.args.profile and b.args.backend == "nvdec"
+    result = b.measure(name, lambda: run(Profiler() if profile else None), **options)
+    if profile and b.rank == 0:
+        print(format_profile(result.details["profile"]), flush=True)
+    return result
+
+
+def loader_rows(b: Bench) -> list[Result]:
+    a, backend = b.args, b.args.backend
+    method = f"dali-gop ({backend})"
+    depth = mean_decode_depth(b, a.random_group_num)
+    stream = _profiled(b, f"dali-gop stream ({backend})",
+                       lambda p: loader_run(b, STREAM, backend, a.group_num, None, None,
+                                            epochs=a.stream_epochs, profiler=p),
+                       method=method)
+    random = _profiled(b, f"dali-gop random ({backend})",
+                       lambda p: loader_run(b, RANDOM, backend, a.random_group_num, a.warmup,
+                                            a.random_batches, profiler=p),
+                       method=method, access=RANDOM, note=f"mean decode depth {depth:.1f}")
+    random.details["mean_decode_depth"] = depth
+    no_stream = b.measure(f"dali-gop stream, no stream decoding ({backend})",
+                          lambda: loader_run(b, STREAM, backend, a.random_group_num, a.warmup,
+                                             a.random_batches, stream_decoding=False),
+                          method=f"{method}, no stream decoding",
+                          note="each frame decoded from its GOP start")
+    return [stream, random, no_stream]
+
+
+def dali_rows(b: Bench) -> list[Result]:
+    a, note = b.args, "fn.decoders.video on the GOP bytes, each sample from its GOP start"
+    return [b.measure(f"dali-gop {access} (dali)",
+                      lambda access=access, group=group: loader_run(
+                          b, access, "dali", group, a.warmup, a.baseline_batches,
+                          stream_decoding=False),
+                      method="dali-gop (dali backend)", access=access, note=note)
+            for access, group in ((STREAM, a.group_num), (RANDOM, a.random_group_num))]

@@ -1,0 +1,150 @@
+"""The loader beside a training step (``train`` rows): does it slow a model that shares its GPU?
+
+A stand-in model trains on torch's default stream of the loader's GPU (nvdec): a stack of 3x3
+convolutions with ReLU, bf16, on each batch's frames downsampled first (bilinear), forward +
+backward + SGD. Three phases, one process, one GPU, in this order:
+
+  model alone    steps on one fixed batch already on the GPU, before the loader exists: the
+                 training's own speed
+  loader alone   batches of the loader, each touched (one element read back to the host)
+  together       steps fed by the loader
+
+and ``overlap`` = time per step together / max(model alone, loader alone): 1.00 when the two
+overlap perfectly, ``serial`` (their sum over that max) when they take turns. Rows: stream and
+random access with the model of ``--train_layers/--train_channels/--train_size``; stream with a
+launch-bound model (``--launch_*``: many tiny layers, so the step is bound by kernel launches in
+Python, the thread that competes with DALI's for the GIL); stream with ``loss.item()`` after every
+step, as a logging loop does (the host waits for the GPU each step). A row's peak device memory
+includes the model's and the fixed batch's.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+from dali_gop.format import read_index
+from pipelines.throughput.bench import Bench
+from pipelines.throughput.loader import endless, frames_in, open_loader
+from pipelines.throughput.measure import RANDOM, STREAM, Result, Timed
+
+
+@dataclass(frozen=True)
+class StepModel:
+    layers: int
+    channels: int
+    size: tuple[int, int]     # (height, width) the frames are downsampled to
+    sync: bool = False        # loss.item() after every step
+
+    def describe(self) -> str:
+        sync = ", loss.item() every step" if self.sync else ""
+        return (f"{self.layers} conv layers x {self.channels} channels at "
+                f"{self.size[0]}x{self.size[1]}, bf16{sync}")
+
+
+class TrainStep:
+    """One forward + backward + SGD step of a :class:`StepModel` on a uint8 frame batch
+    (..., H, W, 3), on the current stream."""
+
+    def __init__(self, model: StepModel, device: int):
+        import torch
+        self.torch, self.model = torch, model
+        convs = [torch.nn.Conv2d(3, model.channels, 3, padding=1)] + [
+            torch.nn.Conv2d(model.channels, model.channels, 3, padding=1)
+            for _ in range(model.layers - 1)]
+        self.net = torch.nn.Sequential(*[m for conv in convs for m in (conv, torch.nn.ReLU())])
+        self.net.to(f"cuda:{device}", torch.bfloat16)
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=1e-4)
+
+    def __call__(self, frames) -> None:
+        torch = self.torch
+        x = frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2).to(torch.bfloat16) / 255
+        x = torch.nn.functional.interpolate(x, size=self.model.size, mode="bilinear",
+                                            antialias=False)
+        loss = self.net(x).float().square().mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.model.sync:
+            loss.item()
+
+
+def timed_steps(step: Callable[[], int], warmup: int, steps: int, device: int) -> Timed:
+    """``warmup`` untimed calls, then ``steps`` timed; ``step()`` returns the frames it used."""
+    import torch
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    frames = sum(step() for _ in range(steps))
+    torch.cuda.synchronize(device)
+    return Timed(frames, started, time.perf_counter())
+
+
+def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel) -> Timed:
+    """The three phases; the row is the together phase, the others go into ``details``."""
+    import torch
+    a, device = b.args, b.device
+    torch.cuda.set_device(device)
+    step = TrainStep(model, device)
+    index = read_index(b.gops, b.rels[0])
+    fixed = torch.randint(0, 256, (batch_size, len(b.cameras), 1, index.height, index.width, 3),
+                          dtype=torch.uint8, device=f"cuda:{device}")
+
+    def model_step() -> int:
+        step(fixed)
+        return frames_in(fixed)
+
+    phases = {"model": timed_steps(model_step, a.train_warmup, a.train_steps, device)}
+    fixed = None   # freed before the loader starts
+    with open_loader(b, pattern, "nvdec", batch_size) as loader:
+        batches = endless(loader)
+
+        def loader_step() -> int:
+            frames = next(batches)["frames"]
+            frames[(0,) * frames.dim()].item()
+            return frames_in(frames)
+
+        def together_step() -> int:
+            frames = next(batches)["frames"]
+            step(frames)
+            return frames_in(frames)
+
+        phases["loader"] = timed_steps(loader_step, a.train_warmup, a.train_steps, device)
+        phases["together"] = timed_steps(together_step, a.train_warmup, a.train_steps, device)
+    per_step = {name: t.seconds / a.train_steps for name, t in phases.items()}
+    slower = max(per_step["model"], per_step["loader"])
+    details = {f"{name}_fps": t.frames / t.seconds for name, t in phases.items()}
+    details.update({f"{name}_ms_per_step": 1e3 * s for name, s in per_step.items()})
+    details.update(overlap=per_step["together"] / slower,
+                   serial=(per_step["model"] + per_step["loader"]) / slower,
+                   model=asdict(model), pattern=pattern, batch_size=batch_size)
+    together = phases["together"]
+    return Timed(together.frames, together.started, together.ended, {"train": details})
+
+
+def format_train(details: dict) -> str:
+    t = details["train"]
+    return (f"     model alone {t['model_fps']:,.0f}, loader alone {t['loader_fps']:,.0f}, "
+            f"together {t['together_fps']:,.0f} frames/s; together / max(model, loader) "
+            f"{t['overlap']:.2f} (1.00: perfect overlap; {t['serial']:.2f}: serial)")
+
+
+def train_rows(b: Bench) -> list[Result]:
+    a = b.args
+    model = StepModel(a.train_layers, a.train_channels, tuple(a.train_size))
+    launch_bound = StepModel(a.launch_layers, a.launch_channels, tuple(a.launch_size))
+    variants = [("", STREAM, a.group_num, model),
+                ("", RANDOM, a.random_group_num, model),
+                (", launch-bound model", STREAM, a.group_num, launch_bound),
+                (", loss.item() every step", STREAM, a.group_num, replace(model, sync=True))]
+    rows = []
+    for label, pattern, batch_size, step_model in variants:
+        row = b.measure(f"train {pattern}{label}",
+                        lambda: train_run(b, pattern, batch_size, step_model),
+                        method=f"beside a training step{label}", access=pattern,
+                        note=step_model.describe())
+        if b.rank == 0:
+            print(format_train(row.details), flush=True)
+        rows.append(row)
+    return rows
