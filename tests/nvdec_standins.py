@@ -41,7 +41,8 @@ class StandInDecoder:
         if not packet.bsl:
             frames += list(self._context.decode(None))
             self._context = av.CodecContext.create(self._codec, "r")
-        self._frames = [StandInFrame(f.to_ndarray(format="rgb24")) for f in frames]
+        from dali_gop.reference import to_array   # converts under the colour contract
+        self._frames = [StandInFrame(to_array(f, "rgb24")) for f in frames]
         return list(self._frames)
 
 

@@ -146,7 +146,7 @@ def test_without_a_gpu_the_dali_backend_says_so(monkeypatch):
 def test_b_frame_streams_are_refused_before_decoding(stores):
     """DALI's decoder delivered wrong frames on B-frame streams on the GPU: the backend refuses
     them from the index, naming the video (checked here without a GPU)."""
-    backend = DaliBackend(num_cameras=2)
+    backend = DaliBackend(num_cameras=2, color_matrix="bt601")   # untagged is BT.709 otherwise
     gop_root, _ = stores("hevc")
     store = GopStore(gop_root)
     videos = sorted(store.manifest().videos)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 from abc import ABC, abstractmethod
 
+from dali_gop.backends._color import VideoColors
+
 
 class DecodeBackend(ABC):
     """Adds the decode to the pipeline being defined (call inside ``pipeline_def``)."""
@@ -16,13 +18,19 @@ class DecodeBackend(ABC):
     # whether it keeps frames decoded ahead for later samples (GopSource.decode_ahead)
     decodes_ahead: bool = False
 
-    def __init__(self, color: str = "RGB"):
+    def __init__(self, color: str = "RGB", color_matrix: str | None = None):
         if color not in ("RGB", "BGR"):
             raise ValueError(f"color must be 'RGB' or 'BGR', not {color!r}")
         self.color = color
+        # each video's YUV -> RGB conversion (the colour contract, backends/_color.py);
+        # color_matrix ("bt601", "bt709") replaces every video's matrix
+        self.colors = VideoColors(color_matrix)
 
-    def check_videos(self, store, videos) -> None:
-        """Refuse, before any decoding, videos this backend would decode wrong (default: none)."""
+    def check_videos(self, store, videos) -> dict[str, tuple[str, str]]:
+        """Refuse, before any decoding, videos this backend would decode wrong, and learn each
+        video's colour conversion from its index: {video: (matrix, range)}. A backend that
+        refuses more calls this first."""
+        return self.colors.learn(store, videos)
 
     def bind(self, num_cameras: int) -> None:
         """Called before :meth:`decode` with the cameras every sample holds; a backend whose graph

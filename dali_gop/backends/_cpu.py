@@ -6,6 +6,7 @@ import numpy as np
 import nvtx
 
 from dali_gop.backends._base import DecodeBackend
+from dali_gop.backends._color import VideoColors
 from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, check_position,
                                          frames_shape, pick_frames, refuse_decoding_ahead)
 from dali_gop.reference import decode_annexb
@@ -13,10 +14,12 @@ from dali_gop.plan import Plan, segment_names
 
 
 class CpuSampleDecoder:
-    """Per-sample function: (data, plan) -> uint8 (cameras, T, H, W, 3)."""
+    """Per-sample function: (data, plan) -> uint8 (cameras, T, H, W, 3), each video converted to
+    RGB as ``colors`` says (by default, as its index says)."""
 
-    def __init__(self, color: str = "RGB"):
+    def __init__(self, color: str = "RGB", colors: VideoColors | None = None):
         self.pixel_format = "rgb24" if color == "RGB" else "bgr24"
+        self.colors = colors or VideoColors()
         self.kept = KeptGops()
 
     def __call__(self, data: np.ndarray, plan: np.ndarray) -> np.ndarray:
@@ -30,9 +33,11 @@ class CpuSampleDecoder:
 
         def decode_segment(i: int):
             s = plan.segments[i]
+            color = self.colors.of_segment(names[i])
             try:
                 frames = decode_annexb(s.codec, data[s.offset:s.offset + s.size],
-                                       s.packet_sizes, pixel_format=self.pixel_format)
+                                       s.packet_sizes, pixel_format=self.pixel_format,
+                                       color=color)
             except Exception as e:   # FFmpeg's errors say what, not where
                 raise DecodeError(f"{names[i]}: cannot decode ({e})") from e
             check_outputs(len(frames), s, names[i])
@@ -56,5 +61,5 @@ class CpuBackend(DecodeBackend):
 
     def decode(self, data, plan):
         from nvidia.dali import fn
-        return fn.python_function(data, plan, function=CpuSampleDecoder(self.color),
+        return fn.python_function(data, plan, function=CpuSampleDecoder(self.color, self.colors),
                                   batch_processing=False)

@@ -14,7 +14,11 @@ its first keyframe, with a new parser and frame index per sample and nothing kep
 samples: stream steps (a GOP sent once per stream slot) cannot apply, so loaders using this
 backend must be built with ``stream_decoding=False``. Its RGB conversion interpolates chroma
 bilinearly (dali/operators/video/color_space.cu) where FFmpeg's rgb24 and NVDEC take the nearest
-chroma sample, so at colour edges its pixels differ from theirs.
+chroma sample, so at colour edges its pixels differ from theirs. It always converts with BT.601
+(limited range, or full range when the bitstream's video_full_range_flag says so;
+FramesDecoderGpu::InitGpuDecoder in dali/operators/video/frames_decoder_gpu.cc), whatever the
+video's matrix: videos whose conversion under the colour contract is not BT.601 are refused
+(``color_matrix="bt601"`` lets them through, converted as BT.601 by every backend).
 
 Known limit of concatenating a camera's segments (sequence samples spanning GOPs): FFmpeg drops
 the second segment when a cut open H.264 GOP (non-IDR keyframe) is followed by a non-adjacent one
@@ -27,6 +31,7 @@ import nvtx
 
 from dali_gop.backends._base import DecodeBackend
 from dali_gop.backends._assemble import DecodeError, frames_shape, refuse_decoding_ahead
+from dali_gop.errors import ConfigError
 from dali_gop.plan import Plan, Request, segment_names
 
 
@@ -82,22 +87,31 @@ class DaliBackend(DecodeBackend):
     device = "gpu"
     stateful = False
 
-    def __init__(self, color: str = "RGB", num_cameras: int | None = None):
-        super().__init__(color)
+    def __init__(self, color: str = "RGB", num_cameras: int | None = None,
+                 color_matrix: str | None = None):
+        super().__init__(color, color_matrix)
         self.num_cameras = num_cameras
 
     def bind(self, num_cameras: int) -> None:
         self.num_cameras = num_cameras
 
-    def check_videos(self, store, videos) -> None:
+    def check_videos(self, store, videos) -> dict[str, tuple[str, str]]:
         """DALI's decoder gave wrong frames on B-frame streams (HEVC, H100 run of
         tests/test_gpu_dali.py): it numbers frames by timestamps that a raw Annex-B stream does not
-        carry. Refused here, from the indices, rather than delivered wrong."""
+        carry. Refused here, from the indices, rather than delivered wrong; so are videos whose
+        colours DALI's BT.601-only conversion would get wrong."""
+        conversions = super().check_videos(store, videos)
         for video in videos:
             if store.index(video).has_b_frames:
                 raise ValueError(f"{store.gop_root / video}: has B-frames (decode order differs "
                                  "from display order); the dali backend decodes such streams to "
                                  "wrong frames: use the nvdec backend")
+            matrix, _ = conversions[video]
+            if matrix != "bt601":
+                raise ConfigError(f"{store.gop_root / video}: converts with {matrix} (the colour "
+                                  "contract); DALI's video decoder converts with BT.601 only: use "
+                                  "the nvdec or cpu backend, or color_matrix='bt601'")
+        return conversions
 
     def decode(self, data, plan):
         from nvidia.dali import fn, types

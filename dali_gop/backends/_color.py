@@ -1,0 +1,122 @@
+"""YUV -> RGB: one colour contract for every backend.
+
+What a video's pixels mean is decided once, from its index
+(:func:`dali_gop.format.color_conversion`): the matrix and range it is tagged with; untagged video
+gets BT.709, limited range; a loader's ``color_matrix`` replaces the matrix. Every backend
+converts with that (matrix, range), and converts as FFmpeg's swscale does, the cpu backend's
+engine: each chroma sample serves its 2x2 block (no interpolation, as in NVDEC's own conversion),
+in swscale's fixed-point arithmetic. A GPU backend that decodes to NV12 and converts with
+:func:`nv12_to_rgb` then delivers the cpu backend's bytes, not merely similar colours. NVDEC's own
+RGB output cannot stand in: for untagged video it picks the matrix by frame size (BT.601 for SD).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dali_gop import format as fmt
+from dali_gop.errors import ConfigError, FormatError
+
+MATRICES = ("bt601", "bt709", "bt2020")
+RANGES = ("limited", "full")
+
+# libswscale/yuv2rgb.c, ff_yuv2rgb_coeffs: Cr->R, Cb->B, -(Cb->G), -(Cr->G) for limited-range
+# chroma, in 1/65536
+_SWSCALE_COEFFICIENTS = {"bt601": (104597, 132201, 25675, 53279),
+                         "bt709": (117489, 138438, 13975, 34925),
+                         "bt2020": (110013, 140363, 12277, 42626)}
+
+Conversion = tuple[str, str]   # (matrix, range)
+
+
+def check_conversion(matrix: str, color_range: str, where: str = "") -> None:
+    if matrix not in MATRICES or color_range not in RANGES:
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}colour matrix {matrix!r}, range {color_range!r}: the backends "
+                          f"convert matrices {MATRICES} and ranges {RANGES}; make_loader's "
+                          f"color_matrix= ({fmt.MATRIX_OVERRIDES}) replaces a video's matrix")
+
+
+def swscale_fixed_point(matrix: str, color_range: str) -> tuple[int, ...]:
+    """(luma offset, luma, Cr->R, Cb->B, Cb->G, Cr->G) as swscale's x86 code applies them: 13
+    fractional bits, the terms of ``(x << 3) * c >> 16`` each rounded down on its own."""
+    check_conversion(matrix, color_range)
+    crv, cbu, cgu, cgv = _SWSCALE_COEFFICIENTS[matrix]
+    if color_range == "full":
+        crv, cbu, cgu, cgv = (c * 224 // 255 for c in (crv, cbu, cgu, cgv))
+        cy, luma_offset = 1 << 16, 0
+    else:
+        cy, luma_offset = (1 << 16) * 255 // 219, 16
+    q13 = [(c + 4) >> 3 for c in (cy, crv, cbu, -cgu, -cgv)]
+    return (luma_offset, *q13)
+
+
+def nv12_to_rgb(nv12, matrix: str, color_range: str, bgr: bool = False):
+    """NV12 frames (..., H*3/2, W) uint8, on the CPU or a GPU, to (..., H, W, 3) uint8 RGB (BGR with
+    ``bgr``), converted as FFmpeg's swscale converts yuv420p with the same matrix and range."""
+    import torch
+
+    if nv12.dtype != torch.uint8 or nv12.dim() < 2:
+        raise ValueError(f"nv12_to_rgb takes uint8 (..., H*3/2, W), not {nv12.dtype} "
+                         f"{tuple(nv12.shape)}")
+    rows, width = nv12.shape[-2:]
+    height = rows * 2 // 3
+    if rows % 3 or height % 2 or width % 2:
+        raise ValueError(f"nv12_to_rgb: {tuple(nv12.shape)} is not (..., H*3/2, W) with even H, W")
+    luma_offset, cy, vr, ub, ug, vg = swscale_fixed_point(matrix, color_range)
+    lead = nv12.shape[:-2]
+    y = nv12[..., :height, :].to(torch.int32)
+    uv = nv12[..., height:, :].reshape(*lead, height // 2, width // 2, 2).to(torch.int32)
+    u, v = (uv[..., 0] - 128) << 3, (uv[..., 1] - 128) << 3
+    luma = ((((y << 3) - luma_offset * 8) * cy) >> 16).reshape(*lead, height // 2, 2, width // 2, 2)
+
+    def channel(chroma):   # one chroma value for its 2x2 block of luma
+        return (luma + chroma[..., :, None, :, None]).clamp_(0, 255)
+
+    r, g, b = channel((v * vr) >> 16), channel(((u * ug) >> 16) + ((v * vg) >> 16)), \
+        channel((u * ub) >> 16)
+    rgb = torch.stack((b, g, r) if bgr else (r, g, b), dim=-1).to(torch.uint8)
+    return rgb.reshape(*lead, height, width, 3)
+
+
+class VideoColors:
+    """Each video's (matrix, range), found from a segment's name: decoders see bins by path only,
+    and a bin's folder is its video's GOP folder, beside the video's index.
+
+    :meth:`learn` (the backend's ``check_videos``) resolves every video before the pipeline runs,
+    from its index or, on the fixed-GOP path, the manifest, so that a video the backends cannot
+    convert is refused before any decoding; a decoder used on its own reads the index beside the
+    bin when it meets a video first.
+    """
+
+    def __init__(self, override: str | None = None):
+        fmt.color_conversion({}, override)   # refuses an override it does not know
+        self.override = override
+        self._by_folder: dict[str, Conversion] = {}
+
+    def learn(self, store, videos) -> dict[str, Conversion]:
+        """Each video's conversion, kept for :meth:`of_segment` and returned."""
+        learnt = {}
+        for video in videos:
+            folder = str(fmt.video_gop_dir(store.gop_root, video))
+            learnt[video] = self._by_folder[folder] = self._resolve(store.video_info(video),
+                                                                    folder)
+        return learnt
+
+    def of_segment(self, name: str) -> Conversion:
+        folder = os.path.dirname(name)
+        conversion = self._by_folder.get(folder)
+        if conversion is None:
+            path = Path(folder) / fmt.INDEX_FILENAME
+            try:
+                text = path.read_text()
+            except OSError as e:
+                raise FormatError(f"{path}: cannot read the index of {name} ({e})") from None
+            conversion = self._by_folder[folder] = self._resolve(
+                fmt.VideoIndex.from_json(text, str(path)), folder)
+        return conversion
+
+    def _resolve(self, tags, folder: str) -> Conversion:
+        matrix, color_range = fmt.color_conversion(tags, self.override)
+        check_conversion(matrix, color_range, folder)
+        return matrix, color_range
