@@ -238,7 +238,8 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
                        verify_checksums=verify_checksums,
                        stream_decoding=stream_decoding and decoder.stateful,
                        persistent_index=persistent_index, stream_lead=stream_lead,
-                       decode_ahead=decode_ahead if decoder.decodes_ahead else 0)
+                       decode_ahead=decode_ahead if decoder.decodes_ahead else 0,
+                       last_batch_policy=last_batch_policy)
     decoder.check_videos(source.store, [f"{clip}/{camera}" for clip in dataset.clips
                                          for camera in dataset.cameras])
     if decoder.device == "cpu":

@@ -59,8 +59,8 @@ class GopStore:
 
     Indices are parsed once per process and kept (``.gop_index.json`` is small and immutable once
     written). With ``fix_gop_size`` no index is read at all: bin names follow from the frame number
-    and the video's frame count in the manifest, as in the seed's fast path. That path cannot check
-    sizes against an index, so decoders check their output count instead.
+    and the video's frame count in the manifest, as in the reference loader's fast path. That path
+    cannot check sizes against an index, so decoders check their output count instead.
     """
 
     def __init__(self, gop_root: str | os.PathLike, *, fix_gop_size: int | None = None,

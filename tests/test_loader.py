@@ -76,12 +76,13 @@ def test_ranks_see_disjoint_shards_covering_the_epoch(stores, num_shards):
     per_rank = [epoch_keys(loader_for(gop_root, pattern="stream", batch_size=1, shard_id=r,
                                       num_shards=num_shards))
                 for r in range(num_shards)]
-    sizes = {len(keys) for keys in per_rank}
-    assert len(sizes) == 1, "shards must be balanced"
+    sizes = [len(keys) for keys in per_rank]
+    # PARTIAL serves every frame, so ranks may be a batch apart (FILL and DROP even them out:
+    # test_coverage.py)
+    assert max(sizes) - min(sizes) <= 1
     everything = [k for keys in per_rank for k in keys]
     assert len(set(everything)) == len(everything), "shards overlap"
-    total = 3 * 30
-    assert total - num_shards < len(everything) <= total
+    assert len(everything) == 3 * 30, "every frame once"
 
 
 def test_stream_order_is_the_seeds(stores):

@@ -1,11 +1,13 @@
 """Tests for the access patterns and sharding: every rank must compute the same epoch, shards must
-be disjoint and balanced (an unbalanced rank hangs the others), and the stream layout must keep
-each slot's frames consecutive, because per-slot decoders rely on it.
+be disjoint, the stream layout must keep each slot's frames consecutive (per-slot decoders rely on
+it), and under FILL and DROP every rank must get the same number of batches (an unbalanced rank
+hangs the others).
 
 Random epochs (RandomPattern, SequencePattern(random_starts=True)) give each shard
 ``samples_per_epoch // num_shards`` real samples, not rounded to whole batches: a shard's last
-batch may be partial and is padded with the shard's first samples. The sequential patterns drop
-the remainder modulo ``batch_size*num_shards`` and are never padded."""
+batch may be partial and is padded with the shard's first samples. The sequential patterns give
+every frame (window) to one rank, chunks of one length or one more; under PARTIAL the ranks may
+then be a batch apart. tests/test_coverage.py checks what the iterator delivers of all this."""
 
 from __future__ import annotations
 
@@ -39,19 +41,26 @@ PATTERNS = [
 ]
 
 
-def samples(pattern, clips=CLIPS, *, epoch=0, seed=0, shard_id=0, num_shards=1, batch_size=4):
+POLICIES = ("PARTIAL", "FILL", "DROP")
+
+
+def samples(pattern, clips=CLIPS, *, epoch=0, seed=0, shard_id=0, num_shards=1, batch_size=4,
+            policy="PARTIAL"):
     return pattern.epoch_samples(clips, epoch=epoch, seed=seed, shard_id=shard_id,
-                                 num_shards=num_shards, batch_size=batch_size)
+                                 num_shards=num_shards, batch_size=batch_size,
+                                 last_batch_policy=policy)
 
 
-def size(pattern, clips=CLIPS, *, epoch=0, seed=0, shard_id=0, num_shards=1, batch_size=4):
+def size(pattern, clips=CLIPS, *, epoch=0, seed=0, shard_id=0, num_shards=1, batch_size=4,
+         policy="PARTIAL"):
     return pattern.shard_size(clips, epoch=epoch, seed=seed, shard_id=shard_id,
-                              num_shards=num_shards, batch_size=batch_size)
+                              num_shards=num_shards, batch_size=batch_size,
+                              last_batch_policy=policy)
 
 
-def all_shards(pattern, clips, num_shards, batch_size, epoch=0, seed=0):
+def all_shards(pattern, clips, num_shards, batch_size, epoch=0, seed=0, policy="PARTIAL"):
     return [samples(pattern, clips, epoch=epoch, seed=seed, shard_id=r, num_shards=num_shards,
-                    batch_size=batch_size) for r in range(num_shards)]
+                    batch_size=batch_size, policy=policy) for r in range(num_shards)]
 
 
 def batches(shard: list[SampleSpec], batch_size: int) -> list[list[SampleSpec]]:
@@ -84,9 +93,10 @@ def frame_shape(pattern) -> tuple[int, int]:
     return 1, 1
 
 
-def expected_size(pattern, clips, num_shards, batch_size) -> int | None:
-    """Real samples per shard, worked out independently of the module; None where the epoch must
-    be refused (no samples on a shard, too few clips for distinct batches, no fitting clip)."""
+def expected_sizes(pattern, clips, num_shards, batch_size, policy="PARTIAL") -> list[int] | None:
+    """Real samples of each shard, worked out independently of the module; None where the epoch
+    must be refused (no samples on a shard, too few clips for distinct batches, no fitting clip,
+    no whole batch under DROP)."""
     step = span(pattern)
     if isinstance(pattern, StreamPattern):
         total = sum(clips.values())
@@ -98,12 +108,36 @@ def expected_size(pattern, clips, num_shards, batch_size) -> int | None:
             return None
         total = sum(clips[c] // step for c in usable)
     if is_sequential(pattern):
-        count = total // (batch_size * num_shards) * batch_size
+        chunks = batch_size * num_shards
+        if total < chunks:
+            return None                   # a slot of some rank would have nothing
+        lengths = [total // chunks + (c < total % chunks) for c in range(chunks)]
+        counts = [sum(lengths[r * batch_size:(r + 1) * batch_size]) for r in range(num_shards)]
     else:
         if pattern.samples_per_epoch is not None:
             total = pattern.samples_per_epoch
-        count = total // num_shards       # equal on every shard, not rounded to whole batches
-    return count or None
+        # equal on every shard, not rounded to whole batches
+        counts = [total // num_shards] * num_shards
+    if not all(counts):
+        return None
+    if policy == "DROP":
+        whole = min(counts) // batch_size
+        if not whole:
+            return None
+        # whole batches beyond the fewest are left out; a short batch after them stays for the
+        # iterator to drop
+        counts = [whole * batch_size if n // batch_size > whole else n for n in counts]
+    return counts
+
+
+def delivered(shard: list[SampleSpec], count: int, batch_size: int, policy: str):
+    """What DALI's iterator hands out of a shard's samples under ``policy`` (its size being the
+    shard's real count, plus whole filler batches under FILL: see GopSource.shard_size)."""
+    if policy == "PARTIAL":
+        return shard[:count]
+    if policy == "DROP":
+        return shard[:count // batch_size * batch_size]
+    return shard
 
 
 # ---- determinism ------------------------------------------------------------------------------
@@ -142,17 +176,27 @@ def test_epoch_is_the_same_in_another_process_and_sampling_imports_no_torch_or_d
 
 # ---- sharding: disjoint, balanced, covering ----------------------------------------------------
 
-def check_epoch(pattern, clips, num_shards, batch_size, epoch=0, seed=0):
+def check_epoch(pattern, clips, num_shards, batch_size, epoch=0, seed=0, policy="PARTIAL"):
     """Every shard property the loader relies on, for one epoch; returns the shards."""
-    shards = all_shards(pattern, clips, num_shards, batch_size, epoch, seed)
+    shards = all_shards(pattern, clips, num_shards, batch_size, epoch, seed, policy)
     sizes = [size(pattern, clips, epoch=epoch, seed=seed, shard_id=r, num_shards=num_shards,
-                  batch_size=batch_size) for r in range(num_shards)]
-    assert len(set(sizes)) == 1, "shards must be balanced"
-    assert sizes[0] == expected_size(pattern, clips, num_shards, batch_size)
+                  batch_size=batch_size, policy=policy) for r in range(num_shards)]
+    assert sizes == expected_sizes(pattern, clips, num_shards, batch_size, policy)
+    counts = [len(delivered(shard, n, batch_size, policy)) for shard, n in zip(shards, sizes)]
+    steps = [-(-n // batch_size) for n in counts]
+    if policy == "PARTIAL":
+        assert max(steps) - min(steps) <= 1, "ranks at most a batch apart"
+        assert all(n >= max(counts) - batch_size for n in counts)
+    else:
+        assert len(set(steps)) == 1, f"{policy}: every rank gets the same number of batches"
     length, stride = frame_shape(pattern)
     for shard, n in zip(shards, sizes):
         assert len(shard) % batch_size == 0
-        assert len(shard) == -(-n // batch_size) * batch_size, "less than one batch of padding"
+        own = -(-n // batch_size) * batch_size
+        if policy == "FILL":
+            assert len(shard) == max(steps) * batch_size, "filled up to the most batches"
+        else:
+            assert len(shard) == own, "less than one batch of padding"
         assert len(real(shard)) == n
         assert real(shard) == shard[:n], "pad samples only at the end"
         assert shard[n:] == [replace(shard[i % n], slot=-1, pad=True)
@@ -162,25 +206,33 @@ def check_epoch(pattern, clips, num_shards, batch_size, epoch=0, seed=0):
             assert list(s.frames) == list(range(s.frames[0], s.frames[-1] + 1, stride))
             assert 0 <= s.frames[0] and s.frames[-1] < clips[s.clip]
     if is_sequential(pattern):
-        check_sequential(pattern, clips, shards, batch_size)
+        check_sequential(pattern, clips, shards, sizes, batch_size, policy)
     else:
         check_round_robin(pattern, clips, shards, batch_size, epoch, seed)
     return shards
 
 
-def check_sequential(pattern, clips, shards, batch_size):
+def check_sequential(pattern, clips, shards, sizes, batch_size, policy):
     step = span(pattern)
     everything = {(c, k * step) for c, n in clips.items() for k in range(n // step)}
-    taken = [k for shard in shards for k in keys(shard)]
+    taken = [k for shard, n in zip(shards, sizes)
+             for k in keys(real(delivered(shard, n, batch_size, policy)))]
     assert len(taken) == len(set(taken)), "shards (and samples within a shard) are disjoint"
-    assert set(taken) <= everything
-    assert len(everything) - len(taken) < batch_size * len(shards)
-    for shard in shards:
-        assert all(not s.pad for s in shard), "equal chunks need no padding"
+    if policy == "DROP":
+        assert set(taken) <= everything
+        assert len(everything) - len(taken) < batch_size * len(shards)
+    else:
+        assert set(taken) == everything, "every window (frame) of every clip, once"
+    chunk = len(everything) // (batch_size * len(shards))
+    for shard, n in zip(shards, sizes):
+        assert all(s.pad for s in shard[n:]) and not any(s.pad for s in shard[:n])
+        last = shard[n // batch_size * batch_size:n]
+        assert [s.slot for s in last] == list(range(len(last))), \
+            "a short batch holds the first slots, first"
         for j in range(batch_size):
-            lane = [s for s in shard if s.slot == j]
-            assert len(lane) == len(shard) // batch_size
-            assert lane == shard[j::batch_size]
+            lane = [s for s in real(shard) if s.slot == j]
+            assert len(lane) in (chunk, chunk + 1)
+            assert lane == real(shard[j::batch_size])
             for prev, cur in zip(lane, lane[1:]):
                 if cur.clip == prev.clip:
                     assert cur.frames[0] == prev.frames[0] + step
@@ -232,16 +284,18 @@ def check_round_robin(pattern, clips, shards, batch_size, epoch, seed):
 @pytest.mark.parametrize("pattern", PATTERNS, ids=repr)
 @pytest.mark.parametrize("num_shards", [1, 2, 3, 4])
 @pytest.mark.parametrize("batch_size", [1, 2, 5])
-def test_shards_are_disjoint_balanced_and_cover_the_epoch(pattern, num_shards, batch_size):
-    check_epoch(pattern, CLIPS, num_shards, batch_size, epoch=1, seed=11)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_shards_are_disjoint_and_cover_the_epoch(pattern, num_shards, batch_size, policy):
+    check_epoch(pattern, CLIPS, num_shards, batch_size, epoch=1, seed=11, policy=policy)
 
 
-def test_stream_drops_fewer_than_a_global_batch_and_different_frames_each_epoch():
+def test_stream_drops_fewer_than_a_global_batch_and_different_frames_each_epoch_under_drop():
     clips = {"a": 7, "b": 5, "c": 4}  # 16 frames, global batch 6: 4 dropped
     dropped = []
     for epoch in range(6):
-        taken = set(keys(real(s for shard in all_shards(StreamPattern(), clips, 2, 3, epoch)
-                              for s in shard)))
+        shards = all_shards(StreamPattern(), clips, 2, 3, epoch, policy="DROP")
+        taken = set(keys(real(s for shard in shards for s in delivered(shard, len(real(shard)), 3,
+                                                                       "DROP"))))
         dropped.append({(c, f) for c, n in clips.items() for f in range(n)} - taken)
         assert len(dropped[-1]) == 4
     assert len({frozenset(d) for d in dropped}) > 1
@@ -519,20 +573,22 @@ datasets = st.dictionaries(st.text("abcdefgh", min_size=1, max_size=3), st.integ
 
 @settings(max_examples=300, deadline=None)
 @given(pattern=patterns, clips=datasets, num_shards=st.integers(1, 4),
-       batch_size=st.integers(1, 6), epoch=st.integers(0, 5), seed=st.integers(0, 2**32))
-def test_properties_hold_on_any_dataset(pattern, clips, num_shards, batch_size, epoch, seed):
-    if expected_size(pattern, clips, num_shards, batch_size) is None:
+       batch_size=st.integers(1, 6), epoch=st.integers(0, 5), seed=st.integers(0, 2**32),
+       policy=st.sampled_from(POLICIES))
+def test_properties_hold_on_any_dataset(pattern, clips, num_shards, batch_size, epoch, seed,
+                                        policy):
+    if expected_sizes(pattern, clips, num_shards, batch_size, policy) is None:
         # refused (too few samples, clips or fitting clips): then refused alike on every shard
-        reason = "no samples for shard|distinct clips|no clip is long enough"
+        reason = "no samples for shard|distinct clips|no clip is long enough|no whole batch"
         for r in range(num_shards):
             with pytest.raises(ValueError, match=reason):
                 samples(pattern, clips, epoch=epoch, seed=seed, shard_id=r,
-                        num_shards=num_shards, batch_size=batch_size)
+                        num_shards=num_shards, batch_size=batch_size, policy=policy)
             with pytest.raises(ValueError, match=reason):
                 size(pattern, clips, epoch=epoch, seed=seed, shard_id=r, num_shards=num_shards,
-                     batch_size=batch_size)
+                     batch_size=batch_size, policy=policy)
         return
     first = samples(pattern, clips, epoch=epoch, seed=seed, num_shards=num_shards,
-                    batch_size=batch_size)
-    shards = check_epoch(pattern, clips, num_shards, batch_size, epoch, seed)
+                    batch_size=batch_size, policy=policy)
+    shards = check_epoch(pattern, clips, num_shards, batch_size, epoch, seed, policy)
     assert shards[0] == first

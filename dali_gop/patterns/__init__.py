@@ -9,13 +9,15 @@ from dataclasses import fields
 
 from dali_gop.errors import ConfigError
 
-from dali_gop.patterns._base import AccessPattern, SampleSpec, ShardEpoch, clip_order, shard_from_env
+from dali_gop.patterns._base import (LAST_BATCH_POLICIES, AccessPattern, SampleSpec, ShardEpoch,
+                                     clip_order, shard_from_env)
 from dali_gop.patterns._random import RandomPattern
 from dali_gop.patterns._sequence import SequencePattern
 from dali_gop.patterns._stream import StreamPattern
 
 __all__ = ["AccessPattern", "SampleSpec", "ShardEpoch", "StreamPattern", "RandomPattern",
-           "SequencePattern", "PATTERNS", "pattern_from_name", "clip_order", "shard_from_env"]
+           "SequencePattern", "PATTERNS", "LAST_BATCH_POLICIES", "pattern_from_name", "clip_order",
+           "shard_from_env"]
 
 PATTERNS: dict[str, type[AccessPattern]] = {
     p.name: p for p in (StreamPattern, RandomPattern, SequencePattern)}

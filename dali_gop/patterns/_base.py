@@ -5,9 +5,11 @@ Everything is derived from ``(seed, epoch)`` through numpy's PCG64, so every ran
 worker process computes the same lists without talking to each other (given the same numpy
 version), and each epoch is reshuffled.
 
-Shards are balanced by construction: every rank gets the same number of batches, because a rank
-that runs out early leaves the others hanging in their next collective. Where the sample count
-does not divide evenly the remainder is dropped; each pattern says which samples that is.
+The shard's last batch follows the iterator's last-batch policy (see
+:meth:`AccessPattern.epoch_samples`): PARTIAL serves every sample and lets a rank's last batch be
+short, so the sequential patterns, which give every sample to some rank, may leave ranks one batch
+apart; FILL and DROP give every rank the same number of batches, as distributed training needs (a
+rank that runs out early leaves the others hanging in their next collective).
 
 stdlib + numpy only: this module runs inside DALI worker processes.
 """
@@ -82,40 +84,80 @@ def clip_order(clips: Mapping[str, int], *, seed: int, epoch: int) -> list[str]:
     return [ids[i] for i in _rng(seed, epoch).permutation(len(ids))]
 
 
-def pad_to_batches(samples: list[SampleSpec], batch_size: int) -> list[SampleSpec]:
-    """``samples`` followed by copies of its first samples (wrapping around) up to a multiple of
-    ``batch_size``, as DALI's FILL last-batch policy does; copies are marked ``pad=True``.
+LAST_BATCH_POLICIES = ("PARTIAL", "FILL", "DROP")
+
+
+def pad_to_batches(samples: list[SampleSpec], batch_size: int,
+                   batches: int | None = None) -> list[SampleSpec]:
+    """``samples`` followed by copies of its first samples (wrapping around) up to ``batches``
+    whole batches (default: as few as hold them), as DALI's FILL last-batch policy does; copies
+    are marked ``pad=True``.
 
     Copies get ``slot=-1``: a filler sits at an arbitrary batch position and continues nothing.
     """
-    missing = -len(samples) % batch_size
+    if batches is None:
+        batches = -(-len(samples) // batch_size)
+    missing = batches * batch_size - len(samples)
     return samples + [replace(samples[i % len(samples)], slot=-1, pad=True) for i in range(missing)]
 
 
 class AccessPattern(ABC):
     """How an epoch visits the clips, and how its samples are split over shards and batches.
 
-    Subclasses implement :meth:`_real_samples` (this shard's samples, unpadded, in batch order)
-    and may override :meth:`_real_count` with a closed form; the public methods validate the
-    arguments, refuse empty epochs and pad the tail.
+    Subclasses implement :meth:`_real_samples` (this shard's samples, unpadded, in batch order;
+    where a batch is short, its real samples first) and may override :meth:`_real_count` with a
+    closed form; the public methods validate the arguments, refuse empty epochs and make up the
+    last batch as the last-batch policy says.
     """
     name: ClassVar[str]
 
     def epoch_samples(self, clips: Mapping[str, int], *, epoch: int, seed: int, shard_id: int,
-                      num_shards: int, batch_size: int) -> list[SampleSpec]:
-        """This shard's samples for ``epoch``; each run of ``batch_size`` entries is one batch."""
+                      num_shards: int, batch_size: int,
+                      last_batch_policy: str = "PARTIAL") -> list[SampleSpec]:
+        """This shard's samples for ``epoch``; each run of ``batch_size`` entries is one batch.
+
+        ``last_batch_policy`` is the iterator's. PARTIAL: every sample of the shard, the last
+        batch filled up with fillers (``pad=True``) that the iterator cuts off. FILL: as many
+        batches as the rank with the most, filled up with fillers that the iterator serves (a
+        rank with fewer samples gets whole batches of them). DROP: as many whole batches as the
+        rank with the fewest; a shard that has more whole batches leaves its extra samples out,
+        and a short last batch after them stays for the iterator to drop.
+        """
         shard = ShardEpoch(epoch, seed, shard_id, num_shards, batch_size)
-        samples = self._real_samples(_checked_clips(clips), shard)
-        self._require_samples(len(samples), shard)
-        return pad_to_batches(samples, batch_size)
+        clips = _checked_clips(clips)
+        count, batches = self._kept(clips, shard, last_batch_policy)
+        samples = self._real_samples(clips, shard)
+        return pad_to_batches(samples[:count], batch_size, batches)
 
     def shard_size(self, clips: Mapping[str, int], *, epoch: int, seed: int, shard_id: int,
-                   num_shards: int, batch_size: int) -> int:
+                   num_shards: int, batch_size: int, last_batch_policy: str = "PARTIAL") -> int:
         """Number of real (non-pad) samples in :meth:`epoch_samples`, without building the list."""
         shard = ShardEpoch(epoch, seed, shard_id, num_shards, batch_size)
-        count = self._real_count(_checked_clips(clips), shard)
+        return self._kept(_checked_clips(clips), shard, last_batch_policy)[0]
+
+    def _kept(self, clips: dict[str, int], shard: ShardEpoch, policy: str) -> tuple[int, int]:
+        """(real samples, batches) of the shard's epoch under last-batch ``policy``."""
+        if policy not in LAST_BATCH_POLICIES:
+            raise ConfigError(f"last_batch_policy {policy!r}: choose one of {LAST_BATCH_POLICIES}")
+        count = self._real_count(clips, shard)
         self._require_samples(count, shard)
-        return count
+        batches = -(-count // shard.batch_size)
+        if policy == "PARTIAL":
+            return count, batches
+        counts = [count if r == shard.shard_id else
+                  self._real_count(clips, replace(shard, shard_id=r))
+                  for r in range(shard.num_shards)]
+        if policy == "FILL":
+            return count, -(-max(counts) // shard.batch_size)
+        whole = min(counts) // shard.batch_size
+        if not whole:
+            raise ConfigError(
+                f"last_batch_policy DROP leaves the {self.name} pattern no whole batch on some "
+                f"shard (the smallest has {min(counts)} samples, batch_size={shard.batch_size}): "
+                "use PARTIAL or FILL, or a smaller batch_size")
+        if count // shard.batch_size > whole:
+            return whole * shard.batch_size, whole
+        return count, batches
 
     @abstractmethod
     def _real_samples(self, clips: dict[str, int], shard: ShardEpoch) -> list[SampleSpec]:
@@ -149,28 +191,41 @@ def _random_count(total: int, shard: ShardEpoch) -> int:
     return total // shard.num_shards
 
 
-def _balanced_count(total: int, shard: ShardEpoch) -> int:
-    """Per-shard share of ``total`` samples once the remainder modulo ``batch_size*num_shards`` is
-    dropped, so every shard gets the same whole number of batches."""
-    return total // shard.global_batch * shard.batch_size
+def _chunks(total: int, shard: ShardEpoch) -> tuple[np.ndarray, np.ndarray]:
+    """(first item, length) of the shard's chunks, slot by slot: ``total`` items cut into
+    ``batch_size*num_shards`` contiguous chunks, the first ``total mod batch_size*num_shards`` one
+    item longer than the rest. Empty with fewer items than chunks: every slot of every rank needs
+    an item."""
+    length, extra = divmod(total, shard.global_batch)
+    if not length:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    chunks = shard.shard_id * shard.batch_size + np.arange(shard.batch_size)
+    return chunks * length + np.minimum(chunks, extra), length + (chunks < extra)
+
+
+def _sequential_count(total: int, shard: ShardEpoch) -> int:
+    """The shard's share of ``total`` items in :func:`_chunk_layout`."""
+    return int(_chunks(total, shard)[1].sum())
 
 
 def _chunk_layout(counts: np.ndarray, shard: ShardEpoch) -> tuple[list[int], list[int], list[int]]:
     """This shard's part of the sequential layout, in batch order: (clip position, item, slot).
 
-    The items (every item of clip 0, then of clip 1, ...) are cut into ``batch_size*num_shards``
-    contiguous chunks of equal length; the remainder (fewer than ``batch_size*num_shards`` items)
-    is dropped from the end. Shard r owns chunks ``r*B .. r*B+B-1``, chunk j of the shard being
-    slot j, and batch i holds entry i of each chunk. Keeping each slot's items contiguous is what
-    lets a decoder kept per slot continue where it stopped instead of seeking.
+    The items (every item of clip 0, then of clip 1, ...) are cut into chunks (:func:`_chunks`),
+    every item in one. Shard r owns chunks ``r*B .. r*B+B-1``, chunk j of the shard being slot j,
+    and batch i holds entry i of each chunk that has one. Keeping each slot's items contiguous is
+    what lets a decoder kept per slot continue where it stopped instead of seeking. The longer
+    chunks come first, so only the last batch can be short, and it holds the first slots: the
+    iterator cuts a short batch at its end.
     """
-    length = int(counts.sum()) // shard.global_batch
-    chunks = shard.shard_id * shard.batch_size + np.arange(shard.batch_size)
-    positions = (chunks[None, :] * length + np.arange(length)[:, None]).ravel()
+    starts, lengths = _chunks(int(counts.sum()), shard)
+    entry = np.arange(lengths.max(initial=0))[:, None]
+    present = entry < lengths[None, :]               # (batches, slots), batch order row by row
+    positions = (starts[None, :] + entry)[present]
+    slot = np.broadcast_to(np.arange(len(lengths)), present.shape)[present]
     ends = np.cumsum(counts)
     clip = np.searchsorted(ends, positions, side="right")   # skips clips with no items
     item = positions - (ends[clip] - counts[clip])
-    slot = np.tile(np.arange(shard.batch_size), length)
     return clip.tolist(), item.tolist(), slot.tolist()
 
 

@@ -10,9 +10,9 @@ import numpy as np
 
 from dali_gop.errors import ConfigError
 
-from dali_gop.patterns._base import (AccessPattern, SampleSpec, ShardEpoch, _balanced_count,
+from dali_gop.patterns._base import (AccessPattern, SampleSpec, ShardEpoch,
                                      _check_samples_per_epoch, _chunk_layout, _random_batches,
-                                     _random_count, clip_order)
+                                     _random_count, _sequential_count, clip_order)
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class SequencePattern(AccessPattern):
     A window spans ``(length-1)*stride + 1`` frames and must fit in its clip; shorter clips are
     skipped. ``random_starts=False``: every non-overlapping window (starts 0, span, 2*span, ...)
     once per epoch, laid out like :class:`StreamPattern` (a slot's consecutive batches move forward
-    through the same clip; at most ``batch_size*num_shards - 1`` windows are skipped per epoch).
+    through the same clip; a short last batch as the last-batch policy says).
     ``random_starts=True``: random clips at uniformly random valid starts, like
     :class:`RandomPattern`, with distinct clips per batch when there are at least ``batch_size``
     fitting clips (otherwise clips may repeat); ``samples_per_epoch`` defaults to the number of
@@ -66,7 +66,7 @@ class SequencePattern(AccessPattern):
         fitting = self._fitting(clips)
         if self.random_starts:
             return _random_count(self._num_samples(clips, fitting), shard)
-        return _balanced_count(self._window_count(clips, fitting), shard)
+        return _sequential_count(self._window_count(clips, fitting), shard)
 
     def _fitting(self, clips: dict[str, int]) -> list[str]:
         fitting = [c for c in sorted(clips) if clips[c] >= self.span]

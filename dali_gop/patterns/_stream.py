@@ -6,8 +6,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from dali_gop.patterns._base import (AccessPattern, SampleSpec, ShardEpoch, _balanced_count,
-                                     _chunk_layout, clip_order)
+from dali_gop.patterns._base import (AccessPattern, SampleSpec, ShardEpoch, _chunk_layout,
+                                     _sequential_count, clip_order)
 
 
 @dataclass(frozen=True)
@@ -15,9 +15,10 @@ class StreamPattern(AccessPattern):
     """Every frame once per epoch, each slot walking forward through whole clips (T = 1).
 
     Clips are shuffled per epoch and their frames laid end to end, then cut into contiguous
-    chunks, one per slot (see :func:`_chunk_layout`). At most ``batch_size*num_shards - 1`` frames
-    per epoch are skipped (the end of the shuffled list); the shuffle changes which from one epoch
-    to the next. No padding is ever needed.
+    chunks, one per slot of every rank (see :func:`_chunk_layout`): every frame of every clip is
+    in one. Where ``batch_size*num_shards`` does not divide the frame count, the first chunks are
+    one frame longer and the shard's last batch is short, as the last-batch policy says (DROP
+    leaves out the last frame of the longer chunks).
     """
     name: ClassVar[str] = "stream"
 
@@ -28,4 +29,4 @@ class StreamPattern(AccessPattern):
         return [SampleSpec(order[c], (f,), s) for c, f, s in zip(clip, frame, slot)]
 
     def _real_count(self, clips: dict[str, int], shard: ShardEpoch) -> int:
-        return _balanced_count(sum(clips.values()), shard)
+        return _sequential_count(sum(clips.values()), shard)
