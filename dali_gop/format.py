@@ -17,17 +17,38 @@ import re
 import socket
 import tempfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dali_gop.errors import FormatError
+from dali_gop.errors import ConfigError, FormatError
 
 FORMAT_VERSION = 1
 INDEX_FILENAME = ".gop_index.json"
 MANIFEST_FILENAME = "manifest.json"
 SUPPORTED_CODECS = ("h264", "hevc")
 _BIN_RE = re.compile(r"^gop\.(\d+)\.(\d+)\.bin$")
+
+UNSPECIFIED = "unspecified"
+# Colour tags, stored by FFmpeg's names. Keys are the code points of H.264/HEVC VUI and MP4 'colr'
+# (ISO/IEC 23091-2, the same numbers as FFmpeg's AVColorSpace & co.); reserved or unknown code
+# points read as unspecified, as decoders treat them.
+COLOR_MATRICES = {0: "gbr", 1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m",
+                  8: "ycgco", 9: "bt2020nc", 10: "bt2020c", 11: "smpte2085",
+                  12: "chroma-derived-nc", 13: "chroma-derived-c", 14: "ictcp"}
+COLOR_RANGES = {1: "limited", 2: "full"}
+COLOR_PRIMARIES = {1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m",
+                   8: "film", 9: "bt2020", 10: "smpte428", 11: "smpte431", 12: "smpte432",
+                   22: "ebu3213"}
+COLOR_TRANSFERS = {1: "bt709", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m",
+                   8: "linear", 9: "log100", 10: "log316", 11: "iec61966-2-4", 12: "bt1361e",
+                   13: "iec61966-2-1", 14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084",
+                   17: "smpte428", 18: "arib-std-b67"}
+# the conversion matrices backends implement, by the tags that mean them
+_EFFECTIVE_MATRIX = {"bt709": "bt709", "bt470bg": "bt601", "smpte170m": "bt601",
+                     "bt2020nc": "bt2020"}
+MATRIX_OVERRIDES = ("bt601", "bt709")
 
 
 def bin_filename(start: int, count: int) -> str:
@@ -147,6 +168,12 @@ class VideoIndex:
     has_b_frames: bool
     gops: tuple[GopEntry, ...]
     version: int = FORMAT_VERSION
+    # as tagged in the bitstream (VUI) or the container; indexes written before these existed
+    # read as untagged. color_conversion() says what to do with them.
+    color_matrix: str = UNSPECIFIED
+    color_range: str = UNSPECIFIED
+    color_primaries: str = UNSPECIFIED
+    color_transfer: str = UNSPECIFIED
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -215,6 +242,31 @@ def _check_types(obj: Any, where: str) -> None:
             raise FormatError(f"{where}: field {name} is negative")
 
 
+def color_conversion(index_or_fields: Any, override: str | None = None) -> tuple[str, str]:
+    """The (matrix, range) a video's YUV -> RGB conversion should use.
+
+    ``index_or_fields``: a VideoIndex, a VideoSummary, or a mapping with ``color_matrix`` and
+    ``color_range`` (missing ones count as untagged). The rule, so that every backend agrees:
+    a tagged matrix wins; an untagged one is ``bt709``, what NVDEC applies when the stream says
+    nothing; an untagged range is ``limited``; ``override`` (``bt601`` | ``bt709``) replaces the
+    matrix whatever the tag. The matrix is ``bt601``, ``bt709``, ``bt2020``, or, for the rarer
+    tags, the tag itself (``smpte240m``, ``ycgco``, ...), which a backend may refuse.
+    """
+    if override is not None and override not in MATRIX_OVERRIDES:
+        raise ConfigError(f"colour matrix override {override!r}: expected one of "
+                          f"{MATRIX_OVERRIDES} or None")
+    if isinstance(index_or_fields, Mapping):
+        get = index_or_fields.get
+    else:
+        def get(name: str, default: str) -> str:
+            return getattr(index_or_fields, name, default)
+    matrix = override or get("color_matrix", UNSPECIFIED)
+    if matrix == UNSPECIFIED:
+        matrix = "bt709"
+    color_range = "full" if get("color_range", UNSPECIFIED) == "full" else "limited"
+    return _EFFECTIVE_MATRIX.get(matrix, matrix), color_range
+
+
 @dataclass(frozen=True)
 class VideoSummary:
     """What a decoder must know before the first byte: from the index, or the manifest."""
@@ -222,10 +274,13 @@ class VideoSummary:
     codec: str
     width: int
     height: int
+    color_matrix: str = UNSPECIFIED   # the fixed-GOP path reads no index, so the colour comes along
+    color_range: str = UNSPECIFIED
 
     @classmethod
     def of(cls, index: VideoIndex) -> "VideoSummary":
-        return cls(index.num_frames, index.codec, index.width, index.height)
+        return cls(index.num_frames, index.codec, index.width, index.height, index.color_matrix,
+                   index.color_range)
 
 
 @dataclass(frozen=True)

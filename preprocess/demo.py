@@ -26,7 +26,7 @@ def make_demo_gop_store(data: Path, workers: int | None = None) -> Path:
     make_dataset(videos, workers=workers, **DEMO_DATASET)
     summary = preprocess(videos, gops, workers=workers, progress=True)
     print(summary.format())
-    if summary.failed:
+    if not summary.ok:
         raise SystemExit(1)
     return gops
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from dali_gop.synthetic import add_dataset_arguments, dataset_name, dataset_options, make_dataset
+from preprocess import verify
 from preprocess.runner import preprocess
 
 
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path("data/throughput"))
     add_dataset_arguments(parser)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--verify", choices=verify.MODES, default="pixels")
     args = parser.parse_args(argv)
     options = dataset_options(args)
     videos = args.data / dataset_name(options)
@@ -29,14 +31,15 @@ def main(argv: list[str] | None = None) -> None:
     paths = make_dataset(videos, **options, workers=args.workers, progress=True)
     print(f"dataset ready in {time.perf_counter() - t0:.1f} s: {videos}")
     source_mb = sum(p.stat().st_size for p in paths) / 1e6
-    summary = preprocess(videos, args.data / "gops", workers=args.workers, force=True)
+    summary = preprocess(videos, args.data / "gops", workers=args.workers, force=True,
+                         verify=args.verify)
     print(summary.format())
     written = [r for r in summary.results if not r.error]
     workers = args.workers or os.cpu_count()
-    print("\n| videos | frames | source MB | seconds | videos/s | source MB/s | workers | machine |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| videos | frames | source MB | verify | seconds | videos/s | source MB/s | workers | machine |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {len(written)} ({args.clips}x{args.cameras}, {args.codec} {args.width}x{args.height}, "
-          f"{args.frames} f, GOP {args.gop}{', textured' if args.textured else ''}) | {sum(r.frames for r in written)} | {source_mb:.1f} | "
+          f"{args.frames} f, GOP {args.gop}{', textured' if args.textured else ''}) | {sum(r.frames for r in written)} | {source_mb:.1f} | {args.verify} | "
           f"{summary.seconds:.2f} | {len(written) / summary.seconds:.1f} | "
           f"{source_mb / summary.seconds:.1f} | {workers} | {os.cpu_count()} cores, "
           f"{platform.machine()} |")

@@ -1,17 +1,20 @@
 """Splits one source video into standalone-decodable GOP bins and writes them atomically.
 
-CPU only: PyAV (FFmpeg's demuxer and mp4toannexb bitstream filters) and the stdlib. No decoding.
+CPU only: PyAV (FFmpeg's demuxer, mp4toannexb bitstream filters and decoders), numpy and the stdlib.
 
 The cutting rule (docs/format.md explains it at length): a GOP starts at every keyframe the
-container flags. Frame numbers are display-order ranks of the packets' presentation timestamps.
+container flags that is a random-access picture (preprocess.nal says which are). Frame numbers are
+display-order ranks of the packets' presentation timestamps.
 GOP i covers frames [display(K_i), display(K_i+1)). Its bin holds, in decode order, K_i and the
 packets after it up to K_i+1, *minus* K_i's own leading pictures (they display before K_i, so they
 belong to GOP i-1 and reference its frames), *plus*, when K_i+1 has leading pictures, K_i+1 and
 the packets through its last leading picture (the bin's ``tail``): open GOPs then decode from
-this bin alone.
+this bin alone. Before anything is written, every bin is decoded on its own and checked against
+its index (preprocess.verify); a video that fails is refused by name.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -24,12 +27,15 @@ from pathlib import Path
 import av
 
 from dali_gop import format as fmt
+from dali_gop.errors import DaliGopError
+from preprocess import verify as check
+from preprocess.nal import is_random_access, nal_type, nal_units
 
 _PARAMETER_SET_NAL_TYPES = {"h264": {7, 8}, "hevc": {32, 33, 34}}   # SPS/PPS; VPS/SPS/PPS
 _START_CODE = b"\x00\x00\x00\x01"
 
 
-class VideoError(Exception):
+class VideoError(DaliGopError):
     """A source video that preprocess cannot turn into a correct GOP store. Names the file."""
 
 
@@ -41,13 +47,9 @@ class _Packet:
     frame: int = -1     # display index, filled once every packet is known
 
 
-def _nal_types(data: bytes, codec: str):
-    """Types of the NAL units of an Annex-B buffer, in order."""
-    i = data.find(b"\x00\x00\x01")
-    while i >= 0 and i + 3 < len(data):
-        header = data[i + 3]
-        yield header & 0x1F if codec == "h264" else (header >> 1) & 0x3F
-        i = data.find(b"\x00\x00\x01", i + 3)
+def printable(path: str | os.PathLike) -> str:
+    """A path as a message can show it: bytes that are not UTF-8 as backslash escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def parameter_sets_annexb(extradata: bytes | None, codec: str, where: str) -> bytes:
@@ -81,7 +83,15 @@ def parameter_sets_annexb(extradata: bytes | None, codec: str, where: str) -> by
     return bytes(out)
 
 
-def _read_packets(path: Path) -> tuple[list[_Packet], bytes, dict]:
+@dataclass
+class _Source:
+    packets: list[_Packet]
+    parameter_sets: bytes
+    meta: dict                  # VideoIndex fields
+    ignored_keyframes: int      # flagged by the container, not random-access pictures
+
+
+def _read_packets(path: Path) -> _Source:
     where = str(path)
     try:
         container = av.open(str(path))
@@ -104,9 +114,10 @@ def _read_packets(path: Path) -> tuple[list[_Packet], bytes, dict]:
                              "NVDEC's RGB path and the reference decode assume it)")
         meta = dict(codec=codec, width=ctx.width, height=ctx.height, pix_fmt=pix_fmt,
                     frame_rate=str(stream.average_rate or stream.guessed_rate or Fraction(0)),
-                    time_base=str(stream.time_base))
+                    time_base=str(stream.time_base), **_colour_tags(ctx))
         bsf = av.bitstream.BitStreamFilterContext(f"{codec}_mp4toannexb", stream)
         packets: list[_Packet] = []
+        ignored = 0
         try:
             for packet in container.demux(stream):
                 if not packet.size:
@@ -115,10 +126,22 @@ def _read_packets(path: Path) -> tuple[list[_Packet], bytes, dict]:
                 pts, key, discard = packet.pts, packet.is_keyframe, packet.is_discard
                 for out in bsf.filter(packet):
                     packets.append(_to_packet(out, pts, key, discard, where))
+                    if key and not is_random_access(packets[-1].data, codec):
+                        packets[-1].keyframe = False
+                        ignored += 1
         except av.FFmpegError as e:
             raise VideoError(f"{where}: demux failed after {len(packets)} packets ({e})") from None
         extradata = parameter_sets_annexb(ctx.extradata, codec, where)
-    return packets, extradata, meta
+    return _Source(packets, extradata, meta, ignored)
+
+
+def _colour_tags(ctx: av.codec.context.CodecContext) -> dict[str, str]:
+    """As the bitstream's VUI tags them, or the container where the VUI says nothing (FFmpeg
+    decodes the first frame when it opens the file, and fills these in)."""
+    return dict(color_matrix=fmt.COLOR_MATRICES.get(ctx.colorspace, fmt.UNSPECIFIED),
+                color_range=fmt.COLOR_RANGES.get(ctx.color_range, fmt.UNSPECIFIED),
+                color_primaries=fmt.COLOR_PRIMARIES.get(ctx.color_primaries, fmt.UNSPECIFIED),
+                color_transfer=fmt.COLOR_TRANSFERS.get(ctx.color_trc, fmt.UNSPECIFIED))
 
 
 def _to_packet(out: av.Packet, pts: int | None, key: bool, discard: bool, where: str) -> _Packet:
@@ -136,7 +159,8 @@ def split_gops(packets: list[_Packet], codec: str, parameter_sets: bytes,
     """Apply the cutting rule to a video's packets (decode order). Returns entries and bin bytes."""
     first_key = next((i for i, p in enumerate(packets) if p.keyframe), None)
     if first_key is None:
-        raise VideoError(f"{where}: no keyframe: nothing is decodable")
+        raise VideoError(f"{where}: no keyframe decoding can start from (IDR, CRA, or an I frame): "
+                         "nothing is decodable")
     # Packets before the first keyframe, or displayed before it (leading pictures of a stream cut
     # mid-GOP), cannot be decoded: FFmpeg drops them too, so they get no frame number.
     packets = [p for p in packets[first_key:] if p.pts >= packets[first_key].pts]
@@ -159,7 +183,8 @@ def split_gops(packets: list[_Packet], codec: str, parameter_sets: bytes,
         start = packets[k].frame
         end = packets[nxt].frame if nxt < len(packets) else len(packets)
         datas = [packets[j].data for j in members]
-        if not any(t in _PARAMETER_SET_NAL_TYPES[codec] for t in _nal_types(datas[0], codec)):
+        if not any(nal_type(n, codec) in _PARAMETER_SET_NAL_TYPES[codec]
+                   for n in nal_units(datas[0]) if n):
             # mp4toannexb only inserts parameter sets before IDR; open-GOP I frames need them too
             datas[0] = parameter_sets + datas[0]
         blob = b"".join(datas)
@@ -203,41 +228,76 @@ class VideoResult:
     skipped: bool = False
     error: str | None = None
     seconds: float = 0.0
+    note: str | None = None     # worth a line: the video is fine, but not as the user may think
+
+
+def _up_to_date_result(gop_root: Path, rel: str, t0: float) -> VideoResult:
+    index = fmt.read_index(gop_root, rel)
+    return VideoResult(rel, index.num_frames, len(index.gops), sum(g.size for g in index.gops),
+                       skipped=True, seconds=time.perf_counter() - t0)
+
+
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def write_video(video_root: str | os.PathLike, gop_root: str | os.PathLike, rel: str,
-                force: bool = False) -> VideoResult:
+                force: bool = False, verify: str = "pixels") -> VideoResult:
     """Preprocess one video. Output appears atomically: bins are built in a hidden staging directory,
-    fsynced, moved in, and the index is written last; until then the video counts as not done."""
+    fsynced, moved in, and the index is written last; until then the video counts as not done.
+    ``verify``: what to check before writing, see preprocess.verify."""
+    t0 = time.perf_counter()
     video_root, gop_root = Path(video_root), Path(gop_root)
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        # the index, the manifest and the loader's batches carry paths as UTF-8 text
+        raise VideoError(f"{printable(video_root / rel)}: file or folder name is not UTF-8: "
+                         "rename it") from None
     out_dir = fmt.video_gop_dir(gop_root, rel)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(out_dir / ".lock", "a")
+    except OSError as e:
+        if e.errno not in READ_ONLY_ERRNOS:
+            raise
+        # a finished GOP root may be read-only (shared, archived): checking it needs no writes
+        if not force and is_up_to_date(video_root, gop_root, rel):
+            return _up_to_date_result(gop_root, rel, t0)
+        raise VideoError(f"{out_dir}: cannot write here ({e.strerror}) and the video is not up "
+                         "to date: make the GOP root writable, or rerun elsewhere") from None
     # one writer per video at a time, also across processes and concurrent preprocess runs
-    with open(out_dir / ".lock", "a") as lock:
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _write_video_locked(video_root, gop_root, rel, out_dir, force)
+        return _write_video_locked(video_root, gop_root, rel, out_dir, force, verify, t0)
 
 
 def _write_video_locked(video_root: Path, gop_root: Path, rel: str, out_dir: Path,
-                        force: bool) -> VideoResult:
-    t0 = time.perf_counter()
+                        force: bool, verify: str, t0: float) -> VideoResult:
     for leftover in out_dir.glob(".staging.*"):   # from a run killed midway
         shutil.rmtree(leftover, ignore_errors=True)
     for leftover in out_dir.glob(f".{fmt.INDEX_FILENAME}.*.tmp"):
         leftover.unlink(missing_ok=True)
     if not force and is_up_to_date(video_root, gop_root, rel):
-        index = fmt.read_index(gop_root, rel)
-        return VideoResult(rel, index.num_frames, len(index.gops), sum(g.size for g in index.gops),
-                           skipped=True, seconds=time.perf_counter() - t0)
+        return _up_to_date_result(gop_root, rel, t0)
     where = str(video_root / rel)
     info = source_info(video_root, rel)
-    packets, parameter_sets, meta = _read_packets(video_root / rel)
-    if not packets:
+    source = _read_packets(video_root / rel)
+    if not source.packets:
         raise VideoError(f"{where}: video stream has no packets (zero frames)")
-    gops = split_gops(packets, meta["codec"], parameter_sets, where)
+    meta = source.meta
+    gops = split_gops(source.packets, meta["codec"], source.parameter_sets, where)
+    try:
+        if verify != "none":
+            crcs = (check.source_crcs(video_root / rel, meta["width"], meta["height"])
+                    if verify == "pixels" else None)
+            check.check_bins(meta["codec"], gops, meta["width"], meta["height"], crcs)
+    except check.Mismatch as e:
+        raise VideoError(f"{where}: {e}") from None
+    except av.FFmpegError as e:
+        raise VideoError(f"{where}: FFmpeg cannot decode it ({e})") from None
     index = fmt.VideoIndex(
         source=info, num_frames=gops[-1][0].end,
-        has_b_frames=any(a.frame > b.frame for a, b in zip(packets, packets[1:])),
+        has_b_frames=any(a.frame > b.frame for a, b in zip(source.packets, source.packets[1:])),
         gops=tuple(e for e, _ in gops), **meta)
     index.validate(where)
 
@@ -263,5 +323,12 @@ def _write_video_locked(video_root: Path, gop_root: Path, rel: str, out_dir: Pat
             old.unlink()
     fmt.fsync_dir(out_dir)
     fmt.write_index(gop_root, rel, index)
+    note = None
+    if source.ignored_keyframes:
+        longest = max(e.count for e, _ in gops)
+        note = (f"{source.ignored_keyframes} of {source.ignored_keyframes + len(gops)} keyframes "
+                "the container flags are no random-access pictures (intra refresh?), so GOPs "
+                f"start only at the other {len(gops)}: up to {longest} frames long, and a random "
+                "access decodes from its GOP's start")
     return VideoResult(rel, index.num_frames, len(gops), sum(e.size for e, _ in gops),
-                       seconds=time.perf_counter() - t0)
+                       seconds=time.perf_counter() - t0, note=note)
