@@ -12,7 +12,7 @@ class CudaDriver:
 
     Two flavours, because the GIL is what runs short. DALI's thread keeps the GIL across its calls
     (``hold_gil``: ``ctypes.PyDLL``): every hand-over costs it a re-acquisition of 1-2 ms while
-    dozens of decode threads want the GIL (docs/gpu-results.md). Decode threads drop it
+    dozens of decode threads want the GIL (docs/results.md). Decode threads drop it
     (``ctypes.CDLL``): a driver call can wait for the context's locks while other threads' NVDEC
     work holds them, and every Python thread would wait with it. ``torch.from_dlpack`` on a
     PyNvVideoCodec frame costs ~190 us; a raw copy from its plane pointer ~1 us of CPU.

@@ -17,7 +17,7 @@ has its own CUDA stream, and DALI's stream waits on events, so there is no devic
 synchronization. Frames leave the decoder by driver-API device copies from their plane pointers,
 one call per ``Decode`` call (PyNvVideoCodec reuses its output buffers at the next ``Decode``):
 wrapping every frame in a tensor first cost more than half of NVDEC's throughput
-(docs/gpu-results.md).
+(docs/results.md).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, c
 from dali_gop.hooks import DecodeHook, nested
 from dali_gop.plan import Plan, Segment, segment_names
 
-DEFAULT_THREADS = 48   # GOP-prefix decodes gained up to 48 threads (docs/gpu-results.md)
+DEFAULT_THREADS = 48   # GOP-prefix decodes gained up to 48 threads (docs/results.md)
 
 
 def _nvc():
