@@ -11,127 +11,158 @@ torch.distributed's rank/world size (or RANK/WORLD_SIZE as torchrun sets them).
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import warnings
-from typing import Sequence
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from dali_gop.backends import get_backend
-from dali_gop.errors import ConfigError
+from dali_gop.errors import ConfigError, DaliGopError
 from dali_gop.hooks import DecodeHook
 from dali_gop.patterns import AccessPattern, pattern_from_name, shard_from_env
 from dali_gop._dataset import Dataset
+from dali_gop._run import Run, release
 from dali_gop._source import GopSource
-from dali_gop._pipeline import OUTPUT_NAMES, build_pipeline
+from dali_gop._workers import spawned_bootstrap
 
 LAST_BATCH_POLICIES = ("FILL", "DROP", "PARTIAL")
-WATCHDOG_SECONDS = 2.0
-
-
-def _dead_processes(pids: list[int]) -> list[int]:
-    """Those of ``pids`` that have exited (gone, or a zombie not yet reaped)."""
-    dead = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    dead.append(pid)
-        except OSError:
-            dead.append(pid)
-    return dead
-
-
-def _fetch(iterator, device_id: int | None, requests: queue.Queue, results: queue.Queue) -> None:
-    if device_id is not None:   # the current GPU is per thread; DALI's copies go to this one
-        import torch
-        torch.cuda.set_device(device_id)
-    while requests.get():
-        try:
-            results.put(("batch", next(iterator)))
-        except BaseException as e:   # StopIteration included: it ends the caller's epoch
-            results.put(("error", e))
+#: make_loader's default: how long a worker may take over one sample's read. Generous, so that
+#: slow network storage does not trip it; a hung read still ends the training loop with an error
+WORKER_TIMEOUT_SECONDS = 120.0
 
 
 class GopLoader:
-    """Iterates batches of one shard, epoch after epoch (``auto_reset``): a ``for`` loop is an epoch.
+    """Iterates batches of one shard, an epoch per ``for``, as PyTorch's DataLoader does: each new
+    ``for`` (``iter()``) starts the next epoch, and a ``break`` ends the current one.
 
     Each batch is a dict of torch tensors: ``frames`` uint8 (B, cameras, T, H, W, 3) RGB or BGR,
     ``frame_idx`` int64 (B, T), ``clip`` int64 (B,) indexing ``clip_names``, ``camera`` int64
-    (B, cameras) indexing ``cameras``.
+    (B, cameras) indexing ``cameras``. CUDA tensors are ready on the stream that was current when
+    ``next()`` returned them.
+
+    A ``for`` after a ``break`` (or after an error) builds the pipeline anew at the next epoch:
+    its stream decoders and workers carry state from batch to batch, which cannot jump. ``next()``
+    after the end of an epoch goes on with the next one.
     """
 
-    def __init__(self, pipeline, source: GopSource, last_batch_policy: str, backend):
-        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+    def __init__(self, start: Callable[[int], Run], worker_timeout: float):
+        self._start = start
+        self.worker_timeout = worker_timeout
+        self._run: Run | None = None
+        self._finalizer = None
+        self._failure: str | None = None
+        self._closed = False
+        self._attach(start(0), epoch=0)
+        self.clip_names = list(self.source.dataset.clips)
+        self.cameras = list(self.source.dataset.cameras)
+        self.batch_size = self.source.batch_size
 
-        self.source = source
-        self.clip_names = list(source.dataset.clips)
-        self.cameras = list(source.dataset.cameras)
-        self.batch_size = source.batch_size
-        self.pipeline = pipeline
-        self.backend_name = backend.name
-        # the nvdec backend's operators, for resource checks (decoder sessions)
-        self.decode_operators = getattr(backend, "operators", [])
-        self._iterator = DALIGenericIterator(
-            [pipeline], list(OUTPUT_NAMES), size=source.shard_size(),
-            last_batch_policy=getattr(LastBatchPolicy, last_batch_policy),
-            # the source pads the shard's last batch itself, wrapping to the epoch's start, and ends
-            # the epoch after it: every epoch starts fresh
-            last_batch_padded=True, auto_reset=True, prepare_first_batch=False)
+    # -- what the current pipeline is made of -------------------------------------------------
+    @property
+    def source(self) -> GopSource:
+        return self._run.source
 
-        self._requests: queue.Queue = queue.Queue()
-        self._results: queue.Queue = queue.Queue()
-        self._fetcher: threading.Thread | None = None
-        self._broken: str | None = None
+    @property
+    def pipeline(self):
+        return self._run.pipeline
 
-    def __iter__(self):
+    @property
+    def decode_operators(self) -> list:
+        """The nvdec backend's operators, for resource checks (decoder sessions)."""
+        return self._run.operators
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next batch belongs to (counted from 0)."""
+        return self._epoch
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return self._length
+
+    # -- iteration ------------------------------------------------------------------------------
+    def __iter__(self) -> "GopLoader":
+        self.reset()
         return self
 
+    def reset(self) -> None:
+        """End the epoch under way: the next batch is the next epoch's first (also after an
+        error). Nothing happens at an epoch's start."""
+        self._check_open()
+        if self._failure is not None:
+            self._restart(self._epoch + 1 if self._delivered else self._epoch)
+        elif self._delivered >= len(self):
+            # every batch taken, the end not yet seen (zip, islice stop early)
+            if self._take()[0] == "end":
+                self._epoch, self._delivered = self._epoch + 1, 0
+            else:   # an error while prefetching past the end: the next epoch, afresh
+                self._restart(self._epoch + 1)
+        elif self._delivered:
+            self._restart(self._epoch + 1)
+
     def __next__(self) -> dict:
-        out = self._next_batch()[0]
-        out["clip"] = out["clip"].view(-1)
-        return out
-
-    def _next_batch(self):
-        """DALI's iterator runs in a helper thread while this one watches the worker processes.
-
-        If a DALI worker dies (killed, out of memory), DALI 2.4 can block forever handing it the
-        next task; the training loop gets an error instead, within ``WATCHDOG_SECONDS``.
-        """
-        if self._broken:
-            raise RuntimeError(self._broken)
-        if self._fetcher is None:
-            # the thread holds the iterator, not the loader: dropping the loader stops it (__del__),
-            # and with it go the pipeline, its workers and its decoders
-            self._fetcher = threading.Thread(
-                target=_fetch, daemon=True, name="dali-gop-fetch",
-                args=(self._iterator, getattr(self.pipeline, "device_id", None), self._requests,
-                      self._results))
-            self._fetcher.start()
-        self._requests.put(True)
-        while True:
-            try:
-                kind, value = self._results.get(timeout=WATCHDOG_SECONDS)
-                break
-            except queue.Empty:
-                dead = _dead_processes(self._worker_pids())
-                if dead:
-                    self._broken = (f"DALI worker process(es) {dead} died (killed, or out of "
-                                    "memory): the pipeline cannot go on; build a new loader")
-                    raise RuntimeError(self._broken) from None
+        self._check_open()
+        if self._failure is not None:
+            raise DaliGopError(f"this loader failed ({self._failure}); start a new `for` over "
+                               "it, which starts the next epoch afresh, or build a new one")
+        kind, value, ready = self._take()
+        if kind == "end":
+            self._epoch, self._delivered = self._epoch + 1, 0
+            raise StopIteration
         if kind == "error":
+            self._fail(value)
             raise value
-        return value
+        self._delivered += 1
+        self._request()    # one batch ahead, fetched while the caller trains
+        return _hand_over(value[0], ready, self._run.device_id)
+
+    def _request(self) -> None:
+        self._run.request()
+        self._pending = True
+
+    def _take(self) -> tuple:
+        if not self._pending:
+            self._request()
+        self._pending = False
+        try:
+            return self._run.take(self.worker_timeout)
+        except BaseException as e:   # WorkerError, KeyboardInterrupt: the run cannot go on
+            self._fail(e)
+            raise
+
+    # -- the pipeline's life --------------------------------------------------------------------
+    def _attach(self, run: Run, epoch: int) -> None:
+        self._run = run
+        self._length = len(run.iterator)
+        # never self: the finalizer must not keep the loader alive
+        self._finalizer = weakref.finalize(self, release, run)
+        self._finalizer.atexit = False    # interpreter exit: dali_gop._run shuts every run down
+        self._epoch, self._delivered, self._failure = epoch, 0, None
+        self._pending = False
+
+    def _fail(self, error: BaseException) -> None:
+        """The run is beyond use: shut it down now (its workers may be stuck), restart later.
+        Kept as text: the exception's traceback would tie the loader into a reference cycle."""
+        lines = str(error).strip().splitlines()    # DALI's carry tracebacks: the last line says it
+        self._failure = f"{type(error).__name__}: {lines[-1] if lines else ''}"
+        self._finalizer()
+
+    def _restart(self, epoch: int) -> None:
+        self._finalizer()
+        self._failure = "its pipeline could not be built"
+        self._attach(self._start(epoch), epoch)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigError("this loader is closed: build a new one with make_loader")
 
     def close(self) -> None:
-        """Stop the helper thread and free the decoders (NVDEC sessions, kept GOPs) now, not at
-        garbage collection: DALI keeps a pipeline's python operators alive past the pipeline.
-        Also on ``del`` and at the end of a ``with`` block."""
-        self._requests.put(False)
-        if self._fetcher is not None:
-            self._fetcher.join(timeout=10)
-        for operator in self.decode_operators:
-            operator.close()
+        """Shut the pipeline down now, from this thread: its worker processes, DALI's threads,
+        the decoders' sessions and kept frames. Also at the end of a ``with`` block, and when
+        the loader is garbage collected."""
+        self._closed = True
+        if self._finalizer is not None:
+            self._finalizer()
 
     def __enter__(self) -> "GopLoader":
         return self
@@ -139,21 +170,37 @@ class GopLoader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __del__(self):
-        if hasattr(self, "_requests"):
-            self._requests.put(False)
-            for operator in self.decode_operators:
-                operator.close()
 
-    def _worker_pids(self) -> list[int]:
-        pool = getattr(self.pipeline, "_py_pool", None)
-        return list(pool.pids()) if pool is not None else []
+def _hand_over(batch: dict, ready, device_id: int | None) -> dict:
+    """The fetch thread's batch, made safe to use on the caller's current stream."""
+    batch["clip"] = batch["clip"].view(-1)
+    if ready is not None:
+        import torch
+        stream = torch.cuda.current_stream(device_id)
+        stream.wait_event(ready)
+        for tensor in batch.values():
+            if tensor.is_cuda:
+                # freed memory goes back to the fetch thread's stream: not before this one is done
+                tensor.record_stream(stream)
+    return batch
 
-    def __len__(self) -> int:
-        return len(self._iterator)
 
-    def reset(self) -> None:
-        self._iterator.reset()
+@dataclass(frozen=True)
+class LaterEpochs:
+    """``pattern`` from epoch ``first`` on: a pipeline rebuilt after a ``break`` counts its epochs
+    from 0 again, and its source must take them as epochs ``first``, ``first + 1``..."""
+    pattern: AccessPattern
+    first: int
+
+    @property
+    def name(self) -> str:
+        return self.pattern.name
+
+    def epoch_samples(self, clips, *, epoch: int, **shard):
+        return self.pattern.epoch_samples(clips, epoch=self.first + epoch, **shard)
+
+    def shard_size(self, clips, *, epoch: int, **shard) -> int:
+        return self.pattern.shard_size(clips, epoch=self.first + epoch, **shard)
 
 
 def _warn_if_kept_gops_crowd_the_gpu(kept: int, device_id: int, total: int | None = None) -> None:
@@ -171,10 +218,12 @@ def _warn_if_kept_gops_crowd_the_gpu(kept: int, device_id: int, total: int | Non
 
 def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "stream", *,
                 batch_size: int = 4, backend: str = "auto", cameras: Sequence[str] | None = None,
+                skip_incomplete_clips: bool = False,
                 seed: int = 0, shard_id: int | None = None, num_shards: int | None = None,
                 last_batch_policy: str = "PARTIAL", color: str = "RGB",
                 resize: tuple[int, int] | None = None, stream_decoding: bool = True,
                 stream_lead: int = 30, decode_ahead: int = 2, num_workers: int = 4,
+                worker_timeout: float = WORKER_TIMEOUT_SECONDS,
                 device_id: int | None = None, decode_threads: int | None = None,
                 hooks: Sequence[DecodeHook] = (), index_file: str | os.PathLike | None = None,
                 fix_gop_size: int | None = None, persistent_index: bool = True,
@@ -192,15 +241,18 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
         backend: ``"nvdec"`` (NVDEC through PyNvVideoCodec, frames on the GPU), ``"cpu"`` (FFmpeg,
             frames in host memory), ``"dali"`` (DALI's own decoder, for comparison), or
             ``"auto"``: nvdec where an NVIDIA driver answers, else cpu.
-        cameras: the camera videos to serve, by file name (``"CAM_FRONT.mp4"``); default: those of
-            the first clip.
+        cameras: the camera videos to serve, by file name (``"CAM_FRONT.mp4"``); default: every
+            camera any clip has. A clip lacking one is refused, naming it.
+        skip_incomplete_clips: leave clips that lack a served camera out (with a warning naming
+            them) instead of refusing the dataset.
         seed: seeds every epoch's order (``(seed, epoch)`` fixes the samples of an epoch).
         shard_id, num_shards: this rank's part of every epoch; default: torch.distributed's rank
             and world size, or ``RANK``/``WORLD_SIZE``, or one shard.
         last_batch_policy: DALI's ``"PARTIAL"`` (a short last batch), ``"FILL"`` (filled up from
             the epoch's start) or ``"DROP"``.
         color: ``"RGB"`` or ``"BGR"``.
-        resize: ``(height, width)`` to resize to on the decode device.
+        resize: ``(height, width)`` to resize to on the decode device; needed to serve clips of
+            different sizes together.
         stream_decoding: stream pattern: decode each GOP once per slot, ahead, and keep it; False
             decodes every sample from its keyframe.
         stream_lead: stream pattern: how many batches before a slot reaches a GOP it is sent to the
@@ -208,6 +260,9 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
         decode_ahead: random and sequence access on nvdec: how many batches before its turn a
             sample is decoded (its frames wait on the GPU); 0 decodes each batch in its turn.
         num_workers: reader processes (DALI's ``py_num_workers``); they only read files.
+        worker_timeout: seconds a worker may spend on one sample's read, and the training loop
+            may wait for a batch, before :class:`dali_gop.errors.WorkerError` names the worker
+            and what it was reading (a hung network file system).
         device_id: the GPU; default ``LOCAL_RANK`` or 0. Ignored by the cpu backend.
         decode_threads: nvdec decode threads (default 48).
         hooks: :class:`dali_gop.hooks.DecodeHook` objects the nvdec operator calls (measurement).
@@ -219,13 +274,21 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
 
     Returns:
         A :class:`GopLoader`: each ``for`` over it is one epoch of batches (dicts of torch tensors).
+        ``close()`` it (or use ``with``) to free its workers and GPU memory at once.
     """
+    if spawned_bootstrap():
+        raise ConfigError("make_loader ran while a DALI worker process imported your script: put "
+                          "the code that builds and iterates the loader under "
+                          "`if __name__ == \"__main__\":`")
     if last_batch_policy not in LAST_BATCH_POLICIES:
         raise ConfigError(f"last_batch_policy {last_batch_policy!r}: choose one of "
                           f"{LAST_BATCH_POLICIES}")
+    if not worker_timeout > 0:
+        raise ConfigError(f"worker_timeout must be > 0 seconds, not {worker_timeout!r}")
     if shard_id is None or num_shards is None:
         shard_id, num_shards = shard_from_env()
-    dataset = Dataset.open(gop_root, cameras=cameras, index_file=index_file)
+    dataset = Dataset.open(gop_root, cameras=cameras, index_file=index_file,
+                           skip_incomplete_clips=skip_incomplete_clips)
     access = pattern_from_name(pattern) if isinstance(pattern, str) else pattern
     options = {"hooks": tuple(hooks)} if hooks else {}
     if decode_threads is not None:
@@ -233,28 +296,33 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
     decoder = get_backend(backend, color=color, **options)
     # the source plans only what the backend can do: a backend without decoder state decodes every
     # sample from its keyframe, and only nvdec keeps frames decoded ahead
-    source = GopSource(dataset, access, batch_size=batch_size, seed=seed, shard_id=shard_id,
-                       num_shards=num_shards, fix_gop_size=fix_gop_size,
-                       verify_checksums=verify_checksums,
-                       stream_decoding=stream_decoding and decoder.stateful,
-                       persistent_index=persistent_index, stream_lead=stream_lead,
-                       decode_ahead=decode_ahead if decoder.decodes_ahead else 0,
-                       last_batch_policy=last_batch_policy)
-    decoder.check_videos(source.store, [f"{clip}/{camera}" for clip in dataset.clips
-                                         for camera in dataset.cameras])
+    source_options = dict(batch_size=batch_size, seed=seed, shard_id=shard_id,
+                          num_shards=num_shards, fix_gop_size=fix_gop_size,
+                          verify_checksums=verify_checksums,
+                          stream_decoding=stream_decoding and decoder.stateful,
+                          persistent_index=persistent_index, stream_lead=stream_lead,
+                          decode_ahead=decode_ahead if decoder.decodes_ahead else 0,
+                          last_batch_policy=last_batch_policy)
+    source = GopSource(dataset, access, **source_options)
+    dataset.check_one_size(source.store.video_info, resize)
+    decoder.check_videos(source.store, dataset.videos())
     if decoder.device == "cpu":
         device_id = None
     elif device_id is None:
         device_id = int(os.environ.get("LOCAL_RANK", 0))
     if decoder.device == "gpu":
         _warn_if_kept_gops_crowd_the_gpu(source.kept_gop_bytes(), device_id)
-    frame_shape = None
-    if resize is not None:
-        info = source.store.video_info(f"{next(iter(dataset.clips))}/{dataset.cameras[0]}")
-        length = len(source.samples(0)[0].frames)
-        frame_shape = (len(dataset.cameras), length, info.height, info.width)
-    pipeline = build_pipeline(source, decoder, batch_size=batch_size, num_threads=num_threads,
-                              device_id=device_id, py_num_workers=num_workers,
-                              prefetch_queue_depth=prefetch_queue_depth, resize=resize,
-                              frame_shape=frame_shape, seed=seed)
-    return GopLoader(pipeline, source, last_batch_policy, decoder)
+    run_options = dict(last_batch_policy=last_batch_policy, batch_size=batch_size,
+                       num_workers=num_workers, device_id=device_id, num_threads=num_threads,
+                       prefetch_queue_depth=prefetch_queue_depth, resize=resize, seed=seed)
+    decoders = [decoder]
+
+    def start(epoch: int) -> Run:
+        """A pipeline whose first epoch is ``epoch``, with a decoder of its own."""
+        run_decoder = decoders.pop() if decoders else get_backend(decoder.name, color=color,
+                                                                  **options)
+        run_source = source if epoch == 0 else GopSource(dataset, LaterEpochs(access, epoch),
+                                                         **source_options)
+        return Run(run_source, run_decoder, first_epoch=epoch, **run_options)
+
+    return GopLoader(start, worker_timeout)

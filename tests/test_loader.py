@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dali_gop import format as fmt
+from dali_gop.errors import ConfigError
 from dali_gop.patterns import RandomPattern, SequencePattern, StreamPattern
 from dali_gop._dataset import Dataset
 from dali_gop._source import GopSource
@@ -114,6 +115,40 @@ def test_last_batch_policies(stores, policy, expected):
         assert len(loader) == len(expected)
 
 
+def test_each_for_is_an_epoch_and_a_break_ends_it(stores):
+    """As PyTorch's DataLoader: a ``for`` after a ``break`` is the next epoch, whole (before: the
+    rest of the broken one). The stream pattern, so the pipeline rebuilt at the next epoch must
+    also start its slots' decoders afresh: every frame is checked."""
+    gop_root, reference = stores("hevc-open-gop")
+    rgb = {video: decoded["rgb24"] for video, decoded in reference.items()}
+
+    def keys(batches):
+        return [(int(c), tuple(f.tolist())) for b in batches
+                for c, f in zip(b["clip"], b["frame_idx"])]
+
+    whole = loader_for(gop_root, pattern="stream", seed=4)
+    epochs = [keys(whole) for _ in range(4)]
+    whole.close()
+    assert epochs[1] != epochs[0]
+    loader = loader_for(gop_root, pattern="stream", seed=4)
+    seen = []
+    for i, batch in enumerate(loader):
+        check_batch(batch, loader, rgb)
+        seen.append(batch)
+        if i == 4:
+            break
+    assert keys(seen) == epochs[0][:10] and loader.epoch == 0
+    seen = []
+    for batch in loader:
+        check_batch(batch, loader, rgb)
+        seen.append(batch)
+    assert keys(seen) == epochs[1] and loader.epoch == 2
+    # every batch taken but the end not seen (zip stops first): the next for is the next epoch
+    assert keys(b for _, b in zip(range(len(loader)), loader)) == epochs[2]
+    assert keys(loader) == epochs[3]
+    loader.close()
+
+
 def test_a_worker_error_reaches_the_loop_quickly(stores, tmp_path):
     import shutil
     gop_root, _ = stores("hevc-open-gop")
@@ -132,7 +167,7 @@ def test_a_worker_error_reaches_the_loop_quickly(stores, tmp_path):
 
 def test_dataset_checks_cameras(stores):
     gop_root, _ = stores("h264-open-gop")
-    with pytest.raises(fmt.FormatError, match="cam9.mp4"):
+    with pytest.raises(ConfigError, match="cam9.mp4"):
         Dataset.open(gop_root, cameras=["cam0.mp4", "cam9.mp4"])
 
 
@@ -225,7 +260,7 @@ def test_a_dropped_loader_frees_its_pipeline_and_thread(stores):
 
     loader = loader_for(gop_root, pattern="random")
     next(iter(loader))
-    pipeline, thread = weakref.ref(loader.pipeline), loader._fetcher
+    pipeline, thread = weakref.ref(loader.pipeline), loader._run._fetcher
     assert thread.is_alive()
     del loader
     deadline = time.monotonic() + 10

@@ -933,7 +933,8 @@ def _kill_a_worker_and_wait(gops: Path, delay: float) -> tuple[bool, BaseExcepti
 def test_a_killed_worker_is_an_error_in_the_loop_not_a_hang(clean):
     """The loop gets an exception within 10 s, wherever the kill lands. Several kill points: DALI
     2.4 itself blocks forever in about 2 of 3 of them (its task queue waits for the dead worker);
-    GopLoader's watchdog turns that into a RuntimeError naming the dead workers."""
+    GopLoader's watchdog turns that into a WorkerError (a RuntimeError) naming the
+    dead workers."""
     for trial, delay in enumerate([0.5, 1.0, 0.0, 0.8, 0.2, 0.6, 0.1, 0.3]):
         stuck, error, seconds = _kill_a_worker_and_wait(clean, delay)
         print(f"kill {trial} after {delay} s idle: stuck={stuck} error={error!r} "

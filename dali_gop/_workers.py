@@ -1,0 +1,206 @@
+"""DALI's reader processes as the loader sees them: how they start, what they report, when they end.
+
+DALI spawns the workers and runs the source callback in them; the loader wraps that callback in a
+:class:`WatchedSource`, which, once unpickled in a worker,
+
+- ends the worker when the training process is gone (killed by any signal: nothing else would, a
+  worker waits on DALI's task queue forever), and
+- writes which sample it is reading, and since when, into a :class:`ProgressBoard` the training
+  process reads, so that a worker stuck on a read (a hung network file system) is named with what
+  it was reading instead of hanging the training loop.
+
+The board is a memfd of the training process that the workers open through ``/proc``: it has no
+name in ``/dev/shm``, so nothing is left behind whichever process dies first.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import pickle
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# pid, busy, reads done, since (CLOCK_MONOTONIC: one clock for all processes of the machine),
+# epoch, position
+_RECORD = struct.Struct("<qqqdqq")
+_RECORD_SIZE = 64
+_PARENT_POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One worker's latest report."""
+    pid: int
+    busy: bool          # reading sample ``position`` of ``epoch`` since ``since``
+    reads: int          # samples read so far
+    since: float        # time.monotonic() of the last change
+    epoch: int
+    position: int       # -1: no read yet
+
+
+class ProgressBoard:
+    """The training process's side: one record per worker, read while it waits for a batch."""
+
+    def __init__(self, num_workers: int):
+        self.size = max(1, num_workers) * _RECORD_SIZE
+        self._fd = os.memfd_create("dali-gop-progress", os.MFD_CLOEXEC)
+        os.ftruncate(self._fd, self.size)
+        self._map = mmap.mmap(self._fd, self.size)
+        self.path = f"/proc/{os.getpid()}/fd/{self._fd}"
+
+    def read(self) -> dict[int, Progress]:
+        """pid -> its record, for the workers that have reported."""
+        records = {}
+        for offset in range(0, self.size, _RECORD_SIZE):
+            pid, busy, reads, since, epoch, position = _RECORD.unpack_from(self._map, offset)
+            if pid:
+                records[pid] = Progress(pid, bool(busy), reads, since, epoch, position)
+        return records
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._map.close()
+            os.close(self._fd)
+            self._fd = -1
+
+
+class WatchedSource:
+    """The source callback as the workers run it: ``source`` plus the two duties above.
+
+    Picklable; ``dataset`` is the source's, so :func:`dali_gop.gop_video` takes either.
+    """
+
+    def __init__(self, source, board: ProgressBoard):
+        self.source = source
+        self.board_path = board.path
+        self.board_size = board.size
+        self.parent_pid = os.getpid()
+        self._map = None
+
+    @property
+    def dataset(self):
+        return self.source.dataset
+
+    def __getstate__(self):
+        return {**self.__dict__, "_map": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._offset = -1
+        self._reads = 0
+        if os.getpid() != self.parent_pid:    # unpickled in a worker, as it starts
+            _exit_with(self.parent_pid)
+            self._map, self._offset = _claim_record(self.board_path, self.board_size)
+
+    def __call__(self, sample_info):
+        self._report(True, sample_info.epoch_idx, sample_info.idx_in_epoch)
+        try:
+            return self.source(sample_info)
+        finally:
+            self._reads += 1
+            self._report(False, sample_info.epoch_idx, sample_info.idx_in_epoch)
+
+    def _report(self, busy: bool, epoch: int, position: int) -> None:
+        if self._map is not None:
+            _RECORD.pack_into(self._map, self._offset, os.getpid(), busy, self._reads,
+                              time.monotonic(), epoch, position)
+
+
+def _claim_record(path: str, size: int):
+    """Map the board and take the first free record (workers start together: the lock orders
+    them). None where the board cannot be opened: the worker then runs unwatched, and a stuck
+    read is still caught, by the batch that does not come."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return None, -1
+    try:
+        board = mmap.mmap(fd, size)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            for offset in range(0, size, _RECORD_SIZE):
+                if not _RECORD.unpack_from(board, offset)[0]:
+                    _RECORD.pack_into(board, offset, os.getpid(), False, 0, time.monotonic(), -1,
+                                      -1)
+                    return board, offset
+            return None, -1
+        finally:
+            # explicitly: the mapping holds a duplicate of fd, and with it the lock
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _exit_with(parent_pid: int) -> None:
+    """End this process once ``parent_pid`` is no longer its parent. A thread polling the parent
+    rather than prctl(PR_SET_PDEATHSIG): that signal fires when the *thread* that spawned the
+    worker ends, and loaders may be built in threads that end before their loaders do."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(_PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="dali-gop-parent-watch", daemon=True).start()
+
+
+# -- the training process's view of the workers -------------------------------------------------
+
+def process_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat (R, S, D, T for stopped, Z...); "X" once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "X"
+
+
+def open_files_under(pid: int, root: str | os.PathLike) -> list[str]:
+    """The files under ``root`` that process ``pid`` has open (a stuck read's bin)."""
+    root = str(Path(root).resolve())
+    found = []
+    try:
+        entries = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{entry}")
+            if target.startswith(root + os.sep):
+                found.append(target)
+    return sorted(found)
+
+
+@contextlib.contextmanager
+def main_module_not_rerun(callback):
+    """While DALI spawns workers: keep them from re-running the training script.
+
+    A spawned process re-imports the parent's ``__main__`` so that objects defined there unpickle;
+    a script that builds its loader at module level, without ``if __name__ == "__main__":``, then
+    builds it again in every worker, which fails. The workers need nothing of ``__main__`` unless
+    the callback pickles a reference to it (a pattern class defined in the script), so the main
+    module is hidden from ``multiprocessing`` unless it does (which also spares every worker the
+    script's imports).
+    """
+    main = sys.modules.get("__main__")
+    if main is None or b"__main__" in pickle.dumps(callback):
+        yield
+        return
+    saved = {name: main.__dict__[name] for name in ("__spec__", "__file__") if name in main.__dict__}
+    main.__spec__ = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+
+
+def spawned_bootstrap() -> bool:
+    """This process is a spawned child still importing its parent's main module."""
+    import multiprocessing
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))

@@ -1,0 +1,134 @@
+"""The loader beside a training step on the same GPU: the two overlap, and the frames stay right.
+
+A stand-in model (a bf16 conv stack on the batch's frames downsampled, forward, backward and SGD on
+torch's default stream, as most training loops run) is timed alone, the nvdec loader alone, and
+the model fed by the loader. The loader's fetch thread hands DALI's outputs over on a stream of its
+own; on the default stream the training's kernels waited for each prefetched batch, and the two
+ran one after the other. The model is sized so that the loader alone takes 30-100% of its time.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from conftest import store_factory
+from test_gpu import check_rgb
+
+pytestmark = pytest.mark.gpu
+
+BATCH, STEPS, WARMUP = 8, 40, 10
+DOWNSAMPLED = (180, 320)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return store_factory(tmp_path_factory, {"hevc": dict(codec="hevc")}, ("rgb24",), clips=4,
+                         cameras=3, frames=120, width=640, height=360, gop=30)("hevc")
+
+
+def conv_model(layers: int, device):
+    import torch
+    stack = [torch.nn.Conv2d(3, 64, 3, padding=1)] + [
+        torch.nn.Conv2d(64, 64, 3, padding=1) for _ in range(layers - 1)]
+    model = torch.nn.Sequential(*[m for conv in stack for m in (conv, torch.nn.ReLU())])
+    model = model.to(device, torch.bfloat16)
+    return model, torch.optim.SGD(model.parameters(), lr=1e-4)
+
+
+def train_step(model, optimizer, frames) -> None:
+    import torch.nn.functional as F
+    x = frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2).to(model[0].weight.dtype) / 255
+    x = F.interpolate(x, size=DOWNSAMPLED, mode="bilinear", antialias=False)
+    loss = model(x).float().square().mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def seconds_per(step, count: int = STEPS) -> float:
+    import torch
+    for _ in range(WARMUP):
+        step()
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(count):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - started) / count
+
+
+class PeakMemory:
+    """Device memory in use (mem_get_info), sampled every 20 ms in a thread: the peak."""
+
+    def __init__(self):
+        self.peak, self._stop = self.used(), False
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def used() -> int:
+        import torch
+        free, total = torch.cuda.mem_get_info()
+        return total - free
+
+    def _sample(self) -> None:
+        while not self._stop:
+            self.peak = max(self.peak, self.used())
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        self._stop = True
+        self._thread.join()
+        return self.peak
+
+
+def test_the_loader_overlaps_a_training_step_on_the_default_stream(loaders, store):
+    import torch
+    gop_root, reference = store
+    device = torch.device("cuda", 0)
+    before = PeakMemory.used()
+    peak = PeakMemory()
+    loader = loaders(gop_root, pattern="stream", backend="nvdec", batch_size=BATCH, num_workers=4,
+                     shard_id=0, num_shards=1)
+
+    def endless():
+        while True:
+            yield from loader
+
+    batches = endless()
+    fixed = next(batches)["frames"].clone()
+    loader_s = seconds_per(lambda: next(batches)["frames"][0, 0, 0, 0, 0, 0].item())
+
+    layers, model_s = 2, 0.0
+    for _ in range(4):   # size the model: the loader alone takes 30-100% of a step
+        model, optimizer = conv_model(layers, device)
+        model_s = seconds_per(lambda: train_step(model, optimizer, fixed), 10)
+        if 0.3 <= loader_s / model_s <= 1.0:
+            break
+        layers = max(1, round(layers * loader_s / model_s / 0.6))
+    model_s = seconds_per(lambda: train_step(model, optimizer, fixed))
+    assert 0.3 <= loader_s / model_s <= 1.0, (layers, loader_s, model_s)
+
+    checked = []
+
+    def fed_step():
+        frames = next(batches)
+        train_step(model, optimizer, frames["frames"])
+        if len(checked) < 5:
+            # copied on the training stream after the step: had the loader's memory been reused
+            # before the step was done with it, the copy would show other frames
+            checked.append({**frames, "frames": frames["frames"].clone()})
+
+    together_s = seconds_per(fed_step)
+    used = peak.stop() - before
+    print(f"{layers} layers: model alone {model_s * 1e3:.1f} ms, loader alone "
+          f"{loader_s * 1e3:.1f} ms, together {together_s * 1e3:.1f} ms "
+          f"({together_s / max(model_s, loader_s):.2f}x the slower; "
+          f"{(model_s + loader_s) / max(model_s, loader_s):.2f}x would be serial); device memory "
+          f"above the {before / 2**20:.0f} MiB before the loader: peak {used / 2**20:.0f} MiB "
+          "(loader, model and the fixed batch)")
+    assert together_s / max(model_s, loader_s) <= 1.10
+    for batch in checked:
+        check_rgb({k: v.cpu() for k, v in batch.items()}, loader, reference)
