@@ -130,7 +130,7 @@ def test_no_leaks_over_ten_epochs(loaders, stores, pattern):
     gop_root, _ = stores("hevc-bframes")
     # 4 threads: every thread has made its decoder within the first epoch
     loader = loaders(gop_root, pattern=pattern, backend="nvdec", batch_size=3, num_workers=2,
-                     shard_id=0, num_shards=1, backend_options={"threads": 4})
+                     shard_id=0, num_shards=1, decode_threads=4)
     operator = loader.decode_operators[0]
     readings = []
     for epoch in range(10):
