@@ -221,6 +221,7 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
                 skip_incomplete_clips: bool = False,
                 seed: int = 0, shard_id: int | None = None, num_shards: int | None = None,
                 last_batch_policy: str = "PARTIAL", color: str = "RGB",
+                color_matrix: str | None = None,
                 resize: tuple[int, int] | None = None, stream_decoding: bool = True,
                 stream_lead: int = 30, decode_ahead: int = 2, num_workers: int = 4,
                 worker_timeout: float = WORKER_TIMEOUT_SECONDS,
@@ -251,6 +252,8 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
         last_batch_policy: DALI's ``"PARTIAL"`` (a short last batch), ``"FILL"`` (filled up from
             the epoch's start) or ``"DROP"``.
         color: ``"RGB"`` or ``"BGR"``.
+        color_matrix: ``"bt601"`` or ``"bt709"`` replaces every video's YUV matrix; default: the
+            video's tag, BT.709 where untagged (range: as tagged, limited where untagged).
         resize: ``(height, width)`` to resize to on the decode device; needed to serve clips of
             different sizes together.
         stream_decoding: stream pattern: decode each GOP once per slot, ahead, and keep it; False
@@ -293,6 +296,8 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
     options = {"hooks": tuple(hooks)} if hooks else {}
     if decode_threads is not None:
         options["threads"] = decode_threads
+    if color_matrix is not None:
+        options["color_matrix"] = color_matrix
     decoder = get_backend(backend, color=color, **options)
     # the source plans only what the backend can do: a backend without decoder state decodes every
     # sample from its keyframe, and only nvdec keeps frames decoded ahead

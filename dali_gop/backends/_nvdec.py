@@ -37,6 +37,7 @@ from dali_gop.backends._base import DecodeBackend
 from dali_gop.backends._cuda import CudaDriver, DriverEvent
 from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, check_position,
                                          frames_shape)
+from dali_gop.errors import ConfigError
 from dali_gop.hooks import DecodeHook, nested
 from dali_gop.plan import Plan, Segment, segment_names
 
@@ -544,7 +545,11 @@ class NvdecBackend(DecodeBackend):
     decodes_ahead = True
 
     def __init__(self, color: str = "RGB", threads: int = DEFAULT_THREADS,
-                 hooks: Sequence[DecodeHook] = ()):
+                 hooks: Sequence[DecodeHook] = (), color_matrix: str | None = None):
+        if color_matrix is not None:
+            # NVDEC converts to RGB itself, with the matrix the bitstream implies
+            raise ConfigError("color_matrix= is not supported by the nvdec backend yet; use "
+                              "backend='cpu', or leave the matrix to the video's tags")
         super().__init__(color)
         self.threads = threads
         self.hooks = tuple(hooks)
