@@ -56,6 +56,7 @@ class GopLoader:
         self.clip_names = list(self.source.dataset.clips)
         self.cameras = list(self.source.dataset.cameras)
         self.batch_size = self.source.batch_size
+        self.backend_name = self._run.backend_name   # "nvdec", "cpu" or "dali"
 
     # -- what the current pipeline is made of -------------------------------------------------
     @property

@@ -53,6 +53,7 @@ class Run:
         self.device_id = device_id
         self.board = ProgressBoard(num_workers)
         self.operators = getattr(decoder, "operators", [])    # nvdec: sessions to close
+        self.backend_name = decoder.name
         self._lock = threading.Lock()
         self._done = False
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
