@@ -19,13 +19,12 @@ from typing import Callable, Sequence
 from dali_gop.backends import get_backend
 from dali_gop.errors import ConfigError, DaliGopError
 from dali_gop.hooks import DecodeHook
-from dali_gop.patterns import AccessPattern, pattern_from_name, shard_from_env
+from dali_gop.patterns import LAST_BATCH_POLICIES, AccessPattern, pattern_from_name, shard_from_env
 from dali_gop._dataset import Dataset
 from dali_gop._run import Run, release
 from dali_gop._source import GopSource
 from dali_gop._workers import spawned_bootstrap
 
-LAST_BATCH_POLICIES = ("FILL", "DROP", "PARTIAL")
 #: make_loader's default: how long a worker may take over one sample's read. Generous, so that
 #: slow network storage does not trip it; a hung read still ends the training loop with an error
 WORKER_TIMEOUT_SECONDS = 120.0
