@@ -10,18 +10,19 @@ import types
 import numpy as np
 
 from dali_gop.backends._cuda import CudaDriver
+from videos import nv12_of
 
 
 class StandInFrame:
-    """What the operator reads of a PyNvVideoCodec frame: shape, strides, plane pointer."""
+    """What the operator reads of a PyNvVideoCodec NV12 frame: shape, strides, plane pointer."""
 
-    def __init__(self, rgb: np.ndarray):
-        self.rgb = np.ascontiguousarray(rgb)
-        self.shape = self.rgb.shape
-        self.strides = (self.shape[1] * 3, 3, 1)
+    def __init__(self, nv12: np.ndarray):
+        self.nv12 = np.ascontiguousarray(nv12)
+        self.shape = self.nv12.shape
+        self.strides = (self.shape[1], 1)
 
     def GetPtrToPlane(self, plane: int) -> int:
-        return self.rgb.ctypes.data
+        return self.nv12.ctypes.data
 
 
 class StandInDecoder:
@@ -41,8 +42,7 @@ class StandInDecoder:
         if not packet.bsl:
             frames += list(self._context.decode(None))
             self._context = av.CodecContext.create(self._codec, "r")
-        from dali_gop.reference import to_array   # converts under the colour contract
-        self._frames = [StandInFrame(to_array(f, "rgb24")) for f in frames]
+        self._frames = [StandInFrame(nv12_of(f.to_ndarray(format="yuv420p"))) for f in frames]
         return list(self._frames)
 
 

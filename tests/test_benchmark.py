@@ -29,7 +29,7 @@ def train_details(scale: float) -> dict:
 
 def rank_results(scale: float) -> list[Result]:
     return [
-        Result("NVDEC ceiling RGB, 16 threads", 9000 * scale, 14400, 1.6, 2.0, 1100.0, 90.0),
+        Result("NVDEC ceiling NV12, 16 threads", 9000 * scale, 14400, 1.6, 2.0, 1100.0, 90.0),
         Result("dali-gop stream (nvdec)", 2500 * scale, 13000, 5.2, 2.1, 19800.0, 80.0 * scale,
                method="dali-gop (nvdec)"),
         Result("dali-gop random (nvdec)", 430 * scale, 2880, 6.6, 2.2, 1300.0,
@@ -64,7 +64,7 @@ def test_report_and_table_show_every_rank_and_the_sum():
     report = make_report([rank_results(1.0), rank_results(1.5)], device="NVIDIA H100", args=ARGS)
     assert json.loads(json.dumps(report)) == report
     assert report["world_size"] == 2 and len(report["ranks"]) == 2
-    assert report["ceiling_rgb"] == pytest.approx(9000 * 2.5)
+    assert report["ceiling"] == pytest.approx(9000 * 2.5)
     assert report["random_decode_depth"] == 15.3
     table = format_table(report).splitlines()
     assert table[0] == ("| measurement | rank 0 frames/s | rank 1 frames/s | frames/s, all ranks "

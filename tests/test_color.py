@@ -25,6 +25,7 @@ from dali_gop.reference import decode_annexb, decode_source
 from dali_gop.synthetic import render_frame
 from dali_gop._store import GopStore
 from conftest import batch_frames, cpu_loader
+from videos import nv12_of
 
 SWS_MATRIX = {"bt601": "ITU601", "bt709": "ITU709", "bt2020": "BT2020"}
 SWS_RANGE = {"limited": "MPEG", "full": "JPEG"}
@@ -102,14 +103,6 @@ def expected_frames(gop_root: Path, clip: str, conversion: tuple[str, str] | Non
                 format=pixel_format, src_colorspace=SWS_MATRIX[matrix],
                 src_color_range=SWS_RANGE[color_range])
             for planes in decode_source(source(gop_root, clip), "yuv420p")]
-
-
-def nv12_of(planes: np.ndarray) -> np.ndarray:
-    """FFmpeg's yuv420p planes (H*3/2, W) as NV12 (Y, then U and V interleaved), as NVDEC gives."""
-    h, w = planes.shape[0] * 2 // 3, planes.shape[1]
-    u = planes[h:h + h // 4].reshape(h // 2, w // 2)
-    v = planes[h + h // 4:].reshape(h // 2, w // 2)
-    return np.concatenate([planes[:h], np.stack([u, v], axis=-1).reshape(h // 2, w)])
 
 
 def test_the_tags_reach_the_bitstream_and_the_index(sd_store, hd_store):

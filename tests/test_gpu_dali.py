@@ -7,7 +7,8 @@ DALI converts YUV to RGB with bilinear chroma (dali/operators/video/color_space.
 rgb24 takes the nearest chroma sample, so at colour edges the two differ by tens of levels. So each
 frame is compared with FFmpeg's YUV planes of the source converted the way DALI converts them
 (within 3 per channel), and must be closer to its own source frame (FFmpeg's rgb24) than to either
-neighbour.
+neighbour. The videos are untagged, which the colour contract converts with BT.709: the loaders
+here ask for BT.601 (``color_matrix``), the only matrix DALI's decoder has.
 """
 from __future__ import annotations
 
@@ -88,7 +89,8 @@ PATTERNS = [("stream", {}), ("random", {}), (SequencePattern(3, stride=5), {}),
 def test_dali_loader_delivers_the_source_frames(loaders, stores, name, pattern, options):
     gop_root, reference = stores(name)
     loader = loaders(gop_root, pattern=pattern, backend="dali", batch_size=3, num_workers=2,
-                     shard_id=0, num_shards=1, stream_decoding=False, **options)
+                     shard_id=0, num_shards=1, stream_decoding=False, color_matrix="bt601",
+                     **options)
     seen = worst = 0
     for batch in loader:
         assert batch["frames"].is_cuda
@@ -111,7 +113,7 @@ def test_bgr_is_rgb_reversed(loaders, stores):
     gop_root, _ = stores("hevc")
     rgb, bgr = (next(iter(loaders(gop_root, pattern="random", backend="dali", batch_size=3,
                                   num_workers=2, color=color, shard_id=0, num_shards=1,
-                                      seed=3)))
+                                  seed=3, color_matrix="bt601")))
                 for color in ("RGB", "BGR"))
     assert np.array_equal(rgb["frames"].flip(-1).cpu().numpy(), bgr["frames"].cpu().numpy())
 

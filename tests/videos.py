@@ -7,6 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 
 from dali_gop.synthetic import render_frame
 
@@ -60,3 +61,11 @@ def resolution_change(path: Path) -> Path:
             packet.pts = packet.dts = i
             out.mux(packet)
     return path
+
+
+def nv12_of(planes: np.ndarray) -> np.ndarray:
+    """FFmpeg's yuv420p planes (H*3/2, W) as NV12 (Y, then U and V interleaved), as NVDEC gives."""
+    h, w = planes.shape[0] * 2 // 3, planes.shape[1]
+    u = planes[h:h + h // 4].reshape(h // 2, w // 2)
+    v = planes[h + h // 4:].reshape(h // 2, w // 2)
+    return np.concatenate([planes[:h], np.stack([u, v], axis=-1).reshape(h // 2, w)])

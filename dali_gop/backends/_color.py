@@ -53,7 +53,11 @@ def swscale_fixed_point(matrix: str, color_range: str) -> tuple[int, ...]:
 
 def nv12_to_rgb(nv12, matrix: str, color_range: str, bgr: bool = False):
     """NV12 frames (..., H*3/2, W) uint8, on the CPU or a GPU, to (..., H, W, 3) uint8 RGB (BGR with
-    ``bgr``), converted as FFmpeg's swscale converts yuv420p with the same matrix and range."""
+    ``bgr``), converted as FFmpeg's swscale converts yuv420p with the same matrix and range.
+
+    On a GPU it is one fused kernel on the current stream (:func:`_fused_kernel`): the torch
+    expression below makes a dozen int32 passes over every frame, SM time taken from the model
+    the loader runs beside."""
     import torch
 
     if nv12.dtype != torch.uint8 or nv12.dim() < 2:
@@ -63,8 +67,11 @@ def nv12_to_rgb(nv12, matrix: str, color_range: str, bgr: bool = False):
     height = rows * 2 // 3
     if rows % 3 or height % 2 or width % 2:
         raise ValueError(f"nv12_to_rgb: {tuple(nv12.shape)} is not (..., H*3/2, W) with even H, W")
-    luma_offset, cy, vr, ub, ug, vg = swscale_fixed_point(matrix, color_range)
+    coefficients = swscale_fixed_point(matrix, color_range)
     lead = nv12.shape[:-2]
+    if nv12.is_cuda and _fused_kernel(coefficients, bgr) is not None:
+        return _fused(nv12, coefficients, bgr)
+    luma_offset, cy, vr, ub, ug, vg = coefficients
     y = nv12[..., :height, :].to(torch.int32)
     uv = nv12[..., height:, :].reshape(*lead, height // 2, width // 2, 2).to(torch.int32)
     u, v = (uv[..., 0] - 128) << 3, (uv[..., 1] - 128) << 3
@@ -76,6 +83,55 @@ def nv12_to_rgb(nv12, matrix: str, color_range: str, bgr: bool = False):
     r, g, b = channel((v * vr) >> 16), channel(((u * ug) >> 16) + ((v * vg) >> 16)), \
         channel((u * ub) >> 16)
     rgb = torch.stack((b, g, r) if bgr else (r, g, b), dim=-1).to(torch.uint8)
+    return rgb.reshape(*lead, height, width, 3)
+
+
+# The same integer arithmetic as nv12_to_rgb's torch expression, term by term (C's >> on a
+# negative int is arithmetic in CUDA, as torch's is), so the two agree bit for bit
+_KERNEL = """
+template <typename T> T nv12_to_rgb_{name}(T y, T u, T v, T channel) {{
+    int luma = ((int(y) * 8 - {luma_offset} * 8) * {cy}) >> 16;
+    int cb = (int(u) - 128) * 8, cr = (int(v) - 128) * 8;
+    int c = int(channel);
+    int chroma = c == {red} ? (cr * {vr}) >> 16
+               : c == 1 ? ((cb * {ug}) >> 16) + ((cr * {vg}) >> 16)
+               : (cb * {ub}) >> 16;
+    int value = luma + chroma;
+    return T(value < 0 ? 0 : (value > 255 ? 255 : value));
+}}
+"""
+_kernels: dict = {}
+
+
+def _fused_kernel(coefficients: tuple[int, ...], bgr: bool):
+    """A jiterator kernel (torch's runtime-compiled elementwise kernels) for one conversion, or
+    None where torch has no jiterator: then the torch expression serves."""
+    key = (coefficients, bgr)
+    if key not in _kernels:
+        try:
+            from torch.cuda.jiterator import _create_jit_fn
+        except ImportError:
+            _kernels[key] = None
+            return None
+        luma_offset, cy, vr, ub, ug, vg = coefficients
+        name = "_".join(str(abs(c)) for c in coefficients) + ("_bgr" if bgr else "")
+        _kernels[key] = _create_jit_fn(_KERNEL.format(
+            name=name, luma_offset=luma_offset, cy=cy, vr=vr, ub=ub, ug=ug, vg=vg,
+            red=2 if bgr else 0))
+    return _kernels[key]
+
+
+def _fused(nv12, coefficients: tuple[int, ...], bgr: bool):
+    """One pass: the output (..., H/2, 2, W/2, 2, 3) is (..., H, W, 3) in memory; luma, chroma and
+    the channel index reach every output byte through broadcast views, read in place."""
+    import torch
+    rows, width = nv12.shape[-2:]
+    height = rows * 2 // 3
+    lead = nv12.shape[:-2]
+    y = nv12[..., :height, :].reshape(*lead, height // 2, 2, width // 2, 2, 1)
+    uv = nv12[..., height:, :].reshape(*lead, height // 2, 1, width // 2, 1, 2)
+    channels = torch.arange(3, dtype=torch.uint8, device=nv12.device)
+    rgb = _fused_kernel(coefficients, bgr)(y, uv[..., :1], uv[..., 1:], channels)
     return rgb.reshape(*lead, height, width, 3)
 
 

@@ -5,7 +5,8 @@ Data path, per batch::
     workers --(bytes, plan)--> BitstreamStash (CPU python_function: keeps the host bytes)
                                plan.gpu() --> NvdecBatchDecoder (GPU dl_tensor_python_function)
                                               pops the host bytes, feeds NVDEC from host memory,
-                                              copies RGB frames into the output on the GPU
+                                              copies NV12 frames into the batch's staging, and
+                                              converts them to RGB on DALI's stream
 
 NVDEC parses bitstreams from host memory, and DALI lets a GPU operator take GPU inputs only, so
 the bytes never go to the GPU at all: the CPU operator hands them over in order through a FIFO
@@ -18,6 +19,11 @@ synchronization. Frames leave the decoder by driver-API device copies from their
 one call per ``Decode`` call (PyNvVideoCodec reuses its output buffers at the next ``Decode``):
 wrapping every frame in a tensor first cost more than half of NVDEC's throughput
 (docs/results.md).
+
+NVDEC decodes to NV12 and the operator converts to RGB itself (backends/_color.py), because
+NVDEC's own RGB picks the matrix of untagged video by frame size, against the colour contract
+every backend keeps. Everything held between decode and delivery (kept GOPs, frames decoded
+ahead) is NV12: half the bytes of RGB.
 """
 from __future__ import annotations
 
@@ -34,10 +40,10 @@ import numpy as np
 import nvtx
 
 from dali_gop.backends._base import DecodeBackend
+from dali_gop.backends._color import Conversion, VideoColors, nv12_to_rgb
 from dali_gop.backends._cuda import CudaDriver, DriverEvent
 from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, check_position,
                                          frames_shape)
-from dali_gop.errors import ConfigError
 from dali_gop.hooks import DecodeHook, nested
 from dali_gop.plan import Plan, Segment, segment_names
 
@@ -49,8 +55,10 @@ def _nvc():
     return nvc
 
 
-def create_decoder(codec: str, stream_handle: int, device_id: int, *, rgb: bool = True):
-    """A PyNvVideoCodec decoder on ``stream_handle``, RGB out of NVDEC unless ``rgb`` is False."""
+def create_decoder(codec: str, stream_handle: int, device_id: int, *, rgb: bool = False):
+    """A PyNvVideoCodec decoder on ``stream_handle``: NV12 out of NVDEC, or NVDEC's own RGB with
+    ``rgb`` (whose matrix for untagged video depends on the frame size: the benchmark's ceiling
+    only)."""
     nvc = _nvc()
     options = dict(gpuid=device_id, codec=getattr(nvc.cudaVideoCodec, {"h264": "H264", "hevc": "HEVC"}[codec]),
                    cudacontext=0, cudastream=stream_handle, usedevicememory=True)
@@ -59,12 +67,13 @@ def create_decoder(codec: str, stream_handle: int, device_id: int, *, rgb: bool 
     return nvc.CreateDecoder(**options)
 
 
-def _packet(buffer: np.ndarray | None):
-    packet = _nvc().PacketData()
+def packet(buffer: np.ndarray | None):
+    """A PacketData over ``buffer`` (not copied); None: the flush packet."""
+    made = _nvc().PacketData()
     if buffer is not None:
-        packet.bsl_data = buffer.ctypes.data
-        packet.bsl = buffer.size
-    return packet
+        made.bsl_data = buffer.ctypes.data
+        made.bsl = buffer.size
+    return made
 
 
 def decode_calls(decoder, data: np.ndarray, segment: Segment,
@@ -75,8 +84,8 @@ def decode_calls(decoder, data: np.ndarray, segment: Segment,
     parser finds the pictures in the Annex-B bytes either way, and each call hands the GIL over.
     Returns the frames output."""
     position = 0
-    for packet in (data[segment.offset:segment.offset + segment.size], None):
-        frames = decoder.Decode(_packet(packet))
+    for data_or_flush in (data[segment.offset:segment.offset + segment.size], None):
+        frames = decoder.Decode(packet(data_or_flush))
         if frames:
             sink(position, frames)
             position += len(frames)
@@ -86,7 +95,8 @@ def decode_calls(decoder, data: np.ndarray, segment: Segment,
 def frame_sink(driver: CudaDriver, targets: Callable[[int], Sequence[int]], frame_shape: tuple[int, ...],
                stream: int, device: int, name: str) -> Callable[[int, list], None]:
     """A :func:`decode_calls` sink copying output ``position`` to each of
-    ``targets(position)`` (device pointers to dense ``frame_shape`` uint8 buffers) on
+    ``targets(position)`` (device pointers to dense ``frame_shape`` uint8 buffers: (H*3/2, W)
+    for NV12) on
     ``stream``: one driver call per ``Decode`` call."""
     nbytes = math.prod(frame_shape)
     checked = False
@@ -118,7 +128,7 @@ def _check_frame(frame, frame_shape: tuple[int, ...], name: str) -> None:
                           f"{tuple(frame_shape)} (cameras or clips of different sizes?)")
     if strides != _dense_strides(shape):
         raise DecodeError(f"{name}: PyNvVideoCodec gave a padded frame (strides {strides}); "
-                          "this backend expects dense RGB frames")
+                          "this backend expects dense frames")
 
 
 def _dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -203,8 +213,8 @@ class _ThreadDecoders:
 
 
 class DecodedGop:
-    """A whole GOP a stream slot will pick from, decoded once by a pool thread into one tensor
-    (frames, H, W, 3) while earlier batches go by. The pool thread allocates the tensor too: an
+    """A whole GOP a stream slot will pick from, decoded once by a pool thread into one NV12 tensor
+    (frames, H*3/2, W) while earlier batches go by. The pool thread allocates the tensor too: an
     allocation in DALI's thread would hand over the GIL."""
 
     def __init__(self, name: str, count: int, frame_shape: tuple[int, ...]):
@@ -237,23 +247,29 @@ class DecodedGop:
 
 @dataclass
 class _Decoded:
-    """Frames of a sample decoded ahead: its output tensor and the decodes writing it."""
+    """Frames of a sample decoded ahead: its NV12 staging, the decodes writing it, and each
+    camera's conversion."""
     frames: object
     futures: list
+    conversions: list
 
 
 @dataclass
 class _Job:
-    """One batch in flight: outputs, futures of its plain segments, and its stream picks."""
+    """One batch in flight: NV12 staging per sample (cameras, T, H*3/2, W) and each camera's
+    conversion to RGB, futures of its plain segments, and its stream picks."""
     plan_shapes: list
-    outputs: list
+    staging: list
+    conversions: list
+    block: object = None     # the staging of every sample, when it is one tensor
     futures: list = field(default_factory=list)
     stream_picks: list = field(default_factory=list)  # (DecodedGop, byte offset, pointer)
     errors: list = field(default_factory=list)
 
 
 class NvdecBatchDecoder:
-    """GPU python operator: a batch of (host bytes, plan) -> frames (cameras, T, H, W, 3) per sample.
+    """GPU python operator: a batch of (host bytes, plan) -> frames (cameras, T, H, W, 3) per sample,
+    converted from NVDEC's NV12 as ``colors`` says for each video.
 
     Decoding runs ahead three ways. Whatever the CPU stage has stashed (in practice the next
     batch: DALI runs that stage one batch ahead of this one) is scheduled at once. Plain samples
@@ -269,10 +285,11 @@ class NvdecBatchDecoder:
     """
 
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
-                 hooks: Sequence[DecodeHook] = ()):
+                 hooks: Sequence[DecodeHook] = (), colors: VideoColors | None = None):
         self.hooks = tuple(hooks)
         self.stash = stash
         self.bgr = color == "BGR"
+        self.colors = colors or VideoColors()
         self.threads = threads
         self._dali_streams: dict[int, object] = {}
         self.kept = KeptGops()
@@ -304,7 +321,7 @@ class NvdecBatchDecoder:
         decoder = state.decoders.get(codec)
         if decoder is None:
             decoder = state.decoders[codec] = create_decoder(codec, state.stream.cuda_stream,
-                                                             device_id)
+                                                             device_id)   # NV12
         return decoder
 
     def close(self) -> None:
@@ -359,13 +376,29 @@ class NvdecBatchDecoder:
             raise DecodeError("nvdec: stashed bytes do not match this batch's plans (pipeline out "
                               "of step); rebuild the pipeline")
         with self._hooked("finish"):
-            outputs = self._finish(job, handle, device_id)
-        if self.bgr:
+            self._finish(job, handle, device_id)
             with torch.cuda.stream(dali_stream):
-                outputs = [out.flip(-1) for out in outputs]
+                outputs = self._to_rgb(job)
         return [to_dlpack(out) for out in outputs]
 
-    def _finish(self, job: _Job, dali_stream: int, device_id: int) -> list:
+    def _to_rgb(self, job: _Job) -> list:
+        """The batch's frames, converted from its NV12 staging on the current (DALI's) stream: one
+        kernel for the batch when it is one tensor of one conversion, else one per sample (and per
+        camera where a sample's cameras differ in conversion)."""
+        import torch
+        conversions = {c for sample in job.conversions for c in sample}
+        if job.block is not None and len(conversions) == 1:
+            return list(nv12_to_rgb(job.block, *conversions.pop(), self.bgr).unbind(0))
+        outputs = []
+        for staging, cameras in zip(job.staging, job.conversions):
+            if len(set(cameras)) == 1:
+                outputs.append(nv12_to_rgb(staging, *cameras[0], self.bgr))
+            else:
+                outputs.append(torch.stack([nv12_to_rgb(frames, *conversion, self.bgr)
+                                            for frames, conversion in zip(staging, cameras)]))
+        return outputs
+
+    def _finish(self, job: _Job, dali_stream: int, device_id: int) -> None:
         """Make DALI's stream wait for the batch's decodes and copy its stream picks (one driver
         call); the first error of the batch is raised."""
         errors = list(job.errors)
@@ -391,7 +424,6 @@ class NvdecBatchDecoder:
             raise errors[0]
         if destinations:
             self._driver.copy_many(destinations, sources, sizes, dali_stream, device_id)
-        return job.outputs
 
     def _start(self, batch, device_id: int, dali_stream) -> _Job:
         """Allocate a batch's outputs (and its samples' decoded ahead) on DALI's stream and
@@ -400,7 +432,7 @@ class NvdecBatchDecoder:
         datas, plans = batch
         decoded = [Plan.from_array(p) for p in plans]
         names = [segment_names(d, p.names_offset) for d, p in zip(datas, decoded)]
-        job = _Job([p.shape for p in plans], [None] * len(plans))
+        job = _Job([p.shape for p in plans], [None] * len(plans), [None] * len(plans))
         now = [i for i, plan in enumerate(decoded) if plan.kept_key < 0]
         ahead = [i for i, plan in enumerate(decoded) if plan.ahead_key >= 0]
         for i, plan in enumerate(decoded):
@@ -411,47 +443,53 @@ class NvdecBatchDecoder:
                         f"nvdec: sample {plan.kept_key >> 32}:{plan.kept_key & 0xffffffff} was "
                         "never decoded ahead (pipeline out of step); rebuild the pipeline"))
                     continue
-                job.outputs[i] = kept.frames
+                job.staging[i], job.conversions[i] = kept.frames, kept.conversions
                 job.futures += kept.futures
         tasks, sends = [], []
         # allocated on DALI's stream, which reads them last: a block freed and reused is then
         # written only after DALI's reads (the decode threads wait for ``allocated``)
         with torch.cuda.stream(dali_stream):
-            fresh = self._allocate([decoded[i].own_requests for i in now], [names[i] for i in now])
-            later = self._allocate([decoded[i].ahead_requests for i in ahead],
-                                   [names[i] for i in ahead])
+            block, fresh = self._allocate([decoded[i].own_requests for i in now],
+                                          [names[i] for i in now])
+            _, later = self._allocate([decoded[i].ahead_requests for i in ahead],
+                                      [names[i] for i in ahead])
+        if len(now) == len(plans):
+            job.block = block
         allocated = DriverEvent(self._driver, dali_stream.cuda_stream)
         for i, out in zip(now, fresh):
-            job.outputs[i] = out
-            tasks += self._plan_tasks(datas[i], decoded[i], names[i], decoded[i].own_requests,
-                                      out, job, sends)
+            job.staging[i] = out
+            mine, job.conversions[i] = self._plan_tasks(
+                datas[i], decoded[i], names[i], decoded[i].own_requests, out, job, sends)
+            tasks += mine
         ahead_tasks = []
         for i, out in zip(ahead, later):
-            mine = self._plan_tasks(datas[i], decoded[i], names[i], decoded[i].ahead_requests,
-                                    out, job, sends)
-            ahead_tasks.append((decoded[i].ahead_key, out, mine))
+            mine, conversions = self._plan_tasks(datas[i], decoded[i], names[i],
+                                                 decoded[i].ahead_requests, out, job, sends)
+            ahead_tasks.append((decoded[i].ahead_key, out, mine, conversions))
         tasks.sort(key=lambda t: -t[1].size)     # longest first: the batch ends sooner
         job.futures += [self._submit(self._decode_segment, *t, device_id, allocated)
                         for t in tasks]
         for gop, data, segment in sends:    # after this batch's own segments: needed later
             gop.future = self._submit(self._decode_gop, gop, data, segment, device_id,
                                       dali_stream)
-        for key, out, mine in ahead_tasks:  # needed last
+        for key, out, mine, conversions in ahead_tasks:  # needed last
             self.ahead[key] = _Decoded(out, [self._submit(self._decode_segment, *t, device_id,
-                                                          allocated) for t in mine])
+                                                          allocated) for t in mine], conversions)
         return job
 
     def _plan_tasks(self, data, plan: Plan, name_list: list[str], requests, out, job: _Job,
-                    sends: list) -> list:
-        """The segment decodes that fill ``out`` (cameras, T, H, W, 3) with ``requests``' frames;
-        stream steps become picks of kept GOPs (``job.stream_picks``), and the GOPs they send new
-        ``sends``."""
+                    sends: list) -> tuple[list, list[Conversion]]:
+        """The segment decodes that fill ``out`` (cameras, T, H*3/2, W) with ``requests``' frames,
+        and each camera's conversion; stream steps become picks of kept GOPs
+        (``job.stream_picks``), and the GOPs they send new ``sends``."""
         frame_shape = tuple(out.shape[2:])
         length, nbytes, base = out.shape[1], math.prod(frame_shape), out.data_ptr()
         wanted: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)
+        conversions = []
         for camera, request in enumerate(requests):
             first = base + camera * length * nbytes    # frame (camera, 0) of the sample
             if request.stream is None:
+                conversions.append(self.colors.of_segment(name_list[request.picks[0][0]]))
                 for t, (segment, position) in enumerate(request.picks):
                     wanted[segment].append((position, first + t * nbytes))
                 continue
@@ -465,7 +503,9 @@ class NvdecBatchDecoder:
                 gop = self.kept.step(camera, request.stream, send)
             except DecodeError as e:
                 job.errors.append(e)
+                conversions.append(None)
                 continue
+            conversions.append(self.colors.of_segment(gop.name))
             try:
                 job.stream_picks += [
                     (gop, gop.check_pick(position, frame_shape), first + t * nbytes)
@@ -473,20 +513,23 @@ class NvdecBatchDecoder:
             except DecodeError as e:
                 job.errors.append(e)
         return [(data, plan.segments[segment], name_list[segment], targets, frame_shape)
-                for segment, targets in wanted.items()]
+                for segment, targets in wanted.items()], conversions
 
     @staticmethod
-    def _allocate(requests: list, names: list[list[str]]) -> list:
-        """Output tensors, (cameras, T, H, W, 3) each, for samples' ``requests``: views of one block
-        when the samples agree in shape (one allocation, not one per sample)."""
+    def _allocate(requests: list, names: list[list[str]]) -> tuple[object, list]:
+        """NV12 staging, (cameras, T, H*3/2, W) each, for samples' ``requests``: views of one block
+        when the samples agree in shape (one allocation, not one per sample), and the block."""
         import torch
         if not requests:
-            return []
-        shapes = [(*frames_shape(r, n), 3) for r, n in zip(requests, names)]
+            return None, []
+        shapes = []
+        for request, name_list in zip(requests, names):
+            cameras, length, height, width = frames_shape(request, name_list)
+            shapes.append((cameras, length, height * 3 // 2, width))
         if len(set(shapes)) == 1:
-            return list(torch.empty((len(shapes), *shapes[0]), dtype=torch.uint8,
-                                    device="cuda").unbind(0))
-        return [torch.empty(shape, dtype=torch.uint8, device="cuda") for shape in shapes]
+            block = torch.empty((len(shapes), *shapes[0]), dtype=torch.uint8, device="cuda")
+            return block, list(block.unbind(0))
+        return None, [torch.empty(shape, dtype=torch.uint8, device="cuda") for shape in shapes]
 
     def _run_decoder(self, segment: Segment, name: str, data, targets, frame_shape, device_id: int,
                      allocated: DriverEvent | None):
@@ -546,11 +589,7 @@ class NvdecBackend(DecodeBackend):
 
     def __init__(self, color: str = "RGB", threads: int = DEFAULT_THREADS,
                  hooks: Sequence[DecodeHook] = (), color_matrix: str | None = None):
-        if color_matrix is not None:
-            # NVDEC converts to RGB itself, with the matrix the bitstream implies
-            raise ConfigError("color_matrix= is not supported by the nvdec backend yet; use "
-                              "backend='cpu', or leave the matrix to the video's tags")
-        super().__init__(color)
+        super().__init__(color, color_matrix)
         self.threads = threads
         self.hooks = tuple(hooks)
         self.operators: list[NvdecBatchDecoder] = []
@@ -558,7 +597,8 @@ class NvdecBackend(DecodeBackend):
     def decode(self, data, plan):
         from nvidia.dali import fn
         stash = BitstreamStash()
-        operator = NvdecBatchDecoder(stash, self.color, self.threads, hooks=self.hooks)
+        operator = NvdecBatchDecoder(stash, self.color, self.threads, hooks=self.hooks,
+                                     colors=self.colors)
         self.operators.append(operator)
         tokens = fn.python_function(data, plan, function=stash.put, batch_processing=True)
         # no stream sync before each call: the operator orders all its GPU work on DALI's stream
