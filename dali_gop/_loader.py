@@ -10,16 +10,20 @@ torch.distributed's rank/world size (or RANK/WORLD_SIZE as torchrun sets them).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
+from dali_gop import format as fmt
 from dali_gop.backends import get_backend
 from dali_gop.errors import ConfigError, DaliGopError
 from dali_gop.hooks import DecodeHook
 from dali_gop.patterns import LAST_BATCH_POLICIES, AccessPattern, pattern_from_name, shard_from_env
+from dali_gop.patterns._resume import Layout, Resumed
 from dali_gop._dataset import Dataset
 from dali_gop._run import Run, release
 from dali_gop._source import GopSource
@@ -28,6 +32,19 @@ from dali_gop._workers import spawned_bootstrap
 #: make_loader's default: how long a worker may take over one sample's read. Generous, so that
 #: slow network storage does not trip it; a hung read still ends the training loop with an error
 WORKER_TIMEOUT_SECONDS = 120.0
+
+#: the version of :meth:`GopLoader.state_dict`'s format; a state of another version is refused
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a pipeline starts: at batch ``skip`` of ``epoch`` (each rank having delivered that
+    many), after the ``earlier`` layouts the epoch ran in at other rank counts or batch sizes
+    (:mod:`dali_gop.patterns._resume`)."""
+    epoch: int
+    skip: int = 0
+    earlier: tuple[Layout, ...] = ()
 
 
 class GopLoader:
@@ -42,16 +59,23 @@ class GopLoader:
     A ``for`` after a ``break`` (or after an error) builds the pipeline anew at the next epoch:
     its stream decoders and workers carry state from batch to batch, which cannot jump. ``next()``
     after the end of an epoch goes on with the next one.
+
+    :meth:`state_dict` says where the loader is, :meth:`load_state_dict` (or ``make_loader(...,
+    state=...)``) goes on from there: a training checkpoint keeps it beside the model's.
     """
 
-    def __init__(self, start: Callable[[int], Run], worker_timeout: float):
+    def __init__(self, start: Callable[[Position], Run], worker_timeout: float, *,
+                 identity: dict, shard: dict, state: Mapping | None = None):
         self._start = start
         self.worker_timeout = worker_timeout
+        self._identity = identity
+        self._shard = shard
         self._run: Run | None = None
         self._finalizer = None
         self._failure: str | None = None
         self._closed = False
-        self._attach(start(0), epoch=0)
+        at = Position(0) if state is None else self._resume_point(state)
+        self._attach(start(at))
         self.clip_names = list(self.source.dataset.clips)
         self.cameras = list(self.source.dataset.cameras)
         self.batch_size = self.source.batch_size
@@ -77,8 +101,42 @@ class GopLoader:
         return self._epoch
 
     def __len__(self) -> int:
-        """Batches per epoch."""
+        """Batches of the epoch under way on this rank (those delivered before a resume
+        included): every epoch's, but where an epoch was resumed at another number of ranks."""
         return self._length
+
+    # -- resuming -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Where this loader is, as a small JSON-serialisable dict: the batch after the last one
+        delivered. A training checkpoint keeps it beside the model's and the optimizer's; any
+        rank's will do, the ranks delivering their batches in lock-step.
+
+        Keys: ``version``; what must match to resume (``dataset``: a checksum of the clips, their
+        frame counts and the cameras; ``pattern`` and its ``options``, ``seed``,
+        ``last_batch_policy``); ``epoch`` and ``batches`` (each rank's batches delivered of it);
+        ``shard`` (``shard_id``, ``num_shards``, ``batch_size``); ``resharded``: the layouts
+        ``[num_shards, batch_size, batches]`` the epoch ran in before, where it was resumed at
+        another number of ranks (usually empty)."""
+        epoch, batches, earlier = self._epoch, self._delivered, self._earlier
+        if batches >= len(self):    # every batch taken: the next one is the next epoch's first
+            epoch, batches, earlier = epoch + 1, 0, ()
+        return {"version": STATE_VERSION, **self._identity, "epoch": epoch, "batches": batches,
+                "shard": dict(self._shard), "resharded": [list(layout) for layout in earlier]}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Go on where ``state`` (from :meth:`state_dict`, here or in an earlier process) says:
+        the next batch is the one after the last it had delivered, and the next ``for``
+        continues that epoch. At another number of ranks (or batch size) the rest of the epoch
+        is shared out anew (:mod:`dali_gop.patterns._resume`). A state of another dataset,
+        pattern, seed or last-batch policy is refused (:class:`ConfigError`)."""
+        self._check_open()
+        at = self._resume_point(state)
+        self._finalizer()
+        self._failure = "its pipeline could not be built"
+        self._attach(self._start(at))
+
+    def _resume_point(self, state: Mapping) -> Position:
+        return resume_point(state, self._identity, self._shard)
 
     # -- iteration ------------------------------------------------------------------------------
     def __iter__(self) -> "GopLoader":
@@ -87,18 +145,20 @@ class GopLoader:
 
     def reset(self) -> None:
         """End the epoch under way: the next batch is the next epoch's first (also after an
-        error). Nothing happens at an epoch's start."""
+        error). Nothing happens at an epoch's start, nor where a resumed loader has not delivered
+        a batch yet."""
         self._check_open()
+        started = self._delivered > self._resumed_at
         if self._failure is not None:
-            self._restart(self._epoch + 1 if self._delivered else self._epoch)
+            self._restart(Position(self._epoch + 1) if started else self._position())
         elif self._delivered >= len(self):
             # every batch taken, the end not yet seen (zip, islice stop early)
             if self._take()[0] == "end":
-                self._epoch, self._delivered = self._epoch + 1, 0
+                self._next_epoch()
             else:   # an error while prefetching past the end: the next epoch, afresh
-                self._restart(self._epoch + 1)
-        elif self._delivered:
-            self._restart(self._epoch + 1)
+                self._restart(Position(self._epoch + 1))
+        elif started:
+            self._restart(Position(self._epoch + 1))
 
     def __next__(self) -> dict:
         self._check_open()
@@ -107,7 +167,7 @@ class GopLoader:
                                "it, which starts the next epoch afresh, or build a new one")
         kind, value, ready = self._take()
         if kind == "end":
-            self._epoch, self._delivered = self._epoch + 1, 0
+            self._next_epoch()
             raise StopIteration
         if kind == "error":
             self._fail(value)
@@ -130,14 +190,23 @@ class GopLoader:
             self._fail(e)
             raise
 
+    def _next_epoch(self) -> None:
+        self._length = self._run.next_epoch()
+        self._epoch, self._delivered, self._resumed_at, self._earlier = self._epoch + 1, 0, 0, ()
+
+    def _position(self) -> Position:
+        return Position(self._epoch, self._delivered, self._earlier)
+
     # -- the pipeline's life --------------------------------------------------------------------
-    def _attach(self, run: Run, epoch: int) -> None:
+    def _attach(self, run: Run) -> None:
         self._run = run
-        self._length = len(run.iterator)
+        at = run.start
+        self._length = at.skip + len(run.iterator)
         # never self: the finalizer must not keep the loader alive
         self._finalizer = weakref.finalize(self, release, run)
         self._finalizer.atexit = False    # interpreter exit: dali_gop._run shuts every run down
-        self._epoch, self._delivered, self._failure = epoch, 0, None
+        self._epoch, self._delivered, self._failure = at.epoch, at.skip, None
+        self._resumed_at, self._earlier = at.skip, at.earlier
         self._pending = False
 
     def _fail(self, error: BaseException) -> None:
@@ -147,10 +216,10 @@ class GopLoader:
         self._failure = f"{type(error).__name__}: {lines[-1] if lines else ''}"
         self._finalizer()
 
-    def _restart(self, epoch: int) -> None:
+    def _restart(self, at: Position) -> None:
         self._finalizer()
         self._failure = "its pipeline could not be built"
-        self._attach(self._start(epoch), epoch)
+        self._attach(self._start(at))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -171,6 +240,58 @@ class GopLoader:
         self.close()
 
 
+def resume_point(state: Mapping, identity: Mapping, shard: Mapping) -> Position:
+    """Where a loader of ``identity`` on ``shard`` goes on from ``state``; refuses a state it
+    cannot continue exactly, saying what differs."""
+    if not isinstance(state, Mapping) or "version" not in state:
+        raise ConfigError(f"a loader state is the dict GopLoader.state_dict() returns, not "
+                          f"{type(state).__name__}: pass checkpoint['loader'] or the like")
+    if state["version"] != STATE_VERSION:
+        raise ConfigError(f"loader state version {state['version']!r}: this dali-gop reads version "
+                          f"{STATE_VERSION}; resume with the dali-gop that saved it, or start "
+                          "the loader without a state")
+    for key, what, fix in (
+            ("dataset", "another dataset (its clips, frame counts or cameras differ)",
+             "the GOP root, cameras and skip_incomplete_clips it was saved with"),
+            ("pattern", "another access pattern", "the pattern it was saved with"),
+            ("options", "other pattern options", "the pattern options it was saved with"),
+            ("seed", "another seed", "the seed it was saved with"),
+            ("last_batch_policy", "another last_batch_policy", "the policy it was saved with")):
+        if state.get(key) != identity[key]:
+            raise ConfigError(f"the loader state is of {what}: {key} {state.get(key)!r} there, "
+                              f"{identity[key]!r} here; build the loader with {fix}, or start "
+                              "it without the state")
+    try:
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        saved = (int(state["shard"]["num_shards"]), int(state["shard"]["batch_size"]))
+        earlier = tuple(tuple(int(n) for n in layout) for layout in state.get("resharded", ()))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"the loader state lacks or garbles {e}: pass the dict "
+                          "GopLoader.state_dict() returned, unchanged") from None
+    if epoch < 0 or batches < 0 or any(len(layout) != 3 for layout in earlier):
+        raise ConfigError(f"the loader state's position is garbled (epoch {epoch}, batches "
+                          f"{batches}, resharded {earlier}): pass the dict "
+                          "GopLoader.state_dict() returned, unchanged")
+    if saved == (shard["num_shards"], shard["batch_size"]):
+        return Position(epoch, batches, earlier)
+    if not batches:
+        return Position(epoch, 0, earlier)
+    return Position(epoch, 0, earlier + (saved + (batches,),))
+
+
+def _identity(dataset: Dataset, access: AccessPattern, seed: int, policy: str) -> dict:
+    """What a state must share with a loader to be resumed by it, as JSON has it."""
+    fingerprint = json.dumps({"clips": dataset.clips, "cameras": list(dataset.cameras)},
+                             sort_keys=True)
+    if dataclasses.is_dataclass(access):
+        options = {f.name: getattr(access, f.name) for f in dataclasses.fields(access)}
+    else:
+        options = {"repr": repr(access)}
+    return json.loads(json.dumps({
+        "dataset": f"{fmt.checksum(fingerprint.encode()):08x}", "pattern": access.name,
+        "options": options, "seed": seed, "last_batch_policy": policy}))
+
+
 def _hand_over(batch: dict, ready, device_id: int | None) -> dict:
     """The fetch thread's batch, made safe to use on the caller's current stream."""
     batch["clip"] = batch["clip"].view(-1)
@@ -183,24 +304,6 @@ def _hand_over(batch: dict, ready, device_id: int | None) -> dict:
                 # freed memory goes back to the fetch thread's stream: not before this one is done
                 tensor.record_stream(stream)
     return batch
-
-
-@dataclass(frozen=True)
-class LaterEpochs:
-    """``pattern`` from epoch ``first`` on: a pipeline rebuilt after a ``break`` counts its epochs
-    from 0 again, and its source must take them as epochs ``first``, ``first + 1``..."""
-    pattern: AccessPattern
-    first: int
-
-    @property
-    def name(self) -> str:
-        return self.pattern.name
-
-    def epoch_samples(self, clips, *, epoch: int, **shard):
-        return self.pattern.epoch_samples(clips, epoch=self.first + epoch, **shard)
-
-    def shard_size(self, clips, *, epoch: int, **shard) -> int:
-        return self.pattern.shard_size(clips, epoch=self.first + epoch, **shard)
 
 
 def _warn_if_kept_gops_crowd_the_gpu(kept: int, device_id: int, total: int | None = None) -> None:
@@ -229,7 +332,7 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
                 hooks: Sequence[DecodeHook] = (), index_file: str | os.PathLike | None = None,
                 fix_gop_size: int | None = None, persistent_index: bool = True,
                 verify_checksums: bool = False, num_threads: int = 4,
-                prefetch_queue_depth: int = 2) -> GopLoader:
+                prefetch_queue_depth: int = 2, state: Mapping | None = None) -> GopLoader:
     """Build the DALI pipeline and the iterator over one rank's shard of a GOP store.
 
     Args:
@@ -274,6 +377,8 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
             indexes re-read every epoch when False).
         verify_checksums: check every bin's CRC-32 as it is read.
         num_threads, prefetch_queue_depth: DALI's pipeline options.
+        state: a :meth:`GopLoader.state_dict` from a checkpoint: the loader goes on with the batch
+            after the last one it had delivered (see :meth:`GopLoader.load_state_dict`).
 
     Returns:
         A :class:`GopLoader`: each ``for`` over it is one epoch of batches (dicts of torch tensors).
@@ -322,12 +427,19 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
                        prefetch_queue_depth=prefetch_queue_depth, resize=resize, seed=seed)
     decoders = [decoder]
 
-    def start(epoch: int) -> Run:
-        """A pipeline whose first epoch is ``epoch``, with a decoder of its own."""
+    def start(at: Position) -> Run:
+        """A pipeline whose first batch is ``at``'s, with a decoder of its own."""
+        run_source = source
+        if at != Position(0):
+            run_source = GopSource(dataset, Resumed(access, at.epoch, at.skip, at.earlier),
+                                   **source_options)
+            size = run_source.shard_size(0)
+            if not (size // batch_size if last_batch_policy == "DROP" else size):
+                return start(Position(at.epoch + 1))   # this rank has delivered all of it
         run_decoder = decoders.pop() if decoders else get_backend(decoder.name, color=color,
                                                                   **options)
-        run_source = source if epoch == 0 else GopSource(dataset, LaterEpochs(access, epoch),
-                                                         **source_options)
-        return Run(run_source, run_decoder, first_epoch=epoch, **run_options)
+        return Run(run_source, run_decoder, start=at, **run_options)
 
-    return GopLoader(start, worker_timeout)
+    return GopLoader(start, worker_timeout, state=state,
+                     identity=_identity(dataset, access, seed, last_batch_policy),
+                     shard=dict(shard_id=shard_id, num_shards=num_shards, batch_size=batch_size))

@@ -43,13 +43,15 @@ class Run:
     stays one batch ahead of the training loop."""
 
     def __init__(self, source, decoder, *, last_batch_policy: str, batch_size: int,
-                 num_workers: int, device_id: int | None, first_epoch: int = 0, **pipeline_options):
+                 num_workers: int, device_id: int | None, start=None, **pipeline_options):
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
         _start_helpers()
         self.source = source
-        self.first_epoch = first_epoch
+        self.start = start     # the loader's Position of the first batch
+        self.first_epoch = 0 if start is None else start.epoch
+        self._epochs_begun = 0
         self.device_id = device_id
         self.board = ProgressBoard(num_workers)
         self.operators = getattr(decoder, "operators", [])    # nvdec: sessions to close
@@ -103,6 +105,16 @@ class Run:
                 return self._results.get(timeout=poll)
             except queue.Empty:
                 seen = self._check_workers(time.monotonic() - started, worker_timeout, seen)
+
+    def next_epoch(self) -> int:
+        """The iterator's epoch ended: size it for the next one; its batches. A resumed epoch is
+        shorter than the rest, and DALI's iterator keeps the size it was built with (``size`` is
+        read-only, hence its attribute)."""
+        self._epochs_begun += 1
+        size = self.source.shard_size(self._epochs_begun)
+        if size != self.iterator.size:
+            self.iterator._size = size
+        return len(self.iterator)
 
     def worker_pids(self) -> list[int]:
         pool = getattr(self.pipeline, "_py_pool", None)
