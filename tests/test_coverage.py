@@ -67,9 +67,9 @@ DATASETS = {"x265": dict(codec="hevc", bframes=4, open_gop=True)}
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     """Two clips of 101 frames (GOPs 0, 25, 50, 75, 100), two cameras, leading pictures at every
-    keyframe after the first."""
+    keyframe after the first; 144 rows, NVDEC's least for HEVC."""
     return store_factory(tmp_path_factory, DATASETS, clips=2, cameras=2, frames=101, width=160,
-                         height=96, gop=25)
+                         height=144, gop=25)
 
 
 def run_epochs(loader, reference, epochs: int = 2) -> list[Counter]:
@@ -151,3 +151,16 @@ def test_nvdec_streams_windows_crossing_gops_as_it_decodes_them_plainly(loaders,
     for (clips, frames, a), (clips_b, frames_b, b) in zip(*runs):
         assert (clips, frames) == (clips_b, frames_b)
         assert np.array_equal(a, b), f"clips {clips}, frames {frames}"
+
+
+@pytest.mark.gpu
+def test_nvdec_names_a_video_it_cannot_decode(loaders, tmp_path_factory):
+    """HEVC below NVDEC's minimum size: one line naming the bin, its size and the cpu backend, not
+    the decoder library's own error."""
+    gop_root, _ = store_factory(tmp_path_factory, {"small": dict(codec="hevc")}, clips=1,
+                                cameras=1, frames=10, width=160, height=96, gop=5)("small")
+    loader = loaders(gop_root, pattern="random", backend="nvdec", batch_size=1, num_workers=1,
+                     shard_id=0, num_shards=1)
+    with pytest.raises(Exception, match=r"gop\.\d+\.\d+\.bin: this GPU's NVDEC cannot decode hevc "
+                                        r"at 160x96.*backend='cpu'"):
+        next(iter(loader))

@@ -214,8 +214,7 @@ class _ThreadDecoders:
 
 class DecodedGop:
     """A whole GOP a stream slot will pick from, decoded once by a pool thread into one NV12 tensor
-    (frames, H*3/2, W) while earlier batches go by. The pool thread allocates the tensor too: an
-    allocation in DALI's thread would hand over the GIL."""
+    (frames, H*3/2, W) while earlier batches go by."""
 
     def __init__(self, name: str, count: int, frame_shape: tuple[int, ...]):
         self.name = name
@@ -455,7 +454,6 @@ class NvdecBatchDecoder:
                                       [names[i] for i in ahead])
         if len(now) == len(plans):
             job.block = block
-        allocated = DriverEvent(self._driver, dali_stream.cuda_stream)
         for i, out in zip(now, fresh):
             job.staging[i] = out
             mine, job.conversions[i] = self._plan_tasks(
@@ -466,12 +464,19 @@ class NvdecBatchDecoder:
             mine, conversions = self._plan_tasks(datas[i], decoded[i], names[i],
                                                  decoded[i].ahead_requests, out, job, sends)
             ahead_tasks.append((decoded[i].ahead_key, out, mine, conversions))
+        with torch.cuda.stream(dali_stream):
+            # the GOPs too: one allocator pool (DALI's stream) for everything the operator holds,
+            # not one per decode thread, each caching blocks only that thread can reuse
+            for gop, _, _ in sends:
+                gop.frames = torch.empty((gop.count, *gop.frame_shape), dtype=torch.uint8,
+                                         device="cuda")
+        allocated = DriverEvent(self._driver, dali_stream.cuda_stream)
         tasks.sort(key=lambda t: -t[1].size)     # longest first: the batch ends sooner
         job.futures += [self._submit(self._decode_segment, *t, device_id, allocated)
                         for t in tasks]
         for gop, data, segment in sends:    # after this batch's own segments: needed later
             gop.future = self._submit(self._decode_gop, gop, data, segment, device_id,
-                                      dali_stream)
+                                      allocated)
         for key, out, mine, conversions in ahead_tasks:  # needed last
             self.ahead[key] = _Decoded(out, [self._submit(self._decode_segment, *t, device_id,
                                                           allocated) for t in mine], conversions)
@@ -532,23 +537,28 @@ class NvdecBatchDecoder:
         return None, [torch.empty(shape, dtype=torch.uint8, device="cuda") for shape in shapes]
 
     def _run_decoder(self, segment: Segment, name: str, data, targets, frame_shape, device_id: int,
-                     allocated: DriverEvent | None):
+                     allocated: DriverEvent, whole_gop: bool = False):
         """Pool thread: decode a segment from its keyframe on the thread's decoder, copying output
         ``position`` to the pointers ``targets(position)``; flush; return an event after it all."""
         import torch
         state = self._thread_state(device_id)
         stream = state.stream.cuda_stream
-        if allocated is not None:
-            self._pool_driver.wait(stream, allocated.handle)
+        self._pool_driver.wait(stream, allocated.handle)
         decoder = self._decoder(state, segment.codec, device_id)
         sink = frame_sink(self._pool_driver, targets, frame_shape, stream, device_id, name)
         try:
-            with self._hooked("decode", name, allocated is None):
+            with self._hooked("decode", name, whole_gop):
                 produced = decode_calls(decoder, data, segment, sink)
         except Exception as e:
             state.decoders.pop(segment.codec, None)   # a decoder in an unknown state: not reused
             if isinstance(e, DecodeError):
                 raise
+            if "cuvidCreateDecoder" in str(e):   # the video itself is beyond this GPU's NVDEC
+                height, width = frame_shape[0] * 2 // 3, frame_shape[1]
+                raise DecodeError(
+                    f"{name}: this GPU's NVDEC cannot decode {segment.codec} at {width}x{height} "
+                    "(below its minimum size, e.g. 144x144 for HEVC, or above its maximum); use "
+                    "backend='cpu' for these videos, or re-encode them") from None
             raise DecodeError(f"{name}: NVDEC failed ({e})") from e
         check_outputs(produced, segment, name)
         done = torch.cuda.Event()
@@ -565,21 +575,16 @@ class NvdecBatchDecoder:
         return self._run_decoder(segment, name, data, lambda p: by_position.get(p, ()),
                                  frame_shape, device_id, allocated)
 
-    def _decode_gop(self, gop: DecodedGop, data, segment: Segment, device_id: int, dali_stream):
-        """Pool thread: allocate a stream slot's GOP tensor and decode the whole GOP into it."""
-        import torch
-        state = self._thread_state(device_id)
-        with torch.cuda.stream(state.stream):
-            frames = torch.empty((gop.count, *gop.frame_shape), dtype=torch.uint8, device="cuda")
-        # DALI's stream copies frames out last: the block is not reused before it is done
-        frames.record_stream(dali_stream)
-        gop.frames = frames
-        base, count, frame_bytes = frames.data_ptr(), gop.count, gop.frame_bytes
+    def _decode_gop(self, gop: DecodedGop, data, segment: Segment, device_id: int,
+                    allocated: DriverEvent):
+        """Pool thread: decode a whole GOP into a stream slot's GOP tensor (allocated on DALI's
+        stream, which copies frames out of it last: its block is reused only after that)."""
+        base, count, frame_bytes = gop.frames.data_ptr(), gop.count, gop.frame_bytes
 
         def targets(position):   # a GOP's bin may decode one frame of the next GOP: not kept
             return (base + position * frame_bytes,) if position < count else ()
         return self._run_decoder(segment, gop.name, data, targets, gop.frame_shape, device_id,
-                                 None)
+                                 allocated, whole_gop=True)
 
 
 class NvdecBackend(DecodeBackend):
