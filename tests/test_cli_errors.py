@@ -1,0 +1,67 @@
+"""Every command the README shows answers a wrong path with one line on stderr: no traceback, no
+progress bar before it, a non-zero exit status.
+
+Already tested elsewhere: `python -m preprocess` on a missing video root and every other user
+error of preprocess (tests/test_preprocess.py::test_a_user_error_is_one_line_naming_the_file),
+`python -m pipelines.throughput.chart` on a missing file and bad options of the benchmark
+(tests/test_benchmark.py::test_user_errors_are_one_line).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+A_FILE = str(ROOT / "pyproject.toml")      # where a folder is expected: a file
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def assert_one_line(done: subprocess.CompletedProcess, *words: str) -> None:
+    assert done.returncode != 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    # splitlines: a progress bar's carriage returns count as lines too
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(word in lines[0] for word in words), done.stderr[-3000:]
+    assert lines[0].endswith("(--debug or DALI_GOP_DEBUG=1 for the traceback)"), lines[0]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the set's progress bar (make_dataset(progress=True) in pipelines/throughput/__main__.py "
+    "prepare_dataset) is on stderr before the error: create --data first, e.g. "
+    "args.data.mkdir(parents=True, exist_ok=True) before make_dataset"))
+def test_throughput_on_a_data_path_that_is_a_file():
+    pytest.importorskip("nvidia.dali")
+    pytest.importorskip("torch")
+    assert_one_line(run_module("pipelines.throughput", "--backend", "cpu", "--data", A_FILE),
+                    A_FILE, "Not a directory")
+
+
+def test_throughput_on_a_data_path_that_is_a_file_says_it_in_one_line_at_the_end():
+    """What holds today of the test above: the error itself is one line, the last, with no
+    traceback and exit status 2 (before the README's promise, the bar aside)."""
+    pytest.importorskip("nvidia.dali")
+    pytest.importorskip("torch")
+    done = run_module("pipelines.throughput", "--backend", "cpu", "--data", A_FILE)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"pipelines.throughput: error: {A_FILE}/") and "Not a directory" in last
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(["preprocess.demo", "--data", A_FILE], marks=pytest.mark.xfail(strict=True, reason=(
+        "preprocess/demo.py main() is not run through dali_gop.errors.run_cli: a NotADirectoryError "
+        "traceback"))),
+    pytest.param(["preprocess.throughput", "--data", A_FILE], marks=pytest.mark.xfail(
+        strict=True, reason="preprocess/throughput.py is not run through run_cli: a traceback")),
+    ["pipelines.train_example", "--backend", "cpu", "--gop_base_path", "/nonexistent/gops"],
+], ids=["preprocess.demo", "preprocess.throughput", "train_example"])
+def test_the_readme_commands_on_a_wrong_path(args):
+    assert_one_line(run_module(*args), args[-1])
