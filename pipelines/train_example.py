@@ -7,19 +7,28 @@ With no dataset flags it makes a small synthetic multi-camera dataset under data
 it and trains on it, so it runs anywhere (on the CPU with ``--backend cpu``, the default without a
 GPU). The seed's flags keep the seed's meaning. NVTX ranges mark load, decode and step for
 Nsight Systems.
+
+``--checkpoint PATH`` saves the model, the optimizer, the step and the loader's state every
+``--checkpoint_every`` steps; ``--resume PATH`` goes on from such a checkpoint with the batch after
+the last one trained on, at any number of ranks.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
 import nvtx
 
+from dali_gop.errors import ConfigError, run_cli
+
+PROG = "python -m pipelines.train_example"
+
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pipelines.train_example", description=__doc__,
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     seed_flags = parser.add_argument_group("the seed's flags")
     seed_flags.add_argument("--index_file", default=None,
@@ -43,11 +52,22 @@ def parse_args(argv=None):
     parser.add_argument("--backend", choices=["auto", "nvdec", "dali", "cpu"], default="auto")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--max_steps", type=int, default=None,
-                        help="steps per epoch at most (the next epoch goes on where it stopped)")
+                        help="steps per epoch at most (the rest of the epoch is left out)")
     parser.add_argument("--resize", type=int, nargs=2, default=(64, 112), metavar=("H", "W"),
                         help="frames are resized on the decode device before the model")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    parser.add_argument("--checkpoint", default=None, metavar="PATH",
+                        help="save model, optimizer, step and loader state here (rank 0)")
+    parser.add_argument("--checkpoint_every", type=int, default=100, metavar="N",
+                        help="steps between checkpoints")
+    parser.add_argument("--resume", default=None, metavar="PATH",
+                        help="go on from this checkpoint, with the batch after its last")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also DALI_GOP_DEBUG=1)")
+    args = parser.parse_args(argv)
+    if args.checkpoint_every < 1:
+        parser.error(f"--checkpoint_every must be >= 1, not {args.checkpoint_every}")
+    return args
 
 
 DEMO_DATA = Path("data/demo")   # the embedded default: videos/ and gops/ made here on first run
@@ -64,7 +84,30 @@ class TinyVideoNet:
             torch.nn.Linear(16, 1))
 
 
-def main(argv=None) -> None:
+def save_checkpoint(path: str, model, optimizer, loader, step: int) -> None:
+    """Everything a resumed run needs, written whole or not at all: a run killed while saving
+    keeps the checkpoint before."""
+    import torch
+    temporary = f"{path}.tmp{os.getpid()}"
+    torch.save({"model": getattr(model, "module", model).state_dict(),
+                "optimizer": optimizer.state_dict(), "loader": loader.state_dict(),
+                "step": step}, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: str, device) -> dict:
+    import torch
+    if not os.path.isfile(path):
+        raise ConfigError(f"--resume {path}: no such checkpoint file")
+    checkpoint = torch.load(path, map_location=device)
+    missing = {"model", "optimizer", "loader", "step"} - set(checkpoint)
+    if missing:
+        raise ConfigError(f"--resume {path}: not a checkpoint of this script (it lacks "
+                          f"{', '.join(sorted(missing))})")
+    return checkpoint
+
+
+def main(argv=None) -> int:
     import torch
     import torch.distributed as dist
 
@@ -81,6 +124,7 @@ def main(argv=None) -> None:
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if on_gpu else "cpu")
     if on_gpu:
         torch.cuda.set_device(device)
+    checkpoint = load_checkpoint(args.resume, device) if args.resume else None
 
     if args.gop_base_path is None:
         gop_root = DEMO_DATA / "gops"
@@ -89,7 +133,14 @@ def main(argv=None) -> None:
     else:
         gop_root = Path(args.gop_base_path)
         if args.video_base_path and rank == 0:
-            print(preprocess(args.video_base_path, gop_root).format())
+            summary = preprocess(args.video_base_path, gop_root)
+            print(summary.format())
+            if not summary.ok:
+                # training on what is left would silently leave those videos out
+                what = (f"{len(summary.failed)} video(s) failed" if summary.failed else
+                        "the manifest was not updated")
+                raise ConfigError(f"preprocessing {args.video_base_path}: {what} (see above); "
+                                  "fix or remove them and run again")
     if world > 1:
         dist.barrier()   # the other ranks wait for rank 0's preprocessing
 
@@ -100,18 +151,27 @@ def main(argv=None) -> None:
                          index_file=args.index_file, fix_gop_size=args.fix_gop_size,
                          cameras=args.cameras.split(",") if args.cameras else None,
                          persistent_index=args.use_persistent_index, seed=args.seed,
-                         resize=tuple(args.resize))
+                         resize=tuple(args.resize),
+                         state=checkpoint["loader"] if checkpoint else None)
     model = TinyVideoNet(len(loader.cameras)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    step = 0
+    if checkpoint:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        step = checkpoint["step"]
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     if rank == 0:
+        resumed = f", resumed at epoch {loader.epoch} step {step}" if checkpoint else ""
         print(f"rank 0/{world}: {len(loader.clip_names)} clips x {len(loader.cameras)} cameras, "
               f"pattern {args.pattern}, backend {loader.backend_name}, {len(loader)} batches/epoch "
-              f"on this rank, device {device}")
-    for epoch in range(args.epochs):
-        started, frames_seen, steps = time.perf_counter(), 0, 0
-        batches = iter(loader)
+              f"on this rank, device {device}{resumed}")
+    for epoch in range(loader.epoch, args.epochs):
+        batches = iter(loader)    # this epoch: a resumed one goes on, any other starts
+        # a resumed epoch counts the steps trained before the checkpoint
+        started, frames_seen, steps = time.perf_counter(), 0, loader.state_dict()["batches"]
+        first = steps
         while args.max_steps is None or steps < args.max_steps:
             with nvtx.annotate("load", color="blue"):
                 try:
@@ -129,15 +189,21 @@ def main(argv=None) -> None:
                 optimizer.step()
             frames_seen += b * c * t
             steps += 1
-        if steps == 0:
+            step += 1
+            if args.checkpoint and rank == 0 and step % args.checkpoint_every == 0:
+                save_checkpoint(args.checkpoint, model, optimizer, loader, step)
+        if steps == first:
             continue
         seconds = time.perf_counter() - started
         if rank == 0:
-            print(f"epoch {epoch}: {steps} steps, {frames_seen} frames in {seconds:.1f} s "
+            print(f"epoch {epoch}: {steps - first} steps, {frames_seen} frames in {seconds:.1f} s "
                   f"({frames_seen / seconds:.0f} frames/s on rank 0), loss {loss.item():.4f}")
+    if args.checkpoint and rank == 0:
+        save_checkpoint(args.checkpoint, model, optimizer, loader, step)
     if world > 1:
         dist.destroy_process_group()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog=PROG))

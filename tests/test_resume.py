@@ -460,6 +460,59 @@ def test_sigkill_then_resume_in_a_new_process_delivers_the_rest_exactly(stores, 
     assert by_rank(before + rest) == by_rank(whole)
 
 
+# ---- the training example ----------------------------------------------------------------------
+
+def train_example(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.train_example", "--backend", "cpu",
+                           "--num_workers", "1", "--group_num", "2", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_training_example_checkpoints_and_resumes(stores, tmp_path):
+    gop_root, _ = stores("h264")
+    checkpoint = tmp_path / "run.pt"
+    first = train_example("--gop_base_path", str(gop_root), "--epochs", "1", "--checkpoint",
+                          str(checkpoint), "--checkpoint_every", "7")
+    assert first.returncode == 0, first.stderr[-2000:]
+    import torch
+    saved = torch.load(checkpoint)
+    assert saved["step"] == 45 and set(saved) == {"model", "optimizer", "loader", "step"}
+    assert (saved["loader"]["epoch"], saved["loader"]["batches"]) == (1, 0)
+    # a checkpoint from the middle of an epoch: the run goes on with its next batch
+    middle = dict(saved, step=30, loader=dict(saved["loader"], epoch=0, batches=30))
+    torch.save(middle, checkpoint)
+    second = train_example("--gop_base_path", str(gop_root), "--epochs", "2", "--resume",
+                           str(checkpoint), "--checkpoint", str(checkpoint))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resumed at epoch 0 step 30" in second.stdout
+    assert "epoch 0: 15 steps" in second.stdout and "epoch 1: 45 steps" in second.stdout
+    assert torch.load(checkpoint)["step"] == 30 + 15 + 45
+    other = train_example("--gop_base_path", str(gop_root), "--pattern", "random", "--resume",
+                          str(checkpoint))
+    assert other.returncode == 2
+    assert other.stderr.count("\n") == 1 and "another access pattern" in other.stderr
+    missing = train_example("--gop_base_path", str(gop_root), "--resume", str(tmp_path / "no"))
+    assert missing.returncode == 2 and "no such checkpoint" in missing.stderr
+
+
+@pytest.mark.slow
+def test_the_training_example_stops_when_preprocessing_failed(stores, tmp_path):
+    import shutil
+    gop_root, _ = stores("h264")
+    videos = tmp_path / "videos"
+    shutil.copytree(gop_root.parent / "videos", videos)
+    next(videos.rglob("*.mp4")).write_bytes(b"not a video")
+    run = train_example("--video_base_path", str(videos), "--gop_base_path",
+                        str(tmp_path / "gops"))
+    assert run.returncode == 2
+    # preprocessing's own report (progress, the FAILED line) and one line saying it stops
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m pipelines.train_example: error: preprocessing ")
+    assert "1 video(s) failed" in last and "Traceback" not in run.stderr
+    assert "epoch 0" not in run.stdout
+
+
 # ---- nvdec --------------------------------------------------------------------------------------
 
 @pytest.mark.gpu
