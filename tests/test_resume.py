@@ -416,6 +416,35 @@ def test_resumed_at_another_number_of_ranks_the_rest_comes_once(stores, pattern,
 
 
 @pytest.mark.slow
+def test_resharded_twice_in_one_epoch(stores):
+    """2 ranks deliver 3 batches each, 3 ranks from rank 0's state 2 more each, 1 rank from
+    their rank 2's state the rest: the epoch once, frames PyAV's."""
+    gop_root, reference = stores("h264")
+    rgb = {video: decoded["rgb24"] for video, decoded in reference.items()}
+
+    def keys(batches) -> list[tuple]:
+        return [(int(c), int(f[0])) for values in batches
+                for c, f in zip(values["clip"], values["frame_idx"].tolist())]
+
+    delivered, state, saved = Counter(), None, []
+    for num_shards, batches in ((2, 3), (3, 2), (1, None)):
+        states = []
+        for rank in range(num_shards):
+            with make(gop_root, "stream", num_shards, rank, state=state) as loader:
+                taken = list(loader) if batches is None else \
+                    [b for _, b in zip(range(batches), loader)]
+                for values in taken:
+                    check_batch(values, loader, rgb)
+                delivered.update(keys(taken))
+                states.append(loader.state_dict())
+        state = states[-1]
+        saved.append(state)
+    assert [(s["epoch"], s["batches"], s["resharded"]) for s in saved] == \
+        [(0, 3, []), (0, 2, [[2, 2, 3]]), (1, 0, [])]
+    assert delivered == Counter((c, f) for c in range(3) for f in range(30))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("pattern", RUN_PATTERNS)
 @pytest.mark.parametrize("num_shards", [1, 2])
 def test_sigkill_then_resume_in_a_new_process_delivers_the_rest_exactly(stores, tmp_path,
