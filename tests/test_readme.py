@@ -129,6 +129,19 @@ def without_guard(code: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def test_the_snippet_without_its_main_guard_still_runs(gop_root, tmp_path):
+    """The guard is advice, not a requirement of the README's own lines: the loader keeps DALI's
+    spawned workers from importing a script that defines nothing they need."""
+    code = without_guard(snippet())
+    assert GUARD not in code
+    script = tmp_path / "train.py"
+    script.write_text(PRELUDE + code.replace(SNIPPET_ROOT, str(gop_root))
+                      + EPILOGUE.replace(GUARD, "if True:"))
+    done = run_script(script)
+    assert done.returncode == 0 and done.stdout.startswith("delivered 1 "), done.stderr
+    assert "Traceback" not in done.stderr and "Warning" not in done.stderr, done.stderr
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "each spawned DALI worker prints its own traceback of the ConfigError raised by make_loader "
     "(dali_gop/_loader.py, spawned_bootstrap()), and the training process adds DALI's `Workers "
