@@ -55,9 +55,9 @@ def nv12_to_rgb(nv12, matrix: str, color_range: str, bgr: bool = False):
     """NV12 frames (..., H*3/2, W) uint8, on the CPU or a GPU, to (..., H, W, 3) uint8 RGB (BGR with
     ``bgr``), converted as FFmpeg's swscale converts yuv420p with the same matrix and range.
 
-    On a GPU it is one fused kernel on the current stream (:func:`_fused_kernel`): the torch
-    expression below makes a dozen int32 passes over every frame, SM time taken from the model
-    the loader runs beside."""
+    On a GPU, for rows of whole 32-bit words, it is one fused kernel on the current stream
+    (:func:`_fused_kernel`): the torch expression below makes a dozen int32 passes over every
+    frame, SM time taken from the model the loader runs beside."""
     import torch
 
     if nv12.dtype != torch.uint8 or nv12.dim() < 2:
@@ -69,7 +69,7 @@ def nv12_to_rgb(nv12, matrix: str, color_range: str, bgr: bool = False):
         raise ValueError(f"nv12_to_rgb: {tuple(nv12.shape)} is not (..., H*3/2, W) with even H, W")
     coefficients = swscale_fixed_point(matrix, color_range)
     lead = nv12.shape[:-2]
-    if nv12.is_cuda and _fused_kernel(coefficients, bgr) is not None:
+    if nv12.is_cuda and _fits_words(nv12) and _fused_kernel(coefficients, bgr) is not None:
         return _fused(nv12, coefficients, bgr)
     luma_offset, cy, vr, ub, ug, vg = coefficients
     y = nv12[..., :height, :].to(torch.int32)
@@ -87,17 +87,26 @@ def nv12_to_rgb(nv12, matrix: str, color_range: str, bgr: bool = False):
 
 
 # The same integer arithmetic as nv12_to_rgb's torch expression, term by term (C's >> on a
-# negative int is arithmetic in CUDA, as torch's is), so the two agree bit for bit
+# negative int is arithmetic in CUDA, as torch's is), so that they agree bit for bit. Each thread
+# writes one 32-bit word: 4 of the 12 bytes of 4 pixels' RGB, from the 4 pixels' luma word and the
+# chroma word of their 2 chroma pairs. A thread per byte spent several times the SM time, taken
+# from the model the loader runs beside.
 _KERNEL = """
-template <typename T> T nv12_to_rgb_{name}(T y, T u, T v, T channel) {{
-    int luma = ((int(y) * 8 - {luma_offset} * 8) * {cy}) >> 16;
-    int cb = (int(u) - 128) * 8, cr = (int(v) - 128) * 8;
-    int c = int(channel);
-    int chroma = c == {red} ? (cr * {vr}) >> 16
-               : c == 1 ? ((cb * {ug}) >> 16) + ((cr * {vg}) >> 16)
-               : (cb * {ub}) >> 16;
-    int value = luma + chroma;
-    return T(value < 0 ? 0 : (value > 255 ? 255 : value));
+template <typename T> T nv12_to_rgb_{name}(T luma4, T chroma4, T word) {{
+    unsigned int lumas = (unsigned int)luma4, chromas = (unsigned int)chroma4, out = 0;
+    for (int j = 0; j < 4; ++j) {{
+        int byte = int(word) * 4 + j, pixel = byte / 3, channel = byte % 3;
+        int y = (lumas >> (8 * pixel)) & 255;
+        int cb = ((int)((chromas >> (16 * (pixel >> 1))) & 255) - 128) * 8;
+        int cr = ((int)((chromas >> (16 * (pixel >> 1) + 8)) & 255) - 128) * 8;
+        int luma = ((y * 8 - {luma_offset} * 8) * {cy}) >> 16;
+        int chroma = channel == {red} ? (cr * {vr}) >> 16
+                   : channel == 1 ? ((cb * {ug}) >> 16) + ((cr * {vg}) >> 16)
+                   : (cb * {ub}) >> 16;
+        int value = luma + chroma;
+        out |= (unsigned int)(value < 0 ? 0 : (value > 255 ? 255 : value)) << (8 * j);
+    }}
+    return T(out);
 }}
 """
 _kernels: dict = {}
@@ -121,18 +130,24 @@ def _fused_kernel(coefficients: tuple[int, ...], bgr: bool):
     return _kernels[key]
 
 
+def _fits_words(nv12) -> bool:
+    """Rows of whole 32-bit words, at word-aligned addresses: what the word kernel reads."""
+    return nv12.shape[-1] % 4 == 0 and nv12.stride(-1) == 1 and nv12.data_ptr() % 4 == 0 and \
+        all(stride % 4 == 0 for stride in nv12.stride()[:-1])
+
+
 def _fused(nv12, coefficients: tuple[int, ...], bgr: bool):
-    """One pass: the output (..., H/2, 2, W/2, 2, 3) is (..., H, W, 3) in memory; luma, chroma and
-    the channel index reach every output byte through broadcast views, read in place."""
+    """One pass: the output words (..., H/2, 2, W/4, 3) are (..., H, W, 3) in memory; the luma and
+    chroma words reach every output word through broadcast views, read in place."""
     import torch
     rows, width = nv12.shape[-2:]
     height = rows * 2 // 3
     lead = nv12.shape[:-2]
-    y = nv12[..., :height, :].reshape(*lead, height // 2, 2, width // 2, 2, 1)
-    uv = nv12[..., height:, :].reshape(*lead, height // 2, 1, width // 2, 1, 2)
-    channels = torch.arange(3, dtype=torch.uint8, device=nv12.device)
-    rgb = _fused_kernel(coefficients, bgr)(y, uv[..., :1], uv[..., 1:], channels)
-    return rgb.reshape(*lead, height, width, 3)
+    luma = nv12[..., :height, :].view(torch.int32).reshape(*lead, height // 2, 2, width // 4, 1)
+    chroma = nv12[..., height:, :].view(torch.int32).reshape(*lead, height // 2, 1, width // 4, 1)
+    words = torch.arange(3, dtype=torch.int32, device=nv12.device)
+    rgb = _fused_kernel(coefficients, bgr)(luma, chroma, words)
+    return rgb.view(torch.uint8).reshape(*lead, height, width, 3)
 
 
 class VideoColors:
