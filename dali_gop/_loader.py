@@ -316,7 +316,7 @@ def _warn_if_kept_gops_crowd_the_gpu(kept: int, device_id: int, total: int | Non
     if kept > total / 2:
         warnings.warn(f"stream decoding will keep up to {kept / 2**30:.1f} GiB of decoded GOPs on "
                       f"GPU {device_id} ({total / 2**30:.0f} GiB): lower stream_lead or batch_size, "
-                      "or use stream_decoding=False", ResourceWarning, stacklevel=3)
+                      "or use stream_decoding=False", UserWarning, stacklevel=3)
 
 
 def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "stream", *,

@@ -89,8 +89,8 @@ class GopSource:
         return len(self.samples(epoch)) - (-real % self.batch_size)
 
     def kept_gop_bytes(self) -> int:
-        """At most how many bytes of decoded GOPs stream slots keep on the GPU (RGB), from the first
-        clip's cameras: a slot keeps the GOPs of its next ``stream_lead`` steps, which cover
+        """At most how many bytes of decoded GOPs stream slots keep on the GPU (NV12, as the nvdec
+        backend keeps them), from the first clip's cameras: a slot keeps the GOPs of its next ``stream_lead`` steps, which cover
         (lead + 1) x span frames (span: the frames of one sample, first to last), so
         ceil(((lead + 1) x span - 1) / GOP) + 2 GOPs per camera where a slot jumps from one chunk
         to the next and both ends are GOP parts (one less elsewhere). 0 when no sample streams."""
@@ -105,7 +105,7 @@ class GopSource:
             counts = [g.count for g in index.gops]
             shortest = min(counts[:-1] or counts)    # a short last GOP is walked only once
             gops = -(-((self.stream_lead + 1) * span - 1) // shortest) + 2
-            per_slot += gops * max(counts) * index.width * index.height * 3
+            per_slot += gops * max(counts) * index.width * index.height * 3 // 2
         return self.batch_size * per_slot
 
     def slot_lead(self, slot: int) -> int:

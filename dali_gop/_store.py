@@ -69,14 +69,34 @@ class GopStore:
         self.fix_gop_size = fix_gop_size
         self.verify_checksums = verify_checksums
         self._indexes: dict[str, fmt.VideoIndex] = {}
+        self._stamps: dict[str, tuple[int, int] | None] = {}   # video -> its index file's stat
         self._manifest: fmt.DatasetManifest | None = None
 
     # -- lookup ---------------------------------------------------------------------------------
     def index(self, video: str) -> fmt.VideoIndex:
         index = self._indexes.get(video)
         if index is None:
+            self._stamps[video] = self._stamp(video)
             index = self._indexes[video] = fmt.read_index(self.gop_root, video)
         return index
+
+    def _stamp(self, video: str) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(fmt.video_gop_dir(self.gop_root, video) / fmt.INDEX_FILENAME)
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def _bad_bin(self, path: Path, what: str) -> fmt.FormatError:
+        """The error for a bin that is not what this store's index says: a store rewritten since
+        the index was read (preprocess run again beside a running loader) needs a new loader, not
+        another preprocess run."""
+        video = os.path.relpath(path.parent, self.gop_root)
+        if video in self._stamps and self._stamp(video) != self._stamps[video]:
+            return fmt.FormatError(
+                f"{path}: {what}; the GOP store changed under this loader (its index was rewritten "
+                "after the loader read it, e.g. by preprocess): build a new loader")
+        return fmt.FormatError(f"{path}: {what}: re-run preprocess")
 
     def manifest(self) -> fmt.DatasetManifest:
         if self._manifest is None:
@@ -197,10 +217,10 @@ class GopStore:
         try:
             actual = os.stat(s.path).st_size
         except FileNotFoundError:
-            raise fmt.FormatError(f"{s.path}: GOP bin missing") from None
+            raise self._bad_bin(s.path, "GOP bin missing") from None
         if s.expected_size is not None and actual != s.expected_size:
-            raise fmt.FormatError(f"{s.path}: {actual} bytes, index says {s.expected_size} "
-                                  "(truncated or replaced bin: re-run preprocess)")
+            raise self._bad_bin(s.path, f"{actual} bytes, index says {s.expected_size} "
+                                        "(truncated or replaced bin)")
         if actual == 0:
             raise fmt.FormatError(f"{s.path}: empty GOP bin")
         return s.read_size if s.read_size is not None else actual
@@ -210,13 +230,12 @@ class GopStore:
             if self.verify_checksums and s.crc32 is not None:
                 whole = f.read()
                 if len(whole) != s.expected_size or fmt.checksum(whole) != s.crc32:
-                    raise fmt.FormatError(f"{s.path}: checksum mismatch (corrupt bin: re-run "
-                                          "preprocess)")
+                    raise self._bad_bin(s.path, "checksum mismatch (corrupt bin)")
                 out[:] = np.frombuffer(whole, np.uint8, count=len(out))
                 return
             view, done = memoryview(out), 0
             while done < len(out):
                 n = f.readinto(view[done:])
                 if not n:
-                    raise fmt.FormatError(f"{s.path}: ended after {done} of {len(out)} bytes")
+                    raise self._bad_bin(s.path, f"ended after {done} of {len(out)} bytes")
                 done += n

@@ -11,6 +11,8 @@ Layout, per source video ``<video_root>/<rel>``::
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import re
@@ -217,8 +219,9 @@ class VideoIndex:
         if expected != self.num_frames:
             raise FormatError(f"{where}: GOPs cover {expected} frames, index says {self.num_frames}")
 
-    @property
+    @functools.cached_property
     def gop_starts(self) -> list[int]:
+        """Kept once made: every sample's GOP lookup bisects it."""
         return [g.start for g in self.gops]
 
 

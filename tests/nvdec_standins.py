@@ -105,7 +105,7 @@ def install(monkeypatch) -> None:
         PacketData=_PacketData, cudaVideoCodec=types.SimpleNamespace(H264="h264", HEVC="hevc"),
         OutputColorType=types.SimpleNamespace(RGB="rgb"),
         CreateDecoder=lambda **options: StandInDecoder(options["codec"]))
-    monkeypatch.setattr(nvdec, "_nvc", lambda: standin_nvc)
+    monkeypatch.setattr(nvdec, "pynvvideocodec", lambda: standin_nvc)
     for name in ("Stream", "ExternalStream"):
         monkeypatch.setattr(torch.cuda, name, _NoOp)
     monkeypatch.setattr(torch.cuda, "Event", _StandInEvent)

@@ -200,6 +200,24 @@ def test_missing_bin_is_named(case_store, tmp_path):
         GopStore(root).read([(rel, [index.num_frames - 1])])
 
 
+def test_a_store_rewritten_under_a_running_loader_says_so(case_store, tmp_path):
+    """Preprocess run again while a loader holds the old index: the bins no longer match it, and
+    the fix is a new loader, not another preprocess run (which is what a corrupt bin needs)."""
+    store, rel, index, _ = case_store("h264")
+    root = tmp_path / "copy"
+    shutil.copytree(store.gop_root / rel, root / rel)
+    running = GopStore(root)
+    running.read([(rel, [0])])                       # the loader has read the index
+    victim = root / rel / index.gops[1].file
+    victim.write_bytes(victim.read_bytes()[:-10])    # a bin of another encode...
+    with pytest.raises(fmt.FormatError, match=f"{victim}.*index says.*re-run preprocess"):
+        running.read([(rel, [index.gops[1].start])])
+    index_file = root / rel / fmt.INDEX_FILENAME     # ...and its new index, written beside it
+    index_file.write_text(index_file.read_text() + "\n")
+    with pytest.raises(fmt.FormatError, match=f"{victim}.*changed under this loader.*new loader"):
+        running.read([(rel, [index.gops[1].start])])
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda raw: raw.update(version=99), "format version 99"),
     (lambda raw: raw["gops"][0].update(size=-1), "negative"),

@@ -6,5 +6,9 @@ pipeline graph. Backends import their heavy dependencies (PyNvVideoCodec, torch)
 so that choosing ``cpu`` never touches a GPU driver.
 """
 from dali_gop.backends._base import DecodeBackend, get_backend, gpu_available
+# PyNvVideoCodec's decoders as the nvdec backend makes and feeds them, for code that times NVDEC
+# itself (the benchmark's ceiling): importing them needs no driver
+from dali_gop.backends._nvdec import create_decoder, decode_calls, packet, pynvvideocodec
 
-__all__ = ["DecodeBackend", "get_backend", "gpu_available"]
+__all__ = ["DecodeBackend", "create_decoder", "decode_calls", "get_backend", "gpu_available",
+           "packet", "pynvvideocodec"]

@@ -50,7 +50,7 @@ from dali_gop.plan import Plan, Segment, segment_names
 DEFAULT_THREADS = 48   # GOP-prefix decodes gained up to 48 threads (docs/results.md)
 
 
-def _nvc():
+def pynvvideocodec():
     import PyNvVideoCodec as nvc   # needs the NVIDIA driver: import only when decoding
     return nvc
 
@@ -59,7 +59,7 @@ def create_decoder(codec: str, stream_handle: int, device_id: int, *, rgb: bool 
     """A PyNvVideoCodec decoder on ``stream_handle``: NV12 out of NVDEC, or NVDEC's own RGB with
     ``rgb`` (whose matrix for untagged video depends on the frame size: the benchmark's ceiling
     only)."""
-    nvc = _nvc()
+    nvc = pynvvideocodec()
     options = dict(gpuid=device_id, codec=getattr(nvc.cudaVideoCodec, {"h264": "H264", "hevc": "HEVC"}[codec]),
                    cudacontext=0, cudastream=stream_handle, usedevicememory=True)
     if rgb:
@@ -69,7 +69,7 @@ def create_decoder(codec: str, stream_handle: int, device_id: int, *, rgb: bool 
 
 def packet(buffer: np.ndarray | None):
     """A PacketData over ``buffer`` (not copied); None: the flush packet."""
-    made = _nvc().PacketData()
+    made = pynvvideocodec().PacketData()
     if buffer is not None:
         made.bsl_data = buffer.ctypes.data
         made.bsl = buffer.size

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from dali_gop.backends._nvdec import _nvc, create_decoder, packet
+from dali_gop.backends import create_decoder, packet, pynvvideocodec
 from dali_gop.format import read_index, video_gop_dir
 from pipelines.throughput.bench import Bench
 from pipelines.throughput.measure import RANDOM, Result, Timed
@@ -88,7 +88,7 @@ def decode_bins(bins: list[tuple[str, np.ndarray]], threads: int, device: int,
 def decode_files(paths: list[Path], codec: str, threads: int, device: int) -> Timed:
     """Each file demuxed (CreateDemuxer) and decoded whole to RGB, as a PyNvVideoCodec user
     would."""
-    nvc = _nvc()
+    nvc = pynvvideocodec()
 
     def decode(decoders: ThreadDecoders, path: Path) -> int:
         decoder = decoders.get(codec, lambda stream: create_decoder(codec, stream, device,
@@ -103,7 +103,7 @@ def fetch_frames(requests: list[tuple[Path, int]], threads: int, device: int) ->
     """Frame ``index`` of video ``path`` for each request, through a SimpleDecoder kept per thread
     (RGB, device memory) and reconfigured to the request's video; it seeks to the keyframe before
     the frame and decodes forward."""
-    nvc = _nvc()
+    nvc = pynvvideocodec()
 
     def fetch(decoders: ThreadDecoders, request: tuple[Path, int]) -> int:
         path, index = request
