@@ -182,10 +182,7 @@ class VideoIndex:
 
     @classmethod
     def from_json(cls, text: str, where: str = INDEX_FILENAME) -> "VideoIndex":
-        try:
-            raw = json.loads(text)
-        except (ValueError, RecursionError) as e:   # also over-long ints, deep nesting
-            raise FormatError(f"{where}: not valid JSON ({e})") from None
+        raw = _json(text, where)
         if not isinstance(raw, dict):
             raise FormatError(f"{where}: expected a JSON object")
         version = raw.get("version")
@@ -223,6 +220,13 @@ class VideoIndex:
     def gop_starts(self) -> list[int]:
         """Kept once made: every sample's GOP lookup bisects it."""
         return [g.start for g in self.gops]
+
+
+def _json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:   # also over-long ints, deep nesting
+        raise FormatError(f"{where}: not valid JSON ({e})") from None
 
 
 def _check_types(obj: Any, where: str) -> None:
@@ -305,10 +309,7 @@ class DatasetManifest:
 
     @classmethod
     def from_json(cls, text: str, where: str = MANIFEST_FILENAME) -> "DatasetManifest":
-        try:
-            raw = json.loads(text)
-        except (ValueError, RecursionError) as e:   # also over-long ints, deep nesting
-            raise FormatError(f"{where}: not valid JSON ({e})") from None
+        raw = _json(text, where)
         if isinstance(raw, dict) and "video_dirs" not in raw:
             # the seed's plain shape, {video_dir: {clip_id: frame_count}}, with no camera lists
             manifest = cls(video_dirs=raw, cameras={})

@@ -4,11 +4,24 @@ Modelled on SPDL's ``TaskHook``: a hook is handed to the loader (``make_loader(.
 hooks=[...])``) and every method is a context manager around one piece of the operator's work. The
 default does nothing, and the operator skips the calls altogether when no hook is given, so the
 hot path pays nothing for them. The benchmark's profiler (``pipelines.throughput.profile``) is one.
+
+NVTX ranges (:func:`annotate`) mark the same pieces for Nsight Systems when the ``nvtx`` package
+is installed, and cost nothing when it is not.
 """
 from __future__ import annotations
 
 import contextlib
 from typing import Iterator
+
+try:
+    import nvtx as _nvtx
+except ImportError:     # an extra (the loader's), not needed to preprocess or to read the format
+    _nvtx = None
+
+
+def annotate(message: str, color: str | None = None):
+    """An NVTX range around a block (Nsight Systems), or nothing without the nvtx package."""
+    return _nvtx.annotate(message, color=color) if _nvtx is not None else contextlib.nullcontext()
 
 
 class DecodeHook:

@@ -20,9 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-import nvtx
-
 from dali_gop.errors import ConfigError, run_cli
+from dali_gop.hooks import annotate
 
 PROG = "python -m pipelines.train_example"
 
@@ -173,12 +172,12 @@ def main(argv=None) -> int:
         started, frames_seen, steps = time.perf_counter(), 0, loader.state_dict()["batches"]
         first = steps
         while args.max_steps is None or steps < args.max_steps:
-            with nvtx.annotate("load", color="blue"):
+            with annotate("load", color="blue"):
                 try:
                     batch = next(batches)
                 except StopIteration:
                     break
-            with nvtx.annotate("step", color="green"):
+            with annotate("step", color="green"):
                 frames = batch["frames"].to(device, non_blocking=True)      # B, C, T, H, W, 3
                 b, c, t, h, w, _ = frames.shape
                 x = frames.permute(0, 1, 5, 2, 3, 4).reshape(b, c * 3, t, h, w).float() / 255

@@ -76,6 +76,13 @@ def store_factory(tmp_path_factory, datasets: dict, pixel_formats=("rgb24",), **
     return get
 
 
+def small_stores(tmp_path_factory, datasets: dict):
+    """The CPU tests' stores: 3 clips x 2 cameras x 30 frames of 160x96, GOP 10; name ->
+    (gop_root, {video: {"rgb24": reference frames}})."""
+    return store_factory(tmp_path_factory, datasets, clips=3, cameras=2, frames=30, width=160,
+                         height=96, gop=10)
+
+
 def cpu_loader(gop_root, **options):
     """A loader on the cpu backend, small batches, one shard: the CI-sized default."""
     from dali_gop import make_loader
@@ -98,6 +105,28 @@ def loaders():
     yield make
     for loader in made:
         loader.close()
+
+
+def gpu_epoch_difference(loader, reference, expected, limit, region=(slice(None),)):
+    """One epoch of a GPU loader, every frame against ``expected(decoded, k)`` (``decoded``: the
+    reference's frames of its video) over ``region``: ``limit(diff)`` holds and the frame is closer
+    to its own source frame than to either neighbour; every sample of the shard is served.
+    (samples, worst difference)."""
+    import numpy as np
+    seen = worst = 0
+    for batch in loader:
+        assert batch["frames"].is_cuda
+        for _, _, video, k, frame in batch_frames(batch, loader):
+            rgb = reference[video]["rgb24"]
+            got = frame.astype(np.int16)
+            diff = np.abs(got - expected(reference[video], k))[region]
+            assert limit(diff), f"{video} frame {k}: max {diff.max()}, mean {diff.mean():.2f} " \
+                                f"(from FFmpeg's rgb24: max {np.abs(got - rgb[k]).max()})"
+            assert_closest_to_own_frame(got, rgb, k, video)
+            worst = max(worst, int(diff.max()))
+        seen += batch["frames"].shape[0]
+    assert seen == loader.source.shard_size()
+    return seen, worst
 
 
 def assert_closest_to_own_frame(got, frames, k: int, label: str) -> None:

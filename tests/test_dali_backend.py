@@ -17,7 +17,7 @@ from dali_gop._dataset import Dataset
 from dali_gop._source import GopSource
 from dali_gop._store import GopStore, ReadRequest
 from dali_gop.plan import Plan
-from conftest import store_factory
+from conftest import small_stores
 
 pytest.importorskip("nvidia.dali")
 from dali_gop.backends._dali import CameraBuffers, DaliBackend, camera_buffer  # noqa: E402
@@ -33,9 +33,7 @@ DATASETS = {
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    """name -> (gop_root, {video: {"rgb24": reference frames}})"""
-    return store_factory(tmp_path_factory, DATASETS, clips=3, cameras=2, frames=30, width=160,
-                         height=96, gop=10)
+    return small_stores(tmp_path_factory, DATASETS)
 
 
 class FfmpegDaliBackend(DaliBackend):

@@ -11,7 +11,7 @@ from dali_gop.errors import ConfigError
 from dali_gop.patterns import RandomPattern, SequencePattern, StreamPattern
 from dali_gop._dataset import Dataset
 from dali_gop._source import GopSource
-from conftest import check_batch, cpu_loader, store_factory
+from conftest import check_batch, cpu_loader, small_stores
 
 pytest.importorskip("nvidia.dali")
 
@@ -23,9 +23,7 @@ DATASETS = {
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    """name -> (gop_root, {video: {"rgb24": reference frames}})"""
-    return store_factory(tmp_path_factory, DATASETS, clips=3, cameras=2, frames=30, width=160,
-                         height=96, gop=10)
+    return small_stores(tmp_path_factory, DATASETS)
 
 
 loader_for = cpu_loader

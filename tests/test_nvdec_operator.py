@@ -10,7 +10,7 @@ from dali_gop.patterns import pattern_from_name
 from dali_gop._dataset import Dataset
 from dali_gop._source import GopSource
 from dali_gop.plan import Plan
-from conftest import store_factory
+from conftest import small_stores
 
 pytest.importorskip("nvidia.dali")
 torch = pytest.importorskip("torch")
@@ -23,8 +23,7 @@ DATASETS = {
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    return store_factory(tmp_path_factory, DATASETS, clips=3, cameras=2, frames=30, width=160,
-                         height=96, gop=10)
+    return small_stores(tmp_path_factory, DATASETS)
 
 
 def operator_batches(gop_root, pattern, batch_size, epochs=2, decode_ahead=0, **options):

@@ -3,9 +3,9 @@ so the whole loader (workers, sharding, iterator) runs in CI and on machines wit
 from __future__ import annotations
 
 import numpy as np
-import nvtx
 
 from dali_gop.backends._base import DecodeBackend
+from dali_gop.hooks import annotate
 from dali_gop.backends._color import VideoColors
 from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, check_position,
                                          frames_shape, pick_frames, refuse_decoding_ahead)
@@ -23,7 +23,7 @@ class CpuSampleDecoder:
         self.kept = KeptGops()
 
     def __call__(self, data: np.ndarray, plan: np.ndarray) -> np.ndarray:
-        with nvtx.annotate("decode (cpu)", color="red"):
+        with annotate("decode (cpu)", color="red"):
             return self._decode_sample(data, plan)
 
     def _decode_sample(self, data: np.ndarray, plan: np.ndarray) -> np.ndarray:

@@ -27,9 +27,9 @@ the second segment when a cut open H.264 GOP (non-IDR keyframe) is followed by a
 from __future__ import annotations
 
 import numpy as np
-import nvtx
 
 from dali_gop.backends._base import DecodeBackend
+from dali_gop.hooks import annotate
 from dali_gop.backends._assemble import DecodeError, frames_shape, refuse_decoding_ahead
 from dali_gop.errors import ConfigError
 from dali_gop.plan import Plan, Request, segment_names
@@ -63,7 +63,7 @@ class CameraBuffers:
         self.num_cameras = num_cameras
 
     def __call__(self, data: np.ndarray, plan: np.ndarray) -> tuple[np.ndarray, ...]:
-        with nvtx.annotate("buffers (dali)", color="red"):
+        with annotate("buffers (dali)", color="red"):
             return self._split(data, Plan.from_array(plan))
 
     def _split(self, data: np.ndarray, plan: Plan) -> tuple[np.ndarray, ...]:

@@ -37,14 +37,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
-import nvtx
 
 from dali_gop.backends._base import DecodeBackend
 from dali_gop.backends._color import Conversion, VideoColors, nv12_to_rgb
 from dali_gop.backends._cuda import CudaDriver, DriverEvent
 from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, check_position,
                                          frames_shape)
-from dali_gop.hooks import DecodeHook, nested
+from dali_gop.hooks import DecodeHook, annotate, nested
 from dali_gop.plan import Plan, Segment, segment_names
 
 DEFAULT_THREADS = 48   # GOP-prefix decodes gained up to 48 threads (docs/results.md)
@@ -345,7 +344,7 @@ class NvdecBatchDecoder:
 
     # -- the operator ---------------------------------------------------------------------------
     def __call__(self, plan_tokens):
-        with nvtx.annotate("decode (nvdec)", color="red"), \
+        with annotate("decode (nvdec)", color="red"), \
                 self._hooked("batch", len(self.stash)):
             return self._decode_batch(plan_tokens)
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import nvtx
+from dali_gop.hooks import annotate
 
 STREAM, RANDOM = "stream", "random"
 SAMPLE_SECONDS = 0.05
@@ -208,7 +208,7 @@ def measure(name: str, run: Callable[[], Timed], *, method: str = "", access: st
     memory, decoders = GpuMemoryPeak(device), decoder_sampler(device)
     cpu0, wall0 = process_cpu_seconds(), time.perf_counter()
     try:
-        with nvtx.annotate(name):
+        with annotate(name):
             timed = run()
     finally:
         peak = memory.stop()
