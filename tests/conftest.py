@@ -159,3 +159,65 @@ def check_batch(batch, loader, reference) -> None:
     for b, c, video, k, got in batch_frames(batch, loader):
         assert int(batch["camera"][b, c]) == c
         assert np.array_equal(got, reference[video][k]), f"{video} frame {k}"
+
+# -- the fault tests' dataset (test_format, test_store_faults, test_preprocess_faults,
+# test_loader_faults): 2 clips x 2 cameras x 24 frames, H.264 with B-frames, GOPs of 8 --------
+
+SMALL = dict(width=160, height=96, fps=12)
+CLIPS, CAMERAS, FRAMES, GOP = 2, 2, 24, 8
+VIDEO = "clip000/cam0.mp4"
+
+
+def fuzz(examples: int):
+    """Hypothesis settings of the fuzz tests."""
+    from hypothesis import HealthCheck, settings
+    # a few thousand cases in all; module fixtures are fine to share between examples
+    return settings(max_examples=examples, deadline=None,
+                    suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    from dali_gop.synthetic import make_dataset
+    root = tmp_path_factory.mktemp("videos")
+    make_dataset(root, clips=CLIPS, cameras=CAMERAS, frames=FRAMES, gop=GOP, codec="h264",
+                 bframes=2, workers=2, **{k: SMALL[k] for k in ("width", "height", "fps")})
+    return root
+
+
+@pytest.fixture(scope="module")
+def clean(videos, tmp_path_factory) -> Path:
+    """One uninterrupted preprocess run: every other run must end up with exactly these files."""
+    from preprocess.runner import preprocess
+    gops = tmp_path_factory.mktemp("clean") / "gops"
+    assert not preprocess(videos, gops, workers=2, progress=False).failed
+    return gops
+
+
+@pytest.fixture(scope="module")
+def reference(videos) -> dict:
+    """{video: its frames as rgb24} of the fault tests' dataset."""
+    from dali_gop.reference import decode_source
+    return {p.relative_to(videos).as_posix(): decode_source(p, "rgb24")
+            for p in sorted(videos.rglob("*.mp4"))}
+
+
+@pytest.fixture
+def gops(clean, tmp_path) -> Path:
+    """A private copy of the clean store, to damage."""
+    import shutil
+    shutil.copytree(clean, tmp_path / "gops")
+    return tmp_path / "gops"
+
+
+def a_bin(root: Path, gop: int = 1):
+    """(GopEntry, path) of GOP ``gop`` of VIDEO in the store at root."""
+    from dali_gop import format as fmt
+    entry = fmt.read_index(root, VIDEO).gops[gop]
+    return entry, root / VIDEO / entry.file
+
+
+def cpu_decode(read):
+    """A SampleRead decoded by the cpu backend's decoder: frames as a numpy array."""
+    from dali_gop.backends._cpu import CpuSampleDecoder
+    return CpuSampleDecoder()(read.data, read.plan.to_array())
