@@ -92,8 +92,22 @@ class GopLoader:
 
     @property
     def decode_operators(self) -> list:
-        """The nvdec backend's operators, for resource checks (decoder sessions)."""
+        """The backend's decode operators (nvdec: decoder sessions; cpu: kept GOPs)."""
         return self._run.operators
+
+    def memory(self) -> dict[str, dict[str, int]]:
+        """Bytes of decoded frames the loader holds now and at its peak, by kind: ``kept_gops``
+        (stream slots' GOPs), ``decoded_ahead`` (samples decoded before their batch), ``staging``
+        (NV12 of the batches in flight); on the GPU for ``nvdec``, in host memory for ``cpu`` (which
+        keeps GOPs only). Counted where the loader allocates, since this pipeline was built; NVDEC's
+        own surfaces, DALI's buffers and the allocator's cache are not included."""
+        total: dict[str, dict[str, int]] = {}
+        for operator in self._run.operators:
+            for kind, figures in operator.memory().items():
+                mine = total.setdefault(kind, {"now": 0, "peak": 0})
+                mine["now"] += figures["now"]
+                mine["peak"] += figures["peak"]
+        return total
 
     @property
     def epoch(self) -> int:

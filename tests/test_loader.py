@@ -292,3 +292,18 @@ def test_the_kept_gop_bound_and_its_warning(stores):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _warn_if_kept_gops_crowd_the_gpu(1 * 2**30, 0, total=4 * 2**30)
+
+
+def test_memory_counts_what_the_loader_keeps(stores):
+    """loader.memory(): the cpu backend's stream slots keep decoded GOPs in host memory, within the
+    loader's own estimate (made for NV12, half of the RGB the cpu backend keeps); random access
+    keeps none."""
+    gop_root, _ = stores("hevc-open-gop")
+    with cpu_loader(gop_root, pattern="stream", batch_size=3) as loader:
+        for _ in loader:
+            pass
+        kept = loader.memory()["kept_gops"]
+        assert 0 < kept["now"] <= kept["peak"] <= 2 * loader.source.kept_gop_bytes()
+    with cpu_loader(gop_root, pattern="random") as loader:
+        next(iter(loader))
+        assert loader.memory().get("kept_gops", {"peak": 0})["peak"] == 0

@@ -26,8 +26,10 @@ def stores(tmp_path_factory):
     return small_stores(tmp_path_factory, DATASETS)
 
 
-def operator_batches(gop_root, pattern, batch_size, epochs=2, decode_ahead=0, **options):
-    """(source outputs, frames) of every batch the operator returns, in order."""
+def operator_batches(gop_root, pattern, batch_size, epochs=2, decode_ahead=0, memory=None,
+                     **options):
+    """(source outputs, frames) of every batch the operator returns, in order; ``memory`` (a
+    dict) receives the operator's ``memory()`` after the last batch."""
     from torch.utils.dlpack import from_dlpack, to_dlpack
 
     from dali_gop.backends._nvdec import BitstreamStash, NvdecBatchDecoder
@@ -45,6 +47,8 @@ def operator_batches(gop_root, pattern, batch_size, epochs=2, decode_ahead=0, **
                 stash.put(*zip(*[s[:2] for s in batches[k + 1]]))
             tokens = [to_dlpack(torch.from_numpy(np.array(s[1]))) for s in batch]
             yield batch, [from_dlpack(t) for t in operator(tokens)]
+        if memory is not None:
+            memory.update(operator.memory())
     finally:
         operator.close()
 
@@ -60,8 +64,9 @@ def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pat
     gop_root, reference = stores(name)
     clips, cameras = list(Dataset.open(gop_root).clips), Dataset.open(gop_root).cameras
     checked = kept = 0
+    memory: dict = {}
     for batch, frames in operator_batches(gop_root, pattern, 3, decode_ahead=decode_ahead,
-                                          **options):
+                                          memory=memory, **options):
         for (_, plan, frame_idx, clip, _), sample in zip(batch, frames):
             kept += Plan.from_array(plan).kept_key >= 0
             assert tuple(sample.shape) == (len(cameras), len(frame_idx), 96, 160, 3)
@@ -73,6 +78,14 @@ def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pat
     assert checked > 0
     if decode_ahead and pattern == "random":
         assert kept > len(frames)    # the first batches of the run carry their own bytes only
+    # what memory() counts: NV12 staging of the batches in flight (none once a batch is out),
+    # the stream slots' GOPs, samples decoded ahead; each at most the NV12 of what it holds
+    nv12_frame = 96 * 160 * 3 // 2
+    assert memory["staging"]["now"] == 0 < memory["staging"]["peak"] <= 3 * 2 * 3 * nv12_frame * 2
+    if pattern == "stream":
+        assert 0 < memory["kept_gops"]["peak"] <= 3 * 2 * 3 * 10 * nv12_frame
+    if decode_ahead and pattern == "random":
+        assert memory["decoded_ahead"]["peak"] > 0
 
 
 def test_a_batch_out_of_step_with_the_stash_is_refused(monkeypatch, stores):

@@ -1,35 +1,69 @@
-"""What the backends share: output checks, the GOPs stream slots keep, and (cpu) plan walking."""
+"""What the backends share: output checks, the GOPs stream slots keep, what they hold, and (cpu)
+plan walking."""
 from __future__ import annotations
 
+import collections
 from typing import Any, Callable, Sequence
 
 from dali_gop.errors import DecodeError
 from dali_gop.plan import Plan, Request, Segment, StreamSend, StreamStep
 
 
+class Held:
+    """The bytes of decoded frames a backend holds, by kind ("kept_gops", "decoded_ahead",
+    "staging"), now and at their peak: what ``GopLoader.memory()`` reports. Counted where the
+    backend allocates and lets go, not asked of an allocator that also serves the model."""
+
+    def __init__(self):
+        self.now: collections.Counter = collections.Counter()
+        self.peak: collections.Counter = collections.Counter()
+
+    def add(self, kind: str, nbytes: int) -> None:
+        self.now[kind] += nbytes
+        self.peak[kind] = max(self.peak[kind], self.now[kind])
+
+    def clear(self) -> None:
+        self.now.clear()
+
+    def report(self) -> dict[str, dict[str, int]]:
+        return {kind: {"now": self.now[kind], "peak": peak} for kind, peak in self.peak.items()}
+
+
 class KeptGops:
     """The decoded GOPs each (stream slot, camera) keeps, as the steps' flags say (StreamStep).
 
     A backend calls :meth:`step` for every stream request, in batch order; ``decode`` turns a sent
-    GOP into whatever the backend keeps (frames, or a pending decode).
+    GOP into whatever the backend keeps (frames, or a pending decode), of ``size_of(kept)`` bytes,
+    counted in ``held``.
     """
 
-    def __init__(self):
+    def __init__(self, held: Held | None = None, size_of: Callable[[Any], int] = lambda kept: 0):
         self._kept: dict[tuple[int, int], dict[tuple[int, int], Any]] = {}
+        self._held = held or Held()
+        self._size_of = size_of
 
     def step(self, camera: int, step: StreamStep, decode: Callable[[StreamSend], Any]) -> Any:
         """The kept GOP this step picks from (after taking in the step's sends)."""
         kept = self._kept.setdefault((step.slot, camera), {})
         if step.restart:
+            self._drop(kept.values())
             kept.clear()
         for send in step.sends:
-            kept[(send.video_key, send.gop_start)] = decode(send)
+            made = kept[(send.video_key, send.gop_start)] = decode(send)
+            self._held.add("kept_gops", self._size_of(made))
         key = (step.video_key, step.gop_start)
         if key not in kept:
             raise DecodeError(f"stream slot {step.slot}, camera {camera}: GOP {step.gop_start} of "
                               "the video the worker names was never sent or already dropped "
                               "(samples reached the decoder out of order)")
-        return kept.pop(key) if step.release else kept[key]
+        if not step.release:
+            return kept[key]
+        self._drop([kept[key]])
+        return kept.pop(key)
+
+    def _drop(self, gops) -> None:
+        for gop in gops:
+            self._held.add("kept_gops", -self._size_of(gop))
 
     def count(self) -> int:
         return sum(len(k) for k in self._kept.values())

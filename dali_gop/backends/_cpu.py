@@ -7,8 +7,9 @@ import numpy as np
 from dali_gop.backends._base import DecodeBackend
 from dali_gop.hooks import annotate
 from dali_gop.backends._color import VideoColors
-from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, check_position,
-                                         frames_shape, pick_frames, refuse_decoding_ahead)
+from dali_gop.backends._assemble import (DecodeError, Held, KeptGops, check_outputs,
+                                         check_position, frames_shape, pick_frames,
+                                         refuse_decoding_ahead)
 from dali_gop.reference import decode_annexb
 from dali_gop.plan import Plan, segment_names
 
@@ -20,7 +21,15 @@ class CpuSampleDecoder:
     def __init__(self, color: str = "RGB", colors: VideoColors | None = None):
         self.pixel_format = "rgb24" if color == "RGB" else "bgr24"
         self.colors = colors or VideoColors()
-        self.kept = KeptGops()
+        self.held = Held()    # host memory: the GOPs stream slots keep
+        self.kept = KeptGops(self.held, lambda kept: sum(frame.nbytes for frame in kept[1]))
+
+    def memory(self) -> dict[str, dict[str, int]]:
+        return self.held.report()
+
+    def close(self) -> None:
+        self.kept = KeptGops(self.held, self.kept._size_of)
+        self.held.clear()
 
     def __call__(self, data: np.ndarray, plan: np.ndarray) -> np.ndarray:
         with annotate("decode (cpu)", color="red"):
@@ -59,7 +68,12 @@ class CpuBackend(DecodeBackend):
     name = "cpu"
     device = "cpu"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.operators: list[CpuSampleDecoder] = []   # the loader's memory() and close() reach them
+
     def decode(self, data, plan):
         from nvidia.dali import fn
-        return fn.python_function(data, plan, function=CpuSampleDecoder(self.color, self.colors),
-                                  batch_processing=False)
+        operator = CpuSampleDecoder(self.color, self.colors)
+        self.operators.append(operator)
+        return fn.python_function(data, plan, function=operator, batch_processing=False)

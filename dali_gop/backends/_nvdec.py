@@ -41,8 +41,8 @@ import numpy as np
 from dali_gop.backends._base import DecodeBackend
 from dali_gop.backends._color import Conversion, VideoColors, nv12_to_rgb
 from dali_gop.backends._cuda import CudaDriver, DriverEvent
-from dali_gop.backends._assemble import (DecodeError, KeptGops, check_outputs, check_position,
-                                         frames_shape)
+from dali_gop.backends._assemble import (DecodeError, Held, KeptGops, check_outputs,
+                                         check_position, frames_shape)
 from dali_gop.hooks import DecodeHook, annotate, nested
 from dali_gop.plan import Plan, Segment, segment_names
 
@@ -260,6 +260,7 @@ class _Job:
     staging: list
     conversions: list
     block: object = None     # the staging of every sample, when it is one tensor
+    staging_bytes: int = 0   # of the samples decoded for this batch (not ahead)
     futures: list = field(default_factory=list)
     stream_picks: list = field(default_factory=list)  # (DecodedGop, byte offset, pointer)
     errors: list = field(default_factory=list)
@@ -290,7 +291,8 @@ class NvdecBatchDecoder:
         self.colors = colors or VideoColors()
         self.threads = threads
         self._dali_streams: dict[int, object] = {}
-        self.kept = KeptGops()
+        self.held = Held()
+        self.kept = KeptGops(self.held, _gop_bytes)
         self.ahead: dict[int, _Decoded] = {}
         self._driver: CudaDriver | None = None         # DALI's thread: keeps the GIL
         self._pool_driver: CudaDriver | None = None    # decode threads: drop it
@@ -304,6 +306,11 @@ class NvdecBatchDecoder:
     # -- resources ------------------------------------------------------------------------------
     def decoder_count(self) -> int:
         return sum(len(t.decoders) for t in self._thread_decoders)
+
+    def memory(self) -> dict[str, dict[str, int]]:
+        """Device bytes of frames this operator holds, by kind, now and at peak (:class:`Held`);
+        NVDEC's own surfaces and DALI's buffers are not among them."""
+        return self.held.report()
 
     def _thread_state(self, device_id: int) -> _ThreadDecoders:
         import torch
@@ -331,9 +338,10 @@ class NvdecBatchDecoder:
         with self._lock:
             for state in self._thread_decoders:
                 state.decoders.clear()
-        self.kept = KeptGops()
+        self.kept = KeptGops(self.held, _gop_bytes)
         self.ahead.clear()
         self._pending.clear()
+        self.held.clear()
 
     def _submit(self, fn, *args) -> Future:
         if self._closed:
@@ -373,10 +381,13 @@ class NvdecBatchDecoder:
         if job.plan_shapes != shapes:
             raise DecodeError("nvdec: stashed bytes do not match this batch's plans (pipeline out "
                               "of step); rebuild the pipeline")
-        with self._hooked("finish"):
-            self._finish(job, handle, device_id)
-            with torch.cuda.stream(dali_stream):
-                outputs = self._to_rgb(job)
+        try:
+            with self._hooked("finish"):
+                self._finish(job, handle, device_id)
+                with torch.cuda.stream(dali_stream):
+                    outputs = self._to_rgb(job)
+        finally:
+            self.held.add("staging", -job.staging_bytes)
         return [to_dlpack(out) for out in outputs]
 
     def _to_rgb(self, job: _Job) -> list:
@@ -443,6 +454,7 @@ class NvdecBatchDecoder:
                     continue
                 job.staging[i], job.conversions[i] = kept.frames, kept.conversions
                 job.futures += kept.futures
+                self.held.add("decoded_ahead", -kept.frames.numel())
         tasks, sends = [], []
         # allocated on DALI's stream, which reads them last: a block freed and reused is then
         # written only after DALI's reads (the decode threads wait for ``allocated``)
@@ -453,6 +465,8 @@ class NvdecBatchDecoder:
                                       [names[i] for i in ahead])
         if len(now) == len(plans):
             job.block = block
+        job.staging_bytes = sum(out.numel() for out in fresh)
+        self.held.add("staging", job.staging_bytes)
         for i, out in zip(now, fresh):
             job.staging[i] = out
             mine, job.conversions[i] = self._plan_tasks(
@@ -479,6 +493,7 @@ class NvdecBatchDecoder:
         for key, out, mine, conversions in ahead_tasks:  # needed last
             self.ahead[key] = _Decoded(out, [self._submit(self._decode_segment, *t, device_id,
                                                           allocated) for t in mine], conversions)
+            self.held.add("decoded_ahead", out.numel())
         return job
 
     def _plan_tasks(self, data, plan: Plan, name_list: list[str], requests, out, job: _Job,
@@ -584,6 +599,10 @@ class NvdecBatchDecoder:
             return (base + position * frame_bytes,) if position < count else ()
         return self._run_decoder(segment, gop.name, data, targets, gop.frame_shape, device_id,
                                  allocated, whole_gop=True)
+
+
+def _gop_bytes(gop: DecodedGop) -> int:
+    return gop.count * gop.frame_bytes
 
 
 class NvdecBackend(DecodeBackend):
