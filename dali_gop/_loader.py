@@ -15,7 +15,7 @@ import json
 import os
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
 from dali_gop import format as fmt
@@ -24,6 +24,7 @@ from dali_gop.errors import ConfigError, DaliGopError
 from dali_gop.hooks import DecodeHook
 from dali_gop.patterns import LAST_BATCH_POLICIES, AccessPattern, pattern_from_name, shard_from_env
 from dali_gop.patterns._resume import Layout, Resumed
+from dali_gop._budget import Choice, estimate, fit, parse_budget
 from dali_gop._dataset import Dataset
 from dali_gop._run import Run, release
 from dali_gop._source import GopSource
@@ -333,6 +334,26 @@ def _warn_if_kept_gops_crowd_the_gpu(kept: int, device_id: int, total: int | Non
                       "or use stream_decoding=False", UserWarning, stacklevel=3)
 
 
+def _within(budget: int, source: GopSource, dataset, access, source_options: dict, decoder,
+            prefetch_queue_depth: int) -> GopSource:
+    """``source``, or one with options lowered until the loader's estimate fits ``budget``
+    (``source_options`` updated to match, for later pipelines)."""
+    how = dict(prefetch_queue_depth=prefetch_queue_depth, staging=decoder.name == "nvdec",
+               rgb_factor=1 if decoder.device == "gpu" else 2)
+    wanted = Choice(source.stream_lead, source.decode_ahead, source.stream_decoding)
+    choice, _ = fit(budget, source, wanted, **how)
+    if choice == wanted:
+        return source
+    if wanted.stream_decoding and not choice.stream_decoding:
+        least = sum(estimate(source, replace(choice, stream_decoding=True), **how).values())
+        warnings.warn(f"memory_budget: stream decoding is off to fit it (every sample is decoded "
+                      f"from its keyframe, many times slower); {least / 2**30:.1f} GiB keeps it",
+                      UserWarning, stacklevel=3)
+    source_options.update(stream_lead=choice.stream_lead, decode_ahead=choice.decode_ahead,
+                          stream_decoding=choice.stream_decoding)
+    return GopSource(dataset, access, **source_options)
+
+
 def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "stream", *,
                 batch_size: int = 4, backend: str = "auto", cameras: Sequence[str] | None = None,
                 skip_incomplete_clips: bool = False,
@@ -346,7 +367,8 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
                 hooks: Sequence[DecodeHook] = (), index_file: str | os.PathLike | None = None,
                 fix_gop_size: int | None = None, persistent_index: bool = True,
                 verify_checksums: bool = False, num_threads: int = 4,
-                prefetch_queue_depth: int = 2, state: Mapping | None = None) -> GopLoader:
+                prefetch_queue_depth: int = 2, state: Mapping | None = None,
+                memory_budget: int | str | None = None) -> GopLoader:
     """Build the DALI pipeline and the iterator over one rank's shard of a GOP store.
 
     Args:
@@ -393,6 +415,11 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
         num_threads, prefetch_queue_depth: DALI's pipeline options.
         state: a :meth:`GopLoader.state_dict` from a checkpoint: the loader goes on with the batch
             after the last one it had delivered (see :meth:`GopLoader.load_state_dict`).
+        memory_budget: bytes, or a size such as ``"8GiB"``, for the decoded frames the loader holds
+            (on the GPU for nvdec, in host memory for cpu): it lowers ``stream_lead``, then
+            ``decode_ahead``, then turns stream decoding off (with a warning: much slower) until
+            its estimate fits (``dali_gop._budget``), and refuses a budget nothing fits, naming
+            the least that would. Default: no budget, the options as given.
 
     Returns:
         A :class:`GopLoader`: each ``for`` over it is one epoch of batches (dicts of torch tensors).
@@ -428,6 +455,9 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
                           decode_ahead=decode_ahead if decoder.decodes_ahead else 0,
                           last_batch_policy=last_batch_policy)
     source = GopSource(dataset, access, **source_options)
+    if memory_budget is not None:
+        source = _within(parse_budget(memory_budget), source, dataset, access, source_options,
+                         decoder, prefetch_queue_depth)
     dataset.check_one_size(source.store.video_info, resize)
     decoder.check_videos(source.store, dataset.videos())
     if decoder.device == "cpu":

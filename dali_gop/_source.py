@@ -88,12 +88,14 @@ class GopSource:
             return real
         return len(self.samples(epoch)) - (-real % self.batch_size)
 
-    def kept_gop_bytes(self) -> int:
-        """At most how many bytes of decoded GOPs stream slots keep on the GPU (NV12, as the nvdec
-        backend keeps them), from the first clip's cameras: a slot keeps the GOPs of its next ``stream_lead`` steps, which cover
-        (lead + 1) x span frames (span: the frames of one sample, first to last), so
+    def kept_gop_bytes(self, stream_lead: int | None = None) -> int:
+        """At most how many bytes of decoded GOPs stream slots keep (NV12, as the nvdec backend
+        keeps them), from the first clip's cameras, at ``stream_lead`` (default: this source's): a
+        slot keeps the GOPs of its next ``stream_lead`` steps, which cover (lead + 1) x span
+        frames (span: the frames of one sample, first to last), so
         ceil(((lead + 1) x span - 1) / GOP) + 2 GOPs per camera where a slot jumps from one chunk
         to the next and both ends are GOP parts (one less elsewhere). 0 when no sample streams."""
+        lead = self.stream_lead if stream_lead is None else stream_lead
         first = self.samples(0)[:self.batch_size]
         if not self.stream_decoding or all(s.slot < 0 for s in first):
             return 0
@@ -104,9 +106,17 @@ class GopSource:
             index = self.store.index(f"{clip}/{camera}")
             counts = [g.count for g in index.gops]
             shortest = min(counts[:-1] or counts)    # a short last GOP is walked only once
-            gops = -(-((self.stream_lead + 1) * span - 1) // shortest) + 2
+            gops = -(-((lead + 1) * span - 1) // shortest) + 2
             per_slot += gops * max(counts) * index.width * index.height * 3 // 2
         return self.batch_size * per_slot
+
+    def batch_frame_bytes(self) -> int:
+        """NV12 bytes of one batch's frames, from the first clip's cameras."""
+        first = self.samples(0)[:self.batch_size]
+        clip = next(iter(self.dataset.clips))
+        infos = [self.store.video_info(f"{clip}/{camera}") for camera in self.dataset.cameras]
+        per_frame = sum(info.width * info.height * 3 // 2 for info in infos)
+        return self.batch_size * len(first[0].frames) * per_frame
 
     def slot_lead(self, slot: int) -> int:
         """How many steps ahead slot ``slot`` sends its GOPs (see StreamWindows.slot_lead)."""

@@ -107,23 +107,30 @@ def loaders():
         loader.close()
 
 
-def gpu_epoch_difference(loader, reference, expected, limit, region=(slice(None),)):
-    """One epoch of a GPU loader, every frame against ``expected(decoded, k)`` (``decoded``: the
-    reference's frames of its video) over ``region``: ``limit(diff)`` holds and the frame is closer
-    to its own source frame than to either neighbour; every sample of the shard is served.
-    (samples, worst difference)."""
+def batch_difference(batch, loader, reference, expected, limit, region=(slice(None),)) -> int:
+    """Every frame of a batch against ``expected(decoded, k)`` (``decoded``: the reference's frames
+    of its video) over ``region``: ``limit(diff)`` holds and the frame is closer to its own source
+    frame than to either neighbour; the worst difference."""
     import numpy as np
+    worst = 0
+    for _, _, video, k, frame in batch_frames(batch, loader):
+        rgb = reference[video]["rgb24"]
+        got = frame.astype(np.int16)
+        diff = np.abs(got - expected(reference[video], k))[region]
+        assert limit(diff), f"{video} frame {k}: max {diff.max()}, mean {diff.mean():.2f} " \
+                            f"(from FFmpeg's rgb24: max {np.abs(got - rgb[k]).max()})"
+        assert_closest_to_own_frame(got, rgb, k, video)
+        worst = max(worst, int(diff.max()))
+    return worst
+
+
+def gpu_epoch_difference(loader, reference, expected, limit, region=(slice(None),)):
+    """One epoch of a GPU loader through :func:`batch_difference`, every sample of the shard
+    served: (samples, worst difference)."""
     seen = worst = 0
     for batch in loader:
         assert batch["frames"].is_cuda
-        for _, _, video, k, frame in batch_frames(batch, loader):
-            rgb = reference[video]["rgb24"]
-            got = frame.astype(np.int16)
-            diff = np.abs(got - expected(reference[video], k))[region]
-            assert limit(diff), f"{video} frame {k}: max {diff.max()}, mean {diff.mean():.2f} " \
-                                f"(from FFmpeg's rgb24: max {np.abs(got - rgb[k]).max()})"
-            assert_closest_to_own_frame(got, rgb, k, video)
-            worst = max(worst, int(diff.max()))
+        worst = max(worst, batch_difference(batch, loader, reference, expected, limit, region))
         seen += batch["frames"].shape[0]
     assert seen == loader.source.shard_size()
     return seen, worst

@@ -1,0 +1,90 @@
+"""The loader's memory budget: what a configuration will hold, and the fastest one that fits.
+
+What the loader holds grows with its options: the GOPs stream slots keep (``stream_lead``), the
+samples decoded ahead (``decode_ahead``), the batches in flight. ``make_loader(...,
+memory_budget=...)`` lowers those options, the one that costs the least speed first, until the
+estimate fits, and refuses a budget that nothing fits, naming the least that would. The estimate
+counts frames the loader allocates, as ``GopLoader.memory()`` reports them, plus DALI's queue of
+finished batches; NVDEC's own surfaces and the allocator's cache are outside it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from dali_gop.errors import ConfigError
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 2**10, "M": 2**20,
+          "G": 2**30, "T": 2**40}
+
+
+def parse_budget(value: int | str) -> int:
+    """Bytes from an int or a string such as ``"4GiB"``, ``"512 MiB"``, ``"2.5GB"``."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"memory_budget {value!r}: give bytes (an int) or a size such as '4GiB'")
+    if isinstance(value, int):
+        nbytes = value
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", value)
+        unit = match and _UNITS.get(match.group(2).upper())
+        if not unit:
+            raise ConfigError(f"memory_budget {value!r}: give bytes (an int) or a size such as "
+                              "'4GiB' (units B, KB, MB, GB, KiB, MiB, GiB)")
+        nbytes = int(float(match.group(1)) * unit)
+    if nbytes <= 0:
+        raise ConfigError(f"memory_budget {value!r}: must be more than 0 bytes")
+    return nbytes
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The options a budget decides."""
+    stream_lead: int
+    decode_ahead: int
+    stream_decoding: bool
+
+
+def estimate(source, choice: Choice, *, prefetch_queue_depth: int, rgb_factor: int = 1,
+             staging: bool = True) -> dict[str, int]:
+    """Bytes by kind that ``source``'s loader holds with ``choice``: kept frames in NV12 (x
+    ``rgb_factor`` 2 where the backend keeps RGB: cpu), NV12 staging of two batches in flight
+    (nvdec), and RGB batches in DALI's queue, being converted and being handed over."""
+    batch = source.batch_frame_bytes()
+    kept = source.kept_gop_bytes(choice.stream_lead) if choice.stream_decoding else 0
+    figures = {"kept_gops": kept * rgb_factor,
+               # stream slots' samples are not decoded ahead
+               "decoded_ahead": 0 if kept else choice.decode_ahead * batch,
+               "staging": 2 * batch if staging else 0,
+               "batches": (prefetch_queue_depth + 2) * batch * 2}
+    return {kind: nbytes for kind, nbytes in figures.items() if nbytes}
+
+
+def fit(budget: int, source, wanted: Choice, **estimate_options) -> tuple[Choice, dict[str, int]]:
+    """The choice closest to ``wanted`` whose estimate fits ``budget``: ``stream_lead`` lowered
+    first (down to 0: a GOP fewer per slot and camera), then ``decode_ahead``, then stream decoding
+    off (each sample decoded from its keyframe: slow, but nothing kept); ConfigError when even
+    that does not fit, with the least budget that would."""
+    def total(choice: Choice) -> int:
+        return sum(estimate(source, choice, **estimate_options).values())
+
+    candidates = [replace(wanted, stream_lead=lead) for lead in range(wanted.stream_lead, -1, -1)]
+    lowest = candidates[-1]
+    candidates += [replace(lowest, decode_ahead=ahead)
+                   for ahead in range(wanted.decode_ahead - 1, -1, -1)]
+    lowest = candidates[-1]
+    if lowest.stream_decoding:
+        candidates.append(replace(lowest, stream_decoding=False))
+    for choice in candidates:
+        if total(choice) <= budget:
+            return choice, estimate(source, choice, **estimate_options)
+    least = total(candidates[-1])
+    raise ConfigError(f"memory_budget {_size(budget)} is less than this loader needs at the least "
+                      f"({_size(least)}: batch_size {source.batch_size} x "
+                      f"{len(source.dataset.cameras)} cameras, decode_ahead=0, "
+                      "stream_decoding=False): raise it to at least that, or lower batch_size "
+                      "or the cameras served")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**28 else f"{nbytes / 2**20:.1f} MiB"

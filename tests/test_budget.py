@@ -1,0 +1,106 @@
+"""make_loader(memory_budget=...): sizes parsed, options lowered until the estimate fits (stream
+lead, then decode-ahead, then stream decoding off), a budget nothing fits refused with the least
+that would, and the same frames at every budget. CPU (the cpu backend keeps RGB in host memory)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from dali_gop import RandomPattern, StreamPattern
+from dali_gop.errors import ConfigError
+from dali_gop._budget import Choice, estimate, fit, parse_budget
+from dali_gop._dataset import Dataset
+from dali_gop._source import GopSource
+from conftest import cpu_loader, small_stores
+
+CPU = dict(prefetch_queue_depth=2, rgb_factor=2, staging=False)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    return small_stores(tmp_path_factory, {"h264": dict(codec="h264")})
+
+
+@pytest.mark.parametrize("text, nbytes", [("4GiB", 4 * 2**30), ("512 MiB", 512 * 2**20),
+                                          ("2.5GB", 2_500_000_000), ("1g", 2**30), (4096, 4096)])
+def test_sizes(text, nbytes):
+    assert parse_budget(text) == nbytes
+
+
+@pytest.mark.parametrize("bad", ["lots", "4 parsecs", 0, -1, "0GiB", True, 1.5, None])
+def test_sizes_refused(bad):
+    with pytest.raises(ConfigError, match="memory_budget"):
+        parse_budget(bad)
+
+
+def stream_source(gop_root, **options):
+    return GopSource(Dataset.open(gop_root), StreamPattern(), batch_size=3, **options)
+
+
+def total(source, choice):
+    return sum(estimate(source, choice, **CPU).values())
+
+
+def test_fit_lowers_the_lead_then_turns_stream_decoding_off(stores):
+    gop_root, _ = stores("h264")
+    source = stream_source(gop_root, stream_lead=30)
+    wanted = Choice(30, 0, True)
+    as_wanted, at_lead_0 = total(source, wanted), total(source, Choice(0, 0, True))
+    no_stream = total(source, Choice(0, 0, False))
+    assert as_wanted > at_lead_0 > no_stream > 0      # a GOP fewer per slot, then none kept
+    assert fit(as_wanted, source, wanted, **CPU)[0] == wanted
+    choice, held = fit(at_lead_0, source, wanted, **CPU)
+    assert choice.stream_decoding and choice.stream_lead < 30 and sum(held.values()) <= at_lead_0
+    assert fit(at_lead_0 - 1, source, wanted, **CPU)[0] == Choice(0, 0, False)
+    with pytest.raises(ConfigError, match=r"memory_budget .* less than this loader needs at the "
+                                          r"least .*raise it"):
+        fit(no_stream - 1, source, wanted, **CPU)
+
+
+def test_fit_lowers_decode_ahead_for_random_access(stores):
+    gop_root, _ = stores("h264")
+    source = GopSource(Dataset.open(gop_root), RandomPattern(), batch_size=3, decode_ahead=2)
+    wanted = Choice(30, 2, True)
+    nvdec = dict(prefetch_queue_depth=2, rgb_factor=1, staging=True)
+    ahead_1 = sum(estimate(source, Choice(30, 1, True), **nvdec).values())
+    choice, _ = fit(ahead_1, source, wanted, **nvdec)
+    assert choice.decode_ahead == 1 and choice.stream_decoding
+
+
+def epoch(loader) -> list:
+    return [(b["clip"].tolist(), b["frame_idx"].tolist(), b["frames"].numpy().copy())
+            for b in loader]
+
+
+def test_the_same_frames_at_every_budget_and_what_is_kept_stays_within_it(stores):
+    gop_root, _ = stores("h264")
+    source = stream_source(gop_root)
+    at_lead_0 = total(source, Choice(0, 0, True))
+    with cpu_loader(gop_root, pattern="stream", batch_size=3) as loader:
+        unbounded = epoch(loader)
+    with cpu_loader(gop_root, pattern="stream", batch_size=3, memory_budget=at_lead_0) as loader:
+        bounded = epoch(loader)
+        kept = loader.memory()["kept_gops"]["peak"]
+        assert 0 < kept <= estimate(source, Choice(0, 0, True), **CPU)["kept_gops"]
+    with pytest.warns(UserWarning, match="stream decoding is off"):
+        loader = cpu_loader(gop_root, pattern="stream", batch_size=3,
+                            memory_budget=at_lead_0 - 1)
+    with loader:
+        off = epoch(loader)
+        assert loader.memory().get("kept_gops", {"peak": 0})["peak"] == 0
+    for run in (bounded, off):
+        assert len(run) == len(unbounded)
+        for (clips, frames, a), (clips_b, frames_b, b) in zip(unbounded, run):
+            assert (clips, frames) == (clips_b, frames_b) and np.array_equal(a, b)
+
+
+def test_a_budget_nothing_fits_is_refused_at_make_loader(stores):
+    gop_root, _ = stores("h264")
+    with pytest.raises(ConfigError, match=r"memory_budget 1.0 MiB is less than this loader "
+                                          r"needs at the least \(1\.1 MiB"):
+        cpu_loader(gop_root, pattern="stream", batch_size=3, memory_budget="1MiB")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)   # a budget that fits changes nothing
+        cpu_loader(gop_root, pattern="stream", batch_size=3, memory_budget="64GiB").close()
