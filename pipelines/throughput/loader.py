@@ -1,5 +1,6 @@
 """The dali-gop loader through ``make_loader``, as a training loop sees it: the ``loader`` rows (the
---backend, stream and random access) and the ``dali`` rows (the dali backend).
+--backend, stream and random access), the ``budget`` rows (the same within memory budgets) and the
+``dali`` rows (the dali backend).
 
 Frames are counted as delivered, samples x cameras x T of each batch, after warm-up batches.
 """
@@ -10,7 +11,7 @@ from bisect import bisect_right
 from contextlib import contextmanager
 from typing import Iterator
 
-from dali_gop import GopLoader, RandomPattern, make_loader
+from dali_gop import ConfigError, GopLoader, RandomPattern, make_loader
 from dali_gop.format import read_index
 from pipelines.throughput.bench import Bench
 from pipelines.throughput.measure import RANDOM, STREAM, Result, Timed
@@ -125,6 +126,28 @@ def loader_rows(b: Bench) -> list[Result]:
                           method=f"{method}, no stream decoding",
                           note="each frame decoded from its GOP start")
     return [stream, random, no_stream]
+
+
+def budget_rows(b: Bench) -> list[Result]:
+    """Stream and random access within each of ``--budgets`` (``make_loader(memory_budget=...)``):
+    frames/s against the budget, and the peak device memory each row really took. A budget the
+    loader refuses is said in a line, not measured."""
+    a, backend = b.args, b.args.backend
+    rows = []
+    for access, group in ((STREAM, a.group_num), (RANDOM, a.random_group_num)):
+        for budget in a.budgets:
+            name = f"dali-gop {access}, budget {budget or 'none'} ({backend})"
+            try:
+                rows.append(b.measure(
+                    name, lambda access=access, group=group, budget=budget: loader_run(
+                        b, access, backend, group, a.warmup, a.random_batches,
+                        memory_budget=budget),
+                    method=f"dali-gop ({backend}) within a memory budget", access=access,
+                    note=f"memory_budget={budget}"))
+            except ConfigError as e:
+                if b.rank == 0:
+                    print(f"  {name}: refused ({e})", flush=True)
+    return rows
 
 
 def dali_rows(b: Bench) -> list[Result]:
