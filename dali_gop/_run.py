@@ -18,10 +18,10 @@ import threading
 import time
 import warnings
 
-from dali_gop.errors import WorkerError
+from dali_gop.errors import ConfigError, WorkerError
 from dali_gop._pipeline import OUTPUT_NAMES, build_pipeline
-from dali_gop._workers import (ProgressBoard, WatchedSource, main_module_not_rerun,
-                               open_files_under, process_state)
+from dali_gop._workers import (MAIN_GUARD_LINE, ProgressBoard, WatchedSource,
+                               main_module_not_rerun, open_files_under, process_state)
 
 #: how often a waiting training loop looks at the workers (dead ones show within this)
 WATCHDOG_SECONDS = 2.0
@@ -68,15 +68,22 @@ class Run:
             self.pipeline = build_pipeline(callback, decoder, batch_size=batch_size,
                                            device_id=device_id, py_num_workers=num_workers,
                                            **pipeline_options)
-            with main_module_not_rerun(callback), warnings.catch_warnings():
+            with main_module_not_rerun(callback) as spawn, warnings.catch_warnings():
                 # DALI asks for a reader_name, which an external source does not have
                 warnings.filterwarnings("ignore", message=".*reader_name.*")
-                self.iterator = DALIGenericIterator(
-                    [self.pipeline], list(OUTPUT_NAMES), size=source.shard_size(),
-                    last_batch_policy=getattr(LastBatchPolicy, last_batch_policy),
-                    # the source pads the shard's last batch itself, wrapping to the epoch's
-                    # start, and ends the epoch after it: every epoch starts fresh
-                    last_batch_padded=True, auto_reset=True, prepare_first_batch=False)
+                try:
+                    self.iterator = DALIGenericIterator(
+                        [self.pipeline], list(OUTPUT_NAMES), size=source.shard_size(),
+                        last_batch_policy=getattr(LastBatchPolicy, last_batch_policy),
+                        # the source pads the shard's last batch itself, wrapping to the epoch's
+                        # start, and ends the epoch after it: every epoch starts fresh
+                        last_batch_padded=True, auto_reset=True, prepare_first_batch=False)
+                except Exception:
+                    # DALI's `Workers initialization failed` (or a broken pipe to a worker gone)
+                    # says nothing the user can act on; the workers said why
+                    if spawn.loader_ran_in_a_worker():
+                        raise ConfigError(MAIN_GUARD_LINE) from None
+                    raise
         except BaseException:
             self.shutdown()
             raise

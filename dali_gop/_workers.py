@@ -176,31 +176,100 @@ def open_files_under(pid: int, root: str | os.PathLike) -> list[str]:
     return sorted(found)
 
 
+#: what a script without ``if __name__ == "__main__":`` is told when DALI's workers ran its loader
+#: code as they imported it
+MAIN_GUARD_LINE = ("make_loader ran while a DALI worker process imported your script: put the code "
+                   "that builds and iterates the loader under `if __name__ == \"__main__\":`")
+
+# names the training process's bootstrap report to the workers it spawns, while it spawns them
+_BOOTSTRAP_ENV = "DALI_GOP_BOOTSTRAP_REPORT"
+_bootstrap_lock = threading.Lock()
+_bootstrap_fd = -1
+_spawning = 0
+
+
+class Spawn:
+    """What :func:`main_module_not_rerun` yields: whether the workers it let import the main
+    module ran make_loader there (they say so through a memfd of the training process, since each
+    one only exits: a traceback per worker, then DALI's ``Workers initialization failed``, would
+    bury the one line the user needs)."""
+
+    def __init__(self, main_imported: bool):
+        self.main_imported = main_imported
+
+    def loader_ran_in_a_worker(self) -> bool:
+        if not self.main_imported or _bootstrap_fd < 0:
+            return False
+        return os.pread(_bootstrap_fd, 1, 0) == b"\1"
+
+
+@contextlib.contextmanager
+def _bootstrap_reported():
+    """While workers are spawned: the environment names the report they write to."""
+    global _bootstrap_fd, _spawning
+    with _bootstrap_lock:
+        if _bootstrap_fd < 0:
+            _bootstrap_fd = os.memfd_create("dali-gop-bootstrap", os.MFD_CLOEXEC)
+            os.ftruncate(_bootstrap_fd, 1)
+        _spawning += 1
+        # counted: loaders built in several threads at once share the variable
+        os.environ[_BOOTSTRAP_ENV] = f"/proc/{os.getpid()}/fd/{_bootstrap_fd}"
+    try:
+        yield
+    finally:
+        with _bootstrap_lock:
+            _spawning -= 1
+            if not _spawning:
+                os.environ.pop(_BOOTSTRAP_ENV, None)
+
+
 @contextlib.contextmanager
 def main_module_not_rerun(callback):
-    """While DALI spawns workers: keep them from re-running the training script.
+    """While DALI spawns workers: keep them from re-running the training script; yields a
+    :class:`Spawn`.
 
     A spawned process re-imports the parent's ``__main__`` so that objects defined there unpickle;
     a script that builds its loader at module level, without ``if __name__ == "__main__":``, then
     builds it again in every worker, which fails. The workers need nothing of ``__main__`` unless
     the callback pickles a reference to it (a pattern class defined in the script), so the main
     module is hidden from ``multiprocessing`` unless it does (which also spares every worker the
-    script's imports).
+    script's imports). Where it does, a worker that gets to make_loader says so and exits (see
+    :func:`spawned_bootstrap`), and the training process raises the one line.
     """
     main = sys.modules.get("__main__")
     if main is None or b"__main__" in pickle.dumps(callback):
-        yield
+        with _bootstrap_reported():
+            yield Spawn(main_imported=main is not None)
         return
     saved = {name: main.__dict__[name] for name in ("__spec__", "__file__") if name in main.__dict__}
     main.__spec__ = None
     main.__dict__.pop("__file__", None)
     try:
-        yield
+        yield Spawn(main_imported=False)
     finally:
         main.__dict__.update(saved)
 
 
 def spawned_bootstrap() -> bool:
-    """This process is a spawned child still importing its parent's main module."""
+    """This process is a spawned child still importing its parent's main module.
+
+    A DALI worker of ours (the training process named its report in the environment) does not
+    return: it tells the training process, which raises :data:`MAIN_GUARD_LINE`, and exits
+    without a traceback. (Where the report cannot be written it prints the line itself.)
+    """
     import multiprocessing
-    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
+    if not getattr(multiprocessing.current_process(), "_inheriting", False):
+        return False
+    report = os.environ.get(_BOOTSTRAP_ENV, "")
+    if report.startswith(f"/proc/{os.getppid()}/"):
+        try:
+            fd = os.open(report, os.O_WRONLY)
+            try:
+                os.pwrite(fd, b"\1", 0)
+            finally:
+                os.close(fd)
+        except OSError:
+            print(f"dali_gop: {MAIN_GUARD_LINE}", file=sys.stderr, flush=True)
+        # not SystemExit: the script's atexit hooks (DALI's among them) have nothing to end here
+        os._exit(1)
+    return True
