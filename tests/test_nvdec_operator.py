@@ -27,7 +27,7 @@ def stores(tmp_path_factory):
 
 
 def operator_batches(gop_root, pattern, batch_size, epochs=2, decode_ahead=0, memory=None,
-                     **options):
+                     operator_options=None, **options):
     """(source outputs, frames) of every batch the operator returns, in order; ``memory`` (a
     dict) receives the operator's ``memory()`` after the last batch."""
     from torch.utils.dlpack import from_dlpack, to_dlpack
@@ -36,7 +36,7 @@ def operator_batches(gop_root, pattern, batch_size, epochs=2, decode_ahead=0, me
     source = GopSource(Dataset.open(gop_root), pattern_from_name(pattern, **options),
                        batch_size=batch_size, stream_lead=3, decode_ahead=decode_ahead)
     stash = BitstreamStash()
-    operator = NvdecBatchDecoder(stash, threads=3)
+    operator = NvdecBatchDecoder(stash, threads=3, **(operator_options or {}))
     batches = [[source.read(p, epoch) for p in range(i, i + batch_size)]
                for epoch in range(epochs)
                for i in range(0, len(source.samples(epoch)), batch_size)]
@@ -86,6 +86,34 @@ def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pat
         assert 0 < memory["kept_gops"]["peak"] <= 3 * 2 * 3 * 10 * nv12_frame
     if decode_ahead and pattern == "random":
         assert memory["decoded_ahead"]["peak"] > 0
+
+
+@pytest.mark.parametrize("pattern", ["stream", "random"])
+def test_bgr_and_another_matrix_convert_the_same_nv12(monkeypatch, stores, pattern):
+    """The operator's conversion options: BGR is RGB reversed, and a matrix override
+    (``color_matrix``) converts every camera with it, bit for bit as the cpu backend would."""
+    from dali_gop.backends._color import VideoColors
+    from dali_gop.reference import decode_source
+    from nvdec_standins import install
+    install(monkeypatch)
+    gop_root, _ = stores("h264")
+    runs = {label: list(operator_batches(gop_root, pattern, 3, epochs=1, decode_ahead=2,
+                                         operator_options=options))
+            for label, options in {"rgb": {}, "bgr": dict(color="BGR"),
+                                   "bt601": dict(colors=VideoColors("bt601"))}.items()}
+    dataset = Dataset.open(gop_root)
+    clips, reference = list(dataset.clips), {}
+    for batch, frames in runs["bt601"]:
+        for (_, _, frame_idx, clip, _), sample in zip(batch, frames):
+            for c, camera in enumerate(dataset.cameras):
+                video = gop_root.parent / "videos" / clips[int(clip[0])] / camera
+                if video not in reference:
+                    reference[video] = decode_source(video, "rgb24", color_matrix="bt601")
+                for t, k in enumerate(frame_idx):
+                    assert np.array_equal(sample[c, t].numpy(), reference[video][k])
+    for (_, rgb), (_, bgr) in zip(runs["rgb"], runs["bgr"]):
+        for a, b in zip(rgb, bgr):
+            assert torch.equal(a.flip(-1), b)
 
 
 def test_a_batch_out_of_step_with_the_stash_is_refused(monkeypatch, stores):
