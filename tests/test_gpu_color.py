@@ -126,6 +126,21 @@ def test_nvdec_and_cpu_loaders_agree(loaders, stores, name):
     assert max(worst.values()) <= AGREEMENT, worst
 
 
+def test_nvdec_honours_a_matrix_override(loaders, stores):
+    """color_matrix='bt601' on nvdec: every video converted with BT.601 (its own range), as the
+    cpu backend converts it."""
+    gop_root, videos = stores("sd")
+    options = {**LOADER, "batch_size": 2, "color_matrix": "bt601"}
+    cpu = loader_frames(loaders(gop_root, backend="cpu", **options))
+    nvdec = loader_frames(loaders(gop_root, backend="nvdec", **options))
+    assert cpu.keys() == nvdec.keys()
+    for (video, k), frame in cpu.items():
+        clip = video.split("/")[0]
+        assert np.array_equal(frame, expected_frames(gop_root, clip,
+                                                     ("bt601", CONVERSIONS[clip][1]))[k])
+        assert int(np.abs(nvdec[video, k].astype(int) - frame).max()) <= AGREEMENT, (video, k)
+
+
 def test_the_dali_loader_refuses_bt709_videos(loaders, stores):
     gop_root, _ = stores("sd")
     with pytest.raises(ConfigError, match="converts with bt709"):
