@@ -4,7 +4,8 @@ DALI spawns the workers and runs the source callback in them; the loader wraps t
 :class:`WatchedSource`, which, once unpickled in a worker,
 
 - ends the worker when the training process is gone (killed by any signal: nothing else would, a
-  worker waits on DALI's task queue forever), and
+  worker waits on DALI's task queue forever),
+- leaves Ctrl-C to the training process, whose end ends the worker (no traceback per worker), and
 - writes which sample it is reading, and since when, into a :class:`ProgressBoard` the training
   process reads, so that a worker stuck on a read (a hung network file system) is named with what
   it was reading instead of hanging the training loop.
@@ -19,6 +20,7 @@ import fcntl
 import mmap
 import os
 import pickle
+import signal
 import struct
 import sys
 import threading
@@ -95,6 +97,7 @@ class WatchedSource:
         self._offset = -1
         self._reads = 0
         if os.getpid() != self.parent_pid:    # unpickled in a worker, as it starts
+            _ignore_ctrl_c()
             _exit_with(self.parent_pid)
             self._map, self._offset = _claim_record(self.board_path, self.board_size)
 
@@ -135,6 +138,15 @@ def _claim_record(path: str, size: int):
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _ignore_ctrl_c() -> None:
+    """Ctrl-C at a terminal signals the whole foreground process group, workers included: the
+    training process takes it, and its workers end with it (its shutdown, or :func:`_exit_with`),
+    rather than each printing a KeyboardInterrupt traceback of its own. DALI unpickles the
+    callback in the worker's main thread, the only one that may set a handler."""
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _exit_with(parent_pid: int) -> None:

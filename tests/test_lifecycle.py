@@ -214,3 +214,29 @@ def test_a_stuck_worker_is_an_error_naming_its_read_then_a_new_loader_works(tiny
     assert re.search(r"DALI worker 0 \(pid \d+, stopped\)", message), message
     assert re.search(r"clip clip00\d, frames \[\d+\]", message), message
     assert out.split()[-2:] == ["epoch", "48"], out
+
+
+def test_ctrl_c_ends_the_training_loop_with_its_own_traceback_only(tiny):
+    """Ctrl-C at a terminal signals the whole foreground group, DALI's workers too: the training
+    loop ends with its KeyboardInterrupt, the workers end with it, silently (before: each worker
+    printed a KeyboardInterrupt traceback of its own)."""
+    gop_root, _ = tiny
+    process = child("train", gop_root, start_new_session=True)
+    try:
+        assert process.stdout.readline().strip() == "ready", process.stderr.read()
+        session = _session(process.pid)
+        assert sum("spawn_main" in command for command in session.values()) == 2, session
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=10)
+        assert process.returncode != 0, err
+        assert err.count("Traceback") == 1 and err.count("KeyboardInterrupt") == 1, err
+        assert "SpawnProcess" not in err and "_multiproc" not in err, err
+        deadline = time.monotonic() + 10
+        while _session(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _session(process.pid), f"alive 10 s after Ctrl-C: {_session(process.pid)}"
+    finally:
+        for pid in _session(process.pid):
+            os.kill(pid, signal.SIGKILL)
+        process.kill()
+        process.communicate()
