@@ -33,26 +33,14 @@ def assert_one_line(done: subprocess.CompletedProcess, *words: str) -> None:
     assert lines[0].endswith("(--debug or DALI_GOP_DEBUG=1 for the traceback)"), lines[0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the set's progress bar (make_dataset(progress=True) in pipelines/throughput/__main__.py "
-    "prepare_dataset) is on stderr before the error: create --data first, e.g. "
-    "args.data.mkdir(parents=True, exist_ok=True) before make_dataset"))
 def test_throughput_on_a_data_path_that_is_a_file():
-    pytest.importorskip("nvidia.dali")
-    pytest.importorskip("torch")
-    assert_one_line(run_module("pipelines.throughput", "--backend", "cpu", "--data", A_FILE),
-                    A_FILE, "Not a directory")
-
-
-def test_throughput_on_a_data_path_that_is_a_file_says_it_in_one_line_at_the_end():
-    """What holds today of the test above: the error itself is one line, the last, with no
-    traceback and exit status 2 (before the README's promise, the bar aside)."""
+    """Checked before the set's progress bar: the one line is all of stderr."""
     pytest.importorskip("nvidia.dali")
     pytest.importorskip("torch")
     done = run_module("pipelines.throughput", "--backend", "cpu", "--data", A_FILE)
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"pipelines.throughput: error: {A_FILE}/") and "Not a directory" in last
+    assert_one_line(done, A_FILE, "Not a directory")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"pipelines.throughput: error: {A_FILE}/"), done.stderr
 
 
 @pytest.mark.parametrize("args", [

@@ -37,9 +37,9 @@ GROUPS: dict[str, tuple[Callable[[Bench], list[Result]], bool]] = {
 # options still win)
 QUICK = dict(clips=4, frames=60, warmup=6, random_batches=6, baseline_batches=2, threads=[16],
              train_steps=10, train_warmup=3)
-# --quick --backend cpu: FFmpeg decodes every frame on the CPU, so a smaller set: 95 s on 2 shared
-# CPU cores (2026-12-03: 51 s making the set, kept for the next run; 7 s preprocessing; 30 s
-# measuring), peak RSS 1.8 GB
+# --quick --backend cpu: FFmpeg decodes every frame on the CPU, so a smaller set at a lower
+# resolution, two workers and fewer batches: a machine of a few cores sees it work in about the time
+# --help promises (much of it making the set, which is kept for the next run)
 QUICK_CPU = dict(clips=4, cameras=6, frames=48, width=640, height=360, gop=12, group_num=4,
                  workers=2, warmup=2, random_batches=8, stream_epochs=1)
 
@@ -77,6 +77,8 @@ def dataset_paths(args) -> tuple[Path, Path]:
 def prepare_dataset(args) -> None:
     """Make the set (once; textured so the bitrate is camera-like) and preprocess it."""
     videos, gops = dataset_paths(args)
+    # first: a --data that cannot hold the set is one line, before the progress bar
+    videos.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     paths = make_dataset(videos, **{**dataset_options(args), "textured": True}, progress=True)
     print(f"dataset: {len(paths)} videos in {videos} ({time.perf_counter() - t0:.0f} s), "
