@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 from pathlib import Path
 
 from dali_gop import format as fmt
+from dali_gop.errors import DEBUG_ENV, ConfigError, run_cli
 from dali_gop.reference import decode_annexb
 from dali_gop._store import GopStore
 from dali_gop.synthetic import make_dataset, read_frame_number
@@ -23,6 +25,7 @@ DEMO_DATASET = dict(clips=4, cameras=6, frames=48, width=256, height=144, fps=12
 def make_demo_gop_store(data: Path, workers: int | None = None) -> Path:
     """Videos under ``data/videos``, GOP store under ``data/gops``; both reused when present."""
     videos, gops = data / "videos", data / "gops"
+    videos.mkdir(parents=True, exist_ok=True)   # a --data that cannot hold them: said first
     make_dataset(videos, workers=workers, **DEMO_DATASET)
     summary = preprocess(videos, gops, workers=workers, progress=True)
     print(summary.format())
@@ -64,13 +67,20 @@ def show(gops: Path) -> None:
             raise SystemExit(f"{clip}: wanted frame {frame}, decoded frames show {shown}")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):   # one line, as every other user error (not usage + error)
+        raise ConfigError(f"{message} (see --help)")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.demo", description=__doc__)
+    parser = _Parser(prog="python -m preprocess.demo", description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("data/demo"))
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an error (also {DEBUG_ENV}=1)")
     args = parser.parse_args(argv)
     show(make_demo_gop_store(args.data, args.workers))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="python -m preprocess.demo"))

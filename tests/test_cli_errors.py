@@ -44,11 +44,8 @@ def test_throughput_on_a_data_path_that_is_a_file():
 
 
 @pytest.mark.parametrize("args", [
-    pytest.param(["preprocess.demo", "--data", A_FILE], marks=pytest.mark.xfail(strict=True, reason=(
-        "preprocess/demo.py main() is not run through dali_gop.errors.run_cli: a NotADirectoryError "
-        "traceback"))),
-    pytest.param(["preprocess.throughput", "--data", A_FILE], marks=pytest.mark.xfail(
-        strict=True, reason="preprocess/throughput.py is not run through run_cli: a traceback")),
+    ["preprocess.demo", "--data", A_FILE],
+    ["preprocess.throughput", "--data", A_FILE],
     ["pipelines.train_example", "--backend", "cpu", "--gop_base_path", "/nonexistent/gops"],
 ], ids=["preprocess.demo", "preprocess.throughput", "train_example"])
 def test_the_readme_commands_on_a_wrong_path(args):
