@@ -28,7 +28,7 @@ from dali_gop._budget import Choice, estimate, fit, parse_budget
 from dali_gop._dataset import Dataset
 from dali_gop._run import Run, release
 from dali_gop._source import GopSource
-from dali_gop._workers import spawned_bootstrap
+from dali_gop._workers import MAIN_GUARD_LINE, spawned_bootstrap
 
 #: make_loader's default: how long a worker may take over one sample's read. Generous, so that
 #: slow network storage does not trip it; a hung read still ends the training loop with an error
@@ -426,9 +426,7 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
         ``close()`` it (or use ``with``) to free its workers and GPU memory at once.
     """
     if spawned_bootstrap():
-        raise ConfigError("make_loader ran while a DALI worker process imported your script: put "
-                          "the code that builds and iterates the loader under "
-                          "`if __name__ == \"__main__\":`")
+        raise ConfigError(MAIN_GUARD_LINE)
     if last_batch_policy not in LAST_BATCH_POLICIES:
         raise ConfigError(f"last_batch_policy {last_batch_policy!r}: choose one of "
                           f"{LAST_BATCH_POLICIES}")

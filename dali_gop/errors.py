@@ -8,6 +8,7 @@ stdlib only: preprocess and DALI's worker processes import it.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Callable, Sequence
@@ -39,6 +40,20 @@ DEBUG_ENV = "DALI_GOP_DEBUG"
 def debug_requested(argv: Sequence[str] | None = None) -> bool:
     argv = sys.argv[1:] if argv is None else argv
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the command lines: its mistakes raised as :class:`ConfigError` (one line through
+    :func:`run_cli`, not usage + exit), and ``--debug``."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+        self.add_argument("--debug", action="store_true",
+                          help=f"show the traceback of an error (also {DEBUG_ENV}=1)")
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see --help)")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,

@@ -20,15 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-from dali_gop.errors import ConfigError, run_cli
+from dali_gop.errors import ArgumentParser, ConfigError, run_cli
 from dali_gop.hooks import annotate
 
 PROG = "python -m pipelines.train_example"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=PROG, description=__doc__)
     seed_flags = parser.add_argument_group("the seed's flags")
     seed_flags.add_argument("--index_file", default=None,
                             help="dataset index {video_dir: {clip_id: frame_count}} (default: the "
@@ -61,8 +60,6 @@ def parse_args(argv=None):
                         help="steps between checkpoints")
     parser.add_argument("--resume", default=None, metavar="PATH",
                         help="go on from this checkpoint, with the batch after its last")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of an error (also DALI_GOP_DEBUG=1)")
     args = parser.parse_args(argv)
     if args.checkpoint_every < 1:
         parser.error(f"--checkpoint_every must be >= 1, not {args.checkpoint_every}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dali_gop.errors import DEBUG_ENV, ConfigError, run_cli
+from dali_gop.errors import ArgumentParser, run_cli
 from preprocess import verify
 from preprocess.runner import LAYOUT, preprocess
 
@@ -29,13 +29,8 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):   # one line, as every other user error (not usage + error)
-        raise ConfigError(f"{message} (see --help)")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m preprocess", description=(
+    parser = ArgumentParser(prog="python -m preprocess", description=(
         f"Split every H.264/HEVC video {LAYOUT} into standalone-decodable GOP bins "
         "under --gop-root. Resumable: rerun to finish or refresh; up-to-date videos are skipped."))
     parser.add_argument("--video-root", required=True)
@@ -50,8 +45,6 @@ def main(argv: list[str] | None = None) -> int:
         "promises; pixels (default) also compares each frame with a decode of the whole source; "
         "none trusts the stream (faster; a stream the GOP rule does not cover fails at load time)"))
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--debug", action="store_true",
-                        help=f"show the traceback of an error (also {DEBUG_ENV}=1)")
     args = parser.parse_args(argv)
     summary = preprocess(args.video_root, args.gop_root, workers=args.workers,
                          shard_id=args.shard[0], num_shards=args.shard[1], force=args.force,

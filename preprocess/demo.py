@@ -6,15 +6,13 @@ Every decode here is FFmpeg on the CPU, so it runs on any machine.
 """
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from pathlib import Path
 
 from dali_gop import format as fmt
-from dali_gop.errors import DEBUG_ENV, ConfigError, run_cli
+from dali_gop.errors import ArgumentParser, run_cli
 from dali_gop.reference import decode_annexb
-from dali_gop._store import GopStore
 from dali_gop.synthetic import make_dataset, read_frame_number
 from preprocess.runner import preprocess
 
@@ -39,10 +37,9 @@ def show(gops: Path) -> None:
     clips = manifest.clips()
     print(f"\n{gops / fmt.MANIFEST_FILENAME}: {len(clips)} clips x "
           f"{len(next(iter(manifest.cameras.values())))} cameras, frames per clip {clips}")
-    store = GopStore(gops)
     clip = sorted(clips)[0]
     rel = f"{clip}/{manifest.cameras[clip][0]}"
-    index = store.index(rel)
+    index = fmt.read_index(gops, rel)
     print(f"{gops / rel}/: {index.codec} {index.width}x{index.height} {index.frame_rate} fps, "
           f"{index.num_frames} frames, B-frames: {index.has_b_frames}")
     for gop in index.gops:
@@ -67,17 +64,10 @@ def show(gops: Path) -> None:
             raise SystemExit(f"{clip}: wanted frame {frame}, decoded frames show {shown}")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):   # one line, as every other user error (not usage + error)
-        raise ConfigError(f"{message} (see --help)")
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = _Parser(prog="python -m preprocess.demo", description=__doc__)
+    parser = ArgumentParser(prog="python -m preprocess.demo", description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("data/demo"))
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--debug", action="store_true",
-                        help=f"show the traceback of an error (also {DEBUG_ENV}=1)")
     args = parser.parse_args(argv)
     show(make_demo_gop_store(args.data, args.workers))
 

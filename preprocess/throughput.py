@@ -7,32 +7,24 @@ so the time is the split itself, not the skip of up-to-date videos.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-from dali_gop.errors import DEBUG_ENV, ConfigError, run_cli
+from dali_gop.errors import ArgumentParser, run_cli
 from dali_gop.synthetic import add_dataset_arguments, dataset_name, dataset_options, make_dataset
 from preprocess import verify
 from preprocess.runner import preprocess
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):   # one line, as every other user error (not usage + error)
-        raise ConfigError(f"{message} (see --help)")
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = _Parser(prog="python -m preprocess.throughput", description=__doc__)
+    parser = ArgumentParser(prog="python -m preprocess.throughput", description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("data/throughput"))
     add_dataset_arguments(parser)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--verify", choices=verify.MODES, default="pixels")
-    parser.add_argument("--debug", action="store_true",
-                        help=f"show the traceback of an error (also {DEBUG_ENV}=1)")
     args = parser.parse_args(argv)
     options = dataset_options(args)
     videos = args.data / dataset_name(options)

@@ -19,6 +19,8 @@ measures these groups (``--skip`` leaves some out):
            random frames through SimpleDecoder (it seeks to the keyframe and decodes forward)
   train    the loader (nvdec) feeding a stand-in training step on the same GPU: model alone,
            loader alone, together, and together / max(model, loader)
+  budget   the loader (nvdec) within each of --budgets (make_loader's memory_budget): frames/s
+           and the peak device memory it really took, for stream and random access
 
 Frames are counted as delivered after warm-up batches (loader: samples x cameras x T per batch;
 readers.video: frames in each batch). The stream row times ``--stream_epochs`` whole epochs after

@@ -16,7 +16,7 @@ from dali_gop.synthetic import add_dataset_arguments, dataset_name, dataset_opti
 from pipelines.throughput.bench import Bench, barrier, gather, init_distributed
 from pipelines.throughput.cli import ArgumentParser, entry
 from pipelines.throughput.decode import ceiling_rows, pynvc_rows
-from pipelines.throughput.loader import dali_rows, loader_rows
+from pipelines.throughput.loader import budget_rows, dali_rows, loader_rows
 from pipelines.throughput.measure import Result
 from pipelines.throughput.reader import reader_rows
 from pipelines.throughput.report import (format_table, format_train_table, make_report, targets,
@@ -32,9 +32,10 @@ GROUPS: dict[str, tuple[Callable[[Bench], list[Result]], bool]] = {
     "reader": (reader_rows, True),
     "pynvc": (pynvc_rows, True),
     "train": (train_rows, True),
+    "budget": (budget_rows, True),
 }
-# --quick: about a minute on one H200 with 16 CPU cores, the data set's making included (explicit
-# options still win)
+# --quick: a small set and short rows, so that a first run on one GPU shows every group in the time
+# --help promises, making the set included (explicit options still win)
 QUICK = dict(clips=4, frames=60, warmup=6, random_batches=6, baseline_batches=2, threads=[16],
              train_steps=10, train_warmup=3)
 # --quick --backend cpu: FFmpeg decodes every frame on the CPU, so a smaller set at a lower
@@ -102,9 +103,10 @@ def parse_args(argv=None):
     parser.add_argument("--chart", type=Path, default=None,
                         help="PNG bar chart (default: --out with .png; needs matplotlib)")
     parser.add_argument("--quick", action="store_true",
-                        help="a small set and fewer batches, to see it work: about a minute on "
-                             "one H200 with 16 CPU cores (4 clips x 6 cameras, 1600x900, 60 "
-                             "frames); with --backend cpu (4 clips x 6 "
+                        help="a small set and fewer batches, to see it work: about two minutes "
+                             "on one H200 with 16 CPU cores (4 clips x 6 cameras, 1600x900, 60 "
+                             "frames; a third of it making the set, which the next run reuses); "
+                             "with --backend cpu (4 clips x 6 "
                              "cameras, 640x360, 48 frames) about a minute and a half on 2 CPU "
                              "cores, half of it making the set, which the next run reuses. "
                              "Options given explicitly win")
@@ -130,6 +132,9 @@ def parse_args(argv=None):
                         help="untimed loader batches first (default: max(2 x workers, 8))")
     loader.add_argument("--stream_epochs", type=int, default=3,
                         help="timed epochs of dali-gop stream, after one untimed epoch")
+    loader.add_argument("--budgets", nargs="+", default=["2GiB", "4GiB", "8GiB", "16GiB", "none"],
+                        metavar="SIZE", help="budget rows: make_loader's memory_budget for each "
+                                             "(none: no budget)")
     loader.add_argument("--random_batches", type=int, default=60,
                         help="timed batches: dali-gop random and stream without stream decoding")
     raw = parser.add_argument_group("the ceiling and the baselines")

@@ -135,8 +135,9 @@ def budget_rows(b: Bench) -> list[Result]:
     a, backend = b.args, b.args.backend
     rows = []
     for access, group in ((STREAM, a.group_num), (RANDOM, a.random_group_num)):
-        for budget in a.budgets:
-            name = f"dali-gop {access}, budget {budget or 'none'} ({backend})"
+        for given in a.budgets:
+            budget = None if given.lower() == "none" else given
+            name = f"dali-gop {access}, budget {given} ({backend})"
             try:
                 rows.append(b.measure(
                     name, lambda access=access, group=group, budget=budget: loader_run(
