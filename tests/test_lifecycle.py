@@ -6,6 +6,7 @@ tested is how that process ends.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -174,30 +175,42 @@ def _shm_files(pids) -> set[str]:
     return names
 
 
+@contextlib.contextmanager
+def training_child(gop_root):
+    """A training process (its own session) with its two DALI workers up: (process, its session's
+    processes); everything in the session is killed at the end."""
+    process = child("train", gop_root, start_new_session=True)
+    try:
+        assert process.stdout.readline().strip() == "ready", process.stderr.read()
+        session = _session(process.pid)
+        assert sum("spawn_main" in command for command in session.values()) == 2, session
+        yield process, session
+    finally:
+        for pid in _session(process.pid):
+            os.kill(pid, signal.SIGKILL)
+        process.kill()
+        process.communicate()
+
+
+def assert_session_ends(process, cause: str) -> None:
+    deadline = time.monotonic() + 10
+    while _session(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _session(process.pid), f"alive 10 s after {cause}: {_session(process.pid)}"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_killed_training_process_leaves_nothing_behind(tiny, sig):
     """Killed mid-epoch, the training process takes everything its loader started with it within
     10 s: DALI's workers (before: they ran on under init forever), the resource tracker, and
     the shared memory they named in /dev/shm."""
     gop_root, _ = tiny
-    process = child("train", gop_root, start_new_session=True)
-    try:
-        assert process.stdout.readline().strip() == "ready", process.stderr.read()
-        session = _session(process.pid)
-        assert sum("spawn_main" in command for command in session.values()) == 2, session
+    with training_child(gop_root) as (process, session):
         files = _shm_files(session)
         process.send_signal(sig)
         process.wait(10)
-        deadline = time.monotonic() + 10
-        while _session(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _session(process.pid), f"alive 10 s after {sig.name}: {_session(process.pid)}"
+        assert_session_ends(process, sig.name)
         assert not [name for name in files if os.path.exists(name)], files
-    finally:
-        for pid in _session(process.pid):
-            os.kill(pid, signal.SIGKILL)
-        process.kill()
-        process.communicate()
 
 
 def test_a_stuck_worker_is_an_error_naming_its_read_then_a_new_loader_works(tiny):
@@ -221,22 +234,10 @@ def test_ctrl_c_ends_the_training_loop_with_its_own_traceback_only(tiny):
     loop ends with its KeyboardInterrupt, the workers end with it, silently (before: each worker
     printed a KeyboardInterrupt traceback of its own)."""
     gop_root, _ = tiny
-    process = child("train", gop_root, start_new_session=True)
-    try:
-        assert process.stdout.readline().strip() == "ready", process.stderr.read()
-        session = _session(process.pid)
-        assert sum("spawn_main" in command for command in session.values()) == 2, session
+    with training_child(gop_root) as (process, _):
         os.killpg(process.pid, signal.SIGINT)
         _, err = process.communicate(timeout=10)
         assert process.returncode != 0, err
         assert err.count("Traceback") == 1 and err.count("KeyboardInterrupt") == 1, err
         assert "SpawnProcess" not in err and "_multiproc" not in err, err
-        deadline = time.monotonic() + 10
-        while _session(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _session(process.pid), f"alive 10 s after Ctrl-C: {_session(process.pid)}"
-    finally:
-        for pid in _session(process.pid):
-            os.kill(pid, signal.SIGKILL)
-        process.kill()
-        process.communicate()
+        assert_session_ends(process, "Ctrl-C")
