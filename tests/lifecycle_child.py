@@ -1,7 +1,7 @@
 """Training processes for tests/test_lifecycle.py, each run as ``python lifecycle_child.py SCENARIO
 GOP_ROOT [ARGS]``: a script, without ``if __name__ == "__main__":`` around its loaders, as users
 write them. What a scenario prints on stdout is what the test checks; exit code 0 means it ended
-normally."""
+normally. ``LIFECYCLE_BACKEND`` (default cpu) picks the backend: the GPU tests run nvdec."""
 import os
 import signal
 import sys
@@ -17,7 +17,7 @@ from dali_gop.errors import WorkerError  # noqa: E402
 
 
 def loader(gop_root, **options):
-    options = {"backend": "cpu", "batch_size": 1, "num_workers": 1, "shard_id": 0,
+    options = {"backend": os.environ.get("LIFECYCLE_BACKEND", "cpu"), "batch_size": 1, "num_workers": 1, "shard_id": 0,
                "num_shards": 1, "pattern": "random", **options}
     return make_loader(gop_root, **options)
 
@@ -29,7 +29,7 @@ def exact_epoch(gop_root, videos_root, **options) -> int:
     fresh = loader(gop_root, **options)
     seen = 0
     for batch in fresh:
-        frames = batch["frames"].numpy()
+        frames = batch["frames"].cpu().numpy()
         for b in range(frames.shape[0]):
             clip = fresh.clip_names[int(batch["clip"][b])]
             for c, camera in enumerate(fresh.cameras):

@@ -33,16 +33,18 @@ def tiny(tmp_path_factory):
     return gop_root, gop_root.parent / "videos"
 
 
-def child(*args, **popen) -> subprocess.Popen:
+def child(*args, backend: str = "cpu", **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(CHILD), *map(str, args)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "LIFECYCLE_BACKEND": backend}, **popen)
 
 
-def run_all(commands: list[tuple], timeout: float = 120) -> list[tuple[int, str, str]]:
+def run_all(commands: list[tuple], timeout: float = 120,
+            backend: str = "cpu") -> list[tuple[int, str, str]]:
     """Each command in a child, two at a time: [(exit code, stdout, stderr)]."""
     results = []
     for i in range(0, len(commands), 2):
-        pair = [child(*args) for args in commands[i:i + 2]]
+        pair = [child(*args, backend=backend) for args in commands[i:i + 2]]
         for process in pair:
             try:
                 out, err = process.communicate(timeout=timeout)
@@ -57,19 +59,31 @@ def failures(results) -> list[str]:
     return [f"exit {code}: {out[-300:]!r} {err[-1500:]}" for code, out, err in results if code]
 
 
+BACKENDS = [pytest.param("cpu", id="cpu"),
+            pytest.param("nvdec", id="nvdec", marks=pytest.mark.gpu)]
+
+
+def runs(backend: str) -> int:
+    """The cpu runs are the done-when's 20; on the GPU a few show that nvdec's resources (decoder
+    sessions, device memory, its thread pool) go the same way."""
+    return RUNS if backend == "cpu" else 4
+
+
 @pytest.mark.slow
-def test_loaders_dropped_mid_epoch_never_crash_the_exit(tiny):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_loaders_dropped_mid_epoch_never_crash_the_exit(tiny, backend):
     """12 loaders rebuilt mid-epoch and dropped without close(), then the script ends: exit 0 in
     every run (before: 134/139 in 3 of 4 runs, a DALI executor thread rethrowing while the
     interpreter's garbage collector tore its pipeline down)."""
     gop_root, _ = tiny
-    results = run_all([("drop", gop_root)] * RUNS)
+    results = run_all([("drop", gop_root)] * runs(backend), backend=backend)
     assert not failures(results), "\n".join(failures(results))
     assert all(out.strip() == "ok" for _, out, _ in results)
 
 
 @pytest.mark.slow
-def test_an_error_in_a_batch_then_close_then_a_new_loader(tiny):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_error_in_a_batch_then_close_then_a_new_loader(tiny, backend):
     """A decode error and a refused (truncated) bin, each then close() and a new loader: its
     epoch is whole and exact, and the process ends with exit 0 (before: 7 of 8 runs aborted,
     `Resource deadlock avoided`: the garbage collector ran a pipeline's shutdown inside that
@@ -77,13 +91,13 @@ def test_an_error_in_a_batch_then_close_then_a_new_loader(tiny):
     gop_root, videos = tiny
     victim = next(gop_root.rglob("gop.8.8.bin"))
     commands = []
-    for run in range(RUNS):
+    for run in range(runs(backend)):
         copy = gop_root.parent / f"copy{run}"
         if not copy.exists():
             subprocess.run(["cp", "-r", str(gop_root), str(copy)], check=True)
         commands.append(("error", copy, videos, copy / victim.relative_to(gop_root),
                          "decode" if run % 2 else "read"))
-    results = run_all(commands)
+    results = run_all(commands, backend=backend)
     assert not failures(results), "\n".join(failures(results))
     assert all(out.split()[-2:] == ["epoch", "48"] for _, out, _ in results), results[0]
 
@@ -176,10 +190,10 @@ def _shm_files(pids) -> set[str]:
 
 
 @contextlib.contextmanager
-def training_child(gop_root):
+def training_child(gop_root, backend: str = "cpu"):
     """A training process (its own session) with its two DALI workers up: (process, its session's
     processes); everything in the session is killed at the end."""
-    process = child("train", gop_root, start_new_session=True)
+    process = child("train", gop_root, backend=backend, start_new_session=True)
     try:
         assert process.stdout.readline().strip() == "ready", process.stderr.read()
         session = _session(process.pid)
@@ -199,13 +213,14 @@ def assert_session_ends(process, cause: str) -> None:
     assert not _session(process.pid), f"alive 10 s after {cause}: {_session(process.pid)}"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_a_killed_training_process_leaves_nothing_behind(tiny, sig):
+def test_a_killed_training_process_leaves_nothing_behind(tiny, sig, backend):
     """Killed mid-epoch, the training process takes everything its loader started with it within
     10 s: DALI's workers (before: they ran on under init forever), the resource tracker, and
     the shared memory they named in /dev/shm."""
     gop_root, _ = tiny
-    with training_child(gop_root) as (process, session):
+    with training_child(gop_root, backend) as (process, session):
         files = _shm_files(session)
         process.send_signal(sig)
         process.wait(10)
@@ -213,12 +228,13 @@ def test_a_killed_training_process_leaves_nothing_behind(tiny, sig):
         assert not [name for name in files if os.path.exists(name)], files
 
 
-def test_a_stuck_worker_is_an_error_naming_its_read_then_a_new_loader_works(tiny):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stuck_worker_is_an_error_naming_its_read_then_a_new_loader_works(tiny, backend):
     """A worker that stands still (SIGSTOP here, a hung network read in life) ends the training
     loop with WorkerError within worker_timeout + 2 s, naming the worker and what it read; a new
     loader then delivers an exact epoch (before: the loop waited forever)."""
     gop_root, videos = tiny
-    [(code, out, err)] = run_all([("stuck", gop_root, videos, 3)], timeout=90)
+    [(code, out, err)] = run_all([("stuck", gop_root, videos, 3)], timeout=90, backend=backend)
     assert code == 0, err[-3000:]
     raised = re.search(r"raised after ([\d.]+) s: (.*)", out)
     assert raised, out + err[-3000:]
