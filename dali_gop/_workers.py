@@ -223,6 +223,8 @@ def _bootstrap_reported():
         if _bootstrap_fd < 0:
             _bootstrap_fd = os.memfd_create("dali-gop-bootstrap", os.MFD_CLOEXEC)
             os.ftruncate(_bootstrap_fd, 1)
+        if not _spawning:   # a report of an earlier spawn must not speak for this one
+            os.pwrite(_bootstrap_fd, b"\0", 0)
         _spawning += 1
         # counted: loaders built in several threads at once share the variable
         os.environ[_BOOTSTRAP_ENV] = f"/proc/{os.getpid()}/fd/{_bootstrap_fd}"

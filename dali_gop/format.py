@@ -12,7 +12,6 @@ Layout, per source video ``<video_root>/<rel>``::
 from __future__ import annotations
 
 import functools
-
 import json
 import os
 import re

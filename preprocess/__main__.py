@@ -30,7 +30,8 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m preprocess", description=(
+    parser = ArgumentParser(prog="python -m preprocess", formatter_class=argparse.HelpFormatter,
+                            description=(
         f"Split every H.264/HEVC video {LAYOUT} into standalone-decodable GOP bins "
         "under --gop-root. Resumable: rerun to finish or refresh; up-to-date videos are skipped."))
     parser.add_argument("--video-root", required=True)

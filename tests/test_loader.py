@@ -304,6 +304,10 @@ def test_memory_counts_what_the_loader_keeps(stores):
             pass
         kept = loader.memory()["kept_gops"]
         assert 0 < kept["now"] <= kept["peak"] <= 2 * loader.source.kept_gop_bytes()
+        operators = loader.decode_operators
+    # closed: every kept GOP let go, the peak kept
+    assert [operator.memory()["kept_gops"]["now"] for operator in operators] == [0]
+    assert operators[0].memory()["kept_gops"]["peak"] == kept["peak"]
     with cpu_loader(gop_root, pattern="random") as loader:
         next(iter(loader))
         assert loader.memory().get("kept_gops", {"peak": 0})["peak"] == 0

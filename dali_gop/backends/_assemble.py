@@ -65,6 +65,12 @@ class KeptGops:
         for gop in gops:
             self._held.add("kept_gops", -self._size_of(gop))
 
+    def clear(self) -> None:
+        """Let every kept GOP go (the loader closes)."""
+        for kept in self._kept.values():
+            self._drop(kept.values())
+        self._kept.clear()
+
     def count(self) -> int:
         return sum(len(k) for k in self._kept.values())
 

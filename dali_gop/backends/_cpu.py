@@ -28,8 +28,7 @@ class CpuSampleDecoder:
         return self.held.report()
 
     def close(self) -> None:
-        self.kept = KeptGops(self.held, self.kept._size_of)
-        self.held.clear()
+        self.kept.clear()
 
     def __call__(self, data: np.ndarray, plan: np.ndarray) -> np.ndarray:
         with annotate("decode (cpu)", color="red"):

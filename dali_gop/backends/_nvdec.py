@@ -279,8 +279,9 @@ class NvdecBatchDecoder:
     each is decoded whole, once, in the background, and the slot's samples only copy frames out.
 
     The batch's Python runs in DALI's thread while dozens of decode threads want the GIL too, so
-    it is kept short and keeps the GIL: one allocation per batch, driver calls that hold the GIL
-    (:class:`CudaDriver`), the stream picks copied by one driver call.
+    it is kept short and keeps the GIL: one staging allocation per batch (and one per GOP a stream
+    slot is sent, all on DALI's stream), driver calls that hold the GIL (:class:`CudaDriver`), the
+    stream picks copied by one driver call.
     """
 
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
@@ -338,7 +339,7 @@ class NvdecBatchDecoder:
         with self._lock:
             for state in self._thread_decoders:
                 state.decoders.clear()
-        self.kept = KeptGops(self.held, _gop_bytes)
+        self.kept.clear()
         self.ahead.clear()
         self._pending.clear()
         self.held.clear()
