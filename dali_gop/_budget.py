@@ -1,11 +1,12 @@
 """The loader's memory budget: what a configuration will hold, and the fastest one that fits.
 
 What the loader holds grows with its options: the GOPs stream slots keep (``stream_lead``), the
-samples decoded ahead (``decode_ahead``), the batches in flight. ``make_loader(...,
-memory_budget=...)`` lowers those options, the one that costs the least speed first, until the
-estimate fits, and refuses a budget that nothing fits, naming the least that would. The estimate
-counts frames the loader allocates, as ``GopLoader.memory()`` reports them, plus DALI's queue of
-finished batches; NVDEC's own surfaces and the allocator's cache are outside it.
+samples decoded ahead (``decode_ahead``), the batches in flight, and on nvdec one NVDEC session per
+decode thread (``decode_threads``), whose surfaces and output buffers PyNvVideoCodec sizes by the
+frame. ``make_loader(..., memory_budget=...)`` lowers those options, the one that costs the least
+speed first, until the estimate fits, and refuses a budget that nothing fits, naming the least
+that would. The estimate counts frames the loader allocates, as ``GopLoader.memory()`` reports
+them, DALI's queue of finished batches and the sessions; the allocator's cache is outside it.
 """
 from __future__ import annotations
 
@@ -37,41 +38,58 @@ def parse_budget(value: int | str) -> int:
     return nbytes
 
 
+#: decode threads a budget lowers nvdec to before anything else: NVDEC's engines are as busy at
+#: this many (the benchmark's ceiling rows), and each thread fewer frees a session
+FEW_THREADS = 16
+#: the fewest decode threads a budget lowers nvdec to, before it turns stream decoding off
+FEWEST_THREADS = 8
+
+
 @dataclass(frozen=True)
 class Choice:
-    """The options a budget decides."""
+    """The options a budget decides; ``threads`` 0 where the backend holds no NVDEC sessions."""
     stream_lead: int
     decode_ahead: int
     stream_decoding: bool
+    threads: int = 0
 
 
 def estimate(source, choice: Choice, *, prefetch_queue_depth: int, rgb_factor: int = 1,
-             staging: bool = True) -> dict[str, int]:
+             staging: bool = True, session_bytes: int = 0) -> dict[str, int]:
     """Bytes by kind that ``source``'s loader holds with ``choice``: kept frames in NV12 (x
     ``rgb_factor`` 2 where the backend keeps RGB: cpu), NV12 staging of two batches in flight
-    (nvdec), and RGB batches in DALI's queue, being converted and being handed over."""
+    (nvdec), RGB batches in DALI's queue, being converted and being handed over, and
+    ``session_bytes`` per decode thread."""
     batch = source.batch_frame_bytes()
     kept = source.kept_gop_bytes(choice.stream_lead) if choice.stream_decoding else 0
     figures = {"kept_gops": kept * rgb_factor,
                # stream slots' samples are not decoded ahead
                "decoded_ahead": 0 if kept else choice.decode_ahead * batch,
                "staging": 2 * batch if staging else 0,
-               "batches": (prefetch_queue_depth + 2) * batch * 2}
+               "batches": (prefetch_queue_depth + 2) * batch * 2,
+               "decoder_sessions": choice.threads * session_bytes}
     return {kind: nbytes for kind, nbytes in figures.items() if nbytes}
 
 
 def fit(budget: int, source, wanted: Choice, **estimate_options) -> tuple[Choice, dict[str, int]]:
-    """The choice closest to ``wanted`` whose estimate fits ``budget``: ``stream_lead`` lowered
-    first (down to 0: a GOP fewer per slot and camera), then ``decode_ahead``, then stream decoding
-    off (each sample decoded from its keyframe: slow, but nothing kept); ConfigError when even
-    that does not fit, with the least budget that would."""
+    """The choice closest to ``wanted`` whose estimate fits ``budget``: decode threads lowered to
+    :data:`FEW_THREADS` first, then ``stream_lead`` (down to 0: a GOP fewer per slot and camera),
+    then ``decode_ahead``, then threads to :data:`FEWEST_THREADS`, then stream decoding off (each
+    sample decoded from its keyframe: slow, but nothing kept); ConfigError when even that does not
+    fit, with the least budget that would."""
     def total(choice: Choice) -> int:
         return sum(estimate(source, choice, **estimate_options).values())
 
-    candidates = [replace(wanted, stream_lead=lead) for lead in range(wanted.stream_lead, -1, -1)]
+    candidates = [wanted]
+    if wanted.threads > FEW_THREADS:
+        candidates.append(replace(wanted, threads=FEW_THREADS))
+    candidates += [replace(candidates[-1], stream_lead=lead)
+                   for lead in range(wanted.stream_lead - 1, -1, -1)]
     lowest = candidates[-1]
     candidates += [replace(lowest, decode_ahead=ahead)
                    for ahead in range(wanted.decode_ahead - 1, -1, -1)]
+    if candidates[-1].threads > FEWEST_THREADS:
+        candidates.append(replace(candidates[-1], threads=FEWEST_THREADS))
     lowest = candidates[-1]
     if lowest.stream_decoding:
         candidates.append(replace(lowest, stream_decoding=False))
@@ -79,10 +97,11 @@ def fit(budget: int, source, wanted: Choice, **estimate_options) -> tuple[Choice
         if total(choice) <= budget:
             return choice, estimate(source, choice, **estimate_options)
     least = total(candidates[-1])
+    threads = f", decode_threads={lowest.threads}" if lowest.threads else ""
     raise ConfigError(f"memory_budget {_size(budget)} is less than this loader needs at the least "
                       f"({_size(least)}: batch_size {source.batch_size} x "
                       f"{len(source.dataset.cameras)} cameras, decode_ahead=0, "
-                      "stream_decoding=False): raise it to at least that, or lower batch_size "
+                      f"stream_decoding=False{threads}): raise it to at least that, or lower batch_size "
                       "or the cameras served")
 
 

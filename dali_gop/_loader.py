@@ -66,8 +66,10 @@ class GopLoader:
     """
 
     def __init__(self, start: Callable[[Position], Run], worker_timeout: float, *,
-                 identity: dict, shard: dict, state: Mapping | None = None):
+                 identity: dict, shard: dict, state: Mapping | None = None,
+                 memory_budget: int | None = None):
         self._start = start
+        self._memory_budget = memory_budget
         self.worker_timeout = worker_timeout
         self._identity = identity
         self._shard = shard
@@ -95,6 +97,18 @@ class GopLoader:
     def decode_operators(self) -> list:
         """The backend's decode operators (nvdec: decoder sessions; cpu: kept GOPs)."""
         return self._run.operators
+
+    @property
+    def settings(self) -> dict:
+        """The options the pipeline runs with, after ``memory_budget`` (in bytes; None: no budget)
+        lowered what it had to: ``stream_lead``, ``decode_ahead``, ``stream_decoding`` and (nvdec)
+        ``decode_threads``."""
+        source = self.source
+        settings = dict(memory_budget=self._memory_budget, stream_lead=source.stream_lead,
+                        decode_ahead=source.decode_ahead, stream_decoding=source.stream_decoding)
+        if self._run.decode_threads is not None:
+            settings["decode_threads"] = self._run.decode_threads
+        return settings
 
     def memory(self) -> dict[str, dict[str, int]]:
         """Bytes of decoded frames the loader holds now and at its peak, by kind: ``kept_gops``
@@ -337,10 +351,13 @@ def _warn_if_kept_gops_crowd_the_gpu(kept: int, device_id: int, total: int | Non
 def _within(budget: int, source: GopSource, dataset, access, source_options: dict, decoder,
             prefetch_queue_depth: int) -> GopSource:
     """``source``, or one with options lowered until the loader's estimate fits ``budget``
-    (``source_options`` updated to match, for later pipelines)."""
+    (``source_options`` updated to match, for later pipelines; ``decoder.threads`` lowered where
+    the budget lowers decode threads)."""
+    threads = getattr(decoder, "threads", 0) if decoder.device == "gpu" else 0
     how = dict(prefetch_queue_depth=prefetch_queue_depth, staging=decoder.name == "nvdec",
-               rgb_factor=1 if decoder.device == "gpu" else 2)
-    wanted = Choice(source.stream_lead, source.decode_ahead, source.stream_decoding)
+               rgb_factor=1 if decoder.device == "gpu" else 2,
+               session_bytes=decoder.session_bytes(source.frame_bytes()) if threads else 0)
+    wanted = Choice(source.stream_lead, source.decode_ahead, source.stream_decoding, threads)
     choice, _ = fit(budget, source, wanted, **how)
     if choice == wanted:
         return source
@@ -349,6 +366,8 @@ def _within(budget: int, source: GopSource, dataset, access, source_options: dic
         warnings.warn(f"memory_budget: stream decoding is off to fit it (every sample is decoded "
                       f"from its keyframe, many times slower); {least / 2**30:.1f} GiB keeps it",
                       UserWarning, stacklevel=3)
+    if choice.threads != threads:
+        decoder.threads = choice.threads
     source_options.update(stream_lead=choice.stream_lead, decode_ahead=choice.decode_ahead,
                           stream_decoding=choice.stream_decoding)
     return GopSource(dataset, access, **source_options)
@@ -415,11 +434,13 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
         num_threads, prefetch_queue_depth: DALI's pipeline options.
         state: a :meth:`GopLoader.state_dict` from a checkpoint: the loader goes on with the batch
             after the last one it had delivered (see :meth:`GopLoader.load_state_dict`).
-        memory_budget: bytes, or a size such as ``"8GiB"``, for the decoded frames the loader holds
-            (on the GPU for nvdec, in host memory for cpu): it lowers ``stream_lead``, then
-            ``decode_ahead``, then turns stream decoding off (with a warning: much slower) until
-            its estimate fits (``dali_gop._budget``), and refuses a budget nothing fits, naming
-            the least that would. Default: no budget, the options as given.
+        memory_budget: bytes, or a size such as ``"8GiB"``, for what the loader holds (on the GPU
+            for nvdec: decoded frames and its NVDEC sessions; in host memory for cpu: decoded
+            frames): it lowers ``decode_threads`` to 16, then ``stream_lead``, then
+            ``decode_ahead``, then ``decode_threads`` to 8, then turns stream decoding off (with a
+            warning: much slower) until its estimate fits (``dali_gop._budget``), and refuses a
+            budget nothing fits, naming the least that would. Default: no budget, the options as
+            given.
 
     Returns:
         A :class:`GopLoader`: each ``for`` over it is one epoch of batches (dicts of torch tensors).
@@ -454,8 +475,11 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
                           last_batch_policy=last_batch_policy)
     source = GopSource(dataset, access, **source_options)
     if memory_budget is not None:
-        source = _within(parse_budget(memory_budget), source, dataset, access, source_options,
+        memory_budget = parse_budget(memory_budget)
+        source = _within(memory_budget, source, dataset, access, source_options,
                          decoder, prefetch_queue_depth)
+        if getattr(decoder, "threads", None):
+            options["threads"] = decoder.threads    # for the pipelines a resume builds
     dataset.check_one_size(source.store.video_info, resize)
     decoder.check_videos(source.store, dataset.videos())
     if decoder.device == "cpu":
@@ -484,4 +508,5 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
 
     return GopLoader(start, worker_timeout, state=state,
                      identity=_identity(dataset, access, seed, last_batch_policy),
-                     shard=dict(shard_id=shard_id, num_shards=num_shards, batch_size=batch_size))
+                     shard=dict(shard_id=shard_id, num_shards=num_shards, batch_size=batch_size),
+                     memory_budget=memory_budget)

@@ -56,6 +56,7 @@ class Run:
         self.board = ProgressBoard(num_workers)
         self.operators = getattr(decoder, "operators", [])    # nvdec: sessions to close
         self.backend_name = decoder.name
+        self.decode_threads = getattr(decoder, "threads", None)   # nvdec
         self._lock = threading.Lock()
         self._done = False
         self._requests: queue.SimpleQueue = queue.SimpleQueue()

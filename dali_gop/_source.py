@@ -11,6 +11,7 @@ import numpy as np
 
 from dali_gop._dataset import Dataset
 from dali_gop.patterns import AccessPattern, SampleSpec
+from dali_gop.plan import RELEASE_FRAMES
 from dali_gop.schedule import DecodeAhead, StreamWindows, sample_key
 from dali_gop._store import GopStore, ReadRequest
 
@@ -89,12 +90,17 @@ class GopSource:
         return len(self.samples(epoch)) - (-real % self.batch_size)
 
     def kept_gop_bytes(self, stream_lead: int | None = None) -> int:
-        """At most how many bytes of decoded GOPs stream slots keep (NV12, as the nvdec backend
-        keeps them), from the first clip's cameras, at ``stream_lead`` (default: this source's): a
-        slot keeps the GOPs of its next ``stream_lead`` steps, which cover (lead + 1) x span
-        frames (span: the frames of one sample, first to last), so
-        ceil(((lead + 1) x span - 1) / GOP) + 2 GOPs per camera where a slot jumps from one chunk
-        to the next and both ends are GOP parts (one less elsewhere). 0 when no sample streams."""
+        """At most how many bytes of decoded frames stream slots keep (NV12, as the nvdec backend
+        keeps them), from the first clip's cameras, at ``stream_lead`` (default: this source's).
+
+        A slot keeps the GOPs of its next ``lead`` steps, less the frames below its latest pick
+        (let go in runs of :data:`dali_gop.plan.RELEASE_FRAMES`, which live on until the batch
+        that let them go is done). At lead 0 that is at most one GOP and a run. Otherwise the
+        picks cover (lead + 1) x span frames (span: the frames of one sample, first to last), and
+        the GOPs around them add at most two runs, the rest of the last GOP, and the start of a
+        GOP sent whole where an epoch's run of the slot starts mid-GOP; nor can it keep more GOPs
+        than its picks reach, ceil(((lead + 1) x span - 1) / GOP) + 2 whole ones. 0 when no
+        sample streams."""
         lead = self.stream_lead if stream_lead is None else stream_lead
         first = self.samples(0)[:self.batch_size]
         if not self.stream_decoding or all(s.slot < 0 for s in first):
@@ -105,10 +111,18 @@ class GopSource:
         for camera in self.dataset.cameras:
             index = self.store.index(f"{clip}/{camera}")
             counts = [g.count for g in index.gops]
-            shortest = min(counts[:-1] or counts)    # a short last GOP is walked only once
-            gops = -(-((lead + 1) * span - 1) // shortest) + 2
-            per_slot += gops * max(counts) * index.width * index.height * 3 // 2
+            shortest, longest = min(counts[:-1] or counts), max(counts)  # a short last GOP: once
+            whole = (-(-((lead + 1) * span - 1) // shortest) + 2) * longest
+            frames = longest + RELEASE_FRAMES if lead == 0 else min(
+                whole, (lead + 1) * span + 2 * RELEASE_FRAMES + 2 * (longest - 1))
+            per_slot += frames * index.width * index.height * 3 // 2
         return self.batch_size * per_slot
+
+    def frame_bytes(self) -> int:
+        """NV12 bytes of the largest frame of the first clip's cameras."""
+        clip = next(iter(self.dataset.clips))
+        infos = [self.store.video_info(f"{clip}/{camera}") for camera in self.dataset.cameras]
+        return max(info.width * info.height * 3 // 2 for info in infos)
 
     def batch_frame_bytes(self) -> int:
         """NV12 bytes of one batch's frames, from the first clip's cameras."""
@@ -173,7 +187,7 @@ class GopSource:
             step = self.windows.step(epoch, position, camera) if self.stream_decoding else None
             requests.append(ReadRequest(video, spec.frames) if step is None else
                             ReadRequest(video, spec.frames, spec.slot, step.sends, step.restart,
-                                        step.release))
+                                        step.release, step.generation))
         return requests
 
     def _gop_start(self, video: str, frame: int) -> int:

@@ -31,14 +31,22 @@ class SampleRead(NamedTuple):
 class ReadRequest:
     """What a worker asks of the store for one video. ``stream_slot`` -1: plain decoding (each GOP
     prefix from its keyframe); else a stream step of that slot, with the GOPs to send it now
-    ((video, gop_start): whole GOPs, possibly of the slot's next clip) and the
-    :class:`StreamStep` flags."""
+    ((video, gop_start, generation): whole GOPs, possibly of the slot's next clip), the
+    :class:`StreamStep` flags and the generation of the GOP it picks from (see
+    :data:`dali_gop.schedule.Gop`)."""
     video: str
     frames: tuple[int, ...]
     stream_slot: int = -1
-    stream_sends: tuple[tuple[str, int], ...] = ()
+    stream_sends: tuple[tuple[str, int, int], ...] = ()
     stream_restart: bool = False
     stream_release: bool = False
+    stream_generation: int = 0
+
+
+def stream_key(video: str, generation: int) -> int:
+    """The ``video_key`` of a kept GOP in plans: the CRC-32 of the video path, and the generation
+    above it (a slot may keep one GOP of two generations at once, at an epoch's end)."""
+    return fmt.checksum(video.encode()) | generation << 32
 
 
 @dataclass(frozen=True)
@@ -202,13 +210,14 @@ class GopStore:
                              "of a request in one GOP")
         start = starts[0]
         sends = []
-        for video, gop_start in request.stream_sends:
+        for video, gop_start, generation in request.stream_sends:
             gop = self.gop_of(video, gop_start)
             if gop.start != gop_start:
                 raise ValueError(f"{self.gop_root / video}: no GOP starts at frame {gop_start}")
             sends.append(StreamSend(add(self._prefix_slice(video, gop.start, gop.end - 1)),
-                                    fmt.checksum(video.encode()), gop.start))
-        step = StreamStep(request.stream_slot, fmt.checksum(request.video.encode()), start,
+                                    stream_key(video, generation), gop.start))
+        step = StreamStep(request.stream_slot,
+                          stream_key(request.video, request.stream_generation), start,
                           request.stream_restart, request.stream_release, tuple(sends))
         picks = tuple((-1, f - start) for f in request.frames)
         return Request(info.codec, info.width, info.height, picks, step)

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 CODEC_IDS = {"h264": 0, "hevc": 1}
+#: a decoder lets go of the frames of a kept GOP below a pick (:class:`StreamStep`) in runs of at
+#: most this many: fewer allocations than one per frame, a few frames more held
+RELEASE_FRAMES = 5
 CODEC_NAMES = {v: k for k, v in CODEC_IDS.items()}
 
 
@@ -36,7 +39,9 @@ class Segment:
 @dataclass(frozen=True)
 class StreamSend:
     """A whole GOP sent ahead to a stream slot (segment ``segment`` of this sample): the decoder
-    decodes it once and keeps its frames under (``video_key``, ``gop_start``) for later picks."""
+    decodes it once and keeps its frames under (``video_key``, ``gop_start``) for later picks.
+    ``video_key``: the CRC-32 of the video path, and above it the epoch whose picks the GOP is
+    kept for (``dali_gop._store.stream_key``)."""
     segment: int
     video_key: int
     gop_start: int
@@ -48,10 +53,12 @@ class StreamStep:
 
     Workers send each GOP of a slot once, some batches before the slot reaches it (``sends``), so
     decoding runs ahead of the picks and each frame is decoded once. This step picks from the GOP
-    (``video_key``, ``gop_start``); ``video_key`` is the CRC-32 of the video path. ``restart``: drop
+    (``video_key``, ``gop_start``), as :class:`StreamSend` keys it. ``restart``: drop
     whatever the slot kept before (its first step of an epoch); ``release``: the slot needs this GOP
     no more after this step. Which GOPs to send, keep and drop is a pure function of the epoch's
-    sample list (see :class:`dali_gop._source.GopSource`), so any worker can compute it.
+    sample list (see :class:`dali_gop._source.GopSource`), so any worker can compute it. A slot's
+    picks of one kept GOP move forward (a slot walks its clips forward within an epoch, and a GOP
+    is kept for one epoch's picks): a decoder may let go of the frames below a pick.
     """
     slot: int
     video_key: int

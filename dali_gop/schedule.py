@@ -22,8 +22,11 @@ from dali_gop.patterns import SampleSpec
 Samples = Callable[[int], Sequence[SampleSpec]]
 #: (video, display frame) -> the start of the GOP holding it
 GopLookup = Callable[[str, int], int]
-#: (video, GOP start)
-Gop = tuple[str, int]
+#: (video, GOP start, generation): the generation is the epoch of the pick. A slot keeps a GOP for
+#: the picks of one epoch only: its next epoch may pick the same GOP again from an earlier frame,
+#: and a kept GOP lets go of the frames its slot has passed (the picks within an epoch move
+#: forward), so that one is sent again, under its own generation.
+Gop = tuple[str, int, int]
 #: (epoch, position) of a sample
 Where = tuple[int, int]
 
@@ -50,11 +53,13 @@ def sample_key(epoch: int, position: int) -> int:
 @dataclass(frozen=True)
 class SlotStep:
     """One camera's stream step: take in the ``sends`` (whole GOPs), drop what was kept before if
-    ``restart``, pick from the GOP starting at ``gop``, then let it go if ``release``."""
+    ``restart``, pick from the GOP starting at ``gop`` of ``generation``, then let it go if
+    ``release``."""
     gop: int
     sends: tuple[Gop, ...]
     restart: bool
     release: bool
+    generation: int = 0
 
 
 class StreamWindows:
@@ -112,7 +117,7 @@ class StreamWindows:
         release = after is None or \
             gop not in self._window(after[0], slot, camera, (window, -after[1])).distinct
         return SlotStep(gop[1], tuple(g for g in window.distinct if g not in held),
-                        before is None, release)
+                        before is None, release, gop[2])
 
     def streams(self, epoch: int, position: int, cameras: Sequence[str]) -> bool:
         """Whether the sample is a stream step for some camera."""
@@ -136,7 +141,7 @@ class StreamWindows:
             video = f"{spec.clip}/{camera}"
             starts = {self.gop_start(video, f) for f in spec.frames}
             if len(starts) == 1:
-                gop = (video, starts.pop())
+                gop = (video, starts.pop(), epoch)
         self._gops[key] = gop
         return gop
 

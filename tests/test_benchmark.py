@@ -15,7 +15,8 @@ from conftest import ROOT
 from pipelines.throughput.measure import (GpuMemoryPeak, Result, Timed, decoder_sampler, measure,
                                           nvml_index, process_cpu_seconds, thread_cpu_seconds)
 from pipelines.throughput.profile import Profiler, format_profile
-from pipelines.throughput.report import combine, format_table, format_train_table, make_report
+from pipelines.throughput.report import (combine, format_budget_table, format_table,
+                                         format_train_table, make_report)
 
 ARGS = dict(clips=10, cameras=6, codec="hevc", width=1600, height=900, gop=30, bframes=0,
             group_num=16, random_group_num=8)
@@ -89,6 +90,26 @@ def test_train_table_shows_the_three_phases_and_the_overlap():
     assert format_train_table(without) == ""
 
 
+def budget_rows() -> list[Result]:
+    def row(access, given, budget, fps, peak, **settings):
+        return Result(f"dali-gop {access}, budget {given} (nvdec)", fps, 960, 1.0, 2.0, peak,
+                      method="dali-gop (nvdec) within a memory budget", access=access,
+                      details={"budget": given, "settings": {"memory_budget": budget, **settings}})
+    return [row("stream", "8GiB", 8 * 2**30, 8000.0, 7000.0, stream_lead=0, decode_threads=16),
+            row("stream", "none", None, 9000.0, 20000.0, stream_lead=30, decode_threads=48),
+            row("random", "3GiB", 3 * 2**30, 580.0, 3500.0, decode_ahead=2, decode_threads=16)]
+
+
+def test_budget_table_says_what_each_budget_ran_with_and_whether_it_held():
+    report = make_report([rank_results(1.0) + budget_rows()], device="NVIDIA H200", args=ARGS)
+    lines = format_budget_table(report).splitlines()
+    assert len(lines) == 5 and "memory_budget" in lines[0]
+    assert lines[2] == "| stream | 8GiB | 8,000 | 7,000 | yes | stream_lead=0, decode_threads=16 |"
+    assert lines[3].startswith("| stream | none | 9,000 | 20,000 | - |")
+    assert lines[4].startswith("| random | 3GiB | 580 | 3,500 | NO |")    # 3,500 MiB > 3 GiB
+    assert format_budget_table(make_report([rank_results(1.0)], device="x", args=ARGS)) == ""
+
+
 def test_measure_without_a_gpu_records_no_gpu_figures():
     assert GpuMemoryPeak(None).stop() is None
     assert decoder_sampler(None) is None
@@ -136,12 +157,13 @@ def test_profiler_is_a_decode_hook_that_summarizes_the_timed_part():
     assert "operator call" in format_profile(summary)
 
 
-def test_chart_is_a_png_with_the_train_panel(tmp_path):
+def test_chart_is_a_png_with_the_train_and_budget_panels(tmp_path):
     pytest.importorskip("matplotlib")
-    from pipelines.throughput.chart import main
+    from pipelines.throughput.chart import bars, main
+    report = make_report([rank_results(1.0) + budget_rows()], device="NVIDIA H100", args=ARGS)
+    assert "dali-gop (nvdec) within a memory budget" not in bars(report)[0]   # a panel of its own
     results = tmp_path / "results.json"
-    results.write_text(json.dumps(make_report([rank_results(1.0)], device="NVIDIA H100",
-                                              args=ARGS)))
+    results.write_text(json.dumps(report))
     main([str(results)])
     png = tmp_path / "results.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -1,16 +1,18 @@
-"""make_loader(memory_budget=...): sizes parsed, options lowered until the estimate fits (stream
-lead, then decode-ahead, then stream decoding off), a budget nothing fits refused with the least
+"""make_loader(memory_budget=...): sizes parsed, options lowered until the estimate fits (nvdec's
+decode threads, stream lead, then decode-ahead, then stream decoding off), a budget nothing fits refused with the least
 that would, and the same frames at every budget. CPU (the cpu backend keeps RGB in host memory)."""
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from dali_gop import RandomPattern, StreamPattern
 from dali_gop.errors import ConfigError
-from dali_gop._budget import Choice, estimate, fit, parse_budget
+from dali_gop._budget import FEW_THREADS, FEWEST_THREADS, Choice, estimate, fit, parse_budget
+from dali_gop.backends._nvdec import session_bytes
 from dali_gop._dataset import Dataset
 from dali_gop._source import GopSource
 from conftest import cpu_loader, small_stores
@@ -104,3 +106,22 @@ def test_a_budget_nothing_fits_is_refused_at_make_loader(stores):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)   # a budget that fits changes nothing
         cpu_loader(gop_root, pattern="stream", batch_size=3, memory_budget="64GiB").close()
+
+
+def test_fit_counts_nvdec_sessions_and_lowers_the_decode_threads_first(stores):
+    gop_root, _ = stores("h264")
+    source = stream_source(gop_root, stream_lead=30)
+    nvdec = dict(prefetch_queue_depth=2, rgb_factor=1, staging=True,
+                 session_bytes=session_bytes(source.frame_bytes()))
+    wanted = Choice(30, 0, True, threads=48)
+    held = estimate(source, wanted, **nvdec)
+    assert held["decoder_sessions"] == 48 * session_bytes(source.frame_bytes())
+    few = sum(estimate(source, replace(wanted, threads=FEW_THREADS), **nvdec).values())
+    assert fit(few, source, wanted, **nvdec)[0] == replace(wanted, threads=FEW_THREADS)
+    # below the lead's range the threads go down to the fewest before stream decoding goes off
+    lowest = Choice(0, 0, True, FEWEST_THREADS)
+    choice, _ = fit(sum(estimate(source, lowest, **nvdec).values()), source, wanted, **nvdec)
+    assert choice == lowest
+    with pytest.raises(ConfigError, match=f"decode_threads={FEWEST_THREADS}"):
+        fit(sum(estimate(source, replace(lowest, stream_decoding=False), **nvdec).values()) - 1,
+            source, wanted, **nvdec)

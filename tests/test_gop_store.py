@@ -266,7 +266,7 @@ def test_stream_reads_send_whole_gops_and_pick_from_kept_ones(case_store):
     from dali_gop._store import ReadRequest
     gop, after = index.gops[1], index.gops[2]
     first = store.read([ReadRequest(rel, (gop.start + 2,), stream_slot=3,
-                                    stream_sends=((rel, gop.start), (rel, after.start)),
+                                    stream_sends=((rel, gop.start, 0), (rel, after.start, 0)),
                                     stream_restart=True)])
     (request,) = first.plan.requests
     step = request.stream
@@ -285,7 +285,7 @@ def test_stream_reads_send_whole_gops_and_pick_from_kept_ones(case_store):
     assert later.plan.requests[0].stream.release and not later.plan.requests[0].stream.sends
     with pytest.raises(ValueError, match="no GOP starts at frame"):
         store.read([ReadRequest(rel, (gop.start,), stream_slot=0,
-                                stream_sends=((rel, gop.start + 1),))])
+                                stream_sends=((rel, gop.start + 1, 0),))])
 
 
 def test_paths_outside_the_gop_root_are_refused():

@@ -206,7 +206,7 @@ def test_stream_source_sends_each_gop_once_ahead_and_keeps_little(stores, batch_
                     key = (send.video_key, send.gop_start)
                     assert key not in held, "sent again while the slot still keeps it"
                     sends.append((step.slot, camera, key, step_number))
-                    whole = gops[key]
+                    whole = gops[(send.video_key & 0xffffffff, send.gop_start)]
                     assert plan.segments[send.segment].num_outputs >= whole.count
                 kept.step(camera, step, lambda send: send)     # raises if the GOP is not kept
                 picks.append((step.slot, camera, (step.video_key, step.gop_start), step_number))
@@ -274,16 +274,22 @@ def test_the_kept_gop_bound_and_its_warning(stores):
     visibly by default, before they take half of the GPU."""
     import warnings
     from dali_gop._loader import _warn_if_kept_gops_crowd_the_gpu
+    from dali_gop.plan import RELEASE_FRAMES
     gop_root, _ = stores("hevc-open-gop")
     dataset = Dataset.open(gop_root)
     source = GopSource(dataset, StreamPattern(), batch_size=3, stream_lead=30)
     clip = next(iter(dataset.clips))
-    expected = 0
+    whole, at_lead_0, frame = 0, 0, 0
     for camera in dataset.cameras:
         index = source.store.index(f"{clip}/{camera}")
         counts = [g.count for g in index.gops]
-        expected += (-(-30 // min(counts[:-1])) + 2) * max(counts) * index.width * index.height * 3 // 2
-    assert source.kept_gop_bytes() == 3 * expected > 0
+        frame = index.width * index.height * 3 // 2
+        whole += (-(-30 // min(counts[:-1])) + 2) * max(counts) * frame
+        at_lead_0 += (max(counts) + RELEASE_FRAMES) * frame     # one GOP and a run let go
+    assert source.kept_gop_bytes() == 3 * whole > 0      # a lead of GOPs: whole GOPs bound it
+    assert source.kept_gop_bytes(0) == 3 * at_lead_0
+    leads = [source.kept_gop_bytes(lead) for lead in range(0, 40)]
+    assert leads == sorted(leads)
     assert GopSource(dataset, StreamPattern(), batch_size=3, stream_decoding=False).kept_gop_bytes() == 0
     from dali_gop.patterns import RandomPattern
     assert GopSource(dataset, RandomPattern(), batch_size=3).kept_gop_bytes() == 0
@@ -294,16 +300,19 @@ def test_the_kept_gop_bound_and_its_warning(stores):
         _warn_if_kept_gops_crowd_the_gpu(1 * 2**30, 0, total=4 * 2**30)
 
 
-def test_memory_counts_what_the_loader_keeps(stores):
+@pytest.mark.parametrize("lead", [0, 2, 30])
+def test_memory_counts_what_the_loader_keeps(stores, lead):
     """loader.memory(): the cpu backend's stream slots keep decoded GOPs in host memory, within the
-    loader's own estimate (made for NV12, half of the RGB the cpu backend keeps); random access
-    keeps none."""
+    loader's own estimate (made for NV12, half of the RGB the cpu backend keeps), over two epochs
+    (the frames a slot has passed are let go); random access keeps none."""
     gop_root, _ = stores("hevc-open-gop")
-    with cpu_loader(gop_root, pattern="stream", batch_size=3) as loader:
-        for _ in loader:
-            pass
+    with cpu_loader(gop_root, pattern="stream", batch_size=3, stream_lead=lead) as loader:
+        for _ in range(2):
+            for _ in loader:
+                pass
         kept = loader.memory()["kept_gops"]
-        assert 0 < kept["now"] <= kept["peak"] <= 2 * loader.source.kept_gop_bytes()
+        assert 0 <= kept["now"] <= kept["peak"] <= 2 * loader.source.kept_gop_bytes()
+        assert kept["peak"] > 0
         operators = loader.decode_operators
     # closed: every kept GOP let go, the peak kept
     assert [operator.memory()["kept_gops"]["now"] for operator in operators] == [0]

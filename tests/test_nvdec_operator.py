@@ -143,12 +143,51 @@ def test_a_kept_gop_refuses_a_frame_of_another_shape(monkeypatch):
     from nvdec_standins import StandInDriver, install
     install(monkeypatch)
     gop = DecodedGop("clip/cam0.mp4/gop.0.3.bin", 3, (4, 6, 3))
-    gop.frames = torch.zeros((3, 4, 6, 3), dtype=torch.uint8)
+    gop.allocate()
     gop.future = Future()
     gop.future.set_result(torch.cuda.Event())
     with pytest.raises(DecodeError, match=r"gop\.0\.3\.bin.*\(4, 6, 3\).*\(6, 4, 3\)"):
         gop.check_pick(1, (6, 4, 3))
     with pytest.raises(DecodeError, match=r"gop\.0\.3\.bin: no output 3"):
         gop.check_pick(3, (4, 6, 3))
-    offset = gop.check_pick(1, (4, 6, 3))
-    assert gop.base(0, StandInDriver()) + offset == gop.frames[1].data_ptr()
+    position = gop.check_pick(1, (4, 6, 3))
+    assert gop.source(position, 0, StandInDriver()) == gop.chunks[0][1].data_ptr()
+
+
+def test_a_kept_gop_lets_go_of_the_chunks_its_slot_has_passed(monkeypatch):
+    """Chunks wholly below a pick go (counted), a pick into one that went is refused, never read."""
+    from dali_gop.backends._assemble import DecodeError
+    from dali_gop.backends._nvdec import DecodedGop
+    from nvdec_standins import install
+    install(monkeypatch)
+    size = DecodedGop.CHUNK_FRAMES
+    gop = DecodedGop("clip/cam0.mp4/gop.0.12.bin", 2 * size + 2, (3, 4))
+    gop.allocate()
+    assert [c.shape[0] for c in gop.chunks] == [size, size, 2]
+    assert len(set(gop.pointers)) == gop.count
+    whole = gop.kept_bytes()
+    assert gop.release_below(size - 1) == ([], 0)            # chunk 0 still has frame size - 1
+    freed, nbytes = gop.release_below(size + 1)
+    assert len(freed) == 1 and nbytes == size * 12 and gop.kept_bytes() == whole - nbytes
+    assert gop.release_below(size) == ([], 0)                  # nothing twice
+    with pytest.raises(DecodeError, match=r"gop\.0\.12\.bin: frame 2 of a kept GOP was let go"):
+        gop.check_pick(2, (3, 4))
+    assert gop.check_pick(size, (3, 4)) == size
+    freed, nbytes = gop.release_below(gop.count)               # the short last chunk stays
+    assert len(freed) == 1 and gop.kept_bytes() == 2 * 12
+
+
+@pytest.mark.parametrize("sizes, per_call, expected", [
+    ((5, 1, 1, 2, 3), 2, [6, 3, 3]),
+    ((5, 1, 1, 2, 3), 8, [12]),
+    ((4,), 1, [4]),
+    (None, 8, [12]),      # sizes unknown (fix_gop_size): the parser cuts the bytes itself
+])
+def test_a_segment_is_fed_a_few_packets_per_call(sizes, per_call, expected):
+    from dali_gop.backends._nvdec import _calls
+    from dali_gop.plan import Segment
+    data = np.arange(20, dtype=np.uint8)
+    segment = Segment(3, sum(sizes) if sizes else 12, sizes, 0, 5, "h264")
+    cuts = _calls(data, segment, per_call)
+    assert [len(c) for c in cuts] == expected
+    assert np.concatenate(cuts).tolist() == data[3:3 + segment.size].tolist()

@@ -216,7 +216,7 @@ def test_resuming_decodes_at_most_one_gop_per_stream_slot_and_no_replay(stores, 
     # far enough on that every GOP sent in epochs 0-1 is picked (a lead of 30 spans epochs)
     walks: dict = {}
     for lane, video, step in lane_steps(source, range(6)):
-        walks.setdefault(lane, []).append(((video, step.gop), step))
+        walks.setdefault(lane, []).append(((video, step.gop, step.generation), step))
     assert walks, "no stream step"
     horizon = sum(len(source.samples(e)) for e in range(2)) // 2
     resumed_sends = Counter()
@@ -252,7 +252,7 @@ def test_resuming_decodes_at_most_one_gop_per_stream_slot_and_no_replay(stores, 
                     lane_kept.clear()
                 lane_kept.update(step.sends)
                 if step.release:
-                    lane_kept.discard((f"{spec.clip}/{camera}", step.gop))
+                    lane_kept.discard((f"{spec.clip}/{camera}", step.gop, step.generation))
     assert not resumed_sends - (uninterrupted_sends + held), "decoded more than the run needs"
     # what the resumed run decodes of the slot's current GOP before the resume point is all it
     # wastes: every GOP it decodes serves a later batch

@@ -1,8 +1,9 @@
 """The schedules on their own (dali_gop/schedule.py): sample lists from the real patterns, GOP
 layouts made up, no store and no decoder. Stream steps are replayed, in batch order and across
 epochs, through KeptGops, the bookkeeping both stateful backends decode with: every pick must
-find its GOP, no GOP may be sent while its slot keeps it, and a slot may keep only GOPs it picks
-again soon (:class:`SlotReplay`, which tests/test_source.py also runs on the workers' plans)."""
+find its GOP, no GOP may be sent while its slot keeps it, a slot may keep only GOPs it picks
+again soon, and its picks of a kept GOP move forward (:class:`SlotReplay`, which
+tests/test_source.py also runs on the workers' plans)."""
 from __future__ import annotations
 
 import bisect
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from dali_gop import format as fmt
+from dali_gop._store import stream_key
 from dali_gop.backends._assemble import KeptGops
 from dali_gop.patterns import SequencePattern, StreamPattern
 from dali_gop.plan import StreamSend, StreamStep
@@ -29,9 +30,12 @@ class SlotReplay:
         self.picks: dict[tuple[int, int], list[tuple[int, tuple]]] = defaultdict(list)
         self.sends: list[tuple[int, int, int, tuple]] = []   # (slot, camera, batch, GOP)
         self.held: list[tuple[int, int, int, set]] = []      # after each step, likewise
+        self.lows: dict[tuple, int] = {}   # (slot, camera, GOP) -> the last pick's first frame
         self.batch = 0
 
-    def feed(self, camera: int, step: StreamStep) -> None:
+    def feed(self, camera: int, step: StreamStep, low: int | None = None) -> None:
+        """``low``: the step's first frame in its GOP, where the caller knows it: a decoder lets
+        go of the frames of a kept GOP below its picks, so they must move forward."""
         where = f"slot {step.slot}, camera {camera}, batch {self.batch}"
         kept = {} if step.restart else self.kept._kept.get((step.slot, camera), {})
         for send in step.sends:
@@ -40,6 +44,16 @@ class SlotReplay:
             self.sends.append((step.slot, camera, self.batch, gop))
         self.kept.step(camera, step, lambda send: send)   # DecodeError: the GOP is not kept
         self.picks[(step.slot, camera)].append((self.batch, (step.video_key, step.gop_start)))
+        if low is not None:
+            lane = (step.slot, camera)
+            if step.restart:
+                self.lows = {k: v for k, v in self.lows.items() if k[:2] != lane}
+            picked = (*lane, step.video_key, step.gop_start)
+            assert low >= self.lows.get(picked, 0), \
+                f"{where}: picks frame {low} of a kept GOP below an earlier pick"
+            self.lows[picked] = low
+            if step.release:
+                del self.lows[picked]
         self.held.append((step.slot, camera, self.batch,
                           set(self.kept._kept[(step.slot, camera)])))
         assert len(self.held[-1][3]) <= self.slot_lead(step.slot) + 1, f"{where}: keeps too much"
@@ -67,10 +81,9 @@ class SlotReplay:
 def stream_step(slot: int, step, video: str) -> StreamStep:
     """The StreamStep a worker's plan would carry for a SlotStep (what GopStore._plan_stream
     makes of it, without the bytes)."""
-    def key(v):
-        return fmt.checksum(v.encode())
-    return StreamStep(slot, key(video), step.gop, step.restart, step.release,
-                      tuple(StreamSend(-1, key(v), start) for v, start in step.sends))
+    return StreamStep(slot, stream_key(video, step.generation), step.gop, step.restart,
+                      step.release, tuple(StreamSend(-1, stream_key(v, generation), start)
+                                          for v, start, generation in step.sends))
 
 
 class Layout:
@@ -140,7 +153,7 @@ def replay_windows(samples, layout: Layout, cameras, *, batch_size, lead, epochs
                     assert spec.pad or spec.slot < 0 or len(starts) > 1
                     continue
                 assert starts == {step.gop} and not spec.pad and spec.slot >= 0
-                replay.feed(c, stream_step(spec.slot, step, video))
+                replay.feed(c, stream_step(spec.slot, step, video), min(spec.frames) - step.gop)
         first += len(samples(epoch)) // batch_size
     return replay
 

@@ -80,7 +80,8 @@ def replay_source(source: GopSource, epochs: int) -> SlotReplay:
                     for send in request.stream.sends:
                         segment = plan.segments[send.segment]
                         assert segment.first_frame == send.gop_start
-                    replay.feed(camera, request.stream)
+                    replay.feed(camera, request.stream,
+                                min(position for _, position in request.picks))
         first += len(samples) // source.batch_size
     assert all(key >> 32 >= epochs for key in ahead), "decoded ahead, never served"
     return replay

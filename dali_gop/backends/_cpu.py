@@ -22,7 +22,8 @@ class CpuSampleDecoder:
         self.pixel_format = "rgb24" if color == "RGB" else "bgr24"
         self.colors = colors or VideoColors()
         self.held = Held()    # host memory: the GOPs stream slots keep
-        self.kept = KeptGops(self.held, lambda kept: sum(frame.nbytes for frame in kept[1]))
+        self.kept = KeptGops(self.held, lambda kept: sum(frame.nbytes for frame in kept[1]
+                                                         if frame is not None))
 
     def memory(self) -> dict[str, dict[str, int]]:
         return self.held.report()
@@ -52,11 +53,20 @@ class CpuSampleDecoder:
             return frames
 
         def decode_send(send):   # a whole GOP a stream slot will pick from: decoded once
-            return names[send.segment], decode_segment(send.segment)
+            return names[send.segment], list(decode_segment(send.segment))
 
         def stream_frames(camera: int, request) -> list:
             name, frames = self.kept.step(camera, request.stream, decode_send)
-            return [frames[check_position(p, len(frames), name)] for _, p in request.picks]
+            picked = [frames[check_position(p, len(frames), name)] for _, p in request.picks]
+            if any(frame is None for frame in picked):
+                raise DecodeError(f"{name}: a frame of a kept GOP was let go: a stream slot "
+                                  "picked backwards in a GOP (a pattern's slots must move "
+                                  "forward through their clips within an epoch)")
+            if not request.stream.release:   # the slot's later picks of this GOP are higher
+                low = min(p for _, p in request.picks)
+                self.held.add("kept_gops", -sum(f.nbytes for f in frames[:low] if f is not None))
+                frames[:low] = [None] * low
+            return picked
 
         frames_shape(plan.requests, names)
         frames = pick_frames(plan, decode_segment, stream_frames)

@@ -44,9 +44,23 @@ from dali_gop.backends._cuda import CudaDriver, DriverEvent
 from dali_gop.backends._assemble import (DecodeError, Held, KeptGops, check_outputs,
                                          check_position, frames_shape)
 from dali_gop.hooks import DecodeHook, annotate, nested
-from dali_gop.plan import Plan, Segment, segment_names
+from dali_gop.plan import RELEASE_FRAMES, Plan, Segment, segment_names
 
 DEFAULT_THREADS = 48   # GOP-prefix decodes gained up to 48 threads (docs/results.md)
+# PyNvVideoCodec keeps every frame one ``Decode`` call outputs valid until the next call, in output
+# buffers that stay allocated with the decoder: a GOP fed in one call would grow each decoder by a
+# GOP of frames. A few packets per call keep that to a few frames, for a few more GIL hand-overs.
+PACKETS_PER_CALL = 8
+# Device memory of one NVDEC session beside those output buffers (decode surfaces and the
+# decoder's own), in frames of its video: PyNvVideoCodec sizes it, the caller cannot.
+SESSION_FRAMES = 30
+REORDER_FRAMES = 4     # frames a flush may output at once beyond a call's packets (B-frames)
+
+
+def session_bytes(frame_bytes: int) -> int:
+    """Device bytes one decoder thread's NVDEC session holds for frames of ``frame_bytes`` (NV12):
+    its surfaces and its output buffers at :data:`PACKETS_PER_CALL` packets per call."""
+    return (SESSION_FRAMES + PACKETS_PER_CALL + REORDER_FRAMES) * frame_bytes
 
 
 def pynvvideocodec():
@@ -76,19 +90,33 @@ def packet(buffer: np.ndarray | None):
 
 
 def decode_calls(decoder, data: np.ndarray, segment: Segment,
-                 sink: Callable[[int, list], None]) -> int:
-    """Feed a segment in one ``Decode`` call, then flush, calling ``sink(first_position, frames)``
-    with the frames each call output (display order) while they are valid (PyNvVideoCodec reuses
-    its buffers at the next ``Decode``). One call per segment rather than per packet: NVDEC's
-    parser finds the pictures in the Annex-B bytes either way, and each call hands the GIL over.
-    Returns the frames output."""
+                 sink: Callable[[int, list], None],
+                 packets_per_call: int = PACKETS_PER_CALL) -> int:
+    """Feed a segment ``packets_per_call`` packets per ``Decode`` call (all of it where its packet
+    sizes are unknown), then flush, calling ``sink(first_position, frames)`` with the frames each
+    call output (display order) while they are valid (PyNvVideoCodec reuses its buffers at the
+    next ``Decode``). Several packets per call rather than one: NVDEC's parser finds the pictures
+    in the Annex-B bytes either way, and each call hands the GIL over. Returns the frames output."""
     position = 0
-    for data_or_flush in (data[segment.offset:segment.offset + segment.size], None):
+    for data_or_flush in (*_calls(data, segment, packets_per_call), None):
         frames = decoder.Decode(packet(data_or_flush))
         if frames:
             sink(position, frames)
             position += len(frames)
     return position
+
+
+def _calls(data: np.ndarray, segment: Segment, packets_per_call: int) -> list[np.ndarray]:
+    """The segment's bytes cut after every ``packets_per_call`` packets."""
+    sizes = segment.packet_sizes
+    if not sizes or packets_per_call <= 0:
+        return [data[segment.offset:segment.offset + segment.size]]
+    cuts, offset = [], segment.offset
+    for first in range(0, len(sizes), packets_per_call):
+        size = sum(sizes[first:first + packets_per_call])
+        cuts.append(data[offset:offset + size])
+        offset += size
+    return cuts
 
 
 def frame_sink(driver: CudaDriver, targets: Callable[[int], Sequence[int]], frame_shape: tuple[int, ...],
@@ -212,35 +240,72 @@ class _ThreadDecoders:
 
 
 class DecodedGop:
-    """A whole GOP a stream slot will pick from, decoded once by a pool thread into one NV12 tensor
-    (frames, H*3/2, W) while earlier batches go by."""
+    """A whole GOP a stream slot will pick from, decoded once by a pool thread while earlier batches
+    go by, into NV12 chunks of :attr:`CHUNK_FRAMES` frames ((frames, H*3/2, W) each). A slot's
+    picks of a kept GOP move forward (:class:`dali_gop.plan.StreamStep`), so the chunks below a
+    pick are let go (:meth:`release_below`): a slot then holds about one GOP, not the one it picks
+    from and the next one whole."""
+
+    CHUNK_FRAMES = RELEASE_FRAMES
 
     def __init__(self, name: str, count: int, frame_shape: tuple[int, ...]):
         self.name = name
         self.count = count
         self.frame_shape = tuple(frame_shape)
         self.frame_bytes = math.prod(self.frame_shape)
-        self.frames = None                   # set by the pool thread
+        self.chunks: list = []               # allocated on DALI's stream (:meth:`allocate`)
+        self.pointers: tuple[int, ...] = ()  # of each frame, for the pool thread's copies
+        self.released = 0                    # leading chunks let go
         self.future: Future | None = None    # -> CUDA event recorded after the last frame's copy
         self._ready_for: int | None = None   # the consumer stream that already waits for it
 
+    def allocate(self) -> None:
+        """The chunks, on the current stream."""
+        import torch
+        size = self.CHUNK_FRAMES
+        self.chunks = [torch.empty((min(size, self.count - first), *self.frame_shape),
+                                   dtype=torch.uint8, device="cuda")
+                       for first in range(0, self.count, size)]
+        self.pointers = tuple(chunk.data_ptr() + i * self.frame_bytes
+                              for chunk in self.chunks for i in range(chunk.shape[0]))
+
+    def kept_bytes(self) -> int:
+        return (self.count - min(self.released * self.CHUNK_FRAMES, self.count)) * self.frame_bytes
+
     def check_pick(self, position: int, frame_shape: tuple[int, ...]) -> int:
-        """Byte offset of frame ``position`` for a sample of frames ``frame_shape``: a raw copy
-        must never overrun or scramble."""
+        """``position`` for a sample of frames ``frame_shape``, checked: a raw copy must never
+        overrun or scramble, nor read a chunk let go."""
         check_position(position, self.count, self.name)
         if frame_shape != self.frame_shape:
             raise DecodeError(f"{self.name}: frames of {self.frame_shape} do not fit the "
                               f"sample's {frame_shape} (clips of different sizes?)")
-        return position * self.frame_bytes
+        if position // self.CHUNK_FRAMES < self.released:
+            raise DecodeError(f"{self.name}: frame {position} of a kept GOP was let go: a stream "
+                              "slot picked backwards in a GOP (a pattern's slots must move "
+                              "forward through their clips within an epoch)")
+        return position
 
-    def base(self, consumer_stream: int, driver: CudaDriver) -> int:
-        """Device pointer of the frames, once ``consumer_stream`` (DALI's) waits for the decode; it
-        waits once, the slot's later picks queue behind that wait."""
+    def release_below(self, position: int) -> tuple[list, int]:
+        """Let go of the chunks wholly below frame ``position``: (the chunks, their bytes). The
+        caller keeps them until its batch's copies are queued on DALI's stream, which waits for the
+        decode first: only then may the allocator hand their blocks out again."""
+        upto = min(position // self.CHUNK_FRAMES, len(self.chunks))
+        if upto <= self.released:
+            return [], 0
+        before = self.kept_bytes()
+        freed = self.chunks[self.released:upto]
+        self.chunks[self.released:upto] = [None] * len(freed)
+        self.released = upto
+        return freed, before - self.kept_bytes()
+
+    def source(self, position: int, consumer_stream: int, driver: CudaDriver) -> int:
+        """Device pointer of frame ``position``, once ``consumer_stream`` (DALI's) waits for the
+        decode; it waits once, the slot's later picks queue behind that wait."""
         if self._ready_for != consumer_stream:
             decoded = self.future.result()     # a decode error surfaces here
             driver.wait(consumer_stream, decoded.cuda_event)
             self._ready_for = consumer_stream
-        return self.frames.data_ptr()
+        return self.pointers[position]
 
 
 @dataclass
@@ -262,7 +327,8 @@ class _Job:
     block: object = None     # the staging of every sample, when it is one tensor
     staging_bytes: int = 0   # of the samples decoded for this batch (not ahead)
     futures: list = field(default_factory=list)
-    stream_picks: list = field(default_factory=list)  # (DecodedGop, byte offset, pointer)
+    stream_picks: list = field(default_factory=list)  # (DecodedGop, position, pointer)
+    released: list = field(default_factory=list)      # chunks let go, alive until it is done
     errors: list = field(default_factory=list)
 
 
@@ -293,7 +359,7 @@ class NvdecBatchDecoder:
         self.threads = threads
         self._dali_streams: dict[int, object] = {}
         self.held = Held()
-        self.kept = KeptGops(self.held, _gop_bytes)
+        self.kept = KeptGops(self.held, DecodedGop.kept_bytes)
         self.ahead: dict[int, _Decoded] = {}
         self._driver: CudaDriver | None = None         # DALI's thread: keeps the GIL
         self._pool_driver: CudaDriver | None = None    # decode threads: drop it
@@ -418,18 +484,18 @@ class NvdecBatchDecoder:
             except Exception as e:
                 errors.append(e)
         destinations, sources, sizes = [], [], []
-        bases: dict[DecodedGop, int | None] = {}
-        for gop, offset, pointer in job.stream_picks:
-            if gop not in bases:
-                try:
-                    bases[gop] = gop.base(dali_stream, self._driver)
-                except Exception as e:
-                    bases[gop] = None
-                    errors.append(e)
-            if bases[gop] is not None:
-                destinations.append(pointer)
-                sources.append(bases[gop] + offset)
-                sizes.append(gop.frame_bytes)
+        failed: set[DecodedGop] = set()
+        for gop, position, pointer in job.stream_picks:
+            if gop in failed:
+                continue
+            try:
+                sources.append(gop.source(position, dali_stream, self._driver))
+            except Exception as e:
+                failed.add(gop)
+                errors.append(e)
+                continue
+            destinations.append(pointer)
+            sizes.append(gop.frame_bytes)
         if errors:
             raise errors[0]
         if destinations:
@@ -482,8 +548,7 @@ class NvdecBatchDecoder:
             # the GOPs too: one allocator pool (DALI's stream) for everything the operator holds,
             # not one per decode thread, each caching blocks only that thread can reuse
             for gop, _, _ in sends:
-                gop.frames = torch.empty((gop.count, *gop.frame_shape), dtype=torch.uint8,
-                                         device="cuda")
+                gop.allocate()
         allocated = DriverEvent(self._driver, dali_stream.cuda_stream)
         tasks.sort(key=lambda t: -t[1].size)     # longest first: the batch ends sooner
         job.futures += [self._submit(self._decode_segment, *t, device_id, allocated)
@@ -532,6 +597,11 @@ class NvdecBatchDecoder:
                     for t, (_, position) in enumerate(request.picks)]
             except DecodeError as e:
                 job.errors.append(e)
+                continue
+            if not request.stream.release:   # else the whole GOP goes with this batch
+                freed, nbytes_freed = gop.release_below(min(p for _, p in request.picks))
+                job.released += freed
+                self.held.add("kept_gops", -nbytes_freed)
         return [(data, plan.segments[segment], name_list[segment], targets, frame_shape)
                 for segment, targets in wanted.items()], conversions
 
@@ -594,16 +664,12 @@ class NvdecBatchDecoder:
                     allocated: DriverEvent):
         """Pool thread: decode a whole GOP into a stream slot's GOP tensor (allocated on DALI's
         stream, which copies frames out of it last: its block is reused only after that)."""
-        base, count, frame_bytes = gop.frames.data_ptr(), gop.count, gop.frame_bytes
+        pointers, count = gop.pointers, gop.count
 
         def targets(position):   # a GOP's bin may decode one frame of the next GOP: not kept
-            return (base + position * frame_bytes,) if position < count else ()
+            return (pointers[position],) if position < count else ()
         return self._run_decoder(segment, gop.name, data, targets, gop.frame_shape, device_id,
                                  allocated, whole_gop=True)
-
-
-def _gop_bytes(gop: DecodedGop) -> int:
-    return gop.count * gop.frame_bytes
 
 
 class NvdecBackend(DecodeBackend):
@@ -617,6 +683,11 @@ class NvdecBackend(DecodeBackend):
         self.threads = threads
         self.hooks = tuple(hooks)
         self.operators: list[NvdecBatchDecoder] = []
+
+    @staticmethod
+    def session_bytes(frame_bytes: int) -> int:
+        """Device bytes each decode thread's NVDEC session holds (see :func:`session_bytes`)."""
+        return session_bytes(frame_bytes)
 
     def decode(self, data, plan):
         from nvidia.dali import fn

@@ -19,8 +19,8 @@ from pipelines.throughput.decode import ceiling_rows, pynvc_rows
 from pipelines.throughput.loader import budget_rows, dali_rows, loader_rows
 from pipelines.throughput.measure import Result
 from pipelines.throughput.reader import reader_rows
-from pipelines.throughput.report import (format_table, format_train_table, make_report, targets,
-                                         write_outputs)
+from pipelines.throughput.report import (format_budget_table, format_table, format_train_table,
+                                         make_report, targets, write_outputs)
 from pipelines.throughput.train import train_rows
 from preprocess.runner import preprocess
 
@@ -152,6 +152,8 @@ def parse_args(argv=None):
         "beside a training step", "the stand-in model: 3x3 convolutions + ReLU, bf16, on frames "
         "downsampled to --train_size; forward, backward, SGD")
     train.add_argument("--train_layers", type=int, default=3, help="convolutions")
+    train.add_argument("--random_train_layers", type=int, default=12,
+                       help="convolutions of the random row's model (random batches load slower)")
     train.add_argument("--train_channels", type=int, default=128, help="channels of each")
     train.add_argument("--train_size", type=int, nargs=2, default=[225, 400],
                        metavar=("H", "W"), help="frames are downsampled to H x W first")
@@ -208,7 +210,8 @@ def main(argv=None) -> None:
     per_rank = gather(b, rows)
     if rank == 0:
         report = make_report(per_rank, device=device, args=args, command=" ".join(sys.argv))
-        for text in (targets(report), format_table(report), format_train_table(report)):
+        for text in (targets(report), format_table(report), format_train_table(report),
+                     format_budget_table(report)):
             if text:
                 print(f"\n{text}")
         write_outputs(report, args.out, args.chart or args.out.with_suffix(".png"))

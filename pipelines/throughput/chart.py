@@ -1,6 +1,7 @@
 """Bar charts of a throughput run (the benchmark's JSON): frames/s per measurement, stream access
-next to random access; and, when the run has train rows, the loader beside a training step
-(model alone, loader alone, together) in a second panel.
+next to random access; when the run has train rows, the loader beside a training step (model
+alone, loader alone, together) in a panel of its own; and when it has budget rows, frames/s
+against the memory budget, a line per access, each point labelled with the peak it took.
 
     python -m pipelines.throughput.chart throughput.json [-o throughput.png]
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from dali_gop.errors import ConfigError
 from pipelines.throughput.cli import ArgumentParser, entry
-from pipelines.throughput.report import train_results
+from pipelines.throughput.report import budget_results, train_results
 
 ACCESS_COLORS = {"stream": "#2b6cb0", "random": "#dd6b20"}
 PHASE_COLORS = {"model alone": "#718096", "loader alone": "#2b6cb0", "together": "#38a169"}
@@ -27,7 +28,7 @@ def bars(report: dict) -> tuple[list[str], dict[str, dict[str, float]]]:
     groups: list[str] = []
     values: dict[str, dict[str, float]] = {access: {} for access in ACCESS_COLORS}
     for r in report["results"]:
-        if "train" in r.get("details", {}):
+        if "train" in r.get("details", {}) or "budget" in r.get("details", {}):
             continue
         group = r.get("method") or r["name"]
         if group not in groups:
@@ -81,6 +82,31 @@ def _train_series(report: dict) -> tuple[list[str], dict[str, dict[str, float]]]
     return groups, series
 
 
+def _budget_lines(ax, rows: list[dict]) -> None:
+    """Frames/s against the budget, a line per access; "none" (no budget) on the right."""
+    import matplotlib.ticker
+    labels = list(dict.fromkeys(r["details"]["budget"] for r in rows))
+    for access, color in ACCESS_COLORS.items():
+        mine = [r for r in rows if r.get("access", "stream") == access]
+        if not mine:
+            continue
+        xs = [labels.index(r["details"]["budget"]) for r in mine]
+        ys = [r["frames_per_s"] for r in mine]
+        ax.plot(xs, ys, marker="o", color=color, label=access)
+        for x, y, r in zip(xs, ys, mine):
+            peak = r.get("peak_gpu_mib")
+            if peak is not None:
+                ax.annotate(f"{peak / 1024:.1f} GiB", (x, y), fontsize=7, xytext=(0, 5),
+                            textcoords="offset points", ha="center")
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("memory_budget (labels: peak device memory taken)", fontsize=8)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
+    ax.grid(alpha=0.3)
+    ax.set_title("within a memory budget (nvdec)", fontsize=9)
+    ax.legend(title="access", fontsize=7, title_fontsize=8, loc="best")
+
+
 def draw(report: dict, path: str | Path) -> Path:
     """Write the chart as a PNG at ``path``."""
     import matplotlib
@@ -89,12 +115,16 @@ def draw(report: dict, path: str | Path) -> Path:
 
     groups, values = bars(report)
     train_groups, train = _train_series(report)
-    if not groups and not train_groups:
+    budgets = budget_results(report)
+    if not groups and not train_groups and not budgets:
         raise ConfigError("the report has no results to draw")
     panels = [p for p in ((groups, values), (train_groups, train)) if p[0]]
-    fig, axes = plt.subplots(1, len(panels), squeeze=False,
-                             figsize=(max(8.0, 1.25 * (len(groups) + len(train_groups)) + 2), 5.5),
-                             gridspec_kw={"width_ratios": [max(len(p[0]), 2) for p in panels]})
+    widths = [max(len(p[0]), 2) for p in panels] + ([4] if budgets else [])
+    fig, axes = plt.subplots(1, len(widths), squeeze=False,
+                             figsize=(max(8.0, 1.25 * sum(widths) + 2), 5.5),
+                             gridspec_kw={"width_ratios": widths})
+    if budgets:
+        _budget_lines(axes[0][-1], budgets)
     world = report.get("world_size", 1)
     frames = "frames/s" + (f", sum over {world} GPUs" if world > 1 else "")
     for ax, (panel_groups, series) in zip(axes[0], panels):

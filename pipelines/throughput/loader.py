@@ -75,6 +75,7 @@ def loader_run(b: Bench, pattern: str, backend: str, batch_size: int, warmup: in
         finished(batch)
         ended = time.perf_counter()
         details = {"profile": profiler.stop(waits)} if profiler else {}
+        details["settings"] = loader.settings
     return Timed(frames, started, ended, details)
 
 
@@ -139,15 +140,22 @@ def budget_rows(b: Bench) -> list[Result]:
             budget = None if given.lower() == "none" else given
             name = f"dali-gop {access}, budget {given} ({backend})"
             try:
-                rows.append(b.measure(
+                row = b.measure(
                     name, lambda access=access, group=group, budget=budget: loader_run(
                         b, access, backend, group, a.warmup, a.random_batches,
                         memory_budget=budget),
                     method=f"dali-gop ({backend}) within a memory budget", access=access,
-                    note=f"memory_budget={budget}"))
+                    note=f"memory_budget={budget}")
             except ConfigError as e:
                 if b.rank == 0:
                     print(f"  {name}: refused ({e})", flush=True)
+                continue
+            row.details["budget"] = given
+            rows.append(row)
+            if b.rank == 0:
+                chosen = ", ".join(f"{k}={v}" for k, v in row.details["settings"].items()
+                                   if k != "memory_budget")
+                print(f"     ran with {chosen}", flush=True)
     return rows
 
 

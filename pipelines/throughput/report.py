@@ -105,6 +105,29 @@ def format_train_table(report: dict) -> str:
         for r in rows for t in [r["details"]["train"]]])
 
 
+def budget_results(report: dict) -> list[dict]:
+    """The budget rows, in run order."""
+    return [r for r in report["results"] if "budget" in r.get("details", {})]
+
+
+def format_budget_table(report: dict) -> str:
+    """Frames/s and measured peak against each memory budget ("" without budget rows)."""
+    rows = budget_results(report)
+    if not rows:
+        return ""
+    head = ["access", "memory_budget", "frames/s", "peak GPU MiB", "within it", "ran with"]
+    cells = []
+    for r in rows:
+        given, peak, settings = r["details"]["budget"], r["peak_gpu_mib"], r["details"]["settings"]
+        budget = settings.get("memory_budget")
+        within = "-" if peak is None or budget is None else \
+            ("yes" if peak * 2**20 <= budget else "NO")
+        chosen = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "memory_budget")
+        cells.append([r["access"], given, _number(r["frames_per_s"]), _number(peak), within,
+                      chosen])
+    return _markdown(head, cells)
+
+
 def targets(report: dict) -> str:
     """The loader's stream and random figures against the ceiling (issue 4's targets)."""
     by_name = {r["name"]: r for r in report["results"]}
