@@ -2,8 +2,9 @@
 
 What the loader holds grows with its options: the GOPs stream slots keep (``stream_lead``), the
 samples decoded ahead (``decode_ahead``), the batches in flight, and on nvdec one NVDEC session per
-decode thread (``decode_threads``), whose surfaces and output buffers PyNvVideoCodec sizes by the
-frame. ``make_loader(..., memory_budget=...)`` lowers those options, the one that costs the least
+decode thread (``decode_threads``), whose surfaces PyNvVideoCodec sizes by the frame and whose
+output buffers hold the frames of one ``Decode`` call (a whole GOP, or a few packets' worth when
+the budget says so). ``make_loader(..., memory_budget=...)`` lowers those options, the one that costs the least
 speed first, until the estimate fits, and refuses a budget that nothing fits, naming the least
 that would. The estimate counts frames the loader allocates, as ``GopLoader.memory()`` reports
 them, DALI's queue of finished batches and the sessions; the allocator's cache is outside it.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from dali_gop.errors import ConfigError
 
@@ -38,28 +40,38 @@ def parse_budget(value: int | str) -> int:
     return nbytes
 
 
+#: the default budget: this share of the GPU's memory (nvdec, dali) or of the host's (cpu)
+DEFAULT_SHARE = 0.25
+
 #: decode threads a budget lowers nvdec to before anything else: NVDEC's engines are as busy at
 #: this many (the benchmark's ceiling rows), and each thread fewer frees a session
 FEW_THREADS = 16
 #: the fewest decode threads a budget lowers nvdec to, before it turns stream decoding off
 FEWEST_THREADS = 8
+#: packets per ``Decode`` call where a budget cuts the decoders' output buffers down: random
+#: access keeps its speed, stream decoding loses some (each call waits for the GIL again)
+FEW_PACKETS = 8
 
 
 @dataclass(frozen=True)
 class Choice:
-    """The options a budget decides; ``threads`` 0 where the backend holds no NVDEC sessions."""
+    """The options a budget decides; ``threads`` 0 where the backend holds no NVDEC sessions,
+    ``packets_per_call`` 0 for a whole segment per ``Decode`` call."""
     stream_lead: int
     decode_ahead: int
     stream_decoding: bool
     threads: int = 0
+    packets_per_call: int = 0
 
 
 def estimate(source, choice: Choice, *, prefetch_queue_depth: int, rgb_factor: int = 1,
-             staging: bool = True, session_bytes: int = 0) -> dict[str, int]:
+             staging: bool = True, session_bytes: Callable[[int], int] | None = None,
+             gop_frames: int = 0) -> dict[str, int]:
     """Bytes by kind that ``source``'s loader holds with ``choice``: kept frames in NV12 (x
     ``rgb_factor`` 2 where the backend keeps RGB: cpu), NV12 staging of two batches in flight
-    (nvdec), RGB batches in DALI's queue, being converted and being handed over, and
-    ``session_bytes`` per decode thread."""
+    (nvdec), RGB batches in DALI's queue, being converted and being handed over, and per decode
+    thread ``session_bytes(frames one Decode call outputs)``: ``gop_frames`` (the longest GOP)
+    for whole segments, else the packets per call."""
     batch = source.batch_frame_bytes()
     kept = source.kept_gop_bytes(choice.stream_lead) if choice.stream_decoding else 0
     figures = {"kept_gops": kept * rgb_factor,
@@ -67,22 +79,28 @@ def estimate(source, choice: Choice, *, prefetch_queue_depth: int, rgb_factor: i
                "decoded_ahead": 0 if kept else choice.decode_ahead * batch,
                "staging": 2 * batch if staging else 0,
                "batches": (prefetch_queue_depth + 2) * batch * 2,
-               "decoder_sessions": choice.threads * session_bytes}
+               "decoder_sessions": 0}
+    if choice.threads and session_bytes is not None:
+        figures["decoder_sessions"] = choice.threads * session_bytes(
+            choice.packets_per_call or gop_frames)
     return {kind: nbytes for kind, nbytes in figures.items() if nbytes}
 
 
-def fit(budget: int, source, wanted: Choice, **estimate_options) -> tuple[Choice, dict[str, int]]:
+def fit(budget: int, source, wanted: Choice, strict: bool = True,
+        **estimate_options) -> tuple[Choice, dict[str, int]]:
     """The choice closest to ``wanted`` whose estimate fits ``budget``: decode threads lowered to
-    :data:`FEW_THREADS` first, then ``stream_lead`` (down to 0: a GOP fewer per slot and camera),
-    then ``decode_ahead``, then threads to :data:`FEWEST_THREADS`, then stream decoding off (each
-    sample decoded from its keyframe: slow, but nothing kept); ConfigError when even that does not
-    fit, with the least budget that would."""
+    :data:`FEW_THREADS` first, then :data:`FEW_PACKETS` per ``Decode`` call, then ``stream_lead``
+    (down to 0), then ``decode_ahead``, then threads to :data:`FEWEST_THREADS`, then stream
+    decoding off (each sample decoded from its keyframe: slow, but nothing kept); ConfigError
+    when even that does not fit, with the least budget that would."""
     def total(choice: Choice) -> int:
         return sum(estimate(source, choice, **estimate_options).values())
 
     candidates = [wanted]
     if wanted.threads > FEW_THREADS:
         candidates.append(replace(wanted, threads=FEW_THREADS))
+    if wanted.threads and not 0 < wanted.packets_per_call <= FEW_PACKETS:
+        candidates.append(replace(candidates[-1], packets_per_call=FEW_PACKETS))
     candidates += [replace(candidates[-1], stream_lead=lead)
                    for lead in range(wanted.stream_lead - 1, -1, -1)]
     lowest = candidates[-1]
@@ -97,6 +115,8 @@ def fit(budget: int, source, wanted: Choice, **estimate_options) -> tuple[Choice
         if total(choice) <= budget:
             return choice, estimate(source, choice, **estimate_options)
     least = total(candidates[-1])
+    if not strict:
+        return candidates[-1], estimate(source, candidates[-1], **estimate_options)
     threads = f", decode_threads={lowest.threads}" if lowest.threads else ""
     raise ConfigError(f"memory_budget {_size(budget)} is less than this loader needs at the least "
                       f"({_size(least)}: batch_size {source.batch_size} x "

@@ -24,7 +24,7 @@ from dali_gop.errors import ConfigError, DaliGopError
 from dali_gop.hooks import DecodeHook
 from dali_gop.patterns import LAST_BATCH_POLICIES, AccessPattern, pattern_from_name, shard_from_env
 from dali_gop.patterns._resume import Layout, Resumed
-from dali_gop._budget import Choice, estimate, fit, parse_budget
+from dali_gop._budget import DEFAULT_SHARE, Choice, estimate, fit, parse_budget
 from dali_gop._dataset import Dataset
 from dali_gop._run import Run, release
 from dali_gop._source import GopSource
@@ -102,12 +102,11 @@ class GopLoader:
     def settings(self) -> dict:
         """The options the pipeline runs with, after ``memory_budget`` (in bytes; None: no budget)
         lowered what it had to: ``stream_lead``, ``decode_ahead``, ``stream_decoding`` and (nvdec)
-        ``decode_threads``."""
+        ``decode_threads`` and ``packets_per_call`` (0: a whole GOP per ``Decode`` call)."""
         source = self.source
         settings = dict(memory_budget=self._memory_budget, stream_lead=source.stream_lead,
                         decode_ahead=source.decode_ahead, stream_decoding=source.stream_decoding)
-        if self._run.decode_threads is not None:
-            settings["decode_threads"] = self._run.decode_threads
+        settings.update(self._run.decoder_settings)
         return settings
 
     def memory(self) -> dict[str, dict[str, int]]:
@@ -348,26 +347,45 @@ def _warn_if_kept_gops_crowd_the_gpu(kept: int, device_id: int, total: int | Non
                       "or use stream_decoding=False", UserWarning, stacklevel=3)
 
 
+def _default_budget(decoder, device_id: int | None) -> int:
+    """:data:`DEFAULT_SHARE` of the memory the backend keeps frames in: the GPU's, or the host's."""
+    if decoder.device == "gpu":
+        import torch
+        total = torch.cuda.get_device_properties(device_id).total_memory
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(DEFAULT_SHARE * total)
+
+
 def _within(budget: int, source: GopSource, dataset, access, source_options: dict, decoder,
-            prefetch_queue_depth: int) -> GopSource:
+            prefetch_queue_depth: int, strict: bool = True) -> GopSource:
     """``source``, or one with options lowered until the loader's estimate fits ``budget``
     (``source_options`` updated to match, for later pipelines; ``decoder.threads`` lowered where
-    the budget lowers decode threads)."""
+    the budget lowers decode threads). Not ``strict`` (the default budget): where nothing fits,
+    the least choice, with a warning, rather than a refusal."""
     threads = getattr(decoder, "threads", 0) if decoder.device == "gpu" else 0
+    frame_bytes = source.frame_bytes()
     how = dict(prefetch_queue_depth=prefetch_queue_depth, staging=decoder.name == "nvdec",
                rgb_factor=1 if decoder.device == "gpu" else 2,
-               session_bytes=decoder.session_bytes(source.frame_bytes()) if threads else 0)
-    wanted = Choice(source.stream_lead, source.decode_ahead, source.stream_decoding, threads)
-    choice, _ = fit(budget, source, wanted, **how)
+               session_bytes=(lambda frames: decoder.session_bytes(frame_bytes, frames))
+               if threads else None, gop_frames=source.longest_gop())
+    wanted = Choice(source.stream_lead, source.decode_ahead, source.stream_decoding, threads,
+                    getattr(decoder, "packets_per_call", 0) if threads else 0)
+    choice, held = fit(budget, source, wanted, strict, **how)
     if choice == wanted:
         return source
+    if sum(held.values()) > budget:
+        warnings.warn(f"the default memory_budget ({budget / 2**30:.1f} GiB, a quarter of the "
+                      f"memory frames are kept in) is less than this loader needs at the least "
+                      f"({sum(held.values()) / 2**30:.1f} GiB): it runs with the least; pass "
+                      "memory_budget= (None: no budget)", UserWarning, stacklevel=3)
     if wanted.stream_decoding and not choice.stream_decoding:
         least = sum(estimate(source, replace(choice, stream_decoding=True), **how).values())
         warnings.warn(f"memory_budget: stream decoding is off to fit it (every sample is decoded "
                       f"from its keyframe, many times slower); {least / 2**30:.1f} GiB keeps it",
                       UserWarning, stacklevel=3)
-    if choice.threads != threads:
-        decoder.threads = choice.threads
+    if threads:
+        decoder.threads, decoder.packets_per_call = choice.threads, choice.packets_per_call
     source_options.update(stream_lead=choice.stream_lead, decode_ahead=choice.decode_ahead,
                           stream_decoding=choice.stream_decoding)
     return GopSource(dataset, access, **source_options)
@@ -387,7 +405,7 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
                 fix_gop_size: int | None = None, persistent_index: bool = True,
                 verify_checksums: bool = False, num_threads: int = 4,
                 prefetch_queue_depth: int = 2, state: Mapping | None = None,
-                memory_budget: int | str | None = None) -> GopLoader:
+                memory_budget: int | str | None = "auto") -> GopLoader:
     """Build the DALI pipeline and the iterator over one rank's shard of a GOP store.
 
     Args:
@@ -436,11 +454,14 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
             after the last one it had delivered (see :meth:`GopLoader.load_state_dict`).
         memory_budget: bytes, or a size such as ``"8GiB"``, for what the loader holds (on the GPU
             for nvdec: decoded frames and its NVDEC sessions; in host memory for cpu: decoded
-            frames): it lowers ``decode_threads`` to 16, then ``stream_lead``, then
-            ``decode_ahead``, then ``decode_threads`` to 8, then turns stream decoding off (with a
-            warning: much slower) until its estimate fits (``dali_gop._budget``), and refuses a
-            budget nothing fits, naming the least that would. Default: no budget, the options as
-            given.
+            frames): it lowers ``decode_threads`` to 16, then feeds NVDEC 8 packets per call
+            (smaller decoder buffers), then lowers ``stream_lead``, then ``decode_ahead``, then
+            ``decode_threads`` to 8, then turns stream decoding off (with a warning: much slower)
+            until its estimate fits (``dali_gop._budget``; :attr:`GopLoader.settings` says what it
+            chose), and refuses a budget nothing fits, naming the least that would. Default
+            ``"auto"``: a quarter of the memory frames are kept in (the GPU's for nvdec and dali,
+            the host's for cpu), which never refuses (where nothing fits it warns and runs with
+            the least); None: no budget, the options as given.
 
     Returns:
         A :class:`GopLoader`: each ``for`` over it is one epoch of batches (dicts of torch tensors).
@@ -474,19 +495,21 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
                           decode_ahead=decode_ahead if decoder.decodes_ahead else 0,
                           last_batch_policy=last_batch_policy)
     source = GopSource(dataset, access, **source_options)
-    if memory_budget is not None:
-        memory_budget = parse_budget(memory_budget)
-        source = _within(memory_budget, source, dataset, access, source_options,
-                         decoder, prefetch_queue_depth)
-        if getattr(decoder, "threads", None):
-            options["threads"] = decoder.threads    # for the pipelines a resume builds
-    dataset.check_one_size(source.store.video_info, resize)
-    decoder.check_videos(source.store, dataset.videos())
     if decoder.device == "cpu":
         device_id = None
     elif device_id is None:
         device_id = int(os.environ.get("LOCAL_RANK", 0))
-    if decoder.device == "gpu":
+    strict = memory_budget != "auto"
+    if memory_budget is not None:
+        memory_budget = parse_budget(memory_budget) if strict else \
+            _default_budget(decoder, device_id)
+        source = _within(memory_budget, source, dataset, access, source_options,
+                         decoder, prefetch_queue_depth, strict)
+        if getattr(decoder, "threads", None):    # for the pipelines a resume builds
+            options.update(threads=decoder.threads, packets_per_call=decoder.packets_per_call)
+    dataset.check_one_size(source.store.video_info, resize)
+    decoder.check_videos(source.store, dataset.videos())
+    if decoder.device == "gpu" and memory_budget is None:
         _warn_if_kept_gops_crowd_the_gpu(source.kept_gop_bytes(), device_id)
     run_options = dict(last_batch_policy=last_batch_policy, batch_size=batch_size,
                        num_workers=num_workers, device_id=device_id, num_threads=num_threads,

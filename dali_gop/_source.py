@@ -19,6 +19,13 @@ from dali_gop._store import GopStore, ReadRequest
 SOURCE_OUTPUTS = ("data", "plan", "frame_idx", "clip", "camera")
 
 
+def _allocated(nbytes: int) -> int:
+    """What torch's caching allocator takes for an allocation of ``nbytes``: 2 MiB steps from
+    1 MiB on, 512 B steps below."""
+    step = 2 << 20 if nbytes > 1 << 20 else 512
+    return -(-nbytes // step) * step
+
+
 class GopSource:
     """Picklable callable for ``fn.external_source(parallel=True, batch=False)``.
 
@@ -115,8 +122,15 @@ class GopSource:
             whole = (-(-((lead + 1) * span - 1) // shortest) + 2) * longest
             frames = longest + RELEASE_FRAMES if lead == 0 else min(
                 whole, (lead + 1) * span + 2 * RELEASE_FRAMES + 2 * (longest - 1))
-            per_slot += frames * index.width * index.height * 3 // 2
+            run = RELEASE_FRAMES * index.width * index.height * 3 // 2
+            per_slot += -(-frames // RELEASE_FRAMES) * _allocated(run)
         return self.batch_size * per_slot
+
+    def longest_gop(self) -> int:
+        """Frames of the longest GOP of the first clip's cameras."""
+        clip = next(iter(self.dataset.clips))
+        return max(g.count for camera in self.dataset.cameras
+                   for g in self.store.index(f"{clip}/{camera}").gops)
 
     def frame_bytes(self) -> int:
         """NV12 bytes of the largest frame of the first clip's cameras."""

@@ -11,7 +11,8 @@ import pytest
 
 from dali_gop import RandomPattern, StreamPattern
 from dali_gop.errors import ConfigError
-from dali_gop._budget import FEW_THREADS, FEWEST_THREADS, Choice, estimate, fit, parse_budget
+from dali_gop._budget import (FEW_PACKETS, FEW_THREADS, FEWEST_THREADS, Choice, estimate, fit,
+                              parse_budget)
 from dali_gop.backends._nvdec import session_bytes
 from dali_gop._dataset import Dataset
 from dali_gop._source import GopSource
@@ -83,6 +84,8 @@ def test_the_same_frames_at_every_budget_and_what_is_kept_stays_within_it(stores
     with cpu_loader(gop_root, pattern="stream", batch_size=3) as loader:
         unbounded = epoch(loader)
     with cpu_loader(gop_root, pattern="stream", batch_size=3, memory_budget=at_lead_0) as loader:
+        assert loader.settings == dict(memory_budget=at_lead_0, stream_lead=0, decode_ahead=0,
+                                       stream_decoding=True)    # what the budget chose
         bounded = epoch(loader)
         kept = loader.memory()["kept_gops"]["peak"]
         assert 0 < kept <= estimate(source, Choice(0, 0, True), **CPU)["kept_gops"]
@@ -108,20 +111,51 @@ def test_a_budget_nothing_fits_is_refused_at_make_loader(stores):
         cpu_loader(gop_root, pattern="stream", batch_size=3, memory_budget="64GiB").close()
 
 
-def test_fit_counts_nvdec_sessions_and_lowers_the_decode_threads_first(stores):
+def test_fit_counts_nvdec_sessions_and_lowers_threads_then_their_buffers_first(stores):
+    """Each decode thread holds an NVDEC session, whose output buffers hold one Decode call's
+    frames (a whole GOP by default): a budget first lowers the threads, then feeds a few packets
+    per call, before it touches the stream lead."""
     gop_root, _ = stores("h264")
     source = stream_source(gop_root, stream_lead=30)
+    frame = source.frame_bytes()
     nvdec = dict(prefetch_queue_depth=2, rgb_factor=1, staging=True,
-                 session_bytes=session_bytes(source.frame_bytes()))
+                 session_bytes=lambda frames: session_bytes(frame, frames),
+                 gop_frames=source.longest_gop())
     wanted = Choice(30, 0, True, threads=48)
-    held = estimate(source, wanted, **nvdec)
-    assert held["decoder_sessions"] == 48 * session_bytes(source.frame_bytes())
-    few = sum(estimate(source, replace(wanted, threads=FEW_THREADS), **nvdec).values())
-    assert fit(few, source, wanted, **nvdec)[0] == replace(wanted, threads=FEW_THREADS)
+
+    def total(choice):
+        return sum(estimate(source, choice, **nvdec).values())
+    assert estimate(source, wanted, **nvdec)["decoder_sessions"] == \
+        48 * session_bytes(frame, source.longest_gop())
+    few = replace(wanted, threads=FEW_THREADS)
+    chunked = replace(few, packets_per_call=FEW_PACKETS)
+    assert total(wanted) > total(few) > total(chunked)
+    assert fit(total(few), source, wanted, **nvdec)[0] == few
+    assert fit(total(chunked), source, wanted, **nvdec)[0] == chunked
     # below the lead's range the threads go down to the fewest before stream decoding goes off
-    lowest = Choice(0, 0, True, FEWEST_THREADS)
-    choice, _ = fit(sum(estimate(source, lowest, **nvdec).values()), source, wanted, **nvdec)
-    assert choice == lowest
+    lowest = replace(chunked, stream_lead=0, threads=FEWEST_THREADS)
+    assert fit(total(lowest), source, wanted, **nvdec)[0] == lowest
     with pytest.raises(ConfigError, match=f"decode_threads={FEWEST_THREADS}"):
-        fit(sum(estimate(source, replace(lowest, stream_decoding=False), **nvdec).values()) - 1,
-            source, wanted, **nvdec)
+        fit(total(replace(lowest, stream_decoding=False)) - 1, source, wanted, **nvdec)
+
+
+def test_the_default_budget_is_a_quarter_of_host_memory_and_never_refuses(stores, monkeypatch):
+    """No memory_budget: a quarter of the memory the frames are kept in (host memory for cpu),
+    which lowers what it must but never refuses: where nothing fits it warns and runs with the
+    least. None: no budget at all."""
+    import os
+
+    from dali_gop import _loader
+    gop_root, _ = stores("h264")
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with cpu_loader(gop_root, pattern="stream", batch_size=3) as loader:
+        assert loader.settings["memory_budget"] == int(0.25 * host)
+        assert loader.settings["stream_lead"] == 30        # these videos fit easily
+    with cpu_loader(gop_root, pattern="stream", batch_size=3, memory_budget=None) as loader:
+        assert loader.settings["memory_budget"] is None
+    monkeypatch.setattr(_loader, "_default_budget", lambda decoder, device_id: 1 << 20)
+    with pytest.warns(UserWarning, match=r"default memory_budget \(0\.0 GiB.*runs with the least"):
+        loader = cpu_loader(gop_root, pattern="stream", batch_size=3)
+    with loader:
+        assert loader.settings["stream_decoding"] is False
+        assert len(epoch(loader)) == len(loader)

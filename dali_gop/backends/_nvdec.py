@@ -47,20 +47,18 @@ from dali_gop.hooks import DecodeHook, annotate, nested
 from dali_gop.plan import RELEASE_FRAMES, Plan, Segment, segment_names
 
 DEFAULT_THREADS = 48   # GOP-prefix decodes gained up to 48 threads (docs/results.md)
-# PyNvVideoCodec keeps every frame one ``Decode`` call outputs valid until the next call, in output
-# buffers that stay allocated with the decoder: a GOP fed in one call would grow each decoder by a
-# GOP of frames. A few packets per call keep that to a few frames, for a few more GIL hand-overs.
-PACKETS_PER_CALL = 8
-# Device memory of one NVDEC session beside those output buffers (decode surfaces and the
-# decoder's own), in frames of its video: PyNvVideoCodec sizes it, the caller cannot.
+# Device memory of one NVDEC session beside its output buffers (decode surfaces and the decoder's
+# own), in frames of its video: PyNvVideoCodec sizes it, the caller cannot.
 SESSION_FRAMES = 30
 REORDER_FRAMES = 4     # frames a flush may output at once beyond a call's packets (B-frames)
 
 
-def session_bytes(frame_bytes: int) -> int:
-    """Device bytes one decoder thread's NVDEC session holds for frames of ``frame_bytes`` (NV12):
-    its surfaces and its output buffers at :data:`PACKETS_PER_CALL` packets per call."""
-    return (SESSION_FRAMES + PACKETS_PER_CALL + REORDER_FRAMES) * frame_bytes
+def session_bytes(frame_bytes: int, frames_per_call: int) -> int:
+    """Device bytes one decoder thread's NVDEC session holds for frames of ``frame_bytes`` (NV12)
+    when a ``Decode`` call outputs up to ``frames_per_call`` frames: PyNvVideoCodec keeps every
+    frame of a call valid until the next call, in output buffers that stay with the decoder (and
+    grow past one call's frames: twice that bounds what was measured, docs/results.md)."""
+    return (SESSION_FRAMES + 2 * frames_per_call + REORDER_FRAMES) * frame_bytes
 
 
 def pynvvideocodec():
@@ -90,13 +88,13 @@ def packet(buffer: np.ndarray | None):
 
 
 def decode_calls(decoder, data: np.ndarray, segment: Segment,
-                 sink: Callable[[int, list], None],
-                 packets_per_call: int = PACKETS_PER_CALL) -> int:
-    """Feed a segment ``packets_per_call`` packets per ``Decode`` call (all of it where its packet
-    sizes are unknown), then flush, calling ``sink(first_position, frames)`` with the frames each
-    call output (display order) while they are valid (PyNvVideoCodec reuses its buffers at the
-    next ``Decode``). Several packets per call rather than one: NVDEC's parser finds the pictures
-    in the Annex-B bytes either way, and each call hands the GIL over. Returns the frames output."""
+                 sink: Callable[[int, list], None], packets_per_call: int = 0) -> int:
+    """Feed a segment in one ``Decode`` call, or ``packets_per_call`` packets per call (fewer
+    frames held in the decoder's output buffers, see :func:`session_bytes`, for more calls: each
+    hands the GIL over and waits to get it back, which slows stream decoding), then flush, calling
+    ``sink(first_position, frames)`` with the frames each call output (display order) while they
+    are valid (PyNvVideoCodec reuses its buffers at the next ``Decode``). NVDEC's parser finds
+    the pictures in the Annex-B bytes however they are cut. Returns the frames output."""
     position = 0
     for data_or_flush in (*_calls(data, segment, packets_per_call), None):
         frames = decoder.Decode(packet(data_or_flush))
@@ -351,12 +349,14 @@ class NvdecBatchDecoder:
     """
 
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
-                 hooks: Sequence[DecodeHook] = (), colors: VideoColors | None = None):
+                 hooks: Sequence[DecodeHook] = (), colors: VideoColors | None = None,
+                 packets_per_call: int = 0):
         self.hooks = tuple(hooks)
         self.stash = stash
         self.bgr = color == "BGR"
         self.colors = colors or VideoColors()
         self.threads = threads
+        self.packets_per_call = packets_per_call
         self._dali_streams: dict[int, object] = {}
         self.held = Held()
         self.kept = KeptGops(self.held, DecodedGop.kept_bytes)
@@ -633,7 +633,7 @@ class NvdecBatchDecoder:
         sink = frame_sink(self._pool_driver, targets, frame_shape, stream, device_id, name)
         try:
             with self._hooked("decode", name, whole_gop):
-                produced = decode_calls(decoder, data, segment, sink)
+                produced = decode_calls(decoder, data, segment, sink, self.packets_per_call)
         except Exception as e:
             state.decoders.pop(segment.codec, None)   # a decoder in an unknown state: not reused
             if isinstance(e, DecodeError):
@@ -678,22 +678,24 @@ class NvdecBackend(DecodeBackend):
     decodes_ahead = True
 
     def __init__(self, color: str = "RGB", threads: int = DEFAULT_THREADS,
-                 hooks: Sequence[DecodeHook] = (), color_matrix: str | None = None):
+                 hooks: Sequence[DecodeHook] = (), color_matrix: str | None = None,
+                 packets_per_call: int = 0):
         super().__init__(color, color_matrix)
         self.threads = threads
+        self.packets_per_call = packets_per_call   # 0: a segment per Decode call
         self.hooks = tuple(hooks)
         self.operators: list[NvdecBatchDecoder] = []
 
     @staticmethod
-    def session_bytes(frame_bytes: int) -> int:
+    def session_bytes(frame_bytes: int, frames_per_call: int) -> int:
         """Device bytes each decode thread's NVDEC session holds (see :func:`session_bytes`)."""
-        return session_bytes(frame_bytes)
+        return session_bytes(frame_bytes, frames_per_call)
 
     def decode(self, data, plan):
         from nvidia.dali import fn
         stash = BitstreamStash()
         operator = NvdecBatchDecoder(stash, self.color, self.threads, hooks=self.hooks,
-                                     colors=self.colors)
+                                     colors=self.colors, packets_per_call=self.packets_per_call)
         self.operators.append(operator)
         tokens = fn.python_function(data, plan, function=stash.put, batch_processing=True)
         # no stream sync before each call: the operator orders all its GPU work on DALI's stream

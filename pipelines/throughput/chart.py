@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dali_gop.errors import ConfigError
 from pipelines.throughput.cli import ArgumentParser, entry
-from pipelines.throughput.report import budget_results, train_results
+from pipelines.throughput.report import results_with
 
 ACCESS_COLORS = {"stream": "#2b6cb0", "random": "#dd6b20"}
 PHASE_COLORS = {"model alone": "#718096", "loader alone": "#2b6cb0", "together": "#38a169"}
@@ -73,7 +73,7 @@ def _grouped(ax, groups: list[str], series: dict[str, dict[str, float]],
 
 def _train_series(report: dict) -> tuple[list[str], dict[str, dict[str, float]]]:
     groups, series = [], {phase: {} for phase in PHASE_COLORS}
-    for r in train_results(report):
+    for r in results_with(report, "train"):
         t = r["details"]["train"]
         group = f"{r['name']} (together / max: {t['overlap']:.2f})"
         groups.append(group)
@@ -115,7 +115,7 @@ def draw(report: dict, path: str | Path) -> Path:
 
     groups, values = bars(report)
     train_groups, train = _train_series(report)
-    budgets = budget_results(report)
+    budgets = results_with(report, "budget")
     if not groups and not train_groups and not budgets:
         raise ConfigError("the report has no results to draw")
     panels = [p for p in ((groups, values), (train_groups, train)) if p[0]]

@@ -99,16 +99,29 @@ def mean_decode_depth(b: Bench, batch_size: int) -> float:
     return decoded / wanted
 
 
+def _say_settings(b: Bench, row: Result) -> None:
+    """What the loader ran with (its default memory budget may have lowered options)."""
+    if b.rank == 0:
+        settings = row.details["settings"]
+        budget = settings["memory_budget"]
+        chosen = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "memory_budget")
+        within = "no memory budget" if budget is None else f"memory_budget {budget / 2**30:.1f} GiB"
+        print(f"     ran with {chosen} ({within})", flush=True)
+
+
 def _profiled(b: Bench, name: str, run, **options) -> Result:
     """A row whose workload takes a profiler (--profile, nvdec), printed after the row."""
     profile = b.args.profile and b.args.backend == "nvdec"
     result = b.measure(name, lambda: run(Profiler() if profile else None), **options)
+    _say_settings(b, result)
     if profile and b.rank == 0:
         print(format_profile(result.details["profile"]), flush=True)
     return result
 
 
 def loader_rows(b: Bench) -> list[Result]:
+    """The --backend's stream and random rows as a user gets them (the default memory budget
+    included), and stream order without stream decoding."""
     a, backend = b.args, b.args.backend
     method = f"dali-gop ({backend})"
     depth = mean_decode_depth(b, a.random_group_num)
@@ -152,10 +165,7 @@ def budget_rows(b: Bench) -> list[Result]:
                 continue
             row.details["budget"] = given
             rows.append(row)
-            if b.rank == 0:
-                chosen = ", ".join(f"{k}={v}" for k, v in row.details["settings"].items()
-                                   if k != "memory_budget")
-                print(f"     ran with {chosen}", flush=True)
+            _say_settings(b, row)
     return rows
 
 

@@ -86,13 +86,14 @@ def format_table(report: dict) -> str:
         for i, r in enumerate(report["results"])])
 
 
-def train_results(report: dict) -> list[dict]:
-    return [r for r in report["results"] if "train" in r.get("details", {})]
+def results_with(report: dict, key: str) -> list[dict]:
+    """The rows whose details have ``key`` ("train", "budget"), in run order."""
+    return [r for r in report["results"] if key in r.get("details", {})]
 
 
 def format_train_table(report: dict) -> str:
     """The train rows' three phases and their overlap ("" without train rows)."""
-    rows = train_results(report)
+    rows = results_with(report, "train")
     if not rows:
         return ""
     head = ["beside a training step", "model alone frames/s", "loader alone frames/s",
@@ -105,14 +106,9 @@ def format_train_table(report: dict) -> str:
         for r in rows for t in [r["details"]["train"]]])
 
 
-def budget_results(report: dict) -> list[dict]:
-    """The budget rows, in run order."""
-    return [r for r in report["results"] if "budget" in r.get("details", {})]
-
-
 def format_budget_table(report: dict) -> str:
     """Frames/s and measured peak against each memory budget ("" without budget rows)."""
-    rows = budget_results(report)
+    rows = results_with(report, "budget")
     if not rows:
         return ""
     head = ["access", "memory_budget", "frames/s", "peak GPU MiB", "within it", "ran with"]

@@ -1,0 +1,65 @@
+"""make_loader(memory_budget=...) on the GPU: the device memory the loader really takes, read from
+the device's free memory (mem_get_info, all allocators and NVDEC's own surfaces), stays within the
+budget, and the frames are those of the loader without one.
+
+1 GiB on 8 (stream; random: 4, one per clip) samples x 3 cameras of 640x360 HEVC: the budget must
+lower the decode threads (48 NVDEC sessions fed a GOP per call hold more than the whole budget),
+and for stream also their buffers and the lead; a loader whose estimate left the sessions out kept
+all 48 and went past it.
+"""
+from __future__ import annotations
+
+import pytest
+
+from conftest import store_factory
+from test_gpu_overlap import PeakMemory
+
+pytestmark = pytest.mark.gpu
+
+BATCH = {"stream": 8, "random": 4}     # random access puts distinct clips in a batch
+BATCHES, BUDGET = 40, 1 << 30
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return store_factory(tmp_path_factory, {"hevc": dict(codec="hevc")}, ("rgb24",), clips=4,
+                         cameras=3, frames=120, width=640, height=360, gop=30)("hevc")
+
+
+def run(loaders, gop_root, pattern: str, **options):
+    """(the first BATCHES batches: clip, frame_idx, frames on the host; the loader's settings;
+    device memory in use at its peak above what was in use before it)."""
+    import torch
+    torch.cuda.synchronize()
+    before = PeakMemory.used()
+    peak = PeakMemory()
+    loader = loaders(gop_root, pattern=pattern, backend="nvdec", batch_size=BATCH[pattern],
+                     num_workers=2,
+                     shard_id=0, num_shards=1, **options)
+    batches = []
+    while len(batches) < BATCHES:
+        for batch in loader:
+            batches.append((batch["clip"].tolist(), batch["frame_idx"].tolist(),
+                            batch["frames"].cpu()))
+            if len(batches) == BATCHES:
+                break
+    settings = loader.settings
+    torch.cuda.synchronize()
+    loader.close()
+    return batches, settings, peak.stop() - before
+
+
+@pytest.mark.parametrize("pattern", ["stream", "random"])
+def test_the_loader_stays_within_its_budget_on_the_device(loaders, store, pattern):
+    import torch
+    gop_root, _ = store
+    unbounded, wanted, _ = run(loaders, gop_root, pattern)
+    bounded, chosen, peak = run(loaders, gop_root, pattern, memory_budget=BUDGET)
+    print(f"{pattern}: {wanted} -> {chosen}: peak {peak / 2**20:,.0f} MiB within "
+          f"{BUDGET / 2**20:,.0f} MiB")
+    assert chosen["decode_threads"] < wanted["decode_threads"], "the budget changed nothing"
+    assert chosen["stream_decoding"] == wanted["stream_decoding"]
+    assert peak <= BUDGET, f"{peak / 2**20:,.0f} MiB in use above the start, budget 1 GiB"
+    for (clips, frames, a), (clips_b, frames_b, b) in zip(unbounded, bounded):
+        assert (clips, frames) == (clips_b, frames_b)
+        assert torch.equal(a, b), "other frames within the budget"
