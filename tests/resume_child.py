@@ -1,5 +1,5 @@
 """A training process for tests/test_resume.py: ``python resume_child.py GOP_ROOT PATTERN
-NUM_SHARDS STATE_FILE EPOCHS [resume]``.
+NUM_SHARDS STATE_FILE EPOCHS [resume]``; ``RESUME_BACKEND`` picks the backend (default cpu).
 
 Runs every rank's loader in this one process, in lock-step as distributed training does, until
 EPOCHS epochs are done. Per step it prints one JSON line per rank (epoch, batch, clip, frame_idx,
@@ -30,7 +30,8 @@ def record(rank: int, epoch: int, batch: int, values: dict) -> dict:
 def main(gop_root, pattern, num_shards, state_file, epochs, resume=None):
     num_shards, epochs = int(num_shards), int(epochs)
     state = json.loads(Path(state_file).read_text()) if resume else None
-    loaders = [make_loader(gop_root, PATTERNS[pattern], backend="cpu", batch_size=2,
+    backend = os.environ.get("RESUME_BACKEND", "cpu")
+    loaders = [make_loader(gop_root, PATTERNS[pattern], backend=backend, batch_size=2,
                            num_workers=1, shard_id=rank, num_shards=num_shards, seed=5,
                            state=state)
                for rank in range(num_shards)]

@@ -5,12 +5,14 @@ decoded per stream slot; and states it cannot continue exactly are refused.
 
 The loaders here run on the cpu backend, whose stream slots keep decoded GOPs as nvdec's do (the
 same bookkeeping, dali_gop.backends._assemble.KeptGops): a slot resumed part way must restart
-from the right GOP. The nvdec run of the same check is at the end (marked gpu).
+from the right GOP. On nvdec (marked gpu): the SIGKILL-and-new-process check at 1 and 2 ranks,
+and the plain-break check at the end.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import signal
 import subprocess
@@ -447,22 +449,32 @@ def test_resharded_twice_in_one_epoch(stores):
 @pytest.mark.slow
 @pytest.mark.parametrize("pattern", RUN_PATTERNS)
 @pytest.mark.parametrize("num_shards", [1, 2])
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("nvdec", marks=pytest.mark.gpu)])
 def test_sigkill_then_resume_in_a_new_process_delivers_the_rest_exactly(stores, tmp_path,
-                                                                       pattern, num_shards):
+                                                                       pattern, num_shards,
+                                                                       backend):
     """The training process killed (SIGKILL) at a random batch of epoch 1, a new process resumed
     from its last checkpoint: what the two printed up to the checkpoint and from it on is the
-    uninterrupted run, batch for batch, frames bit-exact."""
+    uninterrupted run, batch for batch, frames bit-exact (nvdec: against its own uninterrupted
+    run, in a process of its own)."""
     gop_root, _ = stores("h264")
-    whole = uninterrupted(gop_root, pattern, num_shards)
-    length = max(r["batch"] for r in whole if r["epoch"] == 1) + 1
-    stop = random.Random(f"kill{pattern}{num_shards}").randrange(1, length - 1)
     state_file = tmp_path / "state.json"
     command = [sys.executable, str(CHILD), str(gop_root), pattern, str(num_shards),
                str(state_file), "3"]
+    env = {**os.environ, "RESUME_BACKEND": backend}
+    if backend == "cpu":
+        whole = uninterrupted(gop_root, pattern, num_shards)
+    else:
+        run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env=env)
+        assert run.returncode == 0, run.stderr[-2000:]
+        whole = [json.loads(line) for line in run.stdout.splitlines()]
+    length = max(r["batch"] for r in whole if r["epoch"] == 1) + 1
+    stop = random.Random(f"kill{pattern}{num_shards}").randrange(1, length - 1)
     log = tmp_path / "stderr.txt"
     with open(log, "w") as stderr:
         first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr,
-                                 text=True)
+                                 text=True, env=env)
     printed = []
     try:
         for line in first.stdout:
@@ -482,7 +494,7 @@ def test_sigkill_then_resume_in_a_new_process_delivers_the_rest_exactly(stores, 
     at = (saved["epoch"], saved["batches"])
     assert (1, stop) <= at, "the checkpoint of the last batch printed is older than it"
     resumed = subprocess.run(command + ["resume"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=300)
+                             timeout=300, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     rest = [json.loads(line) for line in resumed.stdout.splitlines()]
     before = [r for r in printed if (r["epoch"], r["batch"]) < at]
