@@ -363,14 +363,13 @@ def _within(budget: int, source: GopSource, dataset, access, source_options: dic
     (``source_options`` updated to match, for later pipelines; ``decoder.threads`` lowered where
     the budget lowers decode threads). Not ``strict`` (the default budget): where nothing fits,
     the least choice, with a warning, rather than a refusal."""
-    threads = getattr(decoder, "threads", 0) if decoder.device == "gpu" else 0
     frame_bytes = source.frame_bytes()
     how = dict(prefetch_queue_depth=prefetch_queue_depth, staging=decoder.name == "nvdec",
                rgb_factor=1 if decoder.device == "gpu" else 2,
-               session_bytes=(lambda frames: decoder.session_bytes(frame_bytes, frames))
-               if threads else None, gop_frames=source.longest_gop())
-    wanted = Choice(source.stream_lead, source.decode_ahead, source.stream_decoding, threads,
-                    getattr(decoder, "packets_per_call", 0) if threads else 0)
+               session_bytes=lambda frames: decoder.session_bytes(frame_bytes, frames),
+               gop_frames=source.longest_gop())
+    wanted = Choice(source.stream_lead, source.decode_ahead, source.stream_decoding,
+                    decoder.threads, decoder.packets_per_call)
     choice, held = fit(budget, source, wanted, strict, **how)
     if choice == wanted:
         return source
@@ -384,8 +383,7 @@ def _within(budget: int, source: GopSource, dataset, access, source_options: dic
         warnings.warn(f"memory_budget: stream decoding is off to fit it (every sample is decoded "
                       f"from its keyframe, many times slower); {least / 2**30:.1f} GiB keeps it",
                       UserWarning, stacklevel=3)
-    if threads:
-        decoder.threads, decoder.packets_per_call = choice.threads, choice.packets_per_call
+    decoder.threads, decoder.packets_per_call = choice.threads, choice.packets_per_call
     source_options.update(stream_lead=choice.stream_lead, decode_ahead=choice.decode_ahead,
                           stream_decoding=choice.stream_decoding)
     return GopSource(dataset, access, **source_options)
@@ -505,7 +503,7 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
             _default_budget(decoder, device_id)
         source = _within(memory_budget, source, dataset, access, source_options,
                          decoder, prefetch_queue_depth, strict)
-        if getattr(decoder, "threads", None):    # for the pipelines a resume builds
+        if decoder.threads:    # for the pipelines a resume builds
             options.update(threads=decoder.threads, packets_per_call=decoder.packets_per_call)
     dataset.check_one_size(source.store.video_info, resize)
     decoder.check_videos(source.store, dataset.videos())

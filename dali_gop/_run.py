@@ -56,10 +56,7 @@ class Run:
         self.board = ProgressBoard(num_workers)
         self.operators = getattr(decoder, "operators", [])    # nvdec: sessions to close
         self.backend_name = decoder.name
-        self.decoder_settings = {key: getattr(decoder, name) for key, name in
-                                 (("decode_threads", "threads"),
-                                  ("packets_per_call", "packets_per_call"))
-                                 if hasattr(decoder, name)}     # nvdec
+        self.decoder_settings = decoder.settings()
         self._lock = threading.Lock()
         self._done = False
         self._requests: queue.SimpleQueue = queue.SimpleQueue()

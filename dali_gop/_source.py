@@ -132,19 +132,20 @@ class GopSource:
         return max(g.count for camera in self.dataset.cameras
                    for g in self.store.index(f"{clip}/{camera}").gops)
 
-    def frame_bytes(self) -> int:
-        """NV12 bytes of the largest frame of the first clip's cameras."""
+    def _camera_frame_bytes(self) -> list[int]:
+        """NV12 bytes of a frame of each camera of the first clip."""
         clip = next(iter(self.dataset.clips))
         infos = [self.store.video_info(f"{clip}/{camera}") for camera in self.dataset.cameras]
-        return max(info.width * info.height * 3 // 2 for info in infos)
+        return [info.width * info.height * 3 // 2 for info in infos]
+
+    def frame_bytes(self) -> int:
+        """NV12 bytes of the largest frame of the first clip's cameras."""
+        return max(self._camera_frame_bytes())
 
     def batch_frame_bytes(self) -> int:
         """NV12 bytes of one batch's frames, from the first clip's cameras."""
         first = self.samples(0)[:self.batch_size]
-        clip = next(iter(self.dataset.clips))
-        infos = [self.store.video_info(f"{clip}/{camera}") for camera in self.dataset.cameras]
-        per_frame = sum(info.width * info.height * 3 // 2 for info in infos)
-        return self.batch_size * len(first[0].frames) * per_frame
+        return self.batch_size * len(first[0].frames) * sum(self._camera_frame_bytes())
 
     def slot_lead(self, slot: int) -> int:
         """How many steps ahead slot ``slot`` sends its GOPs (see StreamWindows.slot_lead)."""

@@ -3,6 +3,8 @@ batches fed as DALI feeds them, the CPU stage one batch ahead, over two epochs s
 carry GOPs across the boundary. The GPU tests check the same operator on NVDEC."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -159,9 +161,11 @@ def test_a_kept_gop_refuses_a_frame_of_another_shape(monkeypatch):
 
 
 def test_a_kept_gop_lets_go_of_the_chunks_its_slot_has_passed(monkeypatch):
-    """Chunks wholly below a pick go (counted), a pick into one that went is refused, never read."""
-    from dali_gop.backends._assemble import DecodeError
+    """Chunks wholly below a pick go (counted in the operator's memory), a pick into one that went
+    is refused, never read; a step that releases the GOP lets the whole of it go instead."""
+    from dali_gop.backends._assemble import DecodeError, Held, KeptGops
     from dali_gop.backends._nvdec import DecodedGop
+    from dali_gop.plan import StreamSend, StreamStep
     from nvdec_standins import install
     install(monkeypatch)
     size = DecodedGop.CHUNK_FRAMES
@@ -169,16 +173,25 @@ def test_a_kept_gop_lets_go_of_the_chunks_its_slot_has_passed(monkeypatch):
     gop.allocate()
     assert [c.shape[0] for c in gop.chunks] == [size, size, 2]
     assert len(set(gop.pointers)) == gop.count
+    held = Held()
+    kept = KeptGops(held, DecodedGop.kept_bytes)
+    step = StreamStep(0, 7, 0)
+    kept.step(0, replace(step, sends=(StreamSend(0, 7, 0),)), lambda send: gop)
     whole = gop.kept_bytes()
-    assert gop.release_below(size - 1) == ([], 0)            # chunk 0 still has frame size - 1
-    freed, nbytes = gop.release_below(size + 1)
-    assert len(freed) == 1 and nbytes == size * 12 and gop.kept_bytes() == whole - nbytes
-    assert gop.release_below(size) == ([], 0)                  # nothing twice
+    assert held.now["kept_gops"] == whole
+    assert kept.let_go_below(step, gop, size - 1, DecodedGop.release_below) == []  # chunk 0 stays
+    freed = kept.let_go_below(step, gop, size + 1, DecodedGop.release_below)
+    assert len(freed) == 1 and gop.kept_bytes() == whole - size * 12
+    assert held.now["kept_gops"] == gop.kept_bytes()
+    assert kept.let_go_below(step, gop, size, DecodedGop.release_below) == []     # nothing twice
     with pytest.raises(DecodeError, match=r"gop\.0\.12\.bin: frame 2 of a kept GOP was let go"):
         gop.check_pick(2, (3, 4))
     assert gop.check_pick(size, (3, 4)) == size
-    freed, nbytes = gop.release_below(gop.count)               # the short last chunk stays
-    assert len(freed) == 1 and gop.kept_bytes() == 2 * 12
+    assert kept.let_go_below(replace(step, release=True), gop, gop.count,
+                             DecodedGop.release_below) == []   # the batch lets it all go
+    freed = kept.let_go_below(step, gop, gop.count, DecodedGop.release_below)
+    assert len(freed) == 1 and gop.kept_bytes() == 2 * 12      # the short last chunk stays
+    assert held.now["kept_gops"] == 2 * 12
 
 
 @pytest.mark.parametrize("sizes, per_call, expected", [

@@ -61,6 +61,19 @@ class KeptGops:
         self._drop([kept[key]])
         return kept.pop(key)
 
+    def let_go_below(self, step: StreamStep, kept: Any, low: int,
+                     let_go: Callable[[Any, int], list]) -> list:
+        """Let the frames of ``kept`` (the GOP ``step`` picked from) below frame ``low`` go: the
+        slot's later picks of it are higher (:class:`StreamStep`). ``let_go(kept, low)`` frees
+        them and returns what must stay alive until the batch is done; the bytes are counted.
+        Nothing where the step released the whole GOP."""
+        if step.release:
+            return []
+        before = self._size_of(kept)
+        freed = let_go(kept, low)
+        self._held.add("kept_gops", self._size_of(kept) - before)
+        return freed
+
     def _drop(self, gops) -> None:
         for gop in gops:
             self._held.add("kept_gops", -self._size_of(gop))
@@ -73,6 +86,14 @@ class KeptGops:
 
     def count(self) -> int:
         return sum(len(k) for k in self._kept.values())
+
+
+def passed_frame(name: str, position: int) -> DecodeError:
+    """A pick of a frame its kept GOP let go (:meth:`KeptGops.let_go_below`): refused, never served
+    from another frame."""
+    return DecodeError(f"{name}: frame {position} of a kept GOP was let go: a stream slot picked "
+                       "backwards in a GOP (a pattern's slots must move forward through their "
+                       "clips within an epoch)")
 
 
 def refuse_decoding_ahead(plan: Plan, names: list[str], backend: str) -> None:

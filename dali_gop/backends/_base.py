@@ -17,6 +17,10 @@ class DecodeBackend(ABC):
     stateful: bool = True
     # whether it keeps frames decoded ahead for later samples (GopSource.decode_ahead)
     decodes_ahead: bool = False
+    # decode threads that each hold an NVDEC session (0: none), and packets per Decode call
+    # (0: a segment per call): what a memory budget may lower (dali_gop._budget)
+    threads: int = 0
+    packets_per_call: int = 0
 
     def __init__(self, color: str = "RGB", color_matrix: str | None = None):
         if color not in ("RGB", "BGR"):
@@ -31,6 +35,17 @@ class DecodeBackend(ABC):
         video's colour conversion from its index: {video: (matrix, range)}. A backend that
         refuses more calls this first."""
         return self.colors.learn(store, videos)
+
+    def session_bytes(self, frame_bytes: int, frames_per_call: int) -> int:
+        """Device bytes each of :attr:`threads` holds for frames of ``frame_bytes``; 0 without
+        NVDEC sessions."""
+        return 0
+
+    def settings(self) -> dict[str, int]:
+        """The budget's knobs as the loader reports them (``GopLoader.settings``)."""
+        if not self.threads:
+            return {}
+        return {"decode_threads": self.threads, "packets_per_call": self.packets_per_call}
 
     def bind(self, num_cameras: int) -> None:
         """Called before :meth:`decode` with the cameras every sample holds; a backend whose graph

@@ -8,7 +8,7 @@ from dali_gop.backends._base import DecodeBackend
 from dali_gop.hooks import annotate
 from dali_gop.backends._color import VideoColors
 from dali_gop.backends._assemble import (DecodeError, Held, KeptGops, check_outputs,
-                                         check_position, frames_shape, pick_frames,
+                                         check_position, frames_shape, passed_frame, pick_frames,
                                          refuse_decoding_ahead)
 from dali_gop.reference import decode_annexb
 from dali_gop.plan import Plan, segment_names
@@ -57,20 +57,25 @@ class CpuSampleDecoder:
 
         def stream_frames(camera: int, request) -> list:
             name, frames = self.kept.step(camera, request.stream, decode_send)
-            picked = [frames[check_position(p, len(frames), name)] for _, p in request.picks]
-            if any(frame is None for frame in picked):
-                raise DecodeError(f"{name}: a frame of a kept GOP was let go: a stream slot "
-                                  "picked backwards in a GOP (a pattern's slots must move "
-                                  "forward through their clips within an epoch)")
-            if not request.stream.release:   # the slot's later picks of this GOP are higher
-                low = min(p for _, p in request.picks)
-                self.held.add("kept_gops", -sum(f.nbytes for f in frames[:low] if f is not None))
-                frames[:low] = [None] * low
+            picked = []
+            for _, position in request.picks:
+                frame = frames[check_position(position, len(frames), name)]
+                if frame is None:
+                    raise passed_frame(name, position)
+                picked.append(frame)
+            self.kept.let_go_below(request.stream, (name, frames),
+                                   min(p for _, p in request.picks), _forget_below)
             return picked
 
         frames_shape(plan.requests, names)
         frames = pick_frames(plan, decode_segment, stream_frames)
         return np.stack([np.stack(camera) for camera in frames])
+
+
+def _forget_below(kept: tuple[str, list], low: int) -> list:
+    """A kept GOP's frames below ``low`` go (host memory: nothing must stay alive)."""
+    kept[1][:low] = [None] * low
+    return []
 
 
 class CpuBackend(DecodeBackend):

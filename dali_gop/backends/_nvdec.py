@@ -42,7 +42,7 @@ from dali_gop.backends._base import DecodeBackend
 from dali_gop.backends._color import Conversion, VideoColors, nv12_to_rgb
 from dali_gop.backends._cuda import CudaDriver, DriverEvent
 from dali_gop.backends._assemble import (DecodeError, Held, KeptGops, check_outputs,
-                                         check_position, frames_shape)
+                                         check_position, frames_shape, passed_frame)
 from dali_gop.hooks import DecodeHook, annotate, nested
 from dali_gop.plan import RELEASE_FRAMES, Plan, Segment, segment_names
 
@@ -278,23 +278,20 @@ class DecodedGop:
             raise DecodeError(f"{self.name}: frames of {self.frame_shape} do not fit the "
                               f"sample's {frame_shape} (clips of different sizes?)")
         if position // self.CHUNK_FRAMES < self.released:
-            raise DecodeError(f"{self.name}: frame {position} of a kept GOP was let go: a stream "
-                              "slot picked backwards in a GOP (a pattern's slots must move "
-                              "forward through their clips within an epoch)")
+            raise passed_frame(self.name, position)
         return position
 
-    def release_below(self, position: int) -> tuple[list, int]:
-        """Let go of the chunks wholly below frame ``position``: (the chunks, their bytes). The
-        caller keeps them until its batch's copies are queued on DALI's stream, which waits for the
-        decode first: only then may the allocator hand their blocks out again."""
+    def release_below(self, position: int) -> list:
+        """Let go of the chunks wholly below frame ``position``, and return them: the caller keeps
+        them until its batch's copies are queued on DALI's stream, which waits for the decode
+        first; only then may the allocator hand their blocks out again."""
         upto = min(position // self.CHUNK_FRAMES, len(self.chunks))
         if upto <= self.released:
-            return [], 0
-        before = self.kept_bytes()
+            return []
         freed = self.chunks[self.released:upto]
         self.chunks[self.released:upto] = [None] * len(freed)
         self.released = upto
-        return freed, before - self.kept_bytes()
+        return freed
 
     def source(self, position: int, consumer_stream: int, driver: CudaDriver) -> int:
         """Device pointer of frame ``position``, once ``consumer_stream`` (DALI's) waits for the
@@ -598,10 +595,9 @@ class NvdecBatchDecoder:
             except DecodeError as e:
                 job.errors.append(e)
                 continue
-            if not request.stream.release:   # else the whole GOP goes with this batch
-                freed, nbytes_freed = gop.release_below(min(p for _, p in request.picks))
-                job.released += freed
-                self.held.add("kept_gops", -nbytes_freed)
+            job.released += self.kept.let_go_below(request.stream, gop,
+                                                    min(p for _, p in request.picks),
+                                                    DecodedGop.release_below)
         return [(data, plan.segments[segment], name_list[segment], targets, frame_shape)
                 for segment, targets in wanted.items()], conversions
 
@@ -662,8 +658,8 @@ class NvdecBatchDecoder:
 
     def _decode_gop(self, gop: DecodedGop, data, segment: Segment, device_id: int,
                     allocated: DriverEvent):
-        """Pool thread: decode a whole GOP into a stream slot's GOP tensor (allocated on DALI's
-        stream, which copies frames out of it last: its block is reused only after that)."""
+        """Pool thread: decode a whole GOP into a stream slot's GOP chunks (allocated on DALI's
+        stream, which copies frames out of them last: their blocks are reused only after that)."""
         pointers, count = gop.pointers, gop.count
 
         def targets(position):   # a GOP's bin may decode one frame of the next GOP: not kept
@@ -686,8 +682,7 @@ class NvdecBackend(DecodeBackend):
         self.hooks = tuple(hooks)
         self.operators: list[NvdecBatchDecoder] = []
 
-    @staticmethod
-    def session_bytes(frame_bytes: int, frames_per_call: int) -> int:
+    def session_bytes(self, frame_bytes: int, frames_per_call: int) -> int:
         """Device bytes each decode thread's NVDEC session holds (see :func:`session_bytes`)."""
         return session_bytes(frame_bytes, frames_per_call)
 
