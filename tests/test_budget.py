@@ -1,10 +1,15 @@
 """make_loader(memory_budget=...): sizes parsed, options lowered until the estimate fits (nvdec's
-decode threads, stream lead, then decode-ahead, then stream decoding off), a budget nothing fits refused with the least
-that would, and the same frames at every budget. CPU (the cpu backend keeps RGB in host memory)."""
+decode threads, stream lead, then decode-ahead, then stream decoding off), a budget nothing fits
+refused with the least that would, the same frames at every budget, and the cpu backend's resident
+memory within its budget. CPU (the cpu backend keeps RGB in host memory)."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +21,7 @@ from dali_gop._budget import (FEW_PACKETS, FEW_THREADS, FEWEST_THREADS, Choice, 
 from dali_gop.backends._nvdec import session_bytes
 from dali_gop._dataset import Dataset
 from dali_gop._source import GopSource
-from conftest import cpu_loader, small_stores
+from conftest import cpu_loader, small_stores, store_factory
 
 CPU = dict(prefetch_queue_depth=2, rgb_factor=2, staging=False)
 
@@ -159,3 +164,39 @@ def test_the_default_budget_is_a_quarter_of_host_memory_and_never_refuses(stores
     with loader:
         assert loader.settings["stream_decoding"] is False
         assert len(epoch(loader)) == len(loader)
+
+
+@pytest.fixture(scope="module")
+def hd_store(tmp_path_factory):
+    """4 clips x 3 cameras x 120 frames of 1280x720, GOP 30: kept RGB GOPs of stream slots come to
+    gigabytes, well above what else the process holds (no reference decode: it would too)."""
+    return store_factory(tmp_path_factory, {"hd": dict(codec="h264")}, (), clips=4, cameras=3,
+                         frames=120, width=1280, height=720, gop=30)("hd")[0]
+
+
+def resident_growth(gop_root, budget: str, batches: int = 0) -> dict:
+    """tests/budget_child.py in a process of its own: peak resident bytes above the start."""
+    done = subprocess.run([sys.executable, str(Path(__file__).parent / "budget_child.py"),
+                           str(gop_root), budget, str(batches)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_cpu_backend_stays_within_its_budget_in_resident_memory_over_an_epoch(hd_store):
+    """What the loader adds to the process's resident memory, beyond a loader that keeps no frames
+    (DALI's and FFmpeg's own buffers, which the cpu budget does not count: README), stays within
+    the budget over an epoch of stream access; without a budget it goes past it. With glibc's
+    dynamic mmap threshold, frames the slots let go stayed resident, and the process went past
+    the budget."""
+    source = GopSource(Dataset.open(hd_store), StreamPattern(), batch_size=4, stream_lead=30)
+    budget = total(source, Choice(0, 0, True))      # keeps stream decoding, at lead 0
+    fixed = resident_growth(hd_store, "off", batches=6)["growth"]
+    within = resident_growth(hd_store, str(budget))
+    unbounded = resident_growth(hd_store, "none")
+    mib = {name: f"{run['growth'] / 2**20:,.0f} MiB" for name, run in
+           (("within", within), ("unbounded", unbounded))}
+    print(f"fixed {fixed / 2**20:,.0f} MiB, budget {budget / 2**20:,.0f} MiB: {mib}")
+    assert within["settings"]["stream_decoding"] and within["settings"]["stream_lead"] == 0
+    assert within["growth"] - fixed <= budget, mib
+    assert unbounded["growth"] - fixed > budget, "unbounded within it too: the test proves nothing"

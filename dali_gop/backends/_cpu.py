@@ -2,6 +2,9 @@
 so the whole loader (workers, sharding, iterator) runs in CI and on machines without a GPU."""
 from __future__ import annotations
 
+import ctypes
+import functools
+
 import numpy as np
 
 from dali_gop.backends._base import DecodeBackend
@@ -78,6 +81,26 @@ def _forget_below(kept: tuple[str, list], low: int) -> list:
     return []
 
 
+M_MMAP_THRESHOLD = -3      # glibc's mallopt parameter
+MMAP_THRESHOLD = 1 << 20   # bytes: a frame of 640x360 RGB and more is mapped on its own
+
+
+@functools.cache
+def return_frames_to_the_system() -> bool:
+    """Fix glibc's mmap threshold, so that a freed frame's memory leaves the process at once.
+
+    By default glibc raises the threshold to the size of each mapped block freed, up to 32 MiB:
+    after the first kept GOP goes, frames come from the heap, whose freed blocks stay resident
+    (the process went past its memory budget). Each frame then costs a fresh mapping and its page
+    faults: some speed, on a backend whose point is exactness. A process-wide setting, made once
+    and only by the cpu backend; False where the C library is not glibc."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return False
+    return mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+
+
 class CpuBackend(DecodeBackend):
     name = "cpu"
     device = "cpu"
@@ -85,6 +108,7 @@ class CpuBackend(DecodeBackend):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.operators: list[CpuSampleDecoder] = []   # the loader's memory() and close() reach them
+        return_frames_to_the_system()
 
     def decode(self, data, plan):
         from nvidia.dali import fn

@@ -1,0 +1,71 @@
+"""A training process for tests/test_budget.py: ``python budget_child.py GOP_ROOT BUDGET BATCHES``
+on the cpu backend, stream access, batches of 4.
+
+BUDGET: bytes, ``none`` (no budget) or ``off`` (no budget, stream decoding off: a loader that keeps
+no frames). Takes BATCHES batches (0: one epoch) while a thread samples the process's resident
+memory, and prints one JSON line: the peak resident bytes above those before the loader was made,
+the loader's settings and the peak of the frames it counted as kept.
+
+A process of its own: the allocator keeps freed pages of an earlier loader resident, which would
+hide a later one's growth.
+"""
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dali_gop import make_loader  # noqa: E402
+
+PAGE = 4096
+
+
+def resident() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * PAGE
+
+
+class PeakResident:
+    """The highest resident size seen, sampled every millisecond from a thread."""
+
+    def __init__(self):
+        self.peak = resident()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, resident())
+            time.sleep(0.001)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, resident())
+
+
+def main(gop_root: str, budget: str, batches: str) -> None:
+    options = dict(memory_budget=None if budget in ("none", "off") else int(budget),
+                   stream_decoding=budget != "off")
+    before = resident()
+    peak = PeakResident()
+    loader = make_loader(gop_root, "stream", backend="cpu", batch_size=4, num_workers=1,
+                         shard_id=0, num_shards=1, **options)
+    wanted = int(batches) or len(loader)
+    taken = 0
+    for _ in loader:
+        taken += 1
+        if taken == wanted:
+            break
+    growth = peak.stop() - before
+    kept = loader.memory().get("kept_gops", {"peak": 0})["peak"]
+    print(json.dumps({"growth": growth, "settings": loader.settings, "kept": kept,
+                      "batches": taken}), flush=True)
+    loader.close()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
