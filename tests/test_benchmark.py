@@ -194,9 +194,22 @@ def test_no_gpu_says_so_before_making_data(tmp_path):
     (["pipelines.throughput", "--backend", "cpu", "--profile"], ["--profile"]),
     (["pipelines.throughput.chart", "missing.json"], ["missing.json"]),
     (["pipelines.throughput.chart", "README.md"], ["README.md", "not a results file"]),
+    (["pipelines.throughput", "--train_layers", "0"], ["--train_layers", "auto"]),
 ])
 def test_user_errors_are_one_line(args, words):
     assert_one_line_error(run_module(*args), *words)
+
+
+@pytest.mark.parametrize("one, five, loader, share, wanted", [
+    (0.010, 0.030, 0.012, 0.6, 3),    # a step of 5 ms + 5 ms a layer; the loader 12 ms of 20
+    (0.010, 0.030, 0.001, 0.6, 1),    # a loader that fast: the smallest model
+    (0.010, 0.010, 0.012, 0.6, 64),   # layers that cost nothing: the most, not a division by 0
+    (0.070, 0.270, 0.090, 0.3, 6),    # 20 + 50 ms a layer; 90 ms is 28% of 320
+])
+def test_auto_train_layers_give_the_loader_its_share_of_the_model_step(one, five, loader, share,
+                                                                      wanted):
+    from pipelines.throughput.train import layers_for_share
+    assert layers_for_share(one, five, loader, share) == wanted
 
 
 def test_quick_cpu_run_finishes(tmp_path):

@@ -2,6 +2,7 @@
 What it measures: the package's docstring (``--help``)."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import platform
@@ -43,6 +44,15 @@ QUICK = dict(clips=4, frames=60, warmup=6, random_batches=6, baseline_batches=2,
 # --help promises (much of it making the set, which is kept for the next run)
 QUICK_CPU = dict(clips=4, cameras=6, frames=48, width=640, height=360, gop=12, group_num=4,
                  workers=2, warmup=2, random_batches=8, stream_epochs=1)
+
+
+def layers(text: str) -> int:
+    """--train_layers: a number of layers, or ``auto`` (0)."""
+    if text == "auto":
+        return 0
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of layers (1 or more), or auto")
+    return int(text)
 
 
 # -- the machine and the data ----------------------------------------------------------------------
@@ -151,9 +161,15 @@ def parse_args(argv=None):
     train = parser.add_argument_group(
         "beside a training step", "the stand-in model: 3x3 convolutions + ReLU, bf16, on frames "
         "downsampled to --train_size; forward, backward, SGD")
-    train.add_argument("--train_layers", type=int, default=3, help="convolutions")
-    train.add_argument("--random_train_layers", type=int, default=12,
-                       help="convolutions of the random row's model (random batches load slower)")
+    train.add_argument("--train_layers", type=layers, default=0, metavar="N|auto",
+                       help="convolutions (default auto: as many as make the loader take "
+                            "--train_share of the model's time)")
+    train.add_argument("--random_train_layers", type=layers, default=0, metavar="N|auto",
+                       help="convolutions of the random row's model (default auto, as "
+                            "--train_layers)")
+    train.add_argument("--train_share", type=float, default=0.6,
+                       help="the loader's share of the model's step time that auto sizes "
+                            "the models for (a fair test of overlap: 0.3 to 1)")
     train.add_argument("--train_channels", type=int, default=128, help="channels of each")
     train.add_argument("--train_size", type=int, nargs=2, default=[225, 400],
                        metavar=("H", "W"), help="frames are downsampled to H x W first")

@@ -12,8 +12,11 @@ backward + SGD. Three phases, one process, one GPU, in this order:
 and ``overlap`` = time per step together / max(model alone, loader alone): 1.00 when the two
 overlap perfectly, ``serial`` (their sum over that max) when they take turns. Rows: stream and
 random access with the model of ``--train_layers/--train_channels/--train_size`` (random with
-``--random_train_layers``: random batches take longer to load, and a fair test of overlap is a
-model the loader can hide behind, one whose step takes longer than the loader's); stream with a
+``--random_train_layers``). Overlap is a fair question only of a model the loader can hide
+behind whose step the loader's work is a good part of, so by default (``auto``) each of the two
+sizes its model first: the loader alone and the model at 1 and 5 layers are timed for a few
+steps, and the layers are those at which the loader takes ``--train_share`` of the model's time
+(each rank sizes its own); stream with a
 launch-bound model (``--launch_*``: many tiny layers, so the step is bound by kernel launches in
 Python, the thread that competes with DALI's for the GIL); stream with ``loss.item()`` after every
 step, as a logging loop does (the host waits for the GPU each step). A row's peak device memory
@@ -83,36 +86,76 @@ def timed_steps(step: Callable[[], int], warmup: int, steps: int, device: int) -
     return Timed(frames, started, time.perf_counter())
 
 
-def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel) -> Timed:
-    """The three phases; the row is the together phase, the others go into ``details``."""
+def model_alone(b: Bench, model: StepModel, batch_size: int, warmup: int, steps: int) -> Timed:
+    """Steps of ``model`` on one fixed batch already on the GPU (freed when done)."""
     import torch
-    a, device = b.args, b.device
-    torch.cuda.set_device(device)
-    step = TrainStep(model, device)
+    torch.cuda.set_device(b.device)
+    step = TrainStep(model, b.device)
     index = read_index(b.gops, b.rels[0])
     fixed = torch.randint(0, 256, (batch_size, len(b.cameras), 1, index.height, index.width, 3),
-                          dtype=torch.uint8, device=f"cuda:{device}")
+                          dtype=torch.uint8, device=f"cuda:{b.device}")
 
     def model_step() -> int:
         step(fixed)
         return frames_in(fixed)
 
-    phases = {"model": timed_steps(model_step, a.train_warmup, a.train_steps, device)}
-    fixed = None   # freed before the loader starts
+    return timed_steps(model_step, warmup, steps, b.device)
+
+
+def loader_step(batches) -> int:
+    """A loader batch, touched: one element read back to the host."""
+    frames = next(batches)["frames"]
+    frames[(0,) * frames.dim()].item()
+    return frames_in(frames)
+
+
+CALIBRATION_LAYERS = (1, 5)   # the model is timed at these to size it (``auto``)
+MOST_LAYERS = 64
+
+
+def layers_for_share(one_layer: float, five_layers: float, loader: float, share: float) -> int:
+    """Layers at which a step of ``loader`` seconds takes ``share`` of the model's step, from the
+    model's step seconds at 1 and 5 layers (a step's time grows by about a layer's each); at
+    most :data:`MOST_LAYERS`."""
+    low, high = CALIBRATION_LAYERS
+    per_layer = (five_layers - one_layer) / (high - low)
+    fixed = one_layer - low * per_layer
+    wanted = loader / share - fixed
+    if per_layer <= 0 or wanted >= MOST_LAYERS * per_layer:
+        return MOST_LAYERS if wanted > 0 else 1
+    return min(MOST_LAYERS, max(1, round(wanted / per_layer)))
+
+
+def sized(b: Bench, pattern: str, batch_size: int, model: StepModel) -> StepModel:
+    """``model`` with its layers set (``auto``, layers 0: see the module's docstring)."""
+    if model.layers:
+        return model
+    a = b.args
+    steps = max(a.train_steps // 3, 5)
+    one, five = (model_alone(b, replace(model, layers=n), batch_size, a.train_warmup,
+                             steps).seconds / steps for n in CALIBRATION_LAYERS)
     with open_loader(b, pattern, "nvdec", batch_size) as loader:
         batches = endless(loader)
+        loader_seconds = timed_steps(lambda: loader_step(batches), a.train_warmup, steps,
+                                     b.device).seconds / steps
+    return replace(model, layers=layers_for_share(one, five, loader_seconds, a.train_share))
 
-        def loader_step() -> int:
-            frames = next(batches)["frames"]
-            frames[(0,) * frames.dim()].item()
-            return frames_in(frames)
+
+def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel) -> Timed:
+    """The three phases; the row is the together phase, the others go into ``details``."""
+    a, device = b.args, b.device
+    phases = {"model": model_alone(b, model, batch_size, a.train_warmup, a.train_steps)}
+    step = TrainStep(model, device)
+    with open_loader(b, pattern, "nvdec", batch_size) as loader:
+        batches = endless(loader)
 
         def together_step() -> int:
             frames = next(batches)["frames"]
             step(frames)
             return frames_in(frames)
 
-        phases["loader"] = timed_steps(loader_step, a.train_warmup, a.train_steps, device)
+        phases["loader"] = timed_steps(lambda: loader_step(batches), a.train_warmup,
+                                       a.train_steps, device)
         phases["together"] = timed_steps(together_step, a.train_warmup, a.train_steps, device)
     per_step = {name: t.seconds / a.train_steps for name, t in phases.items()}
     slower = max(per_step["model"], per_step["loader"])
@@ -137,12 +180,14 @@ def format_train(details: dict) -> str:
 def train_rows(b: Bench) -> list[Result]:
     a = b.args
     model = StepModel(a.train_layers, a.train_channels, tuple(a.train_size))
-    random_model = replace(model, layers=a.random_train_layers)
+    stream_model = sized(b, STREAM, a.group_num, model)
+    random_model = sized(b, RANDOM, a.random_group_num, replace(model,
+                                                                layers=a.random_train_layers))
     launch_bound = StepModel(a.launch_layers, a.launch_channels, tuple(a.launch_size))
-    variants = [("", STREAM, a.group_num, model),
+    variants = [("", STREAM, a.group_num, stream_model),
                 ("", RANDOM, a.random_group_num, random_model),
                 (", launch-bound model", STREAM, a.group_num, launch_bound),
-                (", loss.item() every step", STREAM, a.group_num, replace(model, sync=True))]
+                (", loss.item() every step", STREAM, a.group_num, replace(stream_model, sync=True))]
     rows = []
     for label, pattern, batch_size, step_model in variants:
         row = b.measure(f"train {pattern}{label}",
