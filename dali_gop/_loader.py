@@ -10,6 +10,7 @@ torch.distributed's rank/world size (or RANK/WORLD_SIZE as torchrun sets them).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -67,8 +68,10 @@ class GopLoader:
 
     def __init__(self, start: Callable[[Position], Run], worker_timeout: float, *,
                  identity: dict, shard: dict, state: Mapping | None = None,
-                 memory_budget: int | None = None):
+                 memory_budget: int | None = None, queued_steps: int | None = None):
         self._start = start
+        self._queued_steps = queued_steps
+        self._queued: collections.deque = collections.deque()   # events on the caller's stream
         self._memory_budget = memory_budget
         self.worker_timeout = worker_timeout
         self._identity = identity
@@ -193,6 +196,7 @@ class GopLoader:
         if self._failure is not None:
             raise DaliGopError(f"this loader failed ({self._failure}); start a new `for` over "
                                "it, which starts the next epoch afresh, or build a new one")
+        self._bound_run_ahead()
         kind, value, ready = self._take()
         if kind == "end":
             self._next_epoch()
@@ -203,6 +207,23 @@ class GopLoader:
         self._delivered += 1
         self._request()    # one batch ahead, fetched while the caller trains
         return _hand_over(value[0], ready, self._run.device_id)
+
+    def _bound_run_ahead(self) -> None:
+        """With ``queued_steps``: wait, without the GIL, until the GPU has done what the caller
+        queued on its stream ``queued_steps`` calls of ``next()`` ago.
+
+        A training thread that queues kernels faster than the GPU runs them fills the driver's
+        launch queue, and then waits inside each launch while holding the GIL, so the loader's
+        threads (decode threads, DALI's) cannot run and NVDEC idles. Waiting here instead, for
+        its own earlier work, it still keeps ``queued_steps`` steps queued for the GPU."""
+        if not self._queued_steps or self._run.device_id is None:
+            return
+        import torch
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self._run.device_id))
+        self._queued.append(event)
+        if len(self._queued) > self._queued_steps:
+            self._queued.popleft().synchronize()
 
     def _request(self) -> None:
         self._run.request()
@@ -403,7 +424,8 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
                 fix_gop_size: int | None = None, persistent_index: bool = True,
                 verify_checksums: bool = False, num_threads: int = 4,
                 prefetch_queue_depth: int = 2, state: Mapping | None = None,
-                memory_budget: int | str | None = "auto") -> GopLoader:
+                memory_budget: int | str | None = "auto",
+                queued_steps: int | None = None) -> GopLoader:
     """Build the DALI pipeline and the iterator over one rank's shard of a GOP store.
 
     Args:
@@ -460,6 +482,11 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
             ``"auto"``: a quarter of the memory frames are kept in (the GPU's for nvdec and dali,
             the host's for cpu), which never refuses (where nothing fits it warns and runs with
             the least); None: no budget, the options as given.
+        queued_steps: GPU backends: at most this many training steps queued on the GPU ahead
+            of the training thread; ``next()`` waits (without the GIL) until the GPU is that
+            close. A training loop that queues kernels much faster than the GPU runs them
+            otherwise waits inside kernel launches holding the GIL, which starves the loader's
+            threads. None (default): no bound.
 
     Returns:
         A :class:`GopLoader`: each ``for`` over it is one epoch of batches (dicts of torch tensors).
@@ -472,6 +499,9 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
                           f"{LAST_BATCH_POLICIES}")
     if not worker_timeout > 0:
         raise ConfigError(f"worker_timeout must be > 0 seconds, not {worker_timeout!r}")
+    if queued_steps is not None and (not isinstance(queued_steps, int) or queued_steps < 1):
+        raise ConfigError(f"queued_steps must be a number of steps (1 or more) or None, not "
+                          f"{queued_steps!r}")
     if shard_id is None or num_shards is None:
         shard_id, num_shards = shard_from_env()
     dataset = Dataset.open(gop_root, cameras=cameras, index_file=index_file,
@@ -530,4 +560,4 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
     return GopLoader(start, worker_timeout, state=state,
                      identity=_identity(dataset, access, seed, last_batch_policy),
                      shard=dict(shard_id=shard_id, num_shards=num_shards, batch_size=batch_size),
-                     memory_budget=memory_budget)
+                     memory_budget=memory_budget, queued_steps=queued_steps)

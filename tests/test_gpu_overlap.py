@@ -135,3 +135,45 @@ def test_the_loader_overlaps_a_training_step_on_the_default_stream(loaders, stor
                          lambda decoded, k: decoded["rgb24"][k],
                          lambda diff: diff.max() <= RGB_TOLERANCE_MAX and
                          diff.mean() <= RGB_TOLERANCE_MEAN)
+
+
+def gpu_sleep_cycles(seconds: float) -> int:
+    """Clock cycles for which ``torch.cuda._sleep`` keeps the current stream busy ``seconds``."""
+    import torch
+    cycles = 10_000_000
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(cycles)
+    end.record()
+    end.synchronize()
+    return int(cycles * seconds / (start.elapsed_time(end) / 1e3))
+
+
+@pytest.mark.parametrize("queued_steps", [None, 1])
+def test_queued_steps_bound_how_far_the_training_runs_ahead_of_the_gpu(loaders, store,
+                                                                       queued_steps):
+    """A training thread that queues GPU work faster than the GPU runs it: with ``queued_steps``
+    1, ``next()`` lets it be at most one step ahead (it waits, without the GIL, for the step
+    before); without, it runs ahead (so the bound is what made it wait)."""
+    import torch
+    gop_root, _ = store
+    loader = loaders(gop_root, pattern="stream", backend="nvdec", batch_size=BATCH, num_workers=4,
+                     shard_id=0, num_shards=1, queued_steps=queued_steps)
+    batches = iter(loader)
+    for _ in range(3):
+        next(batches)
+    torch.cuda.synchronize()
+    step, steps = 0.2, 6
+    cycles = gpu_sleep_cycles(step)
+    started = time.perf_counter()
+    for _ in range(steps):
+        torch.cuda._sleep(cycles)      # a training step that keeps the GPU busy for ``step``
+        next(batches)
+    ahead = time.perf_counter() - started
+    torch.cuda.synchronize()
+    print(f"queued_steps {queued_steps}: {steps} steps of {step:.1f} s on the GPU queued in "
+          f"{ahead:.2f} s")
+    if queued_steps:
+        assert ahead >= (steps - 1.5) * step, "next() let the training run further ahead"
+    else:
+        assert ahead < 2 * step, "without a bound the training waited for the GPU anyway"

@@ -169,6 +169,23 @@ def test_dataset_checks_cameras(stores):
         Dataset.open(gop_root, cameras=["cam0.mp4", "cam9.mp4"])
 
 
+@pytest.mark.parametrize("queued_steps", [0, -1, 1.5, "2"])
+def test_queued_steps_must_be_a_number_of_steps(stores, queued_steps):
+    gop_root, _ = stores("h264-open-gop")
+    with pytest.raises(ConfigError, match=r"queued_steps must be a number of steps \(1 or more\)"):
+        cpu_loader(gop_root, queued_steps=queued_steps)
+
+
+def test_queued_steps_leave_a_cpu_loader_as_it_was(stores):
+    """The bound is on the caller's GPU queue: on the cpu backend there is none to wait for."""
+    gop_root, _ = stores("h264-open-gop")
+    with cpu_loader(gop_root, pattern="stream") as plain, \
+            cpu_loader(gop_root, pattern="stream", queued_steps=1) as bounded:
+        for a, b in zip(plain, bounded, strict=True):
+            assert a["frame_idx"].tolist() == b["frame_idx"].tolist()
+            assert np.array_equal(a["frames"].numpy(), b["frames"].numpy())
+
+
 @pytest.mark.parametrize("batch_size,lead", [(3, 30), (3, 0), (5, 4), (4, 13)])
 def test_stream_source_sends_each_gop_once_ahead_and_keeps_little(stores, batch_size, lead):
     """Replays the plans three epochs' workers make, back to back as DALI runs them, through the

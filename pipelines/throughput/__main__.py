@@ -170,6 +170,9 @@ def parse_args(argv=None):
     train.add_argument("--train_share", type=float, default=0.6,
                        help="the loader's share of the model's step time that auto sizes "
                             "the models for (a fair test of overlap: 0.3 to 1)")
+    train.add_argument("--queued_steps", type=int, default=None,
+                       help="make_loader's queued_steps (nvdec rows): how many training steps "
+                            "may be queued on the GPU ahead of the training thread")
     train.add_argument("--train_channels", type=int, default=128, help="channels of each")
     train.add_argument("--train_size", type=int, nargs=2, default=[225, 400],
                        metavar=("H", "W"), help="frames are downsampled to H x W first")
