@@ -222,7 +222,7 @@ class GopLoader:
         event = torch.cuda.Event()
         event.record(torch.cuda.current_stream(self._run.device_id))
         self._queued.append(event)
-        if len(self._queued) > self._queued_steps:
+        while len(self._queued) > self._queued_steps:
             self._queued.popleft().synchronize()
 
     def _request(self) -> None:
