@@ -25,7 +25,8 @@ def open_loader(b: Bench, pattern: str, backend: str, batch_size: int, *, hooks=
     GPU memory go at once, not at garbage collection)."""
     a = b.args
     if backend == "nvdec":
-        options.update(hooks=hooks, decode_threads=a.decode_threads, queued_steps=a.queued_steps)
+        options.update(hooks=hooks, decode_threads=a.decode_threads)
+        options.setdefault("queued_steps", a.queued_steps)
     loader = make_loader(b.gops, pattern, batch_size=batch_size, backend=backend,
                          num_workers=a.workers, stream_lead=a.stream_lead,
                          decode_ahead=a.decode_ahead, **b.shard, **options)

@@ -19,8 +19,9 @@ steps, and the layers are those at which the loader takes ``--train_share`` of t
 (each rank sizes its own); stream with a
 launch-bound model (``--launch_*``: many tiny layers, so the step is bound by kernel launches in
 Python, the thread that competes with DALI's for the GIL); stream with ``loss.item()`` after every
-step, as a logging loop does (the host waits for the GPU each step). A row's peak device memory
-includes the model's and the fixed batch's.
+step, as a logging loop does (the host waits for the GPU each step); and, unless
+``--queued_steps`` sets it for every row, random again with ``make_loader(queued_steps=2)``. A
+row's peak device memory includes the model's and the fixed batch's.
 """
 from __future__ import annotations
 
@@ -109,6 +110,7 @@ def loader_step(batches) -> int:
     return frames_in(frames)
 
 
+QUEUED_STEPS = 2   # the extra random row's make_loader(queued_steps=...), without --queued_steps
 CALIBRATION_LAYERS = (1, 5)   # the model is timed at these to size it (``auto``)
 MOST_LAYERS = 64
 
@@ -141,12 +143,13 @@ def sized(b: Bench, pattern: str, batch_size: int, model: StepModel) -> StepMode
     return replace(model, layers=layers_for_share(one, five, loader_seconds, a.train_share))
 
 
-def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel) -> Timed:
+def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
+              **loader_options) -> Timed:
     """The three phases; the row is the together phase, the others go into ``details``."""
     a, device = b.args, b.device
     phases = {"model": model_alone(b, model, batch_size, a.train_warmup, a.train_steps)}
     step = TrainStep(model, device)
-    with open_loader(b, pattern, "nvdec", batch_size) as loader:
+    with open_loader(b, pattern, "nvdec", batch_size, **loader_options) as loader:
         batches = endless(loader)
 
         def together_step() -> int:
@@ -184,14 +187,18 @@ def train_rows(b: Bench) -> list[Result]:
     random_model = sized(b, RANDOM, a.random_group_num, replace(model,
                                                                 layers=a.random_train_layers))
     launch_bound = StepModel(a.launch_layers, a.launch_channels, tuple(a.launch_size))
-    variants = [("", STREAM, a.group_num, stream_model),
-                ("", RANDOM, a.random_group_num, random_model),
-                (", launch-bound model", STREAM, a.group_num, launch_bound),
-                (", loss.item() every step", STREAM, a.group_num, replace(stream_model, sync=True))]
+    variants = [("", STREAM, a.group_num, stream_model, {}),
+                ("", RANDOM, a.random_group_num, random_model, {}),
+                (", launch-bound model", STREAM, a.group_num, launch_bound, {}),
+                (", loss.item() every step", STREAM, a.group_num, replace(stream_model, sync=True),
+                 {})]
+    if a.queued_steps is None:   # the same random row with the loader's bound on the run-ahead
+        variants.append((f", queued_steps {QUEUED_STEPS}", RANDOM, a.random_group_num,
+                         random_model, {"queued_steps": QUEUED_STEPS}))
     rows = []
-    for label, pattern, batch_size, step_model in variants:
+    for label, pattern, batch_size, step_model, options in variants:
         row = b.measure(f"train {pattern}{label}",
-                        lambda: train_run(b, pattern, batch_size, step_model),
+                        lambda: train_run(b, pattern, batch_size, step_model, **options),
                         method=f"beside a training step{label}", access=pattern,
                         note=step_model.describe())
         if b.rank == 0:
