@@ -81,8 +81,10 @@ def _forget_below(kept: tuple[str, list], low: int) -> list:
     return []
 
 
-M_MMAP_THRESHOLD = -3      # glibc's mallopt parameter
-MMAP_THRESHOLD = 1 << 20   # bytes: a frame of 640x360 RGB and more is mapped on its own
+M_MMAP_THRESHOLD = -3   # glibc's mallopt parameter
+# frames of this size and more (an RGB frame from about 640x546 up) are mapped on their own;
+# glibc's starting value, 128 KiB, also maps FFmpeg's planes and cost far more speed
+MMAP_THRESHOLD = 1 << 20
 
 
 @functools.cache
@@ -92,8 +94,9 @@ def return_frames_to_the_system() -> bool:
     By default glibc raises the threshold to the size of each mapped block freed, up to 32 MiB:
     after the first kept GOP goes, frames come from the heap, whose freed blocks stay resident
     (the process went past its memory budget). Each frame then costs a fresh mapping and its page
-    faults: some speed, on a backend whose point is exactness. A process-wide setting, made once
-    and only by the cpu backend; False where the C library is not glibc."""
+    faults: some speed, on a backend whose point is exactness. Smaller frames stay in the heap,
+    which reuses them. A process-wide setting, made once and only by the cpu backend; False where
+    the C library is not glibc."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError):
