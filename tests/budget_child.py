@@ -11,47 +11,19 @@ hide a later one's growth.
 """
 import json
 import sys
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from conftest import PeakSampler, resident_bytes  # noqa: E402  (this file's folder is on the path)
 from dali_gop import make_loader  # noqa: E402
-
-PAGE = 4096
-
-
-def resident() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * PAGE
-
-
-class PeakResident:
-    """The highest resident size seen, sampled every millisecond from a thread."""
-
-    def __init__(self):
-        self.peak = resident()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, resident())
-            time.sleep(0.001)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return max(self.peak, resident())
 
 
 def main(gop_root: str, budget: str, batches: str) -> None:
     options = dict(memory_budget=None if budget in ("none", "off") else int(budget),
                    stream_decoding=budget != "off")
-    before = resident()
-    peak = PeakResident()
+    before = resident_bytes()
+    peak = PeakSampler(resident_bytes, 0.001)
     loader = make_loader(gop_root, "stream", backend="cpu", batch_size=4, num_workers=1,
                          shard_id=0, num_shards=1, **options)
     wanted = int(batches) or len(loader)

@@ -2,11 +2,47 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def resident_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process (VmRSS in /proc/PID/status); 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+class PeakSampler:
+    """The highest value of ``read()`` seen, sampled every ``every`` seconds from a thread until
+    :meth:`stop`."""
+
+    def __init__(self, read: Callable[[], int], every: float):
+        self._read, self._every = read, every
+        self.peak = read()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._read())
+            time.sleep(self._every)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, self._read())
 
 
 def _has_gpu() -> bool:

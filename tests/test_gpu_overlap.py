@@ -8,12 +8,11 @@ ran one after the other. The model is sized so that the loader alone takes 30-10
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
-from conftest import batch_difference, store_factory
+from conftest import PeakSampler, batch_difference, store_factory
 from test_gpu import RGB_TOLERANCE_MAX, RGB_TOLERANCE_MEAN
 
 pytestmark = pytest.mark.gpu
@@ -59,29 +58,17 @@ def seconds_per(step, count: int = STEPS) -> float:
     return (time.perf_counter() - started) / count
 
 
-class PeakMemory:
+class PeakMemory(PeakSampler):
     """Device memory in use (mem_get_info), sampled every 20 ms in a thread: the peak."""
 
     def __init__(self):
-        self.peak, self._stop = self.used(), False
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        super().__init__(self.used, 0.02)
 
     @staticmethod
     def used() -> int:
         import torch
         free, total = torch.cuda.mem_get_info()
         return total - free
-
-    def _sample(self) -> None:
-        while not self._stop:
-            self.peak = max(self.peak, self.used())
-            time.sleep(0.02)
-
-    def stop(self) -> int:
-        self._stop = True
-        self._thread.join()
-        return self.peak
 
 
 def test_the_loader_overlaps_a_training_step_on_the_default_stream(loaders, store):

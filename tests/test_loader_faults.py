@@ -23,7 +23,8 @@ from dali_gop._store import GopStore
 from dali_gop.synthetic import make_video
 from preprocess.runner import preprocess
 
-from conftest import CLIPS, FRAMES, GOP, SMALL, a_bin, check_batch, cpu_decode, cpu_loader
+from conftest import (CLIPS, FRAMES, GOP, SMALL, a_bin, check_batch, cpu_decode, cpu_loader,
+                      resident_bytes)
 
 
 def _has_dali() -> bool:
@@ -127,13 +128,6 @@ def _proc_children(pid: int) -> dict[int, str]:
     return found
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 @needs_dali
 def test_host_memory_and_file_descriptors_stay_flat_over_ten_epochs(clean):
     before = set(_proc_children(os.getpid()))
@@ -146,7 +140,7 @@ def test_host_memory_and_file_descriptors_stay_flat_over_ten_epochs(clean):
         batches = sum(1 for _ in loader)
         assert batches == CLIPS * FRAMES // 2
         gc.collect()
-        readings.append((_rss_kib(os.getpid()) // 1024, sum(_rss_kib(w) for w in workers) // 1024,
+        readings.append((resident_bytes() // 2**20, sum(resident_bytes(w) for w in workers) // 2**20,
                          len(os.listdir("/proc/self/fd"))))
     print("per epoch (MiB main, MiB workers, open fds):", readings)
     main, child, fds = zip(*readings[1:])
