@@ -99,7 +99,10 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True,
     candidates = [wanted]
     if wanted.threads > FEW_THREADS:
         candidates.append(replace(wanted, threads=FEW_THREADS))
-    if wanted.threads and not 0 < wanted.packets_per_call <= FEW_PACKETS:
+    sessions = estimate_options.get("session_bytes")
+    fewer_packets_help = sessions is not None and \
+        sessions(FEW_PACKETS) < sessions(estimate_options.get("gop_frames", 0))
+    if wanted.threads and fewer_packets_help and not 0 < wanted.packets_per_call <= FEW_PACKETS:
         candidates.append(replace(candidates[-1], packets_per_call=FEW_PACKETS))
     candidates += [replace(candidates[-1], stream_lead=lead)
                    for lead in range(wanted.stream_lead - 1, -1, -1)]

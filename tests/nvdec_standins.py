@@ -1,4 +1,5 @@
-"""Stand-ins that let the nvdec operator run on a CPU: PyAV decodes where NVDEC would, host memory
+"""Stand-ins that let the nvdec operator run on a CPU: PyAV decodes where NVDEC would (behind our
+own session's face and behind PyNvVideoCodec's), host memory
 plays device memory, CUDA streams and events do nothing. Only the operator's own logic is real:
 the stash, the stream slots' kept GOPs, the pool, the pointers it copies frames to."""
 from __future__ import annotations
@@ -44,6 +45,35 @@ class StandInDecoder:
             self._context = av.CodecContext.create(self._codec, "r")
         self._frames = [StandInFrame(nv12_of(f.to_ndarray(format="yuv420p"))) for f in frames]
         return list(self._frames)
+
+
+class StandInSession:
+    """What the operator uses of dali_gop's own NVDEC session: ``decode`` parses the bytes, flushes,
+    and copies each wanted output (counted from the flush) to its pointers as dense NV12."""
+
+    def __init__(self, codec: str, stream: int, *args, **kwargs):
+        import av
+        self._codec = codec
+        self.closed = False
+
+    def decode(self, data, targets, frame_shape, end_of_stream=True) -> int:
+        import av
+        from dali_gop.backends._assemble import DecodeError
+        assert end_of_stream and not self.closed
+        context = av.CodecContext.create(self._codec, "r")
+        packets = [*context.parse(bytes(data)), *context.parse(b"")]   # b"": the parser's last
+        frames = [f for p in packets for f in context.decode(p)] + list(context.decode(None))
+        nv12 = [np.ascontiguousarray(nv12_of(f.to_ndarray(format="yuv420p"))) for f in frames]
+        for position, pointer in targets:
+            if position < len(nv12):
+                if nv12[position].shape != tuple(frame_shape):
+                    raise DecodeError(f"NVDEC frame {nv12[position].shape} does not fit the "
+                                      f"sample's {tuple(frame_shape)}")
+                ctypes.memmove(pointer, nv12[position].ctypes.data, nv12[position].nbytes)
+        return len(nv12)
+
+    def close(self):
+        self.closed = True
 
 
 class _PacketData:
@@ -106,6 +136,7 @@ def install(monkeypatch) -> None:
         OutputColorType=types.SimpleNamespace(RGB="rgb"),
         CreateDecoder=lambda **options: StandInDecoder(options["codec"]))
     monkeypatch.setattr(nvdec, "pynvvideocodec", lambda: standin_nvc)
+    monkeypatch.setattr(nvdec, "NvdecSession", StandInSession)
     for name in ("Stream", "ExternalStream"):
         monkeypatch.setattr(torch.cuda, name, _NoOp)
     monkeypatch.setattr(torch.cuda, "Event", _StandInEvent)

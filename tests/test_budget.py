@@ -117,21 +117,21 @@ def test_a_budget_nothing_fits_is_refused_at_make_loader(stores):
 
 
 def test_fit_counts_nvdec_sessions_and_lowers_threads_then_their_buffers_first(stores):
-    """Each decode thread holds an NVDEC session, whose output buffers hold one Decode call's
-    frames (a whole GOP by default): a budget first lowers the threads, then feeds a few packets
-    per call, before it touches the stream lead."""
+    """Each decode thread holds an NVDEC session; PyNvVideoCodec's output buffers hold one Decode
+    call's frames (a whole GOP by default): a budget first lowers the threads, then feeds a few
+    packets per call, before it touches the stream lead."""
     gop_root, _ = stores("h264")
     source = stream_source(gop_root, stream_lead=30)
     frame = source.frame_bytes()
     nvdec = dict(prefetch_queue_depth=2, rgb_factor=1, staging=True,
-                 session_bytes=lambda frames: session_bytes(frame, frames),
+                 session_bytes=lambda frames: session_bytes(frame, frames, "pynvvideocodec"),
                  gop_frames=source.longest_gop())
     wanted = Choice(30, 0, True, threads=48)
 
     def total(choice):
         return sum(estimate(source, choice, **nvdec).values())
     assert estimate(source, wanted, **nvdec)["decoder_sessions"] == \
-        48 * session_bytes(frame, source.longest_gop())
+        48 * session_bytes(frame, source.longest_gop(), "pynvvideocodec")
     few = replace(wanted, threads=FEW_THREADS)
     chunked = replace(few, packets_per_call=FEW_PACKETS)
     assert total(wanted) > total(few) > total(chunked)
@@ -142,6 +142,23 @@ def test_fit_counts_nvdec_sessions_and_lowers_threads_then_their_buffers_first(s
     assert fit(total(lowest), source, wanted, **nvdec)[0] == lowest
     with pytest.raises(ConfigError, match=f"decode_threads={FEWEST_THREADS}"):
         fit(total(replace(lowest, stream_decoding=False)) - 1, source, wanted, **nvdec)
+
+
+def test_fit_never_feeds_few_packets_to_our_own_sessions(stores):
+    """Our own NVDEC sessions hold no frames between calls: fewer packets per call would save
+    nothing, so a budget goes from fewer threads straight to the stream lead."""
+    gop_root, _ = stores("h264")
+    source = stream_source(gop_root, stream_lead=30)
+    frame = source.frame_bytes()
+    nvdec = dict(prefetch_queue_depth=2, rgb_factor=1, staging=True,
+                 session_bytes=lambda frames: session_bytes(frame, frames, "own"),
+                 gop_frames=source.longest_gop())
+    wanted = Choice(30, 0, True, threads=48)
+    few = replace(wanted, threads=FEW_THREADS)
+    total = sum(estimate(source, few, **nvdec).values())
+    assert fit(total, source, wanted, **nvdec)[0] == few
+    lower = fit(total - 1, source, wanted, **nvdec)[0]
+    assert lower == replace(few, stream_lead=lower.stream_lead) and lower.stream_lead < 30
 
 
 def test_the_default_budget_is_a_quarter_of_host_memory_and_never_refuses(stores, monkeypatch):

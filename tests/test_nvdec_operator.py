@@ -58,11 +58,13 @@ def operator_batches(gop_root, pattern, batch_size, epochs=2, decode_ahead=0, me
 @pytest.mark.parametrize("name", DATASETS)
 @pytest.mark.parametrize("pattern, options", [("stream", {}), ("random", {}),
                                               ("sequence", dict(length=3, stride=2))])
-@pytest.mark.parametrize("decode_ahead, packets_per_call", [(0, 0), (2, 0), (2, 3)])
+@pytest.mark.parametrize("decode_ahead, sessions, packets_per_call", [
+    (0, "own", 0), (2, "own", 0), (0, "pynvvideocodec", 0), (2, "pynvvideocodec", 3)])
 def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pattern, options,
-                                                  decode_ahead, packets_per_call):
+                                                  decode_ahead, sessions, packets_per_call):
     """Every frame, on both backends' videos and every pattern, with and without decoding ahead,
-    a segment fed in one Decode call or a few packets per call (what a memory budget picks)."""
+    on our own NVDEC sessions and on PyNvVideoCodec's, a segment fed in one Decode call or a few
+    packets per call."""
     from nvdec_standins import install
     install(monkeypatch)
     gop_root, reference = stores(name)
@@ -71,7 +73,8 @@ def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pat
     memory: dict = {}
     for batch, frames in operator_batches(gop_root, pattern, 3, decode_ahead=decode_ahead,
                                           memory=memory,
-                                          operator_options=dict(packets_per_call=packets_per_call),
+                                          operator_options=dict(packets_per_call=packets_per_call,
+                                                                    sessions=sessions),
                                           **options):
         for (_, plan, frame_idx, clip, _), sample in zip(batch, frames):
             kept += Plan.from_array(plan).kept_key >= 0

@@ -41,6 +41,7 @@ import numpy as np
 from dali_gop.backends._base import DecodeBackend
 from dali_gop.backends._color import Conversion, VideoColors, nv12_to_rgb
 from dali_gop.backends._cuda import CudaDriver, DriverEvent
+from dali_gop.backends._nvdec_session import NvdecSession
 from dali_gop.backends._assemble import (DecodeError, Held, KeptGops, check_outputs,
                                          check_position, frames_shape, passed_frame)
 from dali_gop.hooks import DecodeHook, annotate, nested
@@ -53,11 +54,19 @@ SESSION_FRAMES = 30
 REORDER_FRAMES = 4     # frames a flush may output at once beyond a call's packets (B-frames)
 
 
-def session_bytes(frame_bytes: int, frames_per_call: int) -> int:
-    """Device bytes one decoder thread's NVDEC session holds for frames of ``frame_bytes`` (NV12)
-    when a ``Decode`` call outputs up to ``frames_per_call`` frames: PyNvVideoCodec keeps every
-    frame of a call valid until the next call, in output buffers that stay with the decoder (and
-    grow past one call's frames: twice that bounds what was measured, docs/results.md)."""
+#: Device memory of one of our own sessions (csrc/nvdec_session.c), in frames of its video: the
+#: decode surfaces the parser asks for, a few more, one output surface, NVDEC's own buffers
+OWN_SESSION_FRAMES = 16
+
+
+def session_bytes(frame_bytes: int, frames_per_call: int, sessions: str = "own") -> int:
+    """Device bytes one decoder thread's NVDEC session holds for frames of ``frame_bytes`` (NV12).
+    Ours hold no frames between calls. PyNvVideoCodec's, when a ``Decode`` call outputs up to
+    ``frames_per_call`` frames, keep every frame of a call valid until the next call, in output
+    buffers that stay with the decoder (and grow past one call's frames: twice that bounds what
+    was measured, docs/results.md)."""
+    if sessions == "own":
+        return OWN_SESSION_FRAMES * frame_bytes
     return (SESSION_FRAMES + 2 * frames_per_call + REORDER_FRAMES) * frame_bytes
 
 
@@ -347,9 +356,10 @@ class NvdecBatchDecoder:
 
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
                  hooks: Sequence[DecodeHook] = (), colors: VideoColors | None = None,
-                 packets_per_call: int = 0):
+                 packets_per_call: int = 0, sessions: str = "own"):
         self.hooks = tuple(hooks)
         self.stash = stash
+        self.sessions = sessions
         self.bgr = color == "BGR"
         self.colors = colors or VideoColors()
         self.threads = threads
@@ -389,8 +399,11 @@ class NvdecBatchDecoder:
     def _decoder(self, state: _ThreadDecoders, codec: str, device_id: int):
         decoder = state.decoders.get(codec)
         if decoder is None:
-            decoder = state.decoders[codec] = create_decoder(codec, state.stream.cuda_stream,
-                                                             device_id)   # NV12
+            if self.sessions == "own":
+                decoder = NvdecSession(codec, state.stream.cuda_stream)
+            else:
+                decoder = create_decoder(codec, state.stream.cuda_stream, device_id)   # NV12
+            state.decoders[codec] = decoder
         return decoder
 
     def close(self) -> None:
@@ -401,6 +414,9 @@ class NvdecBatchDecoder:
             self._pool.shutdown()
         with self._lock:
             for state in self._thread_decoders:
+                for decoder in state.decoders.values():
+                    if isinstance(decoder, NvdecSession):
+                        decoder.close()
                 state.decoders.clear()
         self.kept.clear()
         self.ahead.clear()
@@ -617,29 +633,39 @@ class NvdecBatchDecoder:
             return block, list(block.unbind(0))
         return None, [torch.empty(shape, dtype=torch.uint8, device="cuda") for shape in shapes]
 
-    def _run_decoder(self, segment: Segment, name: str, data, targets, frame_shape, device_id: int,
-                     allocated: DriverEvent, whole_gop: bool = False):
+    def _run_decoder(self, segment: Segment, name: str, data, targets: list[tuple[int, int]],
+                     frame_shape, device_id: int, allocated: DriverEvent, whole_gop: bool = False):
         """Pool thread: decode a segment from its keyframe on the thread's decoder, copying output
-        ``position`` to the pointers ``targets(position)``; flush; return an event after it all."""
+        ``position`` to ``pointer`` for each of ``targets``; flush; return an event after it all."""
         import torch
         state = self._thread_state(device_id)
         stream = state.stream.cuda_stream
         self._pool_driver.wait(stream, allocated.handle)
         decoder = self._decoder(state, segment.codec, device_id)
-        sink = frame_sink(self._pool_driver, targets, frame_shape, stream, device_id, name)
         try:
             with self._hooked("decode", name, whole_gop):
-                produced = decode_calls(decoder, data, segment, sink, self.packets_per_call)
+                if isinstance(decoder, NvdecSession):
+                    produced = decoder.decode(data[segment.offset:segment.offset + segment.size],
+                                              targets, frame_shape)
+                else:
+                    by_position = collections.defaultdict(list)
+                    for position, pointer in targets:
+                        by_position[position].append(pointer)
+                    sink = frame_sink(self._pool_driver, lambda p: by_position.get(p, ()),
+                                      frame_shape, stream, device_id, name)
+                    produced = decode_calls(decoder, data, segment, sink, self.packets_per_call)
         except Exception as e:
-            state.decoders.pop(segment.codec, None)   # a decoder in an unknown state: not reused
-            if isinstance(e, DecodeError):
-                raise
+            gone = state.decoders.pop(segment.codec, None)   # in an unknown state: not reused
+            if isinstance(gone, NvdecSession):
+                gone.close()
             if "cuvidCreateDecoder" in str(e):   # the video itself is beyond this GPU's NVDEC
                 height, width = frame_shape[0] * 2 // 3, frame_shape[1]
                 raise DecodeError(
                     f"{name}: this GPU's NVDEC cannot decode {segment.codec} at {width}x{height} "
                     "(below its minimum size, e.g. 144x144 for HEVC, or above its maximum); use "
                     "backend='cpu' for these videos, or re-encode them") from None
+            if isinstance(e, DecodeError):
+                raise e if str(e).startswith(name) else DecodeError(f"{name}: {e}") from None
             raise DecodeError(f"{name}: NVDEC failed ({e})") from e
         check_outputs(produced, segment, name)
         done = torch.cuda.Event()
@@ -650,22 +676,15 @@ class NvdecBatchDecoder:
                         device_id: int, allocated: DriverEvent):
         """Pool thread: decode a GOP prefix, copying each wanted output to its pointers
         (``targets``: (position, pointer) pairs into output tensors)."""
-        by_position = collections.defaultdict(list)
-        for position, pointer in targets:
-            by_position[position].append(pointer)
-        return self._run_decoder(segment, name, data, lambda p: by_position.get(p, ()),
-                                 frame_shape, device_id, allocated)
+        return self._run_decoder(segment, name, data, targets, frame_shape, device_id, allocated)
 
     def _decode_gop(self, gop: DecodedGop, data, segment: Segment, device_id: int,
                     allocated: DriverEvent):
         """Pool thread: decode a whole GOP into a stream slot's GOP chunks (allocated on DALI's
-        stream, which copies frames out of them last: their blocks are reused only after that)."""
-        pointers, count = gop.pointers, gop.count
-
-        def targets(position):   # a GOP's bin may decode one frame of the next GOP: not kept
-            return (pointers[position],) if position < count else ()
-        return self._run_decoder(segment, gop.name, data, targets, gop.frame_shape, device_id,
-                                 allocated, whole_gop=True)
+        stream, which copies frames out of them last: their blocks are reused only after that).
+        A GOP's bin may decode one frame of the next GOP: not kept."""
+        return self._run_decoder(segment, gop.name, data, list(enumerate(gop.pointers)),
+                                 gop.frame_shape, device_id, allocated, whole_gop=True)
 
 
 class NvdecBackend(DecodeBackend):
@@ -675,8 +694,9 @@ class NvdecBackend(DecodeBackend):
 
     def __init__(self, color: str = "RGB", threads: int = DEFAULT_THREADS,
                  hooks: Sequence[DecodeHook] = (), color_matrix: str | None = None,
-                 packets_per_call: int = 0):
+                 packets_per_call: int = 0, sessions: str = "own"):
         super().__init__(color, color_matrix)
+        self.sessions = sessions    # "own" (csrc/nvdec_session.c) or "pynvvideocodec"
         self.threads = threads
         self.packets_per_call = packets_per_call   # 0: a segment per Decode call
         self.hooks = tuple(hooks)
@@ -684,13 +704,14 @@ class NvdecBackend(DecodeBackend):
 
     def session_bytes(self, frame_bytes: int, frames_per_call: int) -> int:
         """Device bytes each decode thread's NVDEC session holds (see :func:`session_bytes`)."""
-        return session_bytes(frame_bytes, frames_per_call)
+        return session_bytes(frame_bytes, frames_per_call, self.sessions)
 
     def decode(self, data, plan):
         from nvidia.dali import fn
         stash = BitstreamStash()
         operator = NvdecBatchDecoder(stash, self.color, self.threads, hooks=self.hooks,
-                                     colors=self.colors, packets_per_call=self.packets_per_call)
+                                     colors=self.colors, packets_per_call=self.packets_per_call,
+                                     sessions=self.sessions)
         self.operators.append(operator)
         tokens = fn.python_function(data, plan, function=stash.put, batch_processing=True)
         # no stream sync before each call: the operator orders all its GPU work on DALI's stream

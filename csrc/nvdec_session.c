@@ -1,0 +1,374 @@
+/* One NVDEC session (the driver's bitstream parser and a hardware decoder) that writes decoded
+ * frames straight into the caller's device memory, for dali_gop's nvdec backend
+ * (dali_gop/backends/_nvdec_session.py loads it with ctypes, which drops the GIL for each call).
+ *
+ * Why not PyNvVideoCodec: it sizes the decoder's surfaces itself, beyond what the video needs,
+ * and keeps every frame of a call in output buffers of its own until the next call; a session
+ * there held tens of frames of device memory, and the loader's memory budget could not go below
+ * that (docs/results.md). Here the decoder gets the surfaces the parser says the video needs (plus
+ * a few the caller chooses), one output surface, and each frame goes to the caller's memory the
+ * moment the parser displays it: nothing else is kept.
+ *
+ * Plain C against the driver's own libraries (libnvcuvid, libcuda), opened at run time: no CUDA
+ * toolkit or Python headers to build it, and one build serves every Python version. The NVDEC
+ * headers in csrc/nvcuvid are NVIDIA's (MIT); cuda.h is not needed beyond the types below.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CUDA_VERSION 12000
+#define CUDAAPI
+typedef int CUresult;
+typedef unsigned long long CUdeviceptr;
+typedef struct CUctx_st *CUcontext;
+typedef struct CUstream_st *CUstream;
+#define __cuda_cuda_h__
+#include "nvcuvid.h"
+
+/* cuda.h's CUDA_MEMCPY2D (CUDA_MEMCPY2D_v2), for cuMemcpy2DAsync_v2 */
+typedef struct {
+    size_t srcXInBytes, srcY;
+    int srcMemoryType;
+    const void *srcHost;
+    CUdeviceptr srcDevice;
+    void *srcArray;
+    size_t srcPitch;
+    size_t dstXInBytes, dstY;
+    int dstMemoryType;
+    void *dstHost;
+    CUdeviceptr dstDevice;
+    void *dstArray;
+    size_t dstPitch;
+    size_t WidthInBytes, Height;
+} Copy2D;
+#define MEMORYTYPE_DEVICE 2
+
+static struct {
+    char error[256];
+    CUresult (*create_parser)(CUvideoparser *, CUVIDPARSERPARAMS *);
+    CUresult (*parse)(CUvideoparser, CUVIDSOURCEDATAPACKET *);
+    CUresult (*destroy_parser)(CUvideoparser);
+    CUresult (*create_decoder)(CUvideodecoder *, CUVIDDECODECREATEINFO *);
+    CUresult (*destroy_decoder)(CUvideodecoder);
+    CUresult (*decode_picture)(CUvideodecoder, CUVIDPICPARAMS *);
+    CUresult (*decode_status)(CUvideodecoder, int, CUVIDGETDECODESTATUS *);
+    CUresult (*map)(CUvideodecoder, int, unsigned long long *, unsigned int *, CUVIDPROCPARAMS *);
+    CUresult (*unmap)(CUvideodecoder, unsigned long long);
+    CUresult (*copy_2d)(const Copy2D *, CUstream);
+    CUresult (*synchronize)(CUstream);
+    CUresult (*current_context)(CUcontext *);
+    CUresult (*push_context)(CUcontext);
+    CUresult (*pop_context)(CUcontext *);
+} api;
+static pthread_once_t api_once = PTHREAD_ONCE_INIT;
+
+static void *symbol(void *library, const char *library_name, const char *name) {
+    void *found = library ? dlsym(library, name) : NULL;
+    if (!found && !api.error[0])
+        snprintf(api.error, sizeof api.error, "%s has no %s (driver too old?)", library_name, name);
+    return found;
+}
+
+static void load_api(void) {
+    void *cuvid = dlopen("libnvcuvid.so.1", RTLD_NOW | RTLD_LOCAL);
+    void *cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!cuvid || !cuda) {
+        snprintf(api.error, sizeof api.error, "cannot open %s: NVIDIA's driver (with its video "
+                 "decoder library) is not installed here", cuvid ? "libcuda.so.1" : "libnvcuvid.so.1");
+        return;
+    }
+#define BIND(field, library, name) *(void **)&api.field = symbol(library, #library, name)
+    BIND(create_parser, cuvid, "cuvidCreateVideoParser");
+    BIND(parse, cuvid, "cuvidParseVideoData");
+    BIND(destroy_parser, cuvid, "cuvidDestroyVideoParser");
+    BIND(create_decoder, cuvid, "cuvidCreateDecoder");
+    BIND(destroy_decoder, cuvid, "cuvidDestroyDecoder");
+    BIND(decode_picture, cuvid, "cuvidDecodePicture");
+    BIND(map, cuvid, "cuvidMapVideoFrame64");
+    BIND(unmap, cuvid, "cuvidUnmapVideoFrame64");
+    BIND(copy_2d, cuda, "cuMemcpy2DAsync_v2");
+    BIND(synchronize, cuda, "cuStreamSynchronize");
+    BIND(current_context, cuda, "cuCtxGetCurrent");
+    BIND(push_context, cuda, "cuCtxPushCurrent_v2");
+    BIND(pop_context, cuda, "cuCtxPopCurrent_v2");
+#undef BIND
+    /* optional: older drivers and GPUs report no decode status */
+    *(void **)&api.decode_status = dlsym(cuvid, "cuvidGetDecodeStatus");
+}
+
+typedef struct {
+    CUcontext context;
+    CUstream stream;
+    unsigned extra_surfaces;
+    CUvideoparser parser;
+    CUvideodecoder decoder;
+    CUVIDEOFORMAT format;       /* of the decoder made */
+    unsigned surfaces;
+    /* this call's frames: copy output position[i] to pointer[i] (sorted by position) */
+    const long long *positions;
+    const unsigned long long *pointers;
+    int targets, cursor;
+    int width, height;          /* the caller's frame size: any other is refused, never copied */
+    long long outputs;          /* frames displayed since the last end of stream */
+    int failed;
+    char error[512];
+} Session;
+
+static int fail(Session *s, const char *format, ...) {
+    if (!s->failed) {
+        va_list args;
+        va_start(args, format);
+        vsnprintf(s->error, sizeof s->error, format, args);
+        va_end(args);
+        s->failed = 1;
+    }
+    return 0;
+}
+
+static int same_format(const CUVIDEOFORMAT *a, const CUVIDEOFORMAT *b) {
+    return a->codec == b->codec && a->coded_width == b->coded_width &&
+           a->coded_height == b->coded_height && a->chroma_format == b->chroma_format &&
+           a->display_area.left == b->display_area.left && a->display_area.top == b->display_area.top &&
+           a->display_area.right == b->display_area.right &&
+           a->display_area.bottom == b->display_area.bottom;
+}
+
+static int CUDAAPI on_sequence(void *user, CUVIDEOFORMAT *format) {
+    Session *s = user;
+    unsigned surfaces = format->min_num_decode_surfaces + s->extra_surfaces;
+    if (s->failed)
+        return 0;
+    if (format->chroma_format != cudaVideoChromaFormat_420 || format->bit_depth_luma_minus8 ||
+        format->bit_depth_chroma_minus8)
+        return fail(s, "the nvdec backend decodes 8-bit 4:2:0 video only (this is %d-bit, chroma "
+                    "format %d); use backend='cpu' for it", format->bit_depth_luma_minus8 + 8,
+                    (int)format->chroma_format);
+    if (s->decoder && same_format(format, &s->format) && surfaces <= s->surfaces)
+        return (int)s->surfaces;
+    if (s->decoder) {
+        api.destroy_decoder(s->decoder);
+        s->decoder = NULL;
+    }
+    CUVIDDECODECREATEINFO info;
+    memset(&info, 0, sizeof info);
+    info.ulWidth = info.ulMaxWidth = format->coded_width;
+    info.ulHeight = info.ulMaxHeight = format->coded_height;
+    info.ulNumDecodeSurfaces = surfaces;
+    info.CodecType = format->codec;
+    info.ChromaFormat = format->chroma_format;
+    info.ulCreationFlags = cudaVideoCreate_PreferCUVID;
+    info.OutputFormat = cudaVideoSurfaceFormat_NV12;
+    info.DeinterlaceMode = cudaVideoDeinterlaceMode_Weave;   /* frames as coded, as FFmpeg gives them */
+    info.display_area.left = (short)format->display_area.left;
+    info.display_area.top = (short)format->display_area.top;
+    info.display_area.right = (short)format->display_area.right;
+    info.display_area.bottom = (short)format->display_area.bottom;
+    info.ulTargetWidth = format->display_area.right - format->display_area.left;
+    info.ulTargetHeight = format->display_area.bottom - format->display_area.top;
+    info.ulNumOutputSurfaces = 1;    /* one frame mapped at a time: copied, then unmapped */
+    CUresult status = api.create_decoder(&s->decoder, &info);
+    if (status) {
+        s->decoder = NULL;
+        return fail(s, "cuvidCreateDecoder failed with CUDA error %d for %s %ux%u", status,
+                    format->codec == cudaVideoCodec_HEVC ? "hevc" : "h264",
+                    info.ulTargetWidth, info.ulTargetHeight);
+    }
+    s->format = *format;
+    s->surfaces = surfaces;
+    return (int)surfaces;
+}
+
+static int CUDAAPI on_decode(void *user, CUVIDPICPARAMS *picture) {
+    Session *s = user;
+    if (s->failed || !s->decoder)
+        return fail(s, "NVDEC got a picture before its sequence header");
+    CUresult status = api.decode_picture(s->decoder, picture);
+    return status ? fail(s, "cuvidDecodePicture failed with CUDA error %d", status) : 1;
+}
+
+static int copy_frame(Session *s, CUdeviceptr source, unsigned pitch, CUdeviceptr target) {
+    /* NV12 into a dense (height * 3/2, width) frame: the luma rows, then the chroma rows, which
+       the mapped surface keeps at its (even) surface height */
+    unsigned surface_height = (s->format.display_area.bottom - s->format.display_area.top + 1) & ~1u;
+    Copy2D copy;
+    memset(&copy, 0, sizeof copy);
+    copy.srcMemoryType = copy.dstMemoryType = MEMORYTYPE_DEVICE;
+    copy.srcPitch = pitch;
+    copy.dstPitch = copy.WidthInBytes = (size_t)s->width;
+    copy.srcDevice = source;
+    copy.dstDevice = target;
+    copy.Height = (size_t)s->height;
+    CUresult status = api.copy_2d(&copy, s->stream);
+    if (!status) {
+        copy.srcDevice = source + (CUdeviceptr)pitch * surface_height;
+        copy.dstDevice = target + (CUdeviceptr)s->width * s->height;
+        copy.Height = (size_t)s->height / 2;
+        status = api.copy_2d(&copy, s->stream);
+    }
+    return status ? fail(s, "cuMemcpy2DAsync failed with CUDA error %d", status) : 1;
+}
+
+static int CUDAAPI on_display(void *user, CUVIDPARSERDISPINFO *shown) {
+    Session *s = user;
+    if (!shown)
+        return 1;
+    if (s->failed)
+        return 0;
+    long long position = s->outputs++;
+    if (api.decode_status) {
+        CUVIDGETDECODESTATUS status;
+        memset(&status, 0, sizeof status);
+        if (api.decode_status(s->decoder, shown->picture_index, &status) == 0 &&
+            (status.decodeStatus == cuvidDecodeStatus_Error ||
+             status.decodeStatus == cuvidDecodeStatus_Error_Concealed))
+            return fail(s, "NVDEC reported frame %lld of this segment corrupt (decode status %d)",
+                        position, (int)status.decodeStatus);
+    }
+    while (s->cursor < s->targets && s->positions[s->cursor] < position)
+        s->cursor++;
+    if (s->cursor >= s->targets || s->positions[s->cursor] != position)
+        return 1;
+    int width = s->format.display_area.right - s->format.display_area.left;
+    int height = s->format.display_area.bottom - s->format.display_area.top;
+    if (width != s->width || height != s->height)
+        return fail(s, "NVDEC frame %dx%d does not fit the sample's %dx%d (cameras or clips of "
+                    "different sizes?)", width, height, s->width, s->height);
+    CUVIDPROCPARAMS process;
+    memset(&process, 0, sizeof process);
+    process.progressive_frame = shown->progressive_frame;
+    process.top_field_first = shown->top_field_first;
+    process.second_field = shown->repeat_first_field + 1;
+    process.unpaired_field = shown->repeat_first_field < 0;
+    process.output_stream = s->stream;
+    unsigned long long source = 0;
+    unsigned pitch = 0;
+    CUresult status = api.map(s->decoder, shown->picture_index, &source, &pitch, &process);
+    if (status)
+        return fail(s, "cuvidMapVideoFrame failed with CUDA error %d", status);
+    int ok = 1;
+    for (; ok && s->cursor < s->targets && s->positions[s->cursor] == position; s->cursor++)
+        ok = copy_frame(s, source, pitch, s->pointers[s->cursor]);
+    /* the surface goes back to the decoder when unmapped: the copies must have read it */
+    status = api.synchronize(s->stream);
+    api.unmap(s->decoder, source);
+    if (ok && status)
+        return fail(s, "cuStreamSynchronize failed with CUDA error %d", status);
+    return ok;
+}
+
+static void report(char *error, int size, const char *message) {
+    if (error && size > 0)
+        snprintf(error, (size_t)size, "%s", message);
+}
+
+/* A session on the current CUDA context, copying on ``stream``; NULL and ``error`` on failure. */
+void *nvdec_session_create(int codec, unsigned long long stream, unsigned extra_surfaces,
+                           unsigned display_delay, char *error, int error_size) {
+    pthread_once(&api_once, load_api);
+    if (api.error[0]) {
+        report(error, error_size, api.error);
+        return NULL;
+    }
+    Session *s = calloc(1, sizeof *s);
+    if (!s) {
+        report(error, error_size, "out of host memory");
+        return NULL;
+    }
+    if (api.current_context(&s->context) || !s->context) {
+        report(error, error_size, "no current CUDA context in this thread");
+        free(s);
+        return NULL;
+    }
+    s->stream = (CUstream)(size_t)stream;
+    s->extra_surfaces = extra_surfaces;
+    CUVIDPARSERPARAMS params;
+    memset(&params, 0, sizeof params);
+    params.CodecType = (cudaVideoCodec)codec;
+    params.ulMaxNumDecodeSurfaces = 1;   /* raised by on_sequence's return */
+    params.ulErrorThreshold = 0;         /* a damaged picture is not decoded: frames go missing */
+    params.ulMaxDisplayDelay = display_delay;
+    params.pUserData = s;
+    params.pfnSequenceCallback = on_sequence;
+    params.pfnDecodePicture = on_decode;
+    params.pfnDisplayPicture = on_display;
+    CUresult status = api.create_parser(&s->parser, &params);
+    if (status) {
+        char message[96];
+        snprintf(message, sizeof message, "cuvidCreateVideoParser failed with CUDA error %d", status);
+        report(error, error_size, message);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* Parse ``size`` bytes (Annex B), then flush if ``end_of_stream`` (the next bytes start a new
+ * stream at a keyframe); output ``positions[i]`` (counted from the last flush) is copied to
+ * ``pointers[i]`` as a dense NV12 frame of ``width`` x ``height``, every copy done on return.
+ * Returns the frames output since the last flush, or -1 and ``error``. After an error the session
+ * is in an unknown state: destroy it. */
+long long nvdec_session_decode(void *session, const unsigned char *data, unsigned long long size,
+                               int end_of_stream, const long long *positions,
+                               const unsigned long long *pointers, int targets, int width,
+                               int height, char *error, int error_size) {
+    Session *s = session;
+    CUcontext popped;
+    if (s->failed) {
+        report(error, error_size, s->error);
+        return -1;
+    }
+    s->positions = positions;
+    s->pointers = pointers;
+    s->targets = targets;
+    s->cursor = 0;
+    s->width = width;
+    s->height = height;
+    CUVIDSOURCEDATAPACKET packet;
+    memset(&packet, 0, sizeof packet);
+    packet.payload = data;
+    packet.payload_size = (unsigned long)size;
+    packet.flags = end_of_stream ? CUVID_PKT_ENDOFSTREAM : 0;
+    CUresult status = api.push_context(s->context);
+    if (!status) {
+        status = api.parse(s->parser, &packet);
+        api.pop_context(&popped);
+    }
+    s->positions = NULL;
+    s->pointers = NULL;
+    s->targets = 0;
+    long long outputs = s->outputs;
+    if (end_of_stream)
+        s->outputs = 0;
+    if (status && !s->failed)
+        fail(s, "cuvidParseVideoData failed with CUDA error %d", status);
+    if (s->failed) {
+        report(error, error_size, s->error);
+        return -1;
+    }
+    return outputs;
+}
+
+void nvdec_session_destroy(void *session) {
+    Session *s = session;
+    CUcontext popped;
+    if (!s)
+        return;
+    if (s->parser)
+        api.destroy_parser(s->parser);
+    /* without its context (gone at the process's exit) the decoder is left to the driver */
+    if (api.push_context(s->context) == 0) {
+        if (s->decoder)
+            api.destroy_decoder(s->decoder);
+        api.pop_context(&popped);
+    }
+    free(s);
+}
+
+/* Decode surfaces of the decoder made so far (0 before the first sequence header). */
+unsigned nvdec_session_surfaces(void *session) {
+    return ((Session *)session)->surfaces;
+}

@@ -1,0 +1,109 @@
+"""NVDEC sessions of our own (csrc/nvdec_session.c, through ctypes): the driver's parser and a
+hardware decoder that write each frame into the caller's device memory as it is displayed.
+
+A session holds the decode surfaces its video needs (the parser's minimum plus
+:data:`EXTRA_SURFACES`) and one output surface, nothing more: no frames of its own between calls,
+which is what lets the loader's memory budget go low. A ``decode`` call runs without the GIL
+(ctypes drops it) from the first packet to the last copy, with no Python per frame.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dali_gop.backends._assemble import DecodeError
+
+#: decode surfaces beyond the parser's minimum: NVDEC decodes a picture while an earlier one is
+#: copied out (the minimum alone makes each decode wait for the last copy)
+EXTRA_SURFACES = 2
+#: the parser displays each frame as soon as display order allows
+DISPLAY_DELAY = 0
+#: cudaVideoCodec values of nvcuvid.h
+CODECS = {"h264": 4, "hevc": 8}
+
+_ERROR_BYTES = 512
+_library = None
+
+
+def library_path() -> Path:
+    """The built session library (``pip install`` builds it next to this module)."""
+    here = Path(__file__).parent
+    found = sorted(here.glob("_nvdec_session_lib*.so"))
+    if not found:
+        raise DecodeError("dali_gop's NVDEC session library is not built (no "
+                          f"{here}/_nvdec_session_lib*.so): reinstall dali-gop from its checkout "
+                          "with pip install -e . (it needs a C compiler)")
+    return found[0]
+
+
+def _load():
+    global _library
+    if _library is None:
+        lib = ctypes.CDLL(str(library_path()))   # CDLL: every call drops the GIL
+        u64, i64, ptr, text = ctypes.c_ulonglong, ctypes.c_longlong, ctypes.c_void_p, ctypes.c_char_p
+        lib.nvdec_session_create.argtypes = [ctypes.c_int, u64, ctypes.c_uint, ctypes.c_uint, text,
+                                             ctypes.c_int]
+        lib.nvdec_session_create.restype = ptr
+        lib.nvdec_session_decode.argtypes = [ptr, ptr, u64, ctypes.c_int, ptr, ptr, ctypes.c_int,
+                                             ctypes.c_int, ctypes.c_int, text, ctypes.c_int]
+        lib.nvdec_session_decode.restype = i64
+        lib.nvdec_session_destroy.argtypes = [ptr]
+        lib.nvdec_session_destroy.restype = None
+        lib.nvdec_session_surfaces.argtypes = [ptr]
+        lib.nvdec_session_surfaces.restype = ctypes.c_uint
+        _library = lib
+    return _library
+
+
+class NvdecSession:
+    """One parser + decoder for one codec, on the calling thread's current CUDA context, copying on
+    ``stream``; use it from one thread at a time."""
+
+    def __init__(self, codec: str, stream: int, extra_surfaces: int = EXTRA_SURFACES,
+                 display_delay: int = DISPLAY_DELAY):
+        self._lib = _load()
+        error = ctypes.create_string_buffer(_ERROR_BYTES)
+        self._handle = self._lib.nvdec_session_create(CODECS[codec], stream, extra_surfaces,
+                                                      display_delay, error, _ERROR_BYTES)
+        if not self._handle:
+            raise DecodeError(f"NVDEC: {error.value.decode(errors='replace')}")
+
+    def decode(self, data: np.ndarray, targets: Sequence[tuple[int, int]],
+               frame_shape: tuple[int, int], end_of_stream: bool = True) -> int:
+        """Parse ``data`` (uint8, Annex B), then flush unless ``end_of_stream`` is False; each
+        (position, pointer) of ``targets`` gets output ``position`` (counted from the last flush)
+        as a dense NV12 frame of ``frame_shape`` (H*3/2, W), its copy done when this returns.
+        Returns the frames output since the last flush."""
+        if self._handle is None:
+            raise DecodeError("NVDEC session used after close()")
+        data = np.ascontiguousarray(data, dtype=np.uint8)
+        ordered = sorted(targets)
+        positions = np.array([p for p, _ in ordered], dtype=np.int64)
+        pointers = np.array([q for _, q in ordered], dtype=np.uint64)
+        height, width = frame_shape[0] * 2 // 3, frame_shape[1]
+        if math.prod(frame_shape) != width * height * 3 // 2:
+            raise DecodeError(f"NVDEC: frame shape {frame_shape} is not NV12 (H*3/2, W)")
+        error = ctypes.create_string_buffer(_ERROR_BYTES)
+        produced = self._lib.nvdec_session_decode(
+            self._handle, data.ctypes.data, data.size, int(end_of_stream), positions.ctypes.data,
+            pointers.ctypes.data, len(ordered), width, height, error, _ERROR_BYTES)
+        if produced < 0:
+            raise DecodeError(error.value.decode(errors="replace"))
+        return produced
+
+    @property
+    def surfaces(self) -> int:
+        """Decode surfaces of the decoder made so far (0 before the first sequence header)."""
+        return self._lib.nvdec_session_surfaces(self._handle) if self._handle else 0
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._lib.nvdec_session_destroy(self._handle)
+            self._handle = None
+
+    def __del__(self):
+        self.close()
