@@ -46,6 +46,8 @@ DEFAULT_SHARE = 0.25
 #: decode threads a budget lowers nvdec to before anything else: NVDEC's engines are as busy at
 #: this many (the benchmark's ceiling rows), and each thread fewer frees a session
 FEW_THREADS = 16
+#: decode threads a budget takes away at a time, down to :data:`FEW_THREADS`
+THREAD_STEP = 8
 #: the fewest decode threads a budget lowers nvdec to, before it turns stream decoding off
 FEWEST_THREADS = 8
 #: packets per ``Decode`` call where a budget cuts the decoders' output buffers down: random
@@ -88,8 +90,8 @@ def estimate(source, choice: Choice, *, prefetch_queue_depth: int, rgb_factor: i
 
 def fit(budget: int, source, wanted: Choice, strict: bool = True,
         **estimate_options) -> tuple[Choice, dict[str, int]]:
-    """The choice closest to ``wanted`` whose estimate fits ``budget``: decode threads lowered to
-    :data:`FEW_THREADS` first, then :data:`FEW_PACKETS` per ``Decode`` call, then ``stream_lead``
+    """The choice closest to ``wanted`` whose estimate fits ``budget``: decode threads lowered
+    :data:`THREAD_STEP` at a time to :data:`FEW_THREADS` first, then :data:`FEW_PACKETS` per ``Decode`` call, then ``stream_lead``
     (down to 0), then ``decode_ahead``, then threads to :data:`FEWEST_THREADS`, then stream
     decoding off (each sample decoded from its keyframe: slow, but nothing kept); ConfigError
     when even that does not fit, with the least budget that would."""
@@ -97,6 +99,9 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True,
         return sum(estimate(source, choice, **estimate_options).values())
 
     candidates = [wanted]
+    # the most threads that fit: random access gains from every session NVDEC gets
+    candidates += [replace(wanted, threads=threads)
+                   for threads in range(wanted.threads - THREAD_STEP, FEW_THREADS, -THREAD_STEP)]
     if wanted.threads > FEW_THREADS:
         candidates.append(replace(wanted, threads=FEW_THREADS))
     sessions = estimate_options.get("session_bytes")

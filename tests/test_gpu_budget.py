@@ -2,10 +2,10 @@
 the device's free memory (mem_get_info, all allocators and NVDEC's own surfaces), stays within the
 budget, and the frames are those of the loader without one.
 
-1 GiB on 8 (stream; random: 4, one per clip) samples x 3 cameras of 640x360 HEVC: the budget must
-lower the decode threads (48 NVDEC sessions fed a GOP per call hold more than the whole budget),
-and for stream also their buffers and the lead; a loader whose estimate left the sessions out kept
-all 48 and went past it.
+8 (stream; random: 4, one per clip) samples x 3 cameras of 640x360 HEVC, within a budget the
+loader without one goes past: the budget must lower the decode threads (each holds an NVDEC
+session), and for stream also the lead; a loader whose estimate left the sessions out kept all 48
+and went past it.
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from test_gpu_overlap import PeakMemory
 pytestmark = pytest.mark.gpu
 
 BATCH = {"stream": 8, "random": 4}     # random access puts distinct clips in a batch
-BATCHES, BUDGET = 40, 1 << 30
+BATCHES = 40
+# stream: 1 GiB; random: our own NVDEC sessions hold little enough that 48 fit in 1 GiB there
+BUDGET = {"stream": 1 << 30, "random": 320 << 20}
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +56,14 @@ def test_the_loader_stays_within_its_budget_on_the_device(loaders, store, patter
     import torch
     gop_root, _ = store
     unbounded, wanted, _ = run(loaders, gop_root, pattern)
-    bounded, chosen, peak = run(loaders, gop_root, pattern, memory_budget=BUDGET)
+    budget = BUDGET[pattern]
+    bounded, chosen, peak = run(loaders, gop_root, pattern, memory_budget=budget)
     print(f"{pattern}: {wanted} -> {chosen}: peak {peak / 2**20:,.0f} MiB within "
-          f"{BUDGET / 2**20:,.0f} MiB")
+          f"{budget / 2**20:,.0f} MiB")
     assert chosen["decode_threads"] < wanted["decode_threads"], "the budget changed nothing"
     assert chosen["stream_decoding"] == wanted["stream_decoding"]
-    assert peak <= BUDGET, f"{peak / 2**20:,.0f} MiB in use above the start, budget 1 GiB"
+    assert peak <= budget, f"{peak / 2**20:,.0f} MiB in use above the start, budget " \
+                           f"{budget / 2**20:,.0f} MiB"
     for (clips, frames, a), (clips_b, frames_b, b) in zip(unbounded, bounded):
         assert (clips, frames) == (clips_b, frames_b)
         assert torch.equal(a, b), "other frames within the budget"
