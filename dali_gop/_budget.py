@@ -2,10 +2,10 @@
 
 What the loader holds grows with its options: the GOPs stream slots keep (``stream_lead``), the
 samples decoded ahead (``decode_ahead``), the batches in flight, and on nvdec one NVDEC session per
-decode thread (``decode_threads``), whose surfaces PyNvVideoCodec sizes by the frame and whose
-output buffers hold the frames of one ``Decode`` call (a whole GOP, or a few packets' worth when
-the budget says so). ``make_loader(..., memory_budget=...)`` lowers those options, the one that costs the least
-speed first, until the estimate fits, and refuses a budget that nothing fits, naming the least
+decode thread (``decode_threads``): PyNvVideoCodec's, whose surfaces it sizes by the frame and
+whose output buffers hold the frames of one ``Decode`` call (a whole GOP), or our own, which hold
+the surfaces the video needs and no frames. ``make_loader(..., memory_budget=...)`` changes those
+options, the one that costs the least speed first, until the estimate fits, and refuses a budget that nothing fits, naming the least
 that would. The estimate counts frames the loader allocates, as ``GopLoader.memory()`` reports
 them, DALI's queue of finished batches and the sessions; the allocator's cache is outside it.
 """
@@ -46,34 +46,35 @@ DEFAULT_SHARE = 0.25
 #: decode threads a budget lowers nvdec to before anything else: NVDEC's engines are as busy at
 #: this many (the benchmark's ceiling rows), and each thread fewer frees a session
 FEW_THREADS = 16
+#: the most decode threads of our own NVDEC sessions a budget picks: they decoded whole GOPs at
+#: NVDEC's ceiling with 16-24 threads and far below it with 48 (docs/results.md)
+OWN_THREADS = 24
 #: decode threads a budget takes away at a time, down to :data:`FEW_THREADS`
 THREAD_STEP = 8
 #: the fewest decode threads a budget lowers nvdec to, before it turns stream decoding off
 FEWEST_THREADS = 8
-#: packets per ``Decode`` call where a budget cuts the decoders' output buffers down: random
-#: access keeps its speed, stream decoding loses some (each call waits for the GIL again)
-FEW_PACKETS = 8
 
 
 @dataclass(frozen=True)
 class Choice:
     """The options a budget decides; ``threads`` 0 where the backend holds no NVDEC sessions,
-    ``packets_per_call`` 0 for a whole segment per ``Decode`` call."""
+    ``sessions`` whose NVDEC sessions the threads hold ("pynvvideocodec" or "own",
+    dali_gop.backends._nvdec)."""
     stream_lead: int
     decode_ahead: int
     stream_decoding: bool
     threads: int = 0
-    packets_per_call: int = 0
+    sessions: str = ""
 
 
 def estimate(source, choice: Choice, *, prefetch_queue_depth: int, rgb_factor: int = 1,
-             staging: bool = True, session_bytes: Callable[[int], int] | None = None,
+             staging: bool = True, session_bytes: Callable[[int, str], int] | None = None,
              gop_frames: int = 0) -> dict[str, int]:
     """Bytes by kind that ``source``'s loader holds with ``choice``: kept frames in NV12 (x
     ``rgb_factor`` 2 where the backend keeps RGB: cpu), NV12 staging of two batches in flight
     (nvdec), RGB batches in DALI's queue, being converted and being handed over, and per decode
-    thread ``session_bytes(frames one Decode call outputs)``: ``gop_frames`` (the longest GOP)
-    for whole segments, else the packets per call."""
+    thread ``session_bytes(frames one Decode call outputs, sessions)``, a segment of at most
+    ``gop_frames`` (the longest GOP) per call."""
     batch = source.batch_frame_bytes()
     kept = source.kept_gop_bytes(choice.stream_lead) if choice.stream_decoding else 0
     figures = {"kept_gops": kept * rgb_factor,
@@ -84,31 +85,30 @@ def estimate(source, choice: Choice, *, prefetch_queue_depth: int, rgb_factor: i
                "decoder_sessions": 0}
     if choice.threads and session_bytes is not None:
         figures["decoder_sessions"] = choice.threads * session_bytes(
-            choice.packets_per_call or gop_frames)
+            gop_frames, choice.sessions)
     return {kind: nbytes for kind, nbytes in figures.items() if nbytes}
 
 
 def fit(budget: int, source, wanted: Choice, strict: bool = True,
         **estimate_options) -> tuple[Choice, dict[str, int]]:
-    """The choice closest to ``wanted`` whose estimate fits ``budget``: decode threads lowered
-    :data:`THREAD_STEP` at a time to :data:`FEW_THREADS` first, then :data:`FEW_PACKETS` per ``Decode`` call, then ``stream_lead``
-    (down to 0), then ``decode_ahead``, then threads to :data:`FEWEST_THREADS`, then stream
+    """The choice closest to ``wanted`` whose estimate fits ``budget``: our own NVDEC sessions
+    for PyNvVideoCodec's (a fraction of the memory; at most :data:`OWN_THREADS` of them) first,
+    then decode threads lowered :data:`THREAD_STEP` at a time to :data:`FEW_THREADS`, then
+    ``stream_lead`` (down to 0), then ``decode_ahead``, then threads to :data:`FEWEST_THREADS`, then stream
     decoding off (each sample decoded from its keyframe: slow, but nothing kept); ConfigError
     when even that does not fit, with the least budget that would."""
     def total(choice: Choice) -> int:
         return sum(estimate(source, choice, **estimate_options).values())
 
     candidates = [wanted]
+    if wanted.sessions == "pynvvideocodec":
+        candidates.append(replace(wanted, sessions="own", threads=min(wanted.threads, OWN_THREADS)))
     # the most threads that fit: random access gains from every session NVDEC gets
-    candidates += [replace(wanted, threads=threads)
-                   for threads in range(wanted.threads - THREAD_STEP, FEW_THREADS, -THREAD_STEP)]
-    if wanted.threads > FEW_THREADS:
-        candidates.append(replace(wanted, threads=FEW_THREADS))
-    sessions = estimate_options.get("session_bytes")
-    fewer_packets_help = sessions is not None and \
-        sessions(FEW_PACKETS) < sessions(estimate_options.get("gop_frames", 0))
-    if wanted.threads and fewer_packets_help and not 0 < wanted.packets_per_call <= FEW_PACKETS:
-        candidates.append(replace(candidates[-1], packets_per_call=FEW_PACKETS))
+    start = candidates[-1]
+    candidates += [replace(start, threads=threads)
+                   for threads in range(start.threads - THREAD_STEP, FEW_THREADS, -THREAD_STEP)]
+    if start.threads > FEW_THREADS:
+        candidates.append(replace(start, threads=FEW_THREADS))
     candidates += [replace(candidates[-1], stream_lead=lead)
                    for lead in range(wanted.stream_lead - 1, -1, -1)]
     lowest = candidates[-1]

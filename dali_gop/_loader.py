@@ -105,7 +105,8 @@ class GopLoader:
     def settings(self) -> dict:
         """The options the pipeline runs with, after ``memory_budget`` (in bytes; None: no budget)
         lowered what it had to: ``stream_lead``, ``decode_ahead``, ``stream_decoding`` and (nvdec)
-        ``decode_threads`` and ``packets_per_call`` (0: a whole GOP per ``Decode`` call)."""
+        ``decode_threads`` and ``nvdec_sessions`` (whose NVDEC sessions: "pynvvideocodec" or
+        "own")."""
         source = self.source
         settings = dict(memory_budget=self._memory_budget, stream_lead=source.stream_lead,
                         decode_ahead=source.decode_ahead, stream_decoding=source.stream_decoding)
@@ -387,10 +388,11 @@ def _within(budget: int, source: GopSource, dataset, access, source_options: dic
     frame_bytes = source.frame_bytes()
     how = dict(prefetch_queue_depth=prefetch_queue_depth, staging=decoder.name == "nvdec",
                rgb_factor=1 if decoder.device == "gpu" else 2,
-               session_bytes=lambda frames: decoder.session_bytes(frame_bytes, frames),
+               session_bytes=lambda frames, sessions: decoder.session_bytes(frame_bytes, frames,
+                                                                            sessions),
                gop_frames=source.longest_gop())
     wanted = Choice(source.stream_lead, source.decode_ahead, source.stream_decoding,
-                    decoder.threads, decoder.packets_per_call)
+                    decoder.threads, decoder.sessions)
     choice, held = fit(budget, source, wanted, strict, **how)
     if choice == wanted:
         return source
@@ -404,7 +406,7 @@ def _within(budget: int, source: GopSource, dataset, access, source_options: dic
         warnings.warn(f"memory_budget: stream decoding is off to fit it (every sample is decoded "
                       f"from its keyframe, many times slower); {least / 2**30:.1f} GiB keeps it",
                       UserWarning, stacklevel=3)
-    decoder.threads, decoder.packets_per_call = choice.threads, choice.packets_per_call
+    decoder.threads, decoder.sessions = choice.threads, choice.sessions
     source_options.update(stream_lead=choice.stream_lead, decode_ahead=choice.decode_ahead,
                           stream_decoding=choice.stream_decoding)
     return GopSource(dataset, access, **source_options)
@@ -474,9 +476,9 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
             after the last one it had delivered (see :meth:`GopLoader.load_state_dict`).
         memory_budget: bytes, or a size such as ``"8GiB"``, for what the loader holds (on the GPU
             for nvdec: decoded frames and its NVDEC sessions; in host memory for cpu: decoded
-            frames): it lowers ``decode_threads`` to 16, then feeds NVDEC 8 packets per call
-            (smaller decoder buffers), then lowers ``stream_lead``, then ``decode_ahead``, then
-            ``decode_threads`` to 8, then turns stream decoding off (with a warning: much slower)
+            frames): it turns to NVDEC sessions of its own (a fraction of PyNvVideoCodec's
+            memory, at most 24 decode threads), then lowers ``decode_threads`` to 16, then
+            ``stream_lead``, then ``decode_ahead``, then ``decode_threads`` to 8, then turns stream decoding off (with a warning: much slower)
             until its estimate fits (``dali_gop._budget``; :attr:`GopLoader.settings` says what it
             chose), and refuses a budget nothing fits, naming the least that would. Default
             ``"auto"``: a quarter of the memory frames are kept in (the GPU's for nvdec and dali,
@@ -534,7 +536,7 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
         source = _within(memory_budget, source, dataset, access, source_options,
                          decoder, prefetch_queue_depth, strict)
         if decoder.threads:    # for the pipelines a resume builds
-            options.update(threads=decoder.threads, packets_per_call=decoder.packets_per_call)
+            options.update(threads=decoder.threads, sessions=decoder.sessions)
     dataset.check_one_size(source.store.video_info, resize)
     decoder.check_videos(source.store, dataset.videos())
     if decoder.device == "gpu" and memory_budget is None:

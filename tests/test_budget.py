@@ -16,7 +16,7 @@ import pytest
 
 from dali_gop import RandomPattern, StreamPattern
 from dali_gop.errors import ConfigError
-from dali_gop._budget import (FEW_PACKETS, FEW_THREADS, FEWEST_THREADS, Choice, estimate, fit,
+from dali_gop._budget import (FEW_THREADS, FEWEST_THREADS, OWN_THREADS, Choice, estimate, fit,
                               parse_budget)
 from dali_gop.backends._nvdec import session_bytes
 from dali_gop._dataset import Dataset
@@ -116,49 +116,35 @@ def test_a_budget_nothing_fits_is_refused_at_make_loader(stores):
         cpu_loader(gop_root, pattern="stream", batch_size=3, memory_budget="64GiB").close()
 
 
-def test_fit_counts_nvdec_sessions_and_lowers_threads_then_their_buffers_first(stores):
-    """Each decode thread holds an NVDEC session; PyNvVideoCodec's output buffers hold one Decode
-    call's frames (a whole GOP by default): a budget first lowers the threads, then feeds a few
-    packets per call, before it touches the stream lead."""
+def test_fit_turns_to_our_own_sessions_then_lowers_their_threads(stores):
+    """Each decode thread holds an NVDEC session. PyNvVideoCodec's output buffers hold one Decode
+    call's frames (a whole GOP by default); ours hold none: a budget first turns to ours (at most
+    OWN_THREADS of them), then lowers the threads, before it touches the stream lead."""
     gop_root, _ = stores("h264")
     source = stream_source(gop_root, stream_lead=30)
     frame = source.frame_bytes()
     nvdec = dict(prefetch_queue_depth=2, rgb_factor=1, staging=True,
-                 session_bytes=lambda frames: session_bytes(frame, frames, "pynvvideocodec"),
+                 session_bytes=lambda frames, sessions: session_bytes(frame, frames, sessions),
                  gop_frames=source.longest_gop())
-    wanted = Choice(30, 0, True, threads=48)
+    wanted = Choice(30, 0, True, threads=48, sessions="pynvvideocodec")
 
     def total(choice):
         return sum(estimate(source, choice, **nvdec).values())
     assert estimate(source, wanted, **nvdec)["decoder_sessions"] == \
         48 * session_bytes(frame, source.longest_gop(), "pynvvideocodec")
-    few = replace(wanted, threads=FEW_THREADS)
-    chunked = replace(few, packets_per_call=FEW_PACKETS)
-    assert total(wanted) > total(few) > total(chunked)
+    own = replace(wanted, sessions="own", threads=OWN_THREADS)
+    few = replace(own, threads=FEW_THREADS)
+    assert total(wanted) > total(own) > total(few)
+    assert fit(total(wanted), source, wanted, **nvdec)[0] == wanted
+    assert fit(total(own), source, wanted, **nvdec)[0] == own
     assert fit(total(few), source, wanted, **nvdec)[0] == few
-    assert fit(total(chunked), source, wanted, **nvdec)[0] == chunked
+    lower = fit(total(few) - 1, source, wanted, **nvdec)[0]
+    assert lower == replace(few, stream_lead=lower.stream_lead) and lower.stream_lead < 30
     # below the lead's range the threads go down to the fewest before stream decoding goes off
-    lowest = replace(chunked, stream_lead=0, threads=FEWEST_THREADS)
+    lowest = replace(few, stream_lead=0, threads=FEWEST_THREADS)
     assert fit(total(lowest), source, wanted, **nvdec)[0] == lowest
     with pytest.raises(ConfigError, match=f"decode_threads={FEWEST_THREADS}"):
         fit(total(replace(lowest, stream_decoding=False)) - 1, source, wanted, **nvdec)
-
-
-def test_fit_never_feeds_few_packets_to_our_own_sessions(stores):
-    """Our own NVDEC sessions hold no frames between calls: fewer packets per call would save
-    nothing, so a budget goes from fewer threads straight to the stream lead."""
-    gop_root, _ = stores("h264")
-    source = stream_source(gop_root, stream_lead=30)
-    frame = source.frame_bytes()
-    nvdec = dict(prefetch_queue_depth=2, rgb_factor=1, staging=True,
-                 session_bytes=lambda frames: session_bytes(frame, frames, "own"),
-                 gop_frames=source.longest_gop())
-    wanted = Choice(30, 0, True, threads=48)
-    few = replace(wanted, threads=FEW_THREADS)
-    total = sum(estimate(source, few, **nvdec).values())
-    assert fit(total, source, wanted, **nvdec)[0] == few
-    lower = fit(total - 1, source, wanted, **nvdec)[0]
-    assert lower == replace(few, stream_lead=lower.stream_lead) and lower.stream_lead < 30
 
 
 def test_the_default_budget_is_a_quarter_of_host_memory_and_never_refuses(stores, monkeypatch):

@@ -58,13 +58,12 @@ def operator_batches(gop_root, pattern, batch_size, epochs=2, decode_ahead=0, me
 @pytest.mark.parametrize("name", DATASETS)
 @pytest.mark.parametrize("pattern, options", [("stream", {}), ("random", {}),
                                               ("sequence", dict(length=3, stride=2))])
-@pytest.mark.parametrize("decode_ahead, sessions, packets_per_call", [
-    (0, "own", 0), (2, "own", 0), (0, "pynvvideocodec", 0), (2, "pynvvideocodec", 3)])
+@pytest.mark.parametrize("decode_ahead", [0, 2])
+@pytest.mark.parametrize("sessions", ["own", "pynvvideocodec"])
 def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pattern, options,
-                                                  decode_ahead, sessions, packets_per_call):
+                                                  decode_ahead, sessions):
     """Every frame, on both backends' videos and every pattern, with and without decoding ahead,
-    on our own NVDEC sessions and on PyNvVideoCodec's, a segment fed in one Decode call or a few
-    packets per call."""
+    on our own NVDEC sessions and on PyNvVideoCodec's."""
     from nvdec_standins import install
     install(monkeypatch)
     gop_root, reference = stores(name)
@@ -73,8 +72,7 @@ def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pat
     memory: dict = {}
     for batch, frames in operator_batches(gop_root, pattern, 3, decode_ahead=decode_ahead,
                                           memory=memory,
-                                          operator_options=dict(packets_per_call=packets_per_call,
-                                                                    sessions=sessions),
+                                          operator_options=dict(sessions=sessions),
                                           **options):
         for (_, plan, frame_idx, clip, _), sample in zip(batch, frames):
             kept += Plan.from_array(plan).kept_key >= 0
@@ -195,19 +193,3 @@ def test_a_kept_gop_lets_go_of_the_chunks_its_slot_has_passed(monkeypatch):
     freed = kept.let_go_below(step, gop, gop.count, DecodedGop.release_below)
     assert len(freed) == 1 and gop.kept_bytes() == 2 * 12      # the short last chunk stays
     assert held.now["kept_gops"] == 2 * 12
-
-
-@pytest.mark.parametrize("sizes, per_call, expected", [
-    ((5, 1, 1, 2, 3), 2, [6, 3, 3]),
-    ((5, 1, 1, 2, 3), 8, [12]),
-    ((4,), 1, [4]),
-    (None, 8, [12]),      # sizes unknown (fix_gop_size): the parser cuts the bytes itself
-])
-def test_a_segment_is_fed_a_few_packets_per_call(sizes, per_call, expected):
-    from dali_gop.backends._nvdec import _calls
-    from dali_gop.plan import Segment
-    data = np.arange(20, dtype=np.uint8)
-    segment = Segment(3, sum(sizes) if sizes else 12, sizes, 0, 5, "h264")
-    cuts = _calls(data, segment, per_call)
-    assert [len(c) for c in cuts] == expected
-    assert np.concatenate(cuts).tolist() == data[3:3 + segment.size].tolist()

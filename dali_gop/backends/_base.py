@@ -17,10 +17,10 @@ class DecodeBackend(ABC):
     stateful: bool = True
     # whether it keeps frames decoded ahead for later samples (GopSource.decode_ahead)
     decodes_ahead: bool = False
-    # decode threads that each hold an NVDEC session (0: none), and packets per Decode call
-    # (0: a segment per call): what a memory budget may lower (dali_gop._budget)
+    # decode threads that each hold an NVDEC session (0: none), and whose sessions they are: what
+    # a memory budget may change (dali_gop._budget)
     threads: int = 0
-    packets_per_call: int = 0
+    sessions: str = ""
 
     def __init__(self, color: str = "RGB", color_matrix: str | None = None):
         if color not in ("RGB", "BGR"):
@@ -36,7 +36,8 @@ class DecodeBackend(ABC):
         refuses more calls this first."""
         return self.colors.learn(store, videos)
 
-    def session_bytes(self, frame_bytes: int, frames_per_call: int) -> int:
+    def session_bytes(self, frame_bytes: int, frames_per_call: int,
+                      sessions: str | None = None) -> int:
         """Device bytes each of :attr:`threads` holds for frames of ``frame_bytes``; 0 without
         NVDEC sessions."""
         return 0
@@ -45,7 +46,7 @@ class DecodeBackend(ABC):
         """The budget's knobs as the loader reports them (``GopLoader.settings``)."""
         if not self.threads:
             return {}
-        return {"decode_threads": self.threads, "packets_per_call": self.packets_per_call}
+        return {"decode_threads": self.threads, "nvdec_sessions": self.sessions}
 
     def bind(self, num_cameras: int) -> None:
         """Called before :meth:`decode` with the cameras every sample holds; a backend whose graph

@@ -54,20 +54,23 @@ SESSION_FRAMES = 30
 REORDER_FRAMES = 4     # frames a flush may output at once beyond a call's packets (B-frames)
 
 
-#: Device memory of one of our own sessions (csrc/nvdec_session.c), in frames of its video: the
-#: decode surfaces the parser asks for, a few more, one output surface, NVDEC's own buffers
-OWN_SESSION_FRAMES = 16
+#: Device memory of one of our own sessions (csrc/nvdec_session.c): the decode surfaces the parser
+#: asks for, two more and one output surface, with NVDEC's buffers for each, in frames of its video
+#: (47.6 MiB each measured at 1600x900, at most 9.6 at 640x360: docs/results.md)
+OWN_SESSION_FRAMES = 24
+#: what a session holds whatever the frame size (either kind)
+SESSION_BASE = 4 << 20
 
 
-def session_bytes(frame_bytes: int, frames_per_call: int, sessions: str = "own") -> int:
+def session_bytes(frame_bytes: int, frames_per_call: int, sessions: str = "pynvvideocodec") -> int:
     """Device bytes one decoder thread's NVDEC session holds for frames of ``frame_bytes`` (NV12).
     Ours hold no frames between calls. PyNvVideoCodec's, when a ``Decode`` call outputs up to
     ``frames_per_call`` frames, keep every frame of a call valid until the next call, in output
     buffers that stay with the decoder (and grow past one call's frames: twice that bounds what
     was measured, docs/results.md)."""
     if sessions == "own":
-        return OWN_SESSION_FRAMES * frame_bytes
-    return (SESSION_FRAMES + 2 * frames_per_call + REORDER_FRAMES) * frame_bytes
+        return SESSION_BASE + OWN_SESSION_FRAMES * frame_bytes
+    return SESSION_BASE + (SESSION_FRAMES + 2 * frames_per_call + REORDER_FRAMES) * frame_bytes
 
 
 def pynvvideocodec():
@@ -97,33 +100,17 @@ def packet(buffer: np.ndarray | None):
 
 
 def decode_calls(decoder, data: np.ndarray, segment: Segment,
-                 sink: Callable[[int, list], None], packets_per_call: int = 0) -> int:
-    """Feed a segment in one ``Decode`` call, or ``packets_per_call`` packets per call (fewer
-    frames held in the decoder's output buffers, see :func:`session_bytes`, for more calls: each
-    hands the GIL over and waits to get it back, which slows stream decoding), then flush, calling
-    ``sink(first_position, frames)`` with the frames each call output (display order) while they
-    are valid (PyNvVideoCodec reuses its buffers at the next ``Decode``). NVDEC's parser finds
-    the pictures in the Annex-B bytes however they are cut. Returns the frames output."""
+                 sink: Callable[[int, list], None]) -> int:
+    """Feed a segment in one ``Decode`` call, then flush, calling ``sink(first_position, frames)``
+    with the frames each call output (display order) while they are valid (PyNvVideoCodec reuses
+    its buffers at the next ``Decode``). Returns the frames output."""
     position = 0
-    for data_or_flush in (*_calls(data, segment, packets_per_call), None):
+    for data_or_flush in (data[segment.offset:segment.offset + segment.size], None):
         frames = decoder.Decode(packet(data_or_flush))
         if frames:
             sink(position, frames)
             position += len(frames)
     return position
-
-
-def _calls(data: np.ndarray, segment: Segment, packets_per_call: int) -> list[np.ndarray]:
-    """The segment's bytes cut after every ``packets_per_call`` packets."""
-    sizes = segment.packet_sizes
-    if not sizes or packets_per_call <= 0:
-        return [data[segment.offset:segment.offset + segment.size]]
-    cuts, offset = [], segment.offset
-    for first in range(0, len(sizes), packets_per_call):
-        size = sum(sizes[first:first + packets_per_call])
-        cuts.append(data[offset:offset + size])
-        offset += size
-    return cuts
 
 
 def frame_sink(driver: CudaDriver, targets: Callable[[int], Sequence[int]], frame_shape: tuple[int, ...],
@@ -356,14 +343,13 @@ class NvdecBatchDecoder:
 
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
                  hooks: Sequence[DecodeHook] = (), colors: VideoColors | None = None,
-                 packets_per_call: int = 0, sessions: str = "own"):
+                 sessions: str = "pynvvideocodec"):
         self.hooks = tuple(hooks)
         self.stash = stash
         self.sessions = sessions
         self.bgr = color == "BGR"
         self.colors = colors or VideoColors()
         self.threads = threads
-        self.packets_per_call = packets_per_call
         self._dali_streams: dict[int, object] = {}
         self.held = Held()
         self.kept = KeptGops(self.held, DecodedGop.kept_bytes)
@@ -653,7 +639,7 @@ class NvdecBatchDecoder:
                         by_position[position].append(pointer)
                     sink = frame_sink(self._pool_driver, lambda p: by_position.get(p, ()),
                                       frame_shape, stream, device_id, name)
-                    produced = decode_calls(decoder, data, segment, sink, self.packets_per_call)
+                    produced = decode_calls(decoder, data, segment, sink)
         except Exception as e:
             gone = state.decoders.pop(segment.codec, None)   # in an unknown state: not reused
             if isinstance(gone, NvdecSession):
@@ -694,24 +680,25 @@ class NvdecBackend(DecodeBackend):
 
     def __init__(self, color: str = "RGB", threads: int = DEFAULT_THREADS,
                  hooks: Sequence[DecodeHook] = (), color_matrix: str | None = None,
-                 packets_per_call: int = 0, sessions: str = "own"):
+                 sessions: str = "pynvvideocodec"):
         super().__init__(color, color_matrix)
-        self.sessions = sessions    # "own" (csrc/nvdec_session.c) or "pynvvideocodec"
+        # whose NVDEC sessions the decode threads hold: PyNvVideoCodec's (the fastest at 48
+        # threads) or our own (a fraction of the memory: what a memory budget turns to first)
+        self.sessions = sessions
         self.threads = threads
-        self.packets_per_call = packets_per_call   # 0: a segment per Decode call
         self.hooks = tuple(hooks)
         self.operators: list[NvdecBatchDecoder] = []
 
-    def session_bytes(self, frame_bytes: int, frames_per_call: int) -> int:
+    def session_bytes(self, frame_bytes: int, frames_per_call: int,
+                      sessions: str | None = None) -> int:
         """Device bytes each decode thread's NVDEC session holds (see :func:`session_bytes`)."""
-        return session_bytes(frame_bytes, frames_per_call, self.sessions)
+        return session_bytes(frame_bytes, frames_per_call, sessions or self.sessions)
 
     def decode(self, data, plan):
         from nvidia.dali import fn
         stash = BitstreamStash()
         operator = NvdecBatchDecoder(stash, self.color, self.threads, hooks=self.hooks,
-                                     colors=self.colors, packets_per_call=self.packets_per_call,
-                                     sessions=self.sessions)
+                                     colors=self.colors, sessions=self.sessions)
         self.operators.append(operator)
         tokens = fn.python_function(data, plan, function=stash.put, batch_processing=True)
         # no stream sync before each call: the operator orders all its GPU work on DALI's stream

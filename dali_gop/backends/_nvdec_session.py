@@ -65,6 +65,7 @@ class NvdecSession:
 
     def __init__(self, codec: str, stream: int, extra_surfaces: int = EXTRA_SURFACES,
                  display_delay: int = DISPLAY_DELAY):
+        self._handle = None
         self._lib = _load()
         error = ctypes.create_string_buffer(_ERROR_BYTES)
         self._handle = self._lib.nvdec_session_create(CODECS[codec], stream, extra_surfaces,
