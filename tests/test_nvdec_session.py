@@ -30,3 +30,11 @@ def test_without_the_driver_a_session_names_what_is_missing():
                                           r"driver \(with its video decoder library\) is not "
                                           r"installed here$"):
         NvdecSession("hevc", 0)
+
+
+def test_an_install_that_did_not_build_the_library_says_how_to(monkeypatch, tmp_path):
+    from dali_gop.backends import _nvdec_session
+    monkeypatch.setattr(_nvdec_session, "__file__", str(tmp_path / "_nvdec_session.py"))
+    with pytest.raises(DecodeError, match=r"NVDEC session library is not built .*reinstall "
+                                          r"dali-gop from its checkout with pip install -e \."):
+        library_path()
