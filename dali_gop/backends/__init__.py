@@ -6,9 +6,10 @@ pipeline graph. Backends import their heavy dependencies (PyNvVideoCodec, torch)
 so that choosing ``cpu`` never touches a GPU driver.
 """
 from dali_gop.backends._base import DecodeBackend, get_backend, gpu_available
-# PyNvVideoCodec's decoders as the nvdec backend makes and feeds them, for code that times NVDEC
-# itself (the benchmark's ceiling): importing them needs no driver
+# NVDEC sessions as the nvdec backend makes and feeds them, PyNvVideoCodec's and our own, for
+# code that times NVDEC itself (the benchmark's ceiling): importing them needs no driver
 from dali_gop.backends._nvdec import create_decoder, decode_calls, packet, pynvvideocodec
+from dali_gop.backends._nvdec_session import NvdecSession
 
-__all__ = ["DecodeBackend", "create_decoder", "decode_calls", "get_backend", "gpu_available",
-           "packet", "pynvvideocodec"]
+__all__ = ["DecodeBackend", "NvdecSession", "create_decoder", "decode_calls", "get_backend",
+           "gpu_available", "packet", "pynvvideocodec"]

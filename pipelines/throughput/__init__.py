@@ -9,7 +9,9 @@ Makes the synthetic nuScenes-like set if absent (10 clips x 6 cameras, 1600x900 
 B-frames, 12 fps, 240 frames, textured so the bitrate is camera-like), preprocesses it, then
 measures these groups (``--skip`` leaves some out):
 
-  ceiling  NVDEC ceiling: raw PyNvVideoCodec decode of the GOP bins, no DALI, frames not copied
+  ceiling  NVDEC ceiling: raw decode of the GOP bins, no DALI, on PyNvVideoCodec's sessions
+           (frames not copied; NV12 and NVDEC's RGB) and on our own (each frame copied once);
+           the ceiling is the fastest row
   loader   the dali-gop loader on the --backend (nvdec; cpu runs without a GPU): stream, random,
            and stream order with stream decoding off (--profile: where each batch's time goes)
   dali     the dali-gop loader on the dali backend (DALI's fn.decoders.video on the GOP bytes)

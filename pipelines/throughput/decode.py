@@ -1,5 +1,6 @@
-"""Raw NVDEC decode through PyNvVideoCodec, no DALI, frames not copied: the ceiling (the GOP bins,
-read into memory first) and the PyNvVideoCodec baselines (the mp4 files, demuxed at run time).
+"""Raw NVDEC decode, no DALI: the ceiling (the GOP bins, read into memory first; PyNvVideoCodec's
+sessions, frames left in their buffers, and our own, each frame copied into one scratch frame) and
+the PyNvVideoCodec baselines (the mp4 files, demuxed at run time).
 
 ``ceiling`` and ``pynvc`` are their rows. All three run on one harness, :func:`in_threads`: a pool of threads, each with its own CUDA stream
 and decoders made on first use and reused, as a PyNvVideoCodec user would write it. GPU only.
@@ -15,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from dali_gop.backends import create_decoder, packet, pynvvideocodec
+from dali_gop.backends import NvdecSession
 from dali_gop.format import read_index, video_gop_dir
 from pipelines.throughput.bench import Bench
 from pipelines.throughput.measure import RANDOM, Result, Timed
@@ -59,27 +61,43 @@ def in_threads(work: Callable[[ThreadDecoders, object], int], items: list, threa
 
 
 # -- the ceiling: the GOP bins -----------------------------------------------------------------
-def read_bins(gop_root: Path, videos: list[str]) -> list[tuple[str, np.ndarray]]:
-    """(codec, bytes) of every GOP bin of ``videos``, in memory, so that the ceiling times NVDEC
-    and not the disk."""
+def read_bins(gop_root: Path, videos: list[str]) -> list[tuple[str, np.ndarray, tuple, int]]:
+    """(codec, bytes, NV12 frame shape, frames) of every GOP bin of ``videos``, in memory, so that
+    the ceiling times NVDEC and not the disk."""
     bins = []
     for video in videos:
         index = read_index(gop_root, video)
         folder = video_gop_dir(gop_root, video)
-        bins += [(index.codec, np.fromfile(folder / gop.file, dtype=np.uint8))
+        shape = (index.height * 3 // 2, index.width)
+        bins += [(index.codec, np.fromfile(folder / gop.file, dtype=np.uint8), shape, gop.count)
                  for gop in index.gops]
     return bins
 
 
-def decode_bins(bins: list[tuple[str, np.ndarray]], threads: int, device: int,
-                rgb: bool = False) -> Timed:
-    """Each bin decoded whole: one ``Decode`` call with all its bytes, then a flush, as the
-    loader's nvdec backend feeds a GOP."""
+def decode_bins(bins: list, threads: int, device: int, rgb: bool = False) -> Timed:
+    """Each bin decoded whole on PyNvVideoCodec's sessions: one ``Decode`` call with all its bytes,
+    then a flush, as the loader's nvdec backend feeds a GOP."""
     def decode(decoders: ThreadDecoders, item) -> int:
-        codec, data = item
+        codec, data, _, _ = item
         decoder = decoders.get((codec, rgb),
                                lambda stream: create_decoder(codec, stream, device, rgb=rgb))
         return len(decoder.Decode(packet(data))) + len(decoder.Decode(packet(None)))
+
+    return in_threads(decode, bins, threads, device)
+
+
+def decode_bins_own(bins: list, threads: int, device: int) -> Timed:
+    """Each bin decoded whole on our own sessions, every frame copied into one scratch frame of the
+    thread's (the copy waits for the decode, so the clock does not stop before NVDEC does)."""
+    import torch
+
+    def decode(decoders: ThreadDecoders, item) -> int:
+        codec, data, shape, count = item
+        session = decoders.get(("own", codec), lambda stream: NvdecSession(codec, stream))
+        scratch = decoders.get(("scratch", shape), lambda stream: torch.empty(
+            shape, dtype=torch.uint8, device=f"cuda:{device}"))
+        # a bin outputs its frames and, in an open GOP, the next keyframe: one more
+        return session.decode(data, [(p, scratch.data_ptr()) for p in range(count + 1)], shape)
 
     return in_threads(decode, bins, threads, device)
 
@@ -129,6 +147,10 @@ def ceiling_rows(b: Bench) -> list[Result]:
                       note=note) for t in threads]
     rows.append(b.measure(f"NVDEC ceiling RGB, {max(threads)} threads",
                           lambda: decode_bins(bins, max(threads), b.device, rgb=True), note=note))
+    # our own sessions: what a memory budget turns to
+    rows += [b.measure(f"NVDEC ceiling NV12, our sessions, {t} threads",
+                       lambda t=t: decode_bins_own(bins, t, b.device), note=note)
+             for t in threads]
     return rows
 
 
