@@ -1,6 +1,7 @@
 """Our own NVDEC session library (csrc/nvdec_session.c) on a machine without NVIDIA's driver: pip
-built it, it loads, and a session says in one line what is missing. Its decoding is checked on the
-GPU (tests/test_gpu_budget.py: a budget turns to these sessions, and the frames must be those of
+built it, it loads, a session says in one line what is missing, and against a stand-in driver
+(tests/fake_nvdec.c) its own logic delivers each output to its pointers and refuses what it
+cannot deliver exactly. Its decoding is checked on the GPU (tests/test_gpu_budget.py: a budget turns to these sessions, and the frames must be those of
 PyNvVideoCodec's; pipelines/throughput/results: frame for frame against PyNvVideoCodec)."""
 from __future__ import annotations
 
@@ -38,3 +39,124 @@ def test_an_install_that_did_not_build_the_library_says_how_to(monkeypatch, tmp_
     with pytest.raises(DecodeError, match=r"NVDEC session library is not built .*reinstall "
                                           r"dali-gop from its checkout with pip install -e \."):
         library_path()
+
+
+# -- the session's own logic on a stand-in driver (tests/fake_nvdec.c) ------------------------------
+SESSION_RUN = r'''
+import sys, numpy as np
+from dali_gop.backends._nvdec_session import NvdecSession
+from dali_gop.errors import DecodeError
+
+def sequence(w, h, surfaces=4, bits=0):
+    return bytes([ord("S"), w & 255, w >> 8, h & 255, h >> 8, surfaces, bits, 0])
+
+def picture(display, status=2):    # 2: cuvidDecodeStatus_Success (8: _Error)
+    return bytes([ord("P"), display, status, 0, 0, 0, 0, 0])
+
+def expected(display, w, h):
+    rows, columns = np.indices((h, w))
+    luma = ((display + rows + columns) & 255).astype(np.uint8)
+    chroma = np.repeat(((128 + display + np.arange(h // 2)) & 255).astype(np.uint8)[:, None], w, 1)
+    return np.concatenate([luma, chroma])
+
+def stream(order, w=40, h=20, **kw):
+    return np.frombuffer(sequence(w, h, **kw) + b"".join(picture(d) for d in order), np.uint8)
+
+case = sys.argv[1]
+session = NvdecSession("hevc", 0)
+w, h = 40, 20
+frames = [np.full((h * 3 // 2, w), 7, np.uint8) for _ in range(8)]
+if case == "order":
+    # decode order with B-frames; every display position to its own frame, two to one position
+    extra = np.full((h * 3 // 2, w), 7, np.uint8)
+    targets = [(p, frames[p].ctypes.data) for p in range(6)] + [(2, extra.ctypes.data)]
+    produced = session.decode(stream([0, 3, 1, 2, 5, 4]), targets, (h * 3 // 2, w))
+    assert produced == 6, produced
+    for p in range(6):
+        assert np.array_equal(frames[p], expected(p, w, h)), p
+    assert np.array_equal(extra, expected(2, w, h))
+    # the next segment counts its outputs from 0 again; positions not asked for are not copied
+    produced = session.decode(stream([0, 1, 2]), [(1, frames[6].ctypes.data)], (h * 3 // 2, w))
+    assert produced == 3 and np.array_equal(frames[6], expected(1, w, h))
+    assert (frames[7] == 7).all()
+    assert session.surfaces == 4 + 2, session.surfaces
+elif case == "size":
+    try:
+        session.decode(stream([0, 1]), [(0, frames[0].ctypes.data)], (30 * 3 // 2, 40))
+    except DecodeError as e:
+        assert (frames[0] == 7).all()          # nothing written where it does not fit
+        print(e)
+elif case == "corrupt":
+    data = np.frombuffer(sequence(w, h) + picture(0) + picture(1, status=8), np.uint8)
+    try:
+        session.decode(data, [(0, frames[0].ctypes.data), (1, frames[1].ctypes.data)],
+                       (h * 3 // 2, w))
+    except DecodeError as e:
+        print(e)
+elif case == "too-big":
+    try:
+        session.decode(stream([0], w=5000), [], (h * 3 // 2, w))
+    except DecodeError as e:
+        print(e)
+elif case == "ten-bit":
+    try:
+        session.decode(stream([0], bits=2), [], (h * 3 // 2, w))
+    except DecodeError as e:
+        print(e)
+session.close()
+print("ok")
+'''
+
+
+@pytest.fixture(scope="module")
+def fake_driver(tmp_path_factory):
+    """tests/fake_nvdec.c built as libnvcuvid.so.1 and libcuda.so.1."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    here = Path(__file__).parent
+    folder = tmp_path_factory.mktemp("fake-driver")
+    for name in ("libnvcuvid.so.1", "libcuda.so.1"):
+        subprocess.run([compiler, "-std=gnu11", "-O1", "-fPIC", "-shared",
+                        f"-I{here.parent / 'csrc' / 'nvcuvid'}", str(here / "fake_nvdec.c"),
+                        "-o", str(folder / name)], check=True)
+    return folder
+
+
+def run_session(fake_driver, case: str) -> str:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = dict(os.environ, LD_LIBRARY_PATH=str(fake_driver),
+               PYTHONPATH=str(Path(__file__).parent.parent))
+    done = subprocess.run([sys.executable, "-c", SESSION_RUN, case], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.endswith("ok\n"), done.stdout
+    return done.stdout
+
+
+def test_each_output_goes_to_its_pointers_as_dense_nv12(fake_driver):
+    """Outputs in display order, counted from each flush, each copied from its pitched surface
+    into every pointer asked for it, planes packed; outputs not asked for are not copied; the
+    decoder gets the parser's minimum surfaces and two more."""
+    run_session(fake_driver, "order")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("size", r"NVDEC frame 40x20 does not fit the sample's 40x30"),
+    ("corrupt", r"NVDEC reported frame 1 of this segment corrupt \(decode status 8\)"),
+    ("too-big", r"cuvidCreateDecoder failed with CUDA error 1 for hevc 5000x20"),
+    ("ten-bit", r"the nvdec backend decodes 8-bit 4:2:0 video only \(this is 10-bit"),
+])
+def test_a_frame_that_cannot_be_delivered_exactly_is_an_error(fake_driver, case, message):
+    """A frame of another size is refused before any copy; a picture NVDEC reports corrupt, a
+    video beyond the GPU's decoder, or a bit depth the backend does not convert are errors that
+    say so (the operator adds the bin's name)."""
+    import re
+    out = run_session(fake_driver, case)
+    assert re.search(message, out), out

@@ -1,0 +1,215 @@
+/* A stand-in for NVIDIA's libnvcuvid and libcuda, built twice by tests/test_nvdec_session.py
+ * (as libnvcuvid.so.1 and libcuda.so.1), so that our session library's own logic runs on a CPU:
+ * which output goes to which pointer, the plane layout of its copies, its error paths. Host
+ * memory plays device memory; copies are memcpy.
+ *
+ * The "bitstream" is records of 8 bytes:
+ *   'S' w_lo w_hi h_lo h_hi surfaces bits 0: a sequence header (coded size rounded up to 16;
+ *                                          display area w x h; bits: bit depth minus 8)
+ *   'P' display status 0 0 0 0 0:          a picture, its display index in this stream and the
+ *                                          decode status NVDEC reports for it
+ * Pictures are displayed in display order as soon as all before them are decoded (display delay
+ * 0); an end of stream displays the rest and starts a new stream. A surface is filled with its
+ * picture: luma byte (row, column) = display + row + column, chroma = 128 + display + row. */
+#include <stdlib.h>
+#include <string.h>
+
+#define CUDA_VERSION 12000
+#define CUDAAPI
+typedef int CUresult;
+typedef unsigned long long CUdeviceptr;
+typedef struct CUctx_st *CUcontext;
+typedef struct CUstream_st *CUstream;
+#define __cuda_cuda_h__
+#include "nvcuvid.h"
+
+#define SURFACES 32
+#define PITCH_PAD 64
+
+typedef struct {
+    CUVIDPARSERPARAMS params;
+    int shown, decoded[256], statuses[256], count;   /* this stream's pictures, by display */
+    int surface_of[256];
+} Parser;
+
+typedef struct {
+    unsigned width, height, pitch, surface_height;
+    unsigned char *surfaces[SURFACES];
+    int display_of[SURFACES], status_of[SURFACES];
+} Decoder;
+
+static Decoder *last_decoder;
+
+CUresult cuvidCreateVideoParser(CUvideoparser *out, CUVIDPARSERPARAMS *params) {
+    Parser *p = calloc(1, sizeof *p);
+    p->params = *params;
+    *out = p;
+    return 0;
+}
+
+CUresult cuvidDestroyVideoParser(CUvideoparser parser) {
+    free(parser);
+    return 0;
+}
+
+CUresult cuvidCreateDecoder(CUvideodecoder *out, CUVIDDECODECREATEINFO *info) {
+    if (info->ulTargetWidth > 4096)
+        return 1;   /* CUDA_ERROR_INVALID_VALUE: beyond this "GPU" */
+    Decoder *d = calloc(1, sizeof *d);
+    d->width = info->ulTargetWidth;
+    d->height = info->ulTargetHeight;
+    d->pitch = d->width + PITCH_PAD;
+    d->surface_height = d->height;
+    for (int i = 0; i < SURFACES; i++)
+        d->surfaces[i] = calloc((size_t)d->pitch * d->surface_height * 3 / 2 + d->pitch, 1);
+    last_decoder = d;
+    *out = d;
+    return 0;
+}
+
+CUresult cuvidDestroyDecoder(CUvideodecoder decoder) {
+    Decoder *d = decoder;
+    for (int i = 0; i < SURFACES; i++)
+        free(d->surfaces[i]);
+    free(d);
+    return 0;
+}
+
+CUresult cuvidDecodePicture(CUvideodecoder decoder, CUVIDPICPARAMS *picture) {
+    Decoder *d = decoder;
+    unsigned char *s = d->surfaces[picture->CurrPicIdx];
+    int display = d->display_of[picture->CurrPicIdx];
+    for (unsigned row = 0; row < d->height; row++)
+        for (unsigned column = 0; column < d->width; column++)
+            s[row * d->pitch + column] = (unsigned char)(display + row + column);
+    for (unsigned row = 0; row < d->height / 2; row++)
+        memset(s + (d->surface_height + row) * d->pitch, 128 + display + (int)row, d->width);
+    return 0;
+}
+
+CUresult cuvidGetDecodeStatus(CUvideodecoder decoder, int index, CUVIDGETDECODESTATUS *status) {
+    status->decodeStatus = ((Decoder *)decoder)->status_of[index];
+    return 0;
+}
+
+CUresult cuvidMapVideoFrame64(CUvideodecoder decoder, int index, unsigned long long *pointer,
+                              unsigned int *pitch, CUVIDPROCPARAMS *params) {
+    Decoder *d = decoder;
+    (void)params;
+    *pointer = (unsigned long long)(size_t)d->surfaces[index];
+    *pitch = d->pitch;
+    return 0;
+}
+
+CUresult cuvidUnmapVideoFrame64(CUvideodecoder decoder, unsigned long long pointer) {
+    (void)decoder;
+    (void)pointer;
+    return 0;
+}
+
+static void show_ready(Parser *p, int all) {
+    for (;;) {
+        int next = -1;
+        for (int d = p->shown; d < 256; d++)
+            if (p->decoded[d]) { next = d; break; }
+        if (next < 0 || (next != p->shown && !all))
+            return;
+        CUVIDPARSERDISPINFO info;
+        memset(&info, 0, sizeof info);
+        info.picture_index = p->surface_of[next];
+        info.progressive_frame = 1;
+        p->decoded[next] = 0;
+        p->shown = next + 1;
+        p->params.pfnDisplayPicture(p->params.pUserData, &info);
+    }
+}
+
+CUresult cuvidParseVideoData(CUvideoparser parser, CUVIDSOURCEDATAPACKET *packet) {
+    Parser *p = parser;
+    const unsigned char *r = packet->payload;
+    for (unsigned long at = 0; at + 8 <= packet->payload_size; at += 8, r += 8) {
+        if (r[0] == 'S') {
+            CUVIDEOFORMAT format;
+            memset(&format, 0, sizeof format);
+            int w = r[1] | r[2] << 8, h = r[3] | r[4] << 8;
+            format.codec = p->params.CodecType;
+            format.coded_width = (unsigned)(w + 15) / 16 * 16;
+            format.coded_height = (unsigned)(h + 15) / 16 * 16;
+            format.display_area.right = w;
+            format.display_area.bottom = h;
+            format.chroma_format = cudaVideoChromaFormat_420;
+            format.bit_depth_luma_minus8 = format.bit_depth_chroma_minus8 = r[6];
+            format.min_num_decode_surfaces = r[5];
+            format.progressive_sequence = 1;
+            int surfaces = p->params.pfnSequenceCallback(p->params.pUserData, &format);
+            if (surfaces <= 0)
+                return 0;    /* the driver's parser goes on; the client reports its error */
+        } else if (r[0] == 'P') {
+            int display = r[1], index = p->count++ % SURFACES;
+            p->surface_of[display] = index;
+            if (last_decoder) {
+                last_decoder->display_of[index] = display;
+                last_decoder->status_of[index] = r[2];
+            }
+            CUVIDPICPARAMS *picture = calloc(1, sizeof *picture);
+            picture->CurrPicIdx = index;
+            int ok = p->params.pfnDecodePicture(p->params.pUserData, picture);
+            free(picture);
+            if (!ok)
+                return 0;
+            p->decoded[display] = 1;
+            show_ready(p, 0);
+        }
+    }
+    if (packet->flags & CUVID_PKT_ENDOFSTREAM) {
+        show_ready(p, 1);
+        p->shown = 0;
+        p->count = 0;
+    }
+    return 0;
+}
+
+/* libcuda */
+typedef struct {
+    size_t srcXInBytes, srcY;
+    int srcMemoryType;
+    const void *srcHost;
+    CUdeviceptr srcDevice;
+    void *srcArray;
+    size_t srcPitch;
+    size_t dstXInBytes, dstY;
+    int dstMemoryType;
+    void *dstHost;
+    CUdeviceptr dstDevice;
+    void *dstArray;
+    size_t dstPitch;
+    size_t WidthInBytes, Height;
+} Copy2D;
+
+CUresult cuMemcpy2DAsync_v2(const Copy2D *copy, CUstream stream) {
+    (void)stream;
+    for (size_t row = 0; row < copy->Height; row++)
+        memcpy((void *)(size_t)(copy->dstDevice + row * copy->dstPitch),
+               (const void *)(size_t)(copy->srcDevice + row * copy->srcPitch), copy->WidthInBytes);
+    return 0;
+}
+
+CUresult cuStreamSynchronize(CUstream stream) {
+    (void)stream;
+    return 0;
+}
+
+CUresult cuCtxGetCurrent(CUcontext *context) {
+    *context = (CUcontext)(size_t)1;
+    return 0;
+}
+
+CUresult cuCtxPushCurrent_v2(CUcontext context) {
+    (void)context;
+    return 0;
+}
+
+CUresult cuCtxPopCurrent_v2(CUcontext *context) {
+    *context = (CUcontext)(size_t)1;
+    return 0;
+}
