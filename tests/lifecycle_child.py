@@ -91,12 +91,13 @@ def stuck(gop_root, videos_root, timeout):
     next(batches)
     [worker] = stalled._run.worker_pids()
     os.kill(worker, signal.SIGSTOP)
-    stopped = time.monotonic()
+    last = time.monotonic()   # batches already on their way still come: count from the last one
     try:
         for _ in range(10**6):
             next(batches)
+            last = time.monotonic()
     except WorkerError as e:
-        print(f"raised after {time.monotonic() - stopped:.2f} s: {e}", flush=True)
+        print(f"raised after {time.monotonic() - last:.2f} s: {e}", flush=True)
     print("epoch", exact_epoch(gop_root, videos_root), flush=True)
 
 
