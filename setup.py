@@ -4,5 +4,6 @@ Everything else is declared in pyproject.toml."""
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("dali_gop.backends._nvdec_session_lib", ["csrc/nvdec_session.c"],
-                             include_dirs=["csrc/nvcuvid"], extra_compile_args=["-std=gnu11", "-O2"],
-                             libraries=["dl", "pthread"], py_limited_api=True)])
+                             include_dirs=["csrc", "csrc/nvcuvid"],
+                             extra_compile_args=["-std=gnu11", "-O2"], libraries=["dl", "pthread"],
+                             py_limited_api=True)])

@@ -11,7 +11,7 @@
  *
  * Plain C against the driver's own libraries (libnvcuvid, libcuda), opened at run time: no CUDA
  * toolkit or Python headers to build it, and one build serves every Python version. The NVDEC
- * headers in csrc/nvcuvid are NVIDIA's (MIT); cuda.h is not needed beyond the types below.
+ * headers in csrc/nvcuvid are NVIDIA's (MIT); of cuda.h, csrc/driver_types.h has what is needed.
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -20,32 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CUDA_VERSION 12000
-#define CUDAAPI
-typedef int CUresult;
-typedef unsigned long long CUdeviceptr;
-typedef struct CUctx_st *CUcontext;
-typedef struct CUstream_st *CUstream;
-#define __cuda_cuda_h__
-#include "nvcuvid.h"
-
-/* cuda.h's CUDA_MEMCPY2D (CUDA_MEMCPY2D_v2), for cuMemcpy2DAsync_v2 */
-typedef struct {
-    size_t srcXInBytes, srcY;
-    int srcMemoryType;
-    const void *srcHost;
-    CUdeviceptr srcDevice;
-    void *srcArray;
-    size_t srcPitch;
-    size_t dstXInBytes, dstY;
-    int dstMemoryType;
-    void *dstHost;
-    CUdeviceptr dstDevice;
-    void *dstArray;
-    size_t dstPitch;
-    size_t WidthInBytes, Height;
-} Copy2D;
-#define MEMORYTYPE_DEVICE 2
+#include "driver_types.h"
 
 static struct {
     char error[256];

@@ -14,14 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CUDA_VERSION 12000
-#define CUDAAPI
-typedef int CUresult;
-typedef unsigned long long CUdeviceptr;
-typedef struct CUctx_st *CUcontext;
-typedef struct CUstream_st *CUstream;
-#define __cuda_cuda_h__
-#include "nvcuvid.h"
+#include "driver_types.h"
 
 #define SURFACES 32
 #define PITCH_PAD 64
@@ -170,22 +163,6 @@ CUresult cuvidParseVideoData(CUvideoparser parser, CUVIDSOURCEDATAPACKET *packet
 }
 
 /* libcuda */
-typedef struct {
-    size_t srcXInBytes, srcY;
-    int srcMemoryType;
-    const void *srcHost;
-    CUdeviceptr srcDevice;
-    void *srcArray;
-    size_t srcPitch;
-    size_t dstXInBytes, dstY;
-    int dstMemoryType;
-    void *dstHost;
-    CUdeviceptr dstDevice;
-    void *dstArray;
-    size_t dstPitch;
-    size_t WidthInBytes, Height;
-} Copy2D;
-
 CUresult cuMemcpy2DAsync_v2(const Copy2D *copy, CUstream stream) {
     (void)stream;
     for (size_t row = 0; row < copy->Height; row++)

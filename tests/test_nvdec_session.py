@@ -121,7 +121,8 @@ def fake_driver(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fake-driver")
     for name in ("libnvcuvid.so.1", "libcuda.so.1"):
         subprocess.run([compiler, "-std=gnu11", "-O1", "-fPIC", "-shared",
-                        f"-I{here.parent / 'csrc' / 'nvcuvid'}", str(here / "fake_nvdec.c"),
+                        f"-I{here.parent / 'csrc'}", f"-I{here.parent / 'csrc' / 'nvcuvid'}",
+                        str(here / "fake_nvdec.c"),
                         "-o", str(folder / name)], check=True)
     return folder
 
