@@ -104,8 +104,12 @@ def decode_calls(decoder, data: np.ndarray, segment: Segment,
     """Feed a segment in one ``Decode`` call, then flush, calling ``sink(first_position, frames)``
     with the frames each call output (display order) while they are valid (PyNvVideoCodec reuses
     its buffers at the next ``Decode``). Returns the frames output."""
+    return _decode_and_flush(decoder, data[segment.offset:segment.offset + segment.size], sink)
+
+
+def _decode_and_flush(decoder, data: np.ndarray, sink: Callable[[int, list], None]) -> int:
     position = 0
-    for data_or_flush in (data[segment.offset:segment.offset + segment.size], None):
+    for data_or_flush in (data, None):
         frames = decoder.Decode(packet(data_or_flush))
         if frames:
             sink(position, frames)
@@ -114,18 +118,17 @@ def decode_calls(decoder, data: np.ndarray, segment: Segment,
 
 
 def frame_sink(driver: CudaDriver, targets: Callable[[int], Sequence[int]], frame_shape: tuple[int, ...],
-               stream: int, device: int, name: str) -> Callable[[int, list], None]:
+               stream: int, device: int) -> Callable[[int, list], None]:
     """A :func:`decode_calls` sink copying output ``position`` to each of
     ``targets(position)`` (device pointers to dense ``frame_shape`` uint8 buffers: (H*3/2, W)
-    for NV12) on
-    ``stream``: one driver call per ``Decode`` call."""
+    for NV12) on ``stream``: one driver call per ``Decode`` call."""
     nbytes = math.prod(frame_shape)
     checked = False
 
     def sink(first, frames):
         nonlocal checked
         if not checked:
-            _check_frame(frames[0], frame_shape, name)
+            _check_frame(frames[0], frame_shape)
             checked = True
         destinations, sources = [], []
         for offset, frame in enumerate(frames):
@@ -142,14 +145,36 @@ def frame_sink(driver: CudaDriver, targets: Callable[[int], Sequence[int]], fram
     return sink
 
 
-def _check_frame(frame, frame_shape: tuple[int, ...], name: str) -> None:
+def _check_frame(frame, frame_shape: tuple[int, ...]) -> None:
     shape, strides = tuple(frame.shape), tuple(frame.strides)
     if shape != tuple(frame_shape):
-        raise DecodeError(f"{name}: NVDEC frame {shape} does not fit the sample's "
+        raise DecodeError(f"NVDEC frame {shape} does not fit the sample's "
                           f"{tuple(frame_shape)} (cameras or clips of different sizes?)")
     if strides != _dense_strides(shape):
-        raise DecodeError(f"{name}: PyNvVideoCodec gave a padded frame (strides {strides}); "
+        raise DecodeError(f"PyNvVideoCodec gave a padded frame (strides {strides}); "
                           "this backend expects dense frames")
+
+
+class PyNvVideoCodecSession:
+    """PyNvVideoCodec's decoder behind :class:`NvdecSession`'s face, so that the operator feeds
+    either kind alike: ``decode`` copies each wanted output of a segment's bytes to its pointers,
+    one driver call per ``Decode`` call, on the thread's ``stream``."""
+
+    def __init__(self, codec: str, stream: int, device: int, driver: CudaDriver):
+        self._decoder = create_decoder(codec, stream, device)   # NV12
+        self._stream, self._device, self._driver = stream, device, driver
+
+    def decode(self, data: np.ndarray, targets: Sequence[tuple[int, int]],
+               frame_shape: tuple[int, int]) -> int:
+        by_position = collections.defaultdict(list)
+        for position, pointer in targets:
+            by_position[position].append(pointer)
+        sink = frame_sink(self._driver, lambda p: by_position.get(p, ()), frame_shape,
+                          self._stream, self._device)
+        return _decode_and_flush(self._decoder, data, sink)
+
+    def close(self) -> None:
+        self._decoder = None
 
 
 def _dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -385,11 +410,10 @@ class NvdecBatchDecoder:
     def _decoder(self, state: _ThreadDecoders, codec: str, device_id: int):
         decoder = state.decoders.get(codec)
         if decoder is None:
-            if self.sessions == "own":
-                decoder = NvdecSession(codec, state.stream.cuda_stream)
-            else:
-                decoder = create_decoder(codec, state.stream.cuda_stream, device_id)   # NV12
-            state.decoders[codec] = decoder
+            stream = state.stream.cuda_stream
+            decoder = state.decoders[codec] = NvdecSession(codec, stream) \
+                if self.sessions == "own" else \
+                PyNvVideoCodecSession(codec, stream, device_id, self._pool_driver)
         return decoder
 
     def close(self) -> None:
@@ -401,8 +425,7 @@ class NvdecBatchDecoder:
         with self._lock:
             for state in self._thread_decoders:
                 for decoder in state.decoders.values():
-                    if isinstance(decoder, NvdecSession):
-                        decoder.close()
+                    decoder.close()
                 state.decoders.clear()
         self.kept.clear()
         self.ahead.clear()
@@ -630,20 +653,10 @@ class NvdecBatchDecoder:
         decoder = self._decoder(state, segment.codec, device_id)
         try:
             with self._hooked("decode", name, whole_gop):
-                if isinstance(decoder, NvdecSession):
-                    produced = decoder.decode(data[segment.offset:segment.offset + segment.size],
-                                              targets, frame_shape)
-                else:
-                    by_position = collections.defaultdict(list)
-                    for position, pointer in targets:
-                        by_position[position].append(pointer)
-                    sink = frame_sink(self._pool_driver, lambda p: by_position.get(p, ()),
-                                      frame_shape, stream, device_id, name)
-                    produced = decode_calls(decoder, data, segment, sink)
+                produced = decoder.decode(data[segment.offset:segment.offset + segment.size],
+                                          targets, frame_shape)
         except Exception as e:
-            gone = state.decoders.pop(segment.codec, None)   # in an unknown state: not reused
-            if isinstance(gone, NvdecSession):
-                gone.close()
+            state.decoders.pop(segment.codec).close()   # in an unknown state: not reused
             if "cuvidCreateDecoder" in str(e):   # the video itself is beyond this GPU's NVDEC
                 height, width = frame_shape[0] * 2 // 3, frame_shape[1]
                 raise DecodeError(
