@@ -5,8 +5,8 @@ samples decoded ahead (``decode_ahead``), the batches in flight, and on nvdec on
 decode thread (``decode_threads``): PyNvVideoCodec's, whose surfaces it sizes by the frame and
 whose output buffers hold the frames of one ``Decode`` call (a whole GOP), or our own, which hold
 the surfaces the video needs and no frames. ``make_loader(..., memory_budget=...)`` changes those
-options, the one that costs the least speed first, until the estimate fits, and refuses a budget that nothing fits, naming the least
-that would. The estimate counts frames the loader allocates, as ``GopLoader.memory()`` reports
+options, the one that costs the least speed first, until the estimate fits, and refuses a budget
+that nothing fits, naming the least that would. The estimate counts frames the loader allocates, as ``GopLoader.memory()`` reports
 them, DALI's queue of finished batches and the sessions; the allocator's cache is outside it.
 """
 from __future__ import annotations
@@ -94,8 +94,8 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True,
     """The choice closest to ``wanted`` whose estimate fits ``budget``: our own NVDEC sessions
     for PyNvVideoCodec's (a fraction of the memory; at most :data:`OWN_THREADS` of them) first,
     then decode threads lowered :data:`THREAD_STEP` at a time to :data:`FEW_THREADS`, then
-    ``stream_lead`` (down to 0), then ``decode_ahead``, then threads to :data:`FEWEST_THREADS`, then stream
-    decoding off (each sample decoded from its keyframe: slow, but nothing kept); ConfigError
+    ``stream_lead`` (down to 0), then ``decode_ahead``, then threads to :data:`FEWEST_THREADS`,
+    then stream decoding off (each sample decoded from its keyframe: slow, but nothing kept); ConfigError
     when even that does not fit, with the least budget that would."""
     def total(choice: Choice) -> int:
         return sum(estimate(source, choice, **estimate_options).values())
