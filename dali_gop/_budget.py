@@ -59,50 +59,73 @@ FEWEST_THREADS = 8
 class Choice:
     """The options a budget decides; ``threads`` 0 where the backend holds no NVDEC sessions,
     ``sessions`` whose NVDEC sessions the threads hold ("pynvvideocodec" or "own",
-    dali_gop.backends._nvdec)."""
+    dali_gop.backends._nvdec; on "own", stream slots have sessions of their own), ``prefetch``
+    DALI's ``prefetch_queue_depth``."""
     stream_lead: int
     decode_ahead: int
     stream_decoding: bool
     threads: int = 0
     sessions: str = ""
+    prefetch: int = 2
 
 
-def estimate(source, choice: Choice, *, prefetch_queue_depth: int, rgb_factor: int = 1,
-             staging: bool = True, session_bytes: Callable[[int, str], int] | None = None,
-             gop_frames: int = 0) -> dict[str, int]:
+def _pair_sessions(source, choice: Choice) -> int:
+    """The (stream slot, camera) pairs that hold an NVDEC session of their own with ``choice``
+    (dali_gop.backends._stream_sessions): on our sessions, where slots stream and bins have their
+    packet sizes (not the fixed-GOP path, whose GOPs are decoded whole)."""
+    if choice.sessions != "own" or not choice.stream_decoding or source.fix_gop_size:
+        return 0
+    return source.stream_pairs()
+
+
+def estimate(source, choice: Choice, *, rgb_factor: int = 1, staging: bool = True,
+             session_bytes: Callable[[int, str], int] | None = None, gop_frames: int = 0,
+             ring_frames: int = 0) -> dict[str, int]:
     """Bytes by kind that ``source``'s loader holds with ``choice``: kept frames in NV12 (x
     ``rgb_factor`` 2 where the backend keeps RGB: cpu), NV12 staging of two batches in flight
-    (nvdec), RGB batches in DALI's queue, being converted and being handed over, and per decode
+    (nvdec), RGB batches in DALI's queue, being converted and being handed over, per decode
     thread ``session_bytes(frames one Decode call outputs, sessions)``, a segment of at most
-    ``gop_frames`` (the longest GOP) per call."""
+    ``gop_frames`` (the longest GOP) per call, and per stream pair with a session of its own
+    ``session_bytes(0, "stream")`` and a ring of ``ring_frames`` frames (where videos reorder)."""
     batch = source.batch_frame_bytes()
-    kept = source.kept_gop_bytes(choice.stream_lead) if choice.stream_decoding else 0
+    pairs = _pair_sessions(source, choice) if session_bytes is not None else 0
+    kept = source.kept_gop_bytes(choice.stream_lead) if choice.stream_decoding and not pairs else 0
+    streaming = kept or pairs
     figures = {"kept_gops": kept * rgb_factor,
                # stream slots' samples are not decoded ahead
-               "decoded_ahead": 0 if kept else choice.decode_ahead * batch,
+               "decoded_ahead": 0 if streaming else choice.decode_ahead * batch,
                "staging": 2 * batch if staging else 0,
-               "batches": (prefetch_queue_depth + 2) * batch * 2,
+               "batches": (choice.prefetch + 2) * batch * 2,
                "decoder_sessions": 0}
-    if choice.threads and session_bytes is not None:
+    # decode threads open a session at their first plain segment: none where every sample streams
+    if choice.threads and session_bytes is not None and not (pairs and source.streams_only()):
         figures["decoder_sessions"] = choice.threads * session_bytes(
             gop_frames, choice.sessions)
+    if pairs:
+        figures["stream_sessions"] = pairs * (session_bytes(0, "stream") +
+                                              ring_frames * source.frame_bytes())
     return {kind: nbytes for kind, nbytes in figures.items() if nbytes}
 
 
 def fit(budget: int, source, wanted: Choice, strict: bool = True,
         **estimate_options) -> tuple[Choice, dict[str, int]]:
     """The choice closest to ``wanted`` whose estimate fits ``budget``: our own NVDEC sessions
-    for PyNvVideoCodec's (a fraction of the memory; at most :data:`OWN_THREADS` of them) first,
-    then decode threads lowered :data:`THREAD_STEP` at a time to :data:`FEW_THREADS`, then
-    ``stream_lead`` (down to 0), then ``decode_ahead``, then threads to :data:`FEWEST_THREADS`,
-    then stream decoding off (each sample decoded from its keyframe: slow, but nothing kept); ConfigError
-    when even that does not fit, with the least budget that would."""
+    for PyNvVideoCodec's (a fraction of the memory; at most :data:`OWN_THREADS` of them where
+    threads hold sessions) first, then decode threads lowered :data:`THREAD_STEP` at a time to
+    :data:`FEW_THREADS`, then ``stream_lead`` (down to 0), then ``decode_ahead``, then DALI's
+    prefetch queue to 1, then threads to :data:`FEWEST_THREADS`, then stream decoding off (each
+    sample decoded from its keyframe: slow, but nothing kept); decode threads and the lead are then
+    raised back where they still fit. ConfigError when even that does not fit, with the least
+    budget that would."""
     def total(choice: Choice) -> int:
         return sum(estimate(source, choice, **estimate_options).values())
 
     candidates = [wanted]
     if wanted.sessions == "pynvvideocodec":
-        candidates.append(replace(wanted, sessions="own", threads=min(wanted.threads, OWN_THREADS)))
+        own = replace(wanted, sessions="own")
+        if "decoder_sessions" in estimate(source, own, **estimate_options):
+            own = replace(own, threads=min(wanted.threads, OWN_THREADS))
+        candidates.append(own)
     # the most threads that fit: random access gains from every session NVDEC gets
     start = candidates[-1]
     candidates += [replace(start, threads=threads)
@@ -114,6 +137,8 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True,
     lowest = candidates[-1]
     candidates += [replace(lowest, decode_ahead=ahead)
                    for ahead in range(wanted.decode_ahead - 1, -1, -1)]
+    if candidates[-1].prefetch > 1:
+        candidates.append(replace(candidates[-1], prefetch=1))
     if candidates[-1].threads > FEWEST_THREADS:
         candidates.append(replace(candidates[-1], threads=FEWEST_THREADS))
     lowest = candidates[-1]
@@ -121,6 +146,15 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True,
         candidates.append(replace(lowest, stream_decoding=False))
     for choice in candidates:
         if total(choice) <= budget:
+            # what was lowered on the way and freed nothing (a lead where slots keep no GOPs)
+            # goes back, where it still fits
+            back = {"threads": start.threads}
+            if choice.stream_decoding:
+                back["stream_lead"] = wanted.stream_lead
+            for option, value in back.items():
+                more = replace(choice, **{option: value})
+                if getattr(choice, option) < value and total(more) <= budget:
+                    choice = more
             return choice, estimate(source, choice, **estimate_options)
     least = total(candidates[-1])
     if not strict:

@@ -104,19 +104,21 @@ class GopLoader:
     @property
     def settings(self) -> dict:
         """The options the pipeline runs with, after ``memory_budget`` (in bytes; None: no budget)
-        lowered what it had to: ``stream_lead``, ``decode_ahead``, ``stream_decoding`` and (nvdec)
-        ``decode_threads`` and ``nvdec_sessions`` (whose NVDEC sessions: "pynvvideocodec" or
-        "own")."""
+        lowered what it had to: ``stream_lead``, ``decode_ahead``, ``stream_decoding``,
+        ``prefetch_queue_depth`` and (nvdec) ``decode_threads`` and ``nvdec_sessions`` (whose NVDEC
+        sessions: "pynvvideocodec" or "own", where stream slots have sessions of their own)."""
         source = self.source
         settings = dict(memory_budget=self._memory_budget, stream_lead=source.stream_lead,
-                        decode_ahead=source.decode_ahead, stream_decoding=source.stream_decoding)
+                        decode_ahead=source.decode_ahead, stream_decoding=source.stream_decoding,
+                        prefetch_queue_depth=self._run.prefetch_queue_depth)
         settings.update(self._run.decoder_settings)
         return settings
 
     def memory(self) -> dict[str, dict[str, int]]:
         """Bytes of decoded frames the loader holds now and at its peak, by kind: ``kept_gops``
         (stream slots' GOPs), ``decoded_ahead`` (samples decoded before their batch), ``staging``
-        (NV12 of the batches in flight); on the GPU for ``nvdec``, in host memory for ``cpu`` (which
+        (NV12 of the batches in flight), ``stream_rings`` (frames stream slots' own sessions
+        displayed early); on the GPU for ``nvdec``, in host memory for ``cpu`` (which
         keeps GOPs only). Counted where the loader allocates, since this pipeline was built; NVDEC's
         own surfaces, DALI's buffers and the allocator's cache are not included."""
         total: dict[str, dict[str, int]] = {}
@@ -380,22 +382,23 @@ def _default_budget(decoder, device_id: int | None) -> int:
 
 
 def _within(budget: int, source: GopSource, dataset, access, source_options: dict, decoder,
-            prefetch_queue_depth: int, strict: bool = True) -> GopSource:
+            prefetch_queue_depth: int, strict: bool = True) -> tuple[GopSource, int]:
     """``source``, or one with options lowered until the loader's estimate fits ``budget``
     (``source_options`` updated to match, for later pipelines; ``decoder.threads`` lowered where
-    the budget lowers decode threads). Not ``strict`` (the default budget): where nothing fits,
-    the least choice, with a warning, rather than a refusal."""
+    the budget lowers decode threads), and the ``prefetch_queue_depth`` to run with. Not
+    ``strict`` (the default budget): where nothing fits, the least choice, with a warning, rather
+    than a refusal."""
     frame_bytes = source.frame_bytes()
-    how = dict(prefetch_queue_depth=prefetch_queue_depth, staging=decoder.name == "nvdec",
-               rgb_factor=1 if decoder.device == "gpu" else 2,
+    how = dict(staging=decoder.name == "nvdec", rgb_factor=1 if decoder.device == "gpu" else 2,
                session_bytes=lambda frames, sessions: decoder.session_bytes(frame_bytes, frames,
                                                                             sessions),
-               gop_frames=source.longest_gop())
+               gop_frames=source.longest_gop(),
+               ring_frames=decoder.ring_frames if source.reorders() else 0)
     wanted = Choice(source.stream_lead, source.decode_ahead, source.stream_decoding,
-                    decoder.threads, decoder.sessions)
+                    decoder.threads, decoder.sessions, prefetch_queue_depth)
     choice, held = fit(budget, source, wanted, strict, **how)
     if choice == wanted:
-        return source
+        return source, prefetch_queue_depth
     if sum(held.values()) > budget:
         warnings.warn(f"the default memory_budget ({budget / 2**30:.1f} GiB, a quarter of the "
                       f"memory frames are kept in) is less than this loader needs at the least "
@@ -409,7 +412,7 @@ def _within(budget: int, source: GopSource, dataset, access, source_options: dic
     decoder.threads, decoder.sessions = choice.threads, choice.sessions
     source_options.update(stream_lead=choice.stream_lead, decode_ahead=choice.decode_ahead,
                           stream_decoding=choice.stream_decoding)
-    return GopSource(dataset, access, **source_options)
+    return GopSource(dataset, access, **source_options), choice.prefetch
 
 
 def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "stream", *,
@@ -477,10 +480,13 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
         memory_budget: bytes, or a size such as ``"8GiB"``, for what the loader holds (on the GPU
             for nvdec: decoded frames and its NVDEC sessions; in host memory for cpu: decoded
             frames): it turns to NVDEC sessions of its own (a fraction of PyNvVideoCodec's
-            memory, at most 24 decode threads), then lowers ``decode_threads`` to 16, then
-            ``stream_lead``, then ``decode_ahead``, then ``decode_threads`` to 8, then turns
-            stream decoding off (with a warning: much slower) until its estimate fits (``dali_gop._budget``; :attr:`GopLoader.settings` says what it
-            chose), and refuses a budget nothing fits, naming the least that would. Default
+            memory; at most 24 decode threads, and a session per stream slot and camera that
+            decodes each frame as it is picked, in place of whole decoded GOPs), then lowers
+            ``decode_threads`` to 16, then ``stream_lead``, then ``decode_ahead``, then
+            ``prefetch_queue_depth`` to 1, then ``decode_threads`` to 8, then turns stream
+            decoding off (with a warning: much slower) until its estimate fits
+            (``dali_gop._budget``; :attr:`GopLoader.settings` says what it chose), and refuses a
+            budget nothing fits, naming the least that would. Default
             ``"auto"``: a quarter of the memory frames are kept in (the GPU's for nvdec and dali,
             the host's for cpu), which never refuses (where nothing fits it warns and runs with
             the least); None: no budget, the options as given.
@@ -533,8 +539,9 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
     if memory_budget is not None:
         memory_budget = parse_budget(memory_budget) if strict else \
             _default_budget(decoder, device_id)
-        source = _within(memory_budget, source, dataset, access, source_options,
-                         decoder, prefetch_queue_depth, strict)
+        source, prefetch_queue_depth = _within(memory_budget, source, dataset, access,
+                                               source_options, decoder, prefetch_queue_depth,
+                                               strict)
         if decoder.threads:    # for the pipelines a resume builds
             options.update(threads=decoder.threads, sessions=decoder.sessions)
     dataset.check_one_size(source.store.video_info, resize)

@@ -57,6 +57,7 @@ class Run:
         self.operators = getattr(decoder, "operators", [])    # nvdec: sessions to close
         self.backend_name = decoder.name
         self.decoder_settings = decoder.settings()
+        self.prefetch_queue_depth = pipeline_options.get("prefetch_queue_depth", 2)
         self._lock = threading.Lock()
         self._done = False
         self._requests: queue.SimpleQueue = queue.SimpleQueue()

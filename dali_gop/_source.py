@@ -126,6 +126,29 @@ class GopSource:
             per_slot += -(-frames // RELEASE_FRAMES) * _allocated(run)
         return self.batch_size * per_slot
 
+    def stream_pairs(self) -> int:
+        """The (stream slot, camera) pairs of a batch: 0 where no sample streams."""
+        first = self.samples(0)[:self.batch_size]
+        if not self.stream_decoding or all(s.slot < 0 for s in first):
+            return 0
+        return self.batch_size * len(self.dataset.cameras)
+
+    def streams_only(self) -> bool:
+        """Whether every sample is a stream step for every camera (single frames of slots: never
+        a window across GOPs, which is decoded plainly)."""
+        first = self.samples(0)[:self.batch_size]
+        return bool(self.stream_pairs()) and all(s.slot >= 0 and len(s.frames) == 1 for s in first)
+
+    def reorders(self) -> bool:
+        """Whether the first clip's cameras reorder frames (B-frames: decode order is not display
+        order), from their first GOP."""
+        clip = next(iter(self.dataset.clips))
+        for camera in self.dataset.cameras:
+            frames = self.store.index(f"{clip}/{camera}").gops[0].packet_frames
+            if list(frames) != sorted(frames):
+                return True
+        return False
+
     def longest_gop(self) -> int:
         """Frames of the longest GOP of the first clip's cameras."""
         clip = next(iter(self.dataset.clips))

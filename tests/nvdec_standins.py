@@ -48,29 +48,49 @@ class StandInDecoder:
 
 
 class StandInSession:
-    """What the operator uses of dali_gop's own NVDEC session: ``decode`` parses the bytes, flushes,
-    and copies each wanted output (counted from the flush) to its pointers as dense NV12."""
+    """What the operator uses of dali_gop's own NVDEC session: ``decode`` parses the bytes (and
+    flushes at ``end_of_stream``), copying each wanted output (counted from the last flush) to its
+    pointers as dense NV12 as the decoder outputs it: FFmpeg's parser and decoder hold frames back
+    as NVDEC's do, so frames come out late and in bursts at a flush."""
+
+    instances: list = []
 
     def __init__(self, codec: str, stream: int, *args, **kwargs):
         import av
         self._codec = codec
+        self._context = av.CodecContext.create(codec, "r")
+        self._outputs = 0
         self.closed = False
+        self.calls = 0
+        StandInSession.instances.append(self)
 
     def decode(self, data, targets, frame_shape, end_of_stream=True) -> int:
         import av
         from dali_gop.backends._assemble import DecodeError
-        assert end_of_stream and not self.closed
-        context = av.CodecContext.create(self._codec, "r")
-        packets = [*context.parse(bytes(data)), *context.parse(b"")]   # b"": the parser's last
-        frames = [f for p in packets for f in context.decode(p)] + list(context.decode(None))
-        nv12 = [np.ascontiguousarray(nv12_of(f.to_ndarray(format="yuv420p"))) for f in frames]
+        assert not self.closed
+        self.calls += 1
+        packets = list(self._context.parse(bytes(data)))
+        if end_of_stream:
+            packets += list(self._context.parse(b""))     # b"": the parser's last
+        frames = [f for p in packets for f in self._context.decode(p)]
+        if end_of_stream:
+            frames += list(self._context.decode(None))
+        wanted = {}
         for position, pointer in targets:
-            if position < len(nv12):
-                if nv12[position].shape != tuple(frame_shape):
-                    raise DecodeError(f"NVDEC frame {nv12[position].shape} does not fit the "
+            wanted.setdefault(position, []).append(pointer)
+        for frame in frames:
+            nv12 = np.ascontiguousarray(nv12_of(frame.to_ndarray(format="yuv420p")))
+            for pointer in wanted.get(self._outputs, ()):
+                if nv12.shape != tuple(frame_shape):
+                    raise DecodeError(f"NVDEC frame {nv12.shape} does not fit the "
                                       f"sample's {tuple(frame_shape)}")
-                ctypes.memmove(pointer, nv12[position].ctypes.data, nv12[position].nbytes)
-        return len(nv12)
+                ctypes.memmove(pointer, nv12.ctypes.data, nv12.nbytes)
+            self._outputs += 1
+        produced = self._outputs
+        if end_of_stream:
+            self._context = av.CodecContext.create(self._codec, "r")
+            self._outputs = 0
+        return produced
 
     def close(self):
         self.closed = True

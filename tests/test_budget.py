@@ -23,7 +23,7 @@ from dali_gop._dataset import Dataset
 from dali_gop._source import GopSource
 from conftest import cpu_loader, small_stores, store_factory
 
-CPU = dict(prefetch_queue_depth=2, rgb_factor=2, staging=False)
+CPU = dict(rgb_factor=2, staging=False)
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +51,19 @@ def total(source, choice):
     return sum(estimate(source, choice, **CPU).values())
 
 
-def test_fit_lowers_the_lead_then_turns_stream_decoding_off(stores):
+def test_fit_lowers_the_lead_then_the_queue_then_turns_stream_decoding_off(stores):
     gop_root, _ = stores("h264")
     source = stream_source(gop_root, stream_lead=30)
     wanted = Choice(30, 0, True)
     as_wanted, at_lead_0 = total(source, wanted), total(source, Choice(0, 0, True))
-    no_stream = total(source, Choice(0, 0, False))
-    assert as_wanted > at_lead_0 > no_stream > 0      # a GOP fewer per slot, then none kept
+    queue_1 = total(source, Choice(0, 0, True, prefetch=1))
+    no_stream = total(source, Choice(0, 0, False, prefetch=1))
+    assert as_wanted > at_lead_0 > queue_1 > no_stream > 0  # a GOP fewer per slot, a batch, none kept
     assert fit(as_wanted, source, wanted, **CPU)[0] == wanted
     choice, held = fit(at_lead_0, source, wanted, **CPU)
     assert choice.stream_decoding and choice.stream_lead < 30 and sum(held.values()) <= at_lead_0
-    assert fit(at_lead_0 - 1, source, wanted, **CPU)[0] == Choice(0, 0, False)
+    assert fit(at_lead_0 - 1, source, wanted, **CPU)[0] == Choice(0, 0, True, prefetch=1)
+    assert fit(queue_1 - 1, source, wanted, **CPU)[0] == Choice(0, 0, False, prefetch=1)
     with pytest.raises(ConfigError, match=r"memory_budget .* less than this loader needs at the "
                                           r"least .*raise it"):
         fit(no_stream - 1, source, wanted, **CPU)
@@ -71,7 +73,7 @@ def test_fit_lowers_decode_ahead_for_random_access(stores):
     gop_root, _ = stores("h264")
     source = GopSource(Dataset.open(gop_root), RandomPattern(), batch_size=3, decode_ahead=2)
     wanted = Choice(30, 2, True)
-    nvdec = dict(prefetch_queue_depth=2, rgb_factor=1, staging=True)
+    nvdec = dict(rgb_factor=1, staging=True)
     ahead_1 = sum(estimate(source, Choice(30, 1, True), **nvdec).values())
     choice, _ = fit(ahead_1, source, wanted, **nvdec)
     assert choice.decode_ahead == 1 and choice.stream_decoding
@@ -90,13 +92,14 @@ def test_the_same_frames_at_every_budget_and_what_is_kept_stays_within_it(stores
         unbounded = epoch(loader)
     with cpu_loader(gop_root, pattern="stream", batch_size=3, memory_budget=at_lead_0) as loader:
         assert loader.settings == dict(memory_budget=at_lead_0, stream_lead=0, decode_ahead=0,
-                                       stream_decoding=True)    # what the budget chose
+                                       stream_decoding=True, prefetch_queue_depth=2)  # its choice
         bounded = epoch(loader)
         kept = loader.memory()["kept_gops"]["peak"]
         assert 0 < kept <= estimate(source, Choice(0, 0, True), **CPU)["kept_gops"]
+    queue_1 = total(source, Choice(0, 0, True, prefetch=1))
     with pytest.warns(UserWarning, match="stream decoding is off"):
         loader = cpu_loader(gop_root, pattern="stream", batch_size=3,
-                            memory_budget=at_lead_0 - 1)
+                            memory_budget=queue_1 - 1)
     with loader:
         off = epoch(loader)
         assert loader.memory().get("kept_gops", {"peak": 0})["peak"] == 0
@@ -108,9 +111,10 @@ def test_the_same_frames_at_every_budget_and_what_is_kept_stays_within_it(stores
 
 def test_a_budget_nothing_fits_is_refused_at_make_loader(stores):
     gop_root, _ = stores("h264")
-    with pytest.raises(ConfigError, match=r"memory_budget 1.0 MiB is less than this loader "
-                                          r"needs at the least \(1\.1 MiB"):
-        cpu_loader(gop_root, pattern="stream", batch_size=3, memory_budget="1MiB")
+    least = total(stream_source(gop_root), Choice(0, 0, False, prefetch=1))
+    with pytest.raises(ConfigError, match=rf"memory_budget 0.5 MiB is less than this loader "
+                                          rf"needs at the least \({least / 2**20:.1f} MiB"):
+        cpu_loader(gop_root, pattern="stream", batch_size=3, memory_budget="0.5MiB")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)   # a budget that fits changes nothing
         cpu_loader(gop_root, pattern="stream", batch_size=3, memory_budget="64GiB").close()
@@ -122,8 +126,10 @@ def test_fit_turns_to_our_own_sessions_then_lowers_their_threads(stores):
     OWN_THREADS of them), then lowers the threads, before it touches the stream lead."""
     gop_root, _ = stores("h264")
     source = stream_source(gop_root, stream_lead=30)
+    # slots keep whole GOPs (the fixed-GOP path's way), not sessions of their own
+    source.stream_pairs = lambda: 0
     frame = source.frame_bytes()
-    nvdec = dict(prefetch_queue_depth=2, rgb_factor=1, staging=True,
+    nvdec = dict(rgb_factor=1, staging=True,
                  session_bytes=lambda frames, sessions: session_bytes(frame, frames, sessions),
                  gop_frames=source.longest_gop())
     wanted = Choice(30, 0, True, threads=48, sessions="pynvvideocodec")
@@ -141,10 +147,34 @@ def test_fit_turns_to_our_own_sessions_then_lowers_their_threads(stores):
     lower = fit(total(few) - 1, source, wanted, **nvdec)[0]
     assert lower == replace(few, stream_lead=lower.stream_lead) and lower.stream_lead < 30
     # below the lead's range the threads go down to the fewest before stream decoding goes off
-    lowest = replace(few, stream_lead=0, threads=FEWEST_THREADS)
+    lowest = replace(few, stream_lead=0, prefetch=1, threads=FEWEST_THREADS)
     assert fit(total(lowest), source, wanted, **nvdec)[0] == lowest
     with pytest.raises(ConfigError, match=f"decode_threads={FEWEST_THREADS}"):
         fit(total(replace(lowest, stream_decoding=False)) - 1, source, wanted, **nvdec)
+
+
+def test_stream_slots_on_sessions_of_their_own(stores):
+    """On our sessions each (slot, camera) has a session, and a ring where videos reorder: they
+    replace the kept GOPs and the decode threads' sessions (every sample streams), so the decode
+    threads stay where they were; DALI's queue goes down before stream decoding goes off."""
+    gop_root, _ = stores("h264")
+    source = stream_source(gop_root, stream_lead=30)
+    frame, pairs = source.frame_bytes(), 3 * len(source.dataset.cameras)
+    nvdec = dict(rgb_factor=1, staging=True, ring_frames=4,
+                 session_bytes=lambda frames, sessions: session_bytes(frame, frames, sessions))
+    wanted = Choice(30, 0, True, threads=48, sessions="pynvvideocodec")
+    own = replace(wanted, sessions="own")
+
+    def total(choice):
+        return sum(estimate(source, choice, **nvdec).values())
+    held = estimate(source, own, **nvdec)
+    assert source.stream_pairs() == pairs and source.streams_only()
+    assert held["stream_sessions"] == pairs * (session_bytes(frame, 0, "stream") + 4 * frame)
+    assert "kept_gops" not in held and "decoder_sessions" not in held
+    assert fit(total(own), source, wanted, **nvdec)[0] == own
+    queue_1 = replace(own, prefetch=1)
+    assert total(own) > total(queue_1)
+    assert fit(total(queue_1), source, wanted, **nvdec)[0] == queue_1    # 48 threads still
 
 
 def test_the_default_budget_is_a_quarter_of_host_memory_and_never_refuses(stores, monkeypatch):
@@ -161,7 +191,8 @@ def test_the_default_budget_is_a_quarter_of_host_memory_and_never_refuses(stores
         assert loader.settings["stream_lead"] == 30        # these videos fit easily
     with cpu_loader(gop_root, pattern="stream", batch_size=3, memory_budget=None) as loader:
         assert loader.settings["memory_budget"] is None
-    monkeypatch.setattr(_loader, "_default_budget", lambda decoder, device_id: 1 << 20)
+    least = total(stream_source(gop_root), Choice(0, 0, False, prefetch=1))
+    monkeypatch.setattr(_loader, "_default_budget", lambda decoder, device_id: least - 1)
     with pytest.warns(UserWarning, match=r"default memory_budget \(0\.0 GiB.*runs with the least"):
         loader = cpu_loader(gop_root, pattern="stream", batch_size=3)
     with loader:

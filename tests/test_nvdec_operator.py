@@ -51,6 +51,8 @@ def operator_batches(gop_root, pattern, batch_size, epochs=2, decode_ahead=0, me
             yield batch, [from_dlpack(t) for t in operator(tokens)]
         if memory is not None:
             memory.update(operator.memory())
+            memory["pairs"] = [(p.ring is not None, p.decoded_again)
+                               for p in operator.pairs.values()]
     finally:
         operator.close()
 
@@ -89,7 +91,17 @@ def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pat
     # the stream slots' GOPs, samples decoded ahead; each at most the NV12 of what it holds
     nv12_frame = 96 * 160 * 3 // 2
     assert memory["staging"]["now"] == 0 < memory["staging"]["peak"] <= 3 * 2 * 3 * nv12_frame * 2
-    if pattern == "stream":
+    if pattern == "stream" and sessions == "own":
+        # a session per (slot, camera), nothing decoded kept but the frames B-frames put out
+        # early, in rings made where they came; such a frame lost (before its ring) is decoded
+        # again from its GOP, once per pair at most
+        pairs = memory.pop("pairs")
+        assert len(pairs) == 3 * len(cameras)
+        assert memory.get("kept_gops", {"peak": 0})["peak"] == 0
+        rings = sum(ring for ring, _ in pairs)
+        assert memory.get("stream_rings", {"peak": 0})["peak"] == rings * 4 * nv12_frame
+        assert sum(again for _, again in pairs) <= rings
+    elif pattern == "stream":
         assert 0 < memory["kept_gops"]["peak"] <= 3 * 2 * 3 * 10 * nv12_frame
     if decode_ahead and pattern == "random":
         assert memory["decoded_ahead"]["peak"] > 0

@@ -42,6 +42,8 @@ from dali_gop.backends._base import DecodeBackend
 from dali_gop.backends._color import Conversion, VideoColors, nv12_to_rgb
 from dali_gop.backends._cuda import CudaDriver, DriverEvent
 from dali_gop.backends._nvdec_session import NvdecSession
+from dali_gop.backends._stream_sessions import EXTRA_SURFACES as STREAM_EXTRA_SURFACES
+from dali_gop.backends._stream_sessions import RING_FRAMES, SentGop, StreamPair
 from dali_gop.backends._assemble import (DecodeError, Held, KeptGops, check_outputs,
                                          check_position, frames_shape, passed_frame)
 from dali_gop.hooks import DecodeHook, annotate, nested
@@ -58,18 +60,24 @@ REORDER_FRAMES = 4     # frames a flush may output at once beyond a call's packe
 #: asks for, two more and one output surface, with NVDEC's buffers for each, in frames of its video
 #: (47.6 MiB each measured at 1600x900, at most 9.6 at 640x360: docs/results.md)
 OWN_SESSION_FRAMES = 24
+#: the same for the session of a stream slot's camera (dali_gop.backends._stream_sessions), which
+#: has no surfaces beyond the parser's minimum (44.5 MiB each measured at 1600x900)
+STREAM_SESSION_FRAMES = 20
 #: what a session holds whatever the frame size (either kind)
 SESSION_BASE = 4 << 20
 
 
 def session_bytes(frame_bytes: int, frames_per_call: int, sessions: str = "pynvvideocodec") -> int:
-    """Device bytes one decoder thread's NVDEC session holds for frames of ``frame_bytes`` (NV12).
+    """Device bytes one NVDEC session holds for frames of ``frame_bytes`` (NV12): a decoder
+    thread's (``sessions`` "own" or "pynvvideocodec") or a stream slot camera's ("stream").
     Ours hold no frames between calls. PyNvVideoCodec's, when a ``Decode`` call outputs up to
     ``frames_per_call`` frames, keep every frame of a call valid until the next call, in output
     buffers that stay with the decoder (and grow past one call's frames: twice that bounds what
     was measured, docs/results.md)."""
     if sessions == "own":
         return SESSION_BASE + OWN_SESSION_FRAMES * frame_bytes
+    if sessions == "stream":
+        return SESSION_BASE + STREAM_SESSION_FRAMES * frame_bytes
     return SESSION_BASE + (SESSION_FRAMES + 2 * frames_per_call + REORDER_FRAMES) * frame_bytes
 
 
@@ -153,6 +161,23 @@ def _check_frame(frame, frame_shape: tuple[int, ...]) -> None:
     if strides != _dense_strides(shape):
         raise DecodeError(f"PyNvVideoCodec gave a padded frame (strides {strides}); "
                           "this backend expects dense frames")
+
+
+def decode_failure(error: Exception, name: str, codec: str, frame_shape) -> DecodeError:
+    """The error of a session's failed decode, naming the bin and what to do."""
+    if "cuvidCreateDecoder" in str(error):   # the video itself is beyond this GPU's NVDEC
+        height, width = frame_shape[0] * 2 // 3, frame_shape[1]
+        failure = DecodeError(
+            f"{name}: this GPU's NVDEC cannot decode {codec} at {width}x{height} "
+            "(below its minimum size, e.g. 144x144 for HEVC, or above its maximum); use "
+            "backend='cpu' for these videos, or re-encode them")
+    elif isinstance(error, DecodeError):
+        failure = error if str(error).startswith(name) else DecodeError(f"{name}: {error}")
+    else:
+        failure = DecodeError(f"{name}: NVDEC failed ({error})")
+        failure.__cause__ = error
+    failure.__suppress_context__ = True
+    return failure
 
 
 class PyNvVideoCodecSession:
@@ -344,6 +369,7 @@ class _Job:
     staging_bytes: int = 0   # of the samples decoded for this batch (not ahead)
     futures: list = field(default_factory=list)
     stream_picks: list = field(default_factory=list)  # (DecodedGop, position, pointer)
+    pair_picks: list = field(default_factory=list)    # ((slot, camera), SentGop, [(position, pointer)])
     released: list = field(default_factory=list)      # chunks let go, alive until it is done
     errors: list = field(default_factory=list)
 
@@ -357,8 +383,11 @@ class NvdecBatchDecoder:
     reach the operator some batches before their turn when the source decodes ahead
     (``GopSource.decode_ahead``): their frames are decoded into tensors kept until then, so the
     pool always has batches queued and NVDEC does not idle at batch barriers. Stream slots get
-    their GOPs some batches before they reach them (see :class:`dali_gop._source.GopSource`);
-    each is decoded whole, once, in the background, and the slot's samples only copy frames out.
+    their GOPs some batches before they reach them (see :class:`dali_gop._source.GopSource`). On
+    PyNvVideoCodec's sessions each is decoded whole, once, in the background, and the slot's
+    samples only copy frames out; on ours each (slot, camera) has a session of its own that
+    decodes the frames as the slot picks them (:mod:`dali_gop.backends._stream_sessions`), on a
+    thread of its own so that its picks are decoded in order.
 
     The batch's Python runs in DALI's thread while dozens of decode threads want the GIL too, so
     it is kept short and keeps the GIL: one staging allocation per batch (and one per GOP a stream
@@ -377,7 +406,9 @@ class NvdecBatchDecoder:
         self.threads = threads
         self._dali_streams: dict[int, object] = {}
         self.held = Held()
-        self.kept = KeptGops(self.held, DecodedGop.kept_bytes)
+        self.kept = KeptGops(self.held, lambda gop: gop.kept_bytes())
+        self.pairs: dict[tuple[int, int], StreamPair] = {}
+        self._lanes: list[_DecodePool] = []   # one thread each: a pair's picks in order
         self.ahead: dict[int, _Decoded] = {}
         self._driver: CudaDriver | None = None         # DALI's thread: keeps the GIL
         self._pool_driver: CudaDriver | None = None    # decode threads: drop it
@@ -390,7 +421,8 @@ class NvdecBatchDecoder:
 
     # -- resources ------------------------------------------------------------------------------
     def decoder_count(self) -> int:
-        return sum(len(t.decoders) for t in self._thread_decoders)
+        return sum(len(t.decoders) for t in self._thread_decoders) + \
+            sum(pair.session is not None for pair in list(self.pairs.values()))
 
     def memory(self) -> dict[str, dict[str, int]]:
         """Device bytes of frames this operator holds, by kind, now and at peak (:class:`Held`);
@@ -420,21 +452,31 @@ class NvdecBatchDecoder:
         """Free the NVDEC sessions, kept GOPs and frames decoded ahead; later batches fail with a
         clear error."""
         self._closed = True
-        if self._pool is not None:
-            self._pool.shutdown()
+        for pool in [self._pool, *self._lanes]:
+            if pool is not None:
+                pool.shutdown()
         with self._lock:
             for state in self._thread_decoders:
                 for decoder in state.decoders.values():
                     decoder.close()
                 state.decoders.clear()
+        for pair in self.pairs.values():
+            pair.close()
+            pair.ring = None
+        self.pairs.clear()
         self.kept.clear()
         self.ahead.clear()
         self._pending.clear()
         self.held.clear()
 
-    def _submit(self, fn, *args) -> Future:
+    def _submit(self, fn, *args, lane: int | None = None) -> Future:
+        """``fn(*args)`` on a decode thread; on the thread of ``lane`` where given."""
         if self._closed:
             raise DecodeError("nvdec: the loader was closed")
+        if lane is not None:
+            if not self._lanes:
+                self._lanes = [_DecodePool(1, f"nvdec_stream{i}") for i in range(self.threads)]
+            return self._lanes[lane % len(self._lanes)].submit(fn, *args)
         if self._pool is None:
             self._pool = _DecodePool(self.threads, "nvdec")
         return self._pool.submit(fn, *args)
@@ -575,6 +617,11 @@ class NvdecBatchDecoder:
         tasks.sort(key=lambda t: -t[1].size)     # longest first: the batch ends sooner
         job.futures += [self._submit(self._decode_segment, *t, device_id, allocated)
                         for t in tasks]
+        lanes = collections.defaultdict(list)
+        for picks in job.pair_picks:
+            lanes[self.pairs[picks[0]].lane].append(picks)
+        job.futures += [self._submit(self._serve_pairs, items, device_id, allocated, lane=lane)
+                        for lane, items in lanes.items()]
         for gop, data, segment in sends:    # after this batch's own segments: needed later
             gop.future = self._submit(self._decode_gop, gop, data, segment, device_id,
                                       allocated)
@@ -603,6 +650,8 @@ class NvdecBatchDecoder:
 
             def send(send):
                 segment = plan.segments[send.segment]
+                if self.sessions == "own" and segment.packet_sizes is not None:
+                    return SentGop.of(name_list[send.segment], data, segment, frame_shape)
                 gop = DecodedGop(name_list[send.segment], segment.num_outputs, frame_shape)
                 sends.append((gop, data, segment))
                 return gop
@@ -613,6 +662,18 @@ class NvdecBatchDecoder:
                 conversions.append(None)
                 continue
             conversions.append(self.colors.of_segment(gop.name))
+            if isinstance(gop, SentGop):
+                try:
+                    gop.check_shape(frame_shape)
+                except DecodeError as e:
+                    job.errors.append(e)
+                    continue
+                key = (request.stream.slot, camera)
+                if key not in self.pairs:    # pinned to a thread, round robin
+                    self.pairs[key] = StreamPair(lane=len(self.pairs) % self.threads)
+                job.pair_picks.append((key, gop, [(position, first + t * nbytes)
+                                                  for t, (_, position) in enumerate(request.picks)]))
+                continue
             try:
                 job.stream_picks += [
                     (gop, gop.check_pick(position, frame_shape), first + t * nbytes)
@@ -657,16 +718,42 @@ class NvdecBatchDecoder:
                                           targets, frame_shape)
         except Exception as e:
             state.decoders.pop(segment.codec).close()   # in an unknown state: not reused
-            if "cuvidCreateDecoder" in str(e):   # the video itself is beyond this GPU's NVDEC
-                height, width = frame_shape[0] * 2 // 3, frame_shape[1]
-                raise DecodeError(
-                    f"{name}: this GPU's NVDEC cannot decode {segment.codec} at {width}x{height} "
-                    "(below its minimum size, e.g. 144x144 for HEVC, or above its maximum); use "
-                    "backend='cpu' for these videos, or re-encode them") from None
-            if isinstance(e, DecodeError):
-                raise e if str(e).startswith(name) else DecodeError(f"{name}: {e}") from None
-            raise DecodeError(f"{name}: NVDEC failed ({e})") from e
+            raise decode_failure(e, name, segment.codec, frame_shape)
         check_outputs(produced, segment, name)
+        done = torch.cuda.Event()
+        done.record(state.stream)
+        return done
+
+    def _serve_pairs(self, items: list, device_id: int, allocated: DriverEvent):
+        """A lane's thread: each stream pair's picks of a batch, from its own session
+        (:class:`StreamPair`); return an event after it all."""
+        import torch
+        state = self._thread_state(device_id)
+        stream = state.stream.cuda_stream
+        self._pool_driver.wait(stream, allocated.handle)
+
+        def new_session(codec):
+            return NvdecSession(codec, stream, extra_surfaces=STREAM_EXTRA_SURFACES)
+
+        def new_ring(shape, old):
+            if old is not None:
+                self.held.add("stream_rings", -old.numel())
+            with torch.cuda.stream(state.stream):
+                ring = torch.empty((RING_FRAMES, *shape), dtype=torch.uint8, device="cuda")
+            self.held.add("stream_rings", ring.numel())
+            return ring
+
+        def copy(destination, source, nbytes):
+            self._pool_driver.copy(destination, source, nbytes, stream)
+
+        for key, gop, picks in items:
+            pair = self.pairs[key]
+            try:
+                with self._hooked("decode", gop.name, False):
+                    pair.serve(gop, picks, new_session, new_ring, copy)
+            except Exception as e:
+                pair.close()      # in an unknown state: begins again at its next pick
+                raise decode_failure(e, gop.name, gop.codec, gop.frame_shape)
         done = torch.cuda.Event()
         done.record(state.stream)
         return done
@@ -690,6 +777,7 @@ class NvdecBackend(DecodeBackend):
     name = "nvdec"
     device = "gpu"
     decodes_ahead = True
+    ring_frames = RING_FRAMES
 
     def __init__(self, color: str = "RGB", threads: int = DEFAULT_THREADS,
                  hooks: Sequence[DecodeHook] = (), color_matrix: str | None = None,

@@ -1,0 +1,131 @@
+"""A stream slot's camera on a session of its own (dali_gop.backends._stream_sessions), on a CPU:
+a stand-in session that holds frames back for display order and puts them out in a burst at a
+flush, as NVDEC's parser does with B-frames, over host memory. Every pick gets its own frame,
+whatever the session displays when; nothing is ever served from another frame."""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+from dali_gop.backends._assemble import DecodeError
+from dali_gop.backends._stream_sessions import RING_FRAMES, SentGop, StreamPair
+from dali_gop.plan import Segment
+
+torch = pytest.importorskip("torch")
+SHAPE = (6, 4)      # NV12 of a 4x4 frame
+NBYTES = 24
+
+
+class ReorderingSession:
+    """Each packet is one byte: the display index of its frame. A decoded frame is displayed once
+    every earlier one has been and more than ``delay`` frames wait; a flush displays the rest.
+    ``lose`` frames are never displayed (a corrupt bin)."""
+
+    def __init__(self, codec, delay, lose=()):
+        self.delay, self.lose = delay, set(lose)
+        self.decoded, self.shown, self.calls = set(), 0, []
+
+    def decode(self, data, targets, frame_shape, end_of_stream=True):
+        self.calls.append((bytes(data), [p for p, _ in targets], end_of_stream))
+        self.decoded |= {b for b in bytes(data) if b not in self.lose}
+        wanted = dict(targets)
+        while self.shown in self.decoded and (end_of_stream or len(self.decoded) - self.shown > self.delay):
+            if self.shown in wanted:
+                ctypes.memset(wanted[self.shown], self.shown + 1, NBYTES)
+            self.shown += 1
+        produced = self.shown
+        if end_of_stream:
+            self.decoded, self.shown = set(), 0
+        return produced
+
+    def close(self):
+        pass
+
+
+def gop(order, name="clip/cam.mp4/gop.0.8.bin"):
+    data = np.frombuffer(bytes(order), dtype=np.uint8)
+    segment = Segment(0, len(order), (1,) * len(order), 0, len(order), "hevc")
+    return SentGop.of(name, data, segment, SHAPE)
+
+
+class Harness:
+    def __init__(self, delay=2, lose=()):
+        self.pair = StreamPair()
+        self.sessions, self.rings = [], []
+        self.delay, self.lose = delay, lose
+        self.out = torch.zeros((64, *SHAPE), dtype=torch.uint8)
+
+    def new_session(self, codec):
+        self.sessions.append(ReorderingSession(codec, self.delay, self.lose))
+        return self.sessions[-1]
+
+    def new_ring(self, shape, old):
+        self.rings.append(torch.zeros((RING_FRAMES, *shape), dtype=torch.uint8))
+        return self.rings[-1]
+
+    def pick(self, sent, positions, slot=0):
+        picks = [(p, self.out[slot + i].data_ptr()) for i, p in enumerate(positions)]
+        self.pair.serve(sent, picks, self.new_session, self.new_ring,
+                        lambda d, s, n: ctypes.memmove(d, s, n))
+        return [int(self.out[slot + i, 0, 0]) - 1 for i in range(len(positions))]
+
+
+ORDER = [0, 3, 1, 2, 6, 4, 5, 7]     # decode order of 8 frames with B-frames
+
+
+def test_every_pick_gets_its_frame_one_pick_per_batch():
+    h = Harness()
+    first, second = gop(ORDER), gop(ORDER, "clip/cam.mp4/gop.8.8.bin")
+    assert [h.pick(first, [p])[0] for p in range(8)] == list(range(8))
+    assert [h.pick(second, [p])[0] for p in range(8)] == list(range(8))
+    # the flush's burst before any ring: lost frames decoded again once, then a ring holds them
+    assert len(h.rings) == 1 and h.pair.decoded_again <= 1
+    calls = len(h.sessions[0].calls)
+    third = gop(ORDER, "clip/cam.mp4/gop.16.8.bin")
+    assert [h.pick(third, [p])[0] for p in range(8)] == list(range(8))
+    assert len(h.sessions[0].calls) - calls == len(ORDER)  # one packet per call, nothing again
+    assert len(h.sessions) == 1
+
+
+def test_a_window_of_picks_and_a_start_mid_gop():
+    h = Harness(delay=3)
+    sent = gop(ORDER)
+    assert h.pick(sent, [2, 3, 4]) == [2, 3, 4]
+    assert h.pick(sent, [5, 6, 7]) == [5, 6, 7]
+
+
+def test_a_new_gop_mid_way_flushes_the_old_one_without_copying():
+    h = Harness()
+    h.pick(gop(ORDER), [1])
+    assert h.pick(gop(ORDER, "other/cam.mp4/gop.0.8.bin"), [0]) == [0]
+    flushes = [c for c in h.sessions[0].calls if c[0] == b""]
+    assert flushes == [(b"", [], True)]
+
+
+def test_a_frame_picked_again_is_decoded_again():
+    h = Harness()
+    sent = gop(ORDER)
+    assert h.pick(sent, [6]) == [6]
+    assert h.pick(sent, [1]) == [1]          # behind the session: from the keyframe again
+    assert h.pair.decoded_again == 1
+
+
+def test_a_bin_that_decodes_short_is_refused():
+    h = Harness(lose={7})
+    sent = gop(ORDER)
+    with pytest.raises(DecodeError, match=r"gop\.0\.8\.bin: decoded 7 frames where its index "
+                                          r"promises 8: corrupt bin"):
+        for p in range(8):
+            h.pick(sent, [p])
+
+
+def test_a_position_outside_the_gop_is_refused():
+    with pytest.raises(DecodeError, match="no output 8"):
+        Harness().pick(gop(ORDER), [8])
+
+
+def test_frames_of_another_shape_are_refused():
+    with pytest.raises(DecodeError, match="do not fit"):
+        gop(ORDER).check_shape((12, 8))
