@@ -393,7 +393,7 @@ def _within(budget: int, source: GopSource, dataset, access, source_options: dic
                session_bytes=lambda frames, sessions: decoder.session_bytes(frame_bytes, frames,
                                                                             sessions),
                gop_frames=source.longest_gop(),
-               ring_frames=decoder.ring_frames if source.reorders() else 0)
+               ring_frames=decoder.ring_frames[source.reorders()])
     wanted = Choice(source.stream_lead, source.decode_ahead, source.stream_decoding,
                     decoder.threads, decoder.sessions, prefetch_queue_depth)
     choice, held = fit(budget, source, wanted, strict, **how)

@@ -60,7 +60,9 @@ def test_the_loader_stays_within_its_budget_on_the_device(loaders, store, patter
     bounded, chosen, peak = run(loaders, gop_root, pattern, memory_budget=budget)
     print(f"{pattern}: {wanted} -> {chosen}: peak {peak / 2**20:,.0f} MiB within "
           f"{budget / 2**20:,.0f} MiB")
-    assert chosen["decode_threads"] < wanted["decode_threads"], "the budget changed nothing"
+    # our own sessions (stream: one per slot and camera), or fewer decode threads
+    assert chosen["nvdec_sessions"] != wanted["nvdec_sessions"] or \
+        chosen["decode_threads"] < wanted["decode_threads"], "the budget changed nothing"
     assert chosen["stream_decoding"] == wanted["stream_decoding"]
     assert peak <= budget, f"{peak / 2**20:,.0f} MiB in use above the start, budget " \
                            f"{budget / 2**20:,.0f} MiB"

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from dali_gop.backends._assemble import DecodeError
-from dali_gop.backends._stream_sessions import RING_FRAMES, SentGop, StreamPair
+from dali_gop.backends._stream_sessions import (AHEAD_FRAMES, REORDER_RING_FRAMES, RING_FRAMES,
+                                                SentGop, StreamPair)
 from dali_gop.plan import Segment
 
 torch = pytest.importorskip("torch")
@@ -51,25 +52,36 @@ def gop(order, name="clip/cam.mp4/gop.0.8.bin"):
 
 
 class Harness:
+    """The operator's side: sessions, rings on the host, and batches whose frames are copied out
+    (read here) as soon as they are picked; then the pair decodes ahead, as its thread does."""
+
     def __init__(self, delay=2, lose=()):
         self.pair = StreamPair()
-        self.sessions, self.rings = [], []
+        self.sessions, self.rings, self.freed, self.waits = [], [], [], []
         self.delay, self.lose = delay, lose
-        self.out = torch.zeros((64, *SHAPE), dtype=torch.uint8)
+        self.batch = 0
 
     def new_session(self, codec):
         self.sessions.append(ReorderingSession(codec, self.delay, self.lose))
         return self.sessions[-1]
 
-    def new_ring(self, shape, old):
-        self.rings.append(torch.zeros((RING_FRAMES, *shape), dtype=torch.uint8))
+    def new_ring(self, frames, shape):
+        self.rings.append(torch.zeros((frames, *shape), dtype=torch.uint8))
         return self.rings[-1]
 
-    def pick(self, sent, positions, slot=0):
-        picks = [(p, self.out[slot + i].data_ptr()) for i, p in enumerate(positions)]
-        self.pair.serve(sent, picks, self.new_session, self.new_ring,
-                        lambda d, s, n: ctypes.memmove(d, s, n))
-        return [int(self.out[slot + i, 0, 0]) - 1 for i in range(len(positions))]
+    def free_ring(self, ring):
+        self.freed.append(ring)
+
+    def wait_read(self, batch):
+        assert batch < self.batch, "waited for a batch not copied out yet: it never would be"
+        self.waits.append(batch)
+
+    def pick(self, sent, positions):
+        pointers = self.pair.pick(sent, positions, self.batch, self)
+        got = [ctypes.c_uint8.from_address(p).value - 1 for p in pointers]
+        self.batch += 1
+        self.pair.ahead(self)
+        return got
 
 
 ORDER = [0, 3, 1, 2, 6, 4, 5, 7]     # decode order of 8 frames with B-frames
@@ -80,8 +92,12 @@ def test_every_pick_gets_its_frame_one_pick_per_batch():
     first, second = gop(ORDER), gop(ORDER, "clip/cam.mp4/gop.8.8.bin")
     assert [h.pick(first, [p])[0] for p in range(8)] == list(range(8))
     assert [h.pick(second, [p])[0] for p in range(8)] == list(range(8))
-    # the flush's burst before any ring: lost frames decoded again once, then a ring holds them
-    assert len(h.rings) == 1 and h.pair.decoded_again <= 1
+    assert h.pair.decoded_again <= 1          # a flush's burst past the ring, once
+    in_order = Harness(delay=0)               # no B-frames: one frame a packet, none lost
+    for name in ("a/c.mp4/gop.0.8.bin", "a/c.mp4/gop.8.8.bin"):
+        sent = gop(list(range(8)), name)
+        assert [in_order.pick(sent, [p])[0] for p in range(8)] == list(range(8))
+    assert len(in_order.pair.ring) == RING_FRAMES and in_order.pair.decoded_again == 0
     calls = len(h.sessions[0].calls)
     third = gop(ORDER, "clip/cam.mp4/gop.16.8.bin")
     assert [h.pick(third, [p])[0] for p in range(8)] == list(range(8))
@@ -89,11 +105,34 @@ def test_every_pick_gets_its_frame_one_pick_per_batch():
     assert len(h.sessions) == 1
 
 
+def test_frames_ahead_are_decoded_after_the_pick_not_before_it():
+    h = Harness(delay=0)
+    sent = gop(list(range(8)))
+    h.pair.pick(sent, [0], 0, h)
+    assert h.pair.outputs == 1                 # the pick waits for its own frame only
+    h.batch = 1
+    h.pair.ahead(h)
+    assert h.pair.outputs == 1 + AHEAD_FRAMES   # then the frames the next picks want
+
+
+def test_a_burst_past_the_ring_grows_it_and_decodes_again_once():
+    h = Harness(delay=4)      # a flush puts out five frames at once
+    sent, later = gop(ORDER), gop(ORDER, "clip/cam.mp4/gop.8.8.bin")
+    assert [h.pick(sent, [p])[0] for p in range(8)] == list(range(8))
+    assert len(h.pair.ring) == REORDER_RING_FRAMES and h.pair.decoded_again == 1
+    assert h.freed == h.rings[:1]            # the first ring, once its copies were waited for
+    assert [h.pick(later, [p])[0] for p in range(8)] == list(range(8))
+    assert h.pair.decoded_again == 1
+
+
 def test_a_window_of_picks_and_a_start_mid_gop():
     h = Harness(delay=3)
     sent = gop(ORDER)
     assert h.pick(sent, [2, 3, 4]) == [2, 3, 4]
     assert h.pick(sent, [5, 6, 7]) == [5, 6, 7]
+    assert len(h.pair.ring) >= 3 + AHEAD_FRAMES      # a batch's picks are all held at once
+    long = Harness(delay=3)
+    assert long.pick(gop(ORDER), [0, 1, 2, 3, 4, 5, 6, 7]) == list(range(8))
 
 
 def test_a_new_gop_mid_way_flushes_the_old_one_without_copying():

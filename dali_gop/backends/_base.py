@@ -21,8 +21,9 @@ class DecodeBackend(ABC):
     # a memory budget may change (dali_gop._budget)
     threads: int = 0
     sessions: str = ""
-    # frames a stream pair with a session of its own keeps of those displayed early (B-frames)
-    ring_frames: int = 0
+    # frames the ring of a stream pair with a session of its own holds: (video in display order,
+    # video that reorders frames)
+    ring_frames: tuple[int, int] = (0, 0)
 
     def __init__(self, color: str = "RGB", color_matrix: str | None = None):
         if color not in ("RGB", "BGR"):

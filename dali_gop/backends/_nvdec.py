@@ -43,7 +43,8 @@ from dali_gop.backends._color import Conversion, VideoColors, nv12_to_rgb
 from dali_gop.backends._cuda import CudaDriver, DriverEvent
 from dali_gop.backends._nvdec_session import NvdecSession
 from dali_gop.backends._stream_sessions import EXTRA_SURFACES as STREAM_EXTRA_SURFACES
-from dali_gop.backends._stream_sessions import RING_FRAMES, SentGop, StreamPair
+from dali_gop.backends._stream_sessions import (REORDER_RING_FRAMES, RING_FRAMES, SentGop,
+                                                StreamPair)
 from dali_gop.backends._assemble import (DecodeError, Held, KeptGops, check_outputs,
                                          check_position, frames_shape, passed_frame)
 from dali_gop.hooks import DecodeHook, annotate, nested
@@ -369,7 +370,9 @@ class _Job:
     staging_bytes: int = 0   # of the samples decoded for this batch (not ahead)
     futures: list = field(default_factory=list)
     stream_picks: list = field(default_factory=list)  # (DecodedGop, position, pointer)
-    pair_picks: list = field(default_factory=list)    # ((slot, camera), SentGop, [(position, pointer)])
+    pair_picks: list = field(default_factory=list)    # ((slot, camera), SentGop, positions, pointers)
+    pair_futures: list = field(default_factory=list)  # -> (event, [(destination, source, nbytes)])
+    batch: int = 0           # the operator's count of batches started
     released: list = field(default_factory=list)      # chunks let go, alive until it is done
     errors: list = field(default_factory=list)
 
@@ -409,6 +412,9 @@ class NvdecBatchDecoder:
         self.kept = KeptGops(self.held, lambda gop: gop.kept_bytes())
         self.pairs: dict[tuple[int, int], StreamPair] = {}
         self._lanes: list[_DecodePool] = []   # one thread each: a pair's picks in order
+        self._started = 0                     # batches started (:attr:`_Job.batch`)
+        # batch -> [set once its stream pairs' frames are copied out, the event after the copies]
+        self._copied: dict[int, list] = {}
         self.ahead: dict[int, _Decoded] = {}
         self._driver: CudaDriver | None = None         # DALI's thread: keeps the GIL
         self._pool_driver: CudaDriver | None = None    # decode threads: drop it
@@ -464,6 +470,8 @@ class NvdecBatchDecoder:
             pair.close()
             pair.ring = None
         self.pairs.clear()
+        for done, _ in self._copied.values():
+            done.set()
         self.kept.clear()
         self.ahead.clear()
         self._pending.clear()
@@ -514,7 +522,7 @@ class NvdecBatchDecoder:
                               "of step); rebuild the pipeline")
         try:
             with self._hooked("finish"):
-                self._finish(job, handle, device_id)
+                self._finish(job, handle, device_id, dali_stream)
                 with torch.cuda.stream(dali_stream):
                     outputs = self._to_rgb(job)
         finally:
@@ -538,7 +546,7 @@ class NvdecBatchDecoder:
                                             for frames, conversion in zip(staging, cameras)]))
         return outputs
 
-    def _finish(self, job: _Job, dali_stream: int, device_id: int) -> None:
+    def _finish(self, job: _Job, dali_stream: int, device_id: int, stream) -> None:
         """Make DALI's stream wait for the batch's decodes and copy its stream picks (one driver
         call); the first error of the batch is raised."""
         errors = list(job.errors)
@@ -547,6 +555,23 @@ class NvdecBatchDecoder:
                 self._driver.wait(dali_stream, future.result().cuda_event)
             except Exception as e:
                 errors.append(e)
+        destinations, sources, sizes = [], [], []
+        try:
+            for future in job.pair_futures:
+                try:
+                    event, copies = future.result()
+                except Exception as e:
+                    errors.append(e)
+                    continue
+                self._driver.wait(dali_stream, event.cuda_event)
+                for destination, source, nbytes in copies:
+                    destinations.append(destination)
+                    sources.append(source)
+                    sizes.append(nbytes)
+            if destinations and not errors:
+                self._driver.copy_many(destinations, sources, sizes, dali_stream, device_id)
+        finally:
+            self._copied_out(job.batch, stream)
         destinations, sources, sizes = [], [], []
         failed: set[DecodedGop] = set()
         for gop, position, pointer in job.stream_picks:
@@ -572,7 +597,9 @@ class NvdecBatchDecoder:
         datas, plans = batch
         decoded = [Plan.from_array(p) for p in plans]
         names = [segment_names(d, p.names_offset) for d, p in zip(datas, decoded)]
-        job = _Job([p.shape for p in plans], [None] * len(plans), [None] * len(plans))
+        job = _Job([p.shape for p in plans], [None] * len(plans), [None] * len(plans),
+                   batch=self._started)
+        self._started += 1
         now = [i for i, plan in enumerate(decoded) if plan.kept_key < 0]
         ahead = [i for i, plan in enumerate(decoded) if plan.ahead_key >= 0]
         for i, plan in enumerate(decoded):
@@ -620,8 +647,11 @@ class NvdecBatchDecoder:
         lanes = collections.defaultdict(list)
         for picks in job.pair_picks:
             lanes[self.pairs[picks[0]].lane].append(picks)
-        job.futures += [self._submit(self._serve_pairs, items, device_id, allocated, lane=lane)
-                        for lane, items in lanes.items()]
+        for lane, items in lanes.items():     # picks first, then the frames after them
+            job.pair_futures.append(self._submit(self._pick_pairs, items, job.batch, device_id,
+                                                 lane=lane))
+            self._submit(self._pairs_ahead, [key for key, *_ in items], job.batch, device_id,
+                         lane=lane)
         for gop, data, segment in sends:    # after this batch's own segments: needed later
             gop.future = self._submit(self._decode_gop, gop, data, segment, device_id,
                                       allocated)
@@ -671,8 +701,8 @@ class NvdecBatchDecoder:
                 key = (request.stream.slot, camera)
                 if key not in self.pairs:    # pinned to a thread, round robin
                     self.pairs[key] = StreamPair(lane=len(self.pairs) % self.threads)
-                job.pair_picks.append((key, gop, [(position, first + t * nbytes)
-                                                  for t, (_, position) in enumerate(request.picks)]))
+                job.pair_picks.append((key, gop, [position for _, position in request.picks],
+                                       [first + t * nbytes for t in range(len(request.picks))]))
                 continue
             try:
                 job.stream_picks += [
@@ -724,39 +754,67 @@ class NvdecBatchDecoder:
         done.record(state.stream)
         return done
 
-    def _serve_pairs(self, items: list, device_id: int, allocated: DriverEvent):
-        """A lane's thread: each stream pair's picks of a batch, from its own session
-        (:class:`StreamPair`); return an event after it all."""
+    def _pick_pairs(self, items: list, batch: int, device_id: int):
+        """A lane's thread: each stream pair's picks of ``batch``, in its ring (decoded now where
+        the frames ahead did not reach them); return an event after it all and the copies
+        (destination, source, bytes) for DALI's stream to make once it waits for that event."""
         import torch
-        state = self._thread_state(device_id)
-        stream = state.stream.cuda_stream
-        self._pool_driver.wait(stream, allocated.handle)
-
-        def new_session(codec):
-            return NvdecSession(codec, stream, extra_surfaces=STREAM_EXTRA_SURFACES)
-
-        def new_ring(shape, old):
-            if old is not None:
-                self.held.add("stream_rings", -old.numel())
-            with torch.cuda.stream(state.stream):
-                ring = torch.empty((RING_FRAMES, *shape), dtype=torch.uint8, device="cuda")
-            self.held.add("stream_rings", ring.numel())
-            return ring
-
-        def copy(destination, source, nbytes):
-            self._pool_driver.copy(destination, source, nbytes, stream)
-
-        for key, gop, picks in items:
+        io = _PairIO(self, device_id, batch)
+        copies = []
+        for key, gop, positions, pointers in items:
             pair = self.pairs[key]
             try:
                 with self._hooked("decode", gop.name, False):
-                    pair.serve(gop, picks, new_session, new_ring, copy)
+                    sources = pair.pick(gop, positions, batch, io)
             except Exception as e:
                 pair.close()      # in an unknown state: begins again at its next pick
                 raise decode_failure(e, gop.name, gop.codec, gop.frame_shape)
+            nbytes = math.prod(gop.frame_shape)
+            copies += [(pointer, source, nbytes) for pointer, source in zip(pointers, sources)]
         done = torch.cuda.Event()
-        done.record(state.stream)
-        return done
+        done.record(io.state.stream)
+        return done, copies
+
+    def _pairs_ahead(self, keys: list, batch: int, device_id: int) -> None:
+        """A lane's thread, after its picks of ``batch``: the frames the pairs' next picks want.
+        An error here is left to the pick that wants the frame (it decodes again)."""
+        io = _PairIO(self, device_id, batch + 1)
+        for key in keys:
+            pair = self.pairs.get(key)
+            if pair is None or pair.gop is None:
+                continue
+            try:
+                with self._hooked("decode", pair.gop.name, False):
+                    pair.ahead(io)
+            except Exception:
+                pair.close()
+
+    def _copied_out(self, batch: int, stream) -> None:
+        """Batch ``batch``'s stream pair frames are copied out on DALI's ``stream``: ring slots
+        they came from may be written again once that stream is past here."""
+        import torch
+        event = torch.cuda.Event()
+        event.record(stream)
+        with self._lock:
+            entry = self._copied.setdefault(batch, [threading.Event(), None])
+            entry[1] = event
+            for old in [b for b in self._copied if b < batch - _COPIED_KEPT]:
+                self._copied[old][0].set()
+                del self._copied[old]
+        entry[0].set()
+
+    def _wait_copied(self, batch: int, stream) -> None:
+        """``stream`` waits for the copies of ``batch``'s pair frames (the lane's thread waits
+        until DALI's thread has queued them)."""
+        with self._lock:
+            if batch < self._started - _COPIED_KEPT and batch not in self._copied:
+                return     # long done: later batches' copies waited for it
+            entry = self._copied.setdefault(batch, [threading.Event(), None])
+        while not entry[0].wait(1.0):
+            if self._closed:
+                raise DecodeError("nvdec: the loader was closed")
+        if entry[1] is not None:
+            stream.wait_event(entry[1])
 
     def _decode_segment(self, data, segment: Segment, name: str, targets, frame_shape,
                         device_id: int, allocated: DriverEvent):
@@ -773,11 +831,44 @@ class NvdecBatchDecoder:
                                  gop.frame_shape, device_id, allocated, whole_gop=True)
 
 
+#: batches whose copy-out events the operator keeps for pairs' ring slots (a slot is read again
+#: within a few batches; older ones are long done)
+_COPIED_KEPT = 64
+
+
+class _PairIO:
+    """What a stream pair needs of the operator (:class:`StreamPair`'s ``io``), on a lane's
+    thread serving ``batch``: sessions and rings on the thread's stream, and waits for the copies
+    of earlier batches."""
+
+    def __init__(self, operator: NvdecBatchDecoder, device_id: int, batch: int):
+        self.operator, self.batch = operator, batch
+        self.state = operator._thread_state(device_id)
+
+    def new_session(self, codec: str):
+        return NvdecSession(codec, self.state.stream.cuda_stream,
+                            extra_surfaces=STREAM_EXTRA_SURFACES)
+
+    def new_ring(self, frames: int, shape: tuple):
+        import torch
+        with torch.cuda.stream(self.state.stream):    # freed and reused on this stream only
+            ring = torch.empty((frames, *shape), dtype=torch.uint8, device="cuda")
+        self.operator.held.add("stream_rings", ring.numel())
+        return ring
+
+    def free_ring(self, ring) -> None:
+        self.operator.held.add("stream_rings", -ring.numel())
+
+    def wait_read(self, batch: int) -> None:
+        if batch >= 0:
+            self.operator._wait_copied(batch, self.state.stream)
+
+
 class NvdecBackend(DecodeBackend):
     name = "nvdec"
     device = "gpu"
     decodes_ahead = True
-    ring_frames = RING_FRAMES
+    ring_frames = (RING_FRAMES, REORDER_RING_FRAMES)
 
     def __init__(self, color: str = "RGB", threads: int = DEFAULT_THREADS,
                  hooks: Sequence[DecodeHook] = (), color_matrix: str | None = None,
