@@ -67,13 +67,14 @@ class Choice:
     threads: int = 0
     sessions: str = ""
     prefetch: int = 2
+    stream_sessions: bool = False
 
 
 def _pair_sessions(source, choice: Choice) -> int:
     """The (stream slot, camera) pairs that hold an NVDEC session of their own with ``choice``
-    (dali_gop.backends._stream_sessions): on our sessions, where slots stream and bins have their
-    packet sizes (not the fixed-GOP path, whose GOPs are decoded whole)."""
-    if choice.sessions != "own" or not choice.stream_decoding or source.fix_gop_size:
+    (``stream_sessions``, dali_gop.backends._stream_sessions): where slots stream and bins have
+    their packet sizes (not the fixed-GOP path, whose GOPs are decoded whole)."""
+    if not choice.stream_sessions or not choice.stream_decoding or source.fix_gop_size:
         return 0
     return source.stream_pairs()
 
@@ -110,10 +111,10 @@ def estimate(source, choice: Choice, *, rgb_factor: int = 1, staging: bool = Tru
 def fit(budget: int, source, wanted: Choice, strict: bool = True,
         **estimate_options) -> tuple[Choice, dict[str, int]]:
     """The choice closest to ``wanted`` whose estimate fits ``budget``: our own NVDEC sessions
-    for PyNvVideoCodec's (a fraction of the memory; at most :data:`OWN_THREADS` of them where
-    threads hold sessions) first, then decode threads lowered :data:`THREAD_STEP` at a time to
-    :data:`FEW_THREADS`, then ``stream_lead`` (down to 0), then ``decode_ahead``, then DALI's
-    prefetch queue to 1, then threads to :data:`FEWEST_THREADS`, then stream decoding off (each
+    for PyNvVideoCodec's (a fraction of the memory; at most :data:`OWN_THREADS` of them) first,
+    then decode threads lowered :data:`THREAD_STEP` at a time to :data:`FEW_THREADS`, then
+    ``stream_lead`` (down to 0), then a session of its own for each stream slot's camera in place
+    of kept GOPs, then ``decode_ahead``, then DALI's prefetch queue to 1, then threads to :data:`FEWEST_THREADS`, then stream decoding off (each
     sample decoded from its keyframe: slow, but nothing kept); decode threads and the lead are then
     raised back where they still fit. ConfigError when even that does not fit, with the least
     budget that would."""
@@ -122,10 +123,7 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True,
 
     candidates = [wanted]
     if wanted.sessions == "pynvvideocodec":
-        own = replace(wanted, sessions="own")
-        if "decoder_sessions" in estimate(source, own, **estimate_options):
-            own = replace(own, threads=min(wanted.threads, OWN_THREADS))
-        candidates.append(own)
+        candidates.append(replace(wanted, sessions="own", threads=min(wanted.threads, OWN_THREADS)))
     # the most threads that fit: random access gains from every session NVDEC gets
     start = candidates[-1]
     candidates += [replace(start, threads=threads)
@@ -134,6 +132,10 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True,
         candidates.append(replace(start, threads=FEW_THREADS))
     candidates += [replace(candidates[-1], stream_lead=lead)
                    for lead in range(wanted.stream_lead - 1, -1, -1)]
+    if wanted.threads and not wanted.stream_sessions and \
+            _pair_sessions(source, replace(wanted, stream_sessions=True)):
+        # kept GOPs at lead 0 are still a GOP per slot and camera: a session each instead
+        candidates.append(replace(candidates[-1], sessions="own", stream_sessions=True))
     lowest = candidates[-1]
     candidates += [replace(lowest, decode_ahead=ahead)
                    for ahead in range(wanted.decode_ahead - 1, -1, -1)]
@@ -148,10 +150,10 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True,
         if total(choice) <= budget:
             # what was lowered on the way and freed nothing (a lead where slots keep no GOPs)
             # goes back, where it still fits
-            back = {"threads": start.threads}
+            back = [("threads", wanted.threads), ("threads", start.threads)]
             if choice.stream_decoding:
-                back["stream_lead"] = wanted.stream_lead
-            for option, value in back.items():
+                back.append(("stream_lead", wanted.stream_lead))
+            for option, value in back:
                 more = replace(choice, **{option: value})
                 if getattr(choice, option) < value and total(more) <= budget:
                     choice = more

@@ -395,7 +395,8 @@ def _within(budget: int, source: GopSource, dataset, access, source_options: dic
                gop_frames=source.longest_gop(),
                ring_frames=decoder.ring_frames[source.reorders()])
     wanted = Choice(source.stream_lead, source.decode_ahead, source.stream_decoding,
-                    decoder.threads, decoder.sessions, prefetch_queue_depth)
+                    decoder.threads, decoder.sessions, prefetch_queue_depth,
+                    decoder.stream_sessions)
     choice, held = fit(budget, source, wanted, strict, **how)
     if choice == wanted:
         return source, prefetch_queue_depth
@@ -410,6 +411,7 @@ def _within(budget: int, source: GopSource, dataset, access, source_options: dic
                       f"from its keyframe, many times slower); {least / 2**30:.1f} GiB keeps it",
                       UserWarning, stacklevel=3)
     decoder.threads, decoder.sessions = choice.threads, choice.sessions
+    decoder.stream_sessions = choice.stream_sessions
     source_options.update(stream_lead=choice.stream_lead, decode_ahead=choice.decode_ahead,
                           stream_decoding=choice.stream_decoding)
     return GopSource(dataset, access, **source_options), choice.prefetch
@@ -543,7 +545,8 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
                                                source_options, decoder, prefetch_queue_depth,
                                                strict)
         if decoder.threads:    # for the pipelines a resume builds
-            options.update(threads=decoder.threads, sessions=decoder.sessions)
+            options.update(threads=decoder.threads, sessions=decoder.sessions,
+                           stream_sessions=decoder.stream_sessions)
     dataset.check_one_size(source.store.video_info, resize)
     decoder.check_videos(source.store, dataset.videos())
     if decoder.device == "gpu" and memory_budget is None:

@@ -154,27 +154,31 @@ def test_fit_turns_to_our_own_sessions_then_lowers_their_threads(stores):
 
 
 def test_stream_slots_on_sessions_of_their_own(stores):
-    """On our sessions each (slot, camera) has a session, and a ring where videos reorder: they
-    replace the kept GOPs and the decode threads' sessions (every sample streams), so the decode
-    threads stay where they were; DALI's queue goes down before stream decoding goes off."""
+    """Where kept GOPs do not fit even at lead 0, each (slot, camera) gets a session of its own
+    (and a ring): they replace the kept GOPs and the decode threads' sessions (every sample
+    streams), so the decode threads and the lead go back where they were; DALI's queue goes down
+    before stream decoding goes off."""
     gop_root, _ = stores("h264")
     source = stream_source(gop_root, stream_lead=30)
     frame, pairs = source.frame_bytes(), 3 * len(source.dataset.cameras)
-    nvdec = dict(rgb_factor=1, staging=True, ring_frames=4,
+    nvdec = dict(rgb_factor=1, staging=True, ring_frames=4, gop_frames=source.longest_gop(),
                  session_bytes=lambda frames, sessions: session_bytes(frame, frames, sessions))
     wanted = Choice(30, 0, True, threads=48, sessions="pynvvideocodec")
-    own = replace(wanted, sessions="own")
+    kept = replace(wanted, sessions="own", threads=FEW_THREADS, stream_lead=0)
+    paired = replace(wanted, sessions="own", stream_sessions=True)
 
     def total(choice):
         return sum(estimate(source, choice, **nvdec).values())
-    held = estimate(source, own, **nvdec)
+    held = estimate(source, paired, **nvdec)
     assert source.stream_pairs() == pairs and source.streams_only()
     assert held["stream_sessions"] == pairs * (session_bytes(frame, 0, "stream") + 4 * frame)
     assert "kept_gops" not in held and "decoder_sessions" not in held
-    assert fit(total(own), source, wanted, **nvdec)[0] == own
-    queue_1 = replace(own, prefetch=1)
-    assert total(own) > total(queue_1)
-    assert fit(total(queue_1), source, wanted, **nvdec)[0] == queue_1    # 48 threads still
+    assert "kept_gops" in estimate(source, kept, **nvdec)
+    budget = min(total(kept) - 1, total(paired))
+    assert fit(budget, source, wanted, **nvdec)[0] == paired
+    queue_1 = replace(paired, prefetch=1)
+    assert total(paired) > total(queue_1)
+    assert fit(total(queue_1), source, wanted, **nvdec)[0] == queue_1    # 48 threads, lead 30
 
 
 def test_the_default_budget_is_a_quarter_of_host_memory_and_never_refuses(stores, monkeypatch):

@@ -85,17 +85,21 @@ def test_nvdec_loader_delivers_the_source_frames(loaders, stores, name, pattern,
     print(f"{name} {pattern} {options}: {seen} samples, worst RGB difference {worst}")
 
 
-#: a budget PyNvVideoCodec's 48 sessions do not fit at these sizes, and ours do: stream slots
-#: then have sessions of their own (dali_gop.backends._stream_sessions)
-OWN_SESSIONS = dict(memory_budget="200MiB")
+def own_stream_sessions(monkeypatch):
+    """Stream slots on sessions of their own (dali_gop.backends._stream_sessions) for the loaders
+    made from here on, as a memory budget chooses them where kept GOPs do not fit."""
+    from dali_gop.backends._nvdec import NvdecBackend
+    monkeypatch.setattr(NvdecBackend, "stream_sessions", True)
+    return dict(memory_budget=None)
 
 
 @pytest.mark.parametrize("name", DATASETS)
-def test_stream_slots_on_sessions_of_their_own_deliver_the_source_frames(loaders, stores, name):
+def test_stream_slots_on_sessions_of_their_own_deliver_the_source_frames(loaders, stores, name,
+                                                                        monkeypatch):
     gop_root, reference = stores(name)
     loader = loaders(gop_root, pattern="stream", backend="nvdec", batch_size=3, num_workers=2,
-                     shard_id=0, num_shards=1, **OWN_SESSIONS)
-    assert loader.settings["nvdec_sessions"] == "own" and loader.settings["stream_decoding"]
+                     shard_id=0, num_shards=1, **own_stream_sessions(monkeypatch))
+    assert loader.settings["stream_sessions"] and loader.settings["stream_decoding"]
     seen, worst = gpu_epoch_difference(
         loader, reference, lambda decoded, k: decoded["rgb24"][k],
         lambda diff: diff.max() <= RGB_TOLERANCE_MAX and diff.mean() <= RGB_TOLERANCE_MEAN)
@@ -108,9 +112,11 @@ def test_stream_slots_on_sessions_of_their_own_deliver_the_source_frames(loaders
 
 
 @pytest.mark.parametrize("name", ["hevc-bframes-open-gop", "h264-bframes-open-gop"])
-@pytest.mark.parametrize("sessions", [{}, OWN_SESSIONS], ids=["pynvvideocodec", "own"])
-def test_stream_decoding_equals_decoding_from_the_gop_start(loaders, stores, name, sessions):
+@pytest.mark.parametrize("own", [False, True], ids=["kept-gops", "own-stream-sessions"])
+def test_stream_decoding_equals_decoding_from_the_gop_start(loaders, stores, name, own,
+                                                            monkeypatch):
     gop_root, _ = stores(name)
+    sessions = own_stream_sessions(monkeypatch) if own else {}
     epochs = []
     for stream_decoding in (True, False):
         loader = loaders(gop_root, pattern="stream", backend="nvdec", batch_size=3,
@@ -131,12 +137,12 @@ def test_bgr_is_rgb_reversed_on_the_gpu(loaders, stores):
     assert np.array_equal(rgb["frames"].flip(-1).cpu().numpy(), bgr["frames"].cpu().numpy())
 
 
-@pytest.mark.parametrize("pattern, sessions", [("stream", {}), ("random", {}),
-                                               ("stream", OWN_SESSIONS)],
+@pytest.mark.parametrize("pattern, own", [("stream", False), ("random", False), ("stream", True)],
                          ids=["stream", "random", "stream-own-sessions"])
-def test_no_leaks_over_ten_epochs(loaders, stores, pattern, sessions):
+def test_no_leaks_over_ten_epochs(loaders, stores, pattern, own, monkeypatch):
     import torch
 
+    sessions = own_stream_sessions(monkeypatch) if own else {}
     gop_root, _ = stores("hevc-bframes")
     # 4 threads: every thread has made its decoder within the first epoch
     loader = loaders(gop_root, pattern=pattern, backend="nvdec", batch_size=3, num_workers=2,

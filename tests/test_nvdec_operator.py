@@ -60,11 +60,12 @@ def operator_batches(gop_root, pattern, batch_size, epochs=2, decode_ahead=0, me
 @pytest.mark.parametrize("pattern, options", [("stream", {}), ("random", {}),
                                               ("sequence", dict(length=3, stride=2))])
 @pytest.mark.parametrize("decode_ahead", [0, 2])
-@pytest.mark.parametrize("sessions", ["own", "pynvvideocodec"])
+@pytest.mark.parametrize("sessions", ["own", "pynvvideocodec", "stream"])
 def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pattern, options,
                                                   decode_ahead, sessions):
     """Every frame, on both backends' videos and every pattern, with and without decoding ahead,
-    on our own NVDEC sessions and on PyNvVideoCodec's."""
+    on our own NVDEC sessions, on PyNvVideoCodec's, and ("stream") with a session of its own for
+    each stream slot's camera."""
     from nvdec_standins import install
     install(monkeypatch)
     gop_root, reference = stores(name)
@@ -73,7 +74,9 @@ def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pat
     memory: dict = {}
     for batch, frames in operator_batches(gop_root, pattern, 3, decode_ahead=decode_ahead,
                                           memory=memory,
-                                          operator_options=dict(sessions=sessions),
+                                          operator_options=dict(
+                                              sessions="own" if sessions == "stream" else sessions,
+                                              stream_sessions=sessions == "stream"),
                                           **options):
         for (_, plan, frame_idx, clip, _), sample in zip(batch, frames):
             kept += Plan.from_array(plan).kept_key >= 0
@@ -90,7 +93,7 @@ def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pat
     # the stream slots' GOPs, samples decoded ahead; each at most the NV12 of what it holds
     nv12_frame = 96 * 160 * 3 // 2
     assert memory["staging"]["now"] == 0 < memory["staging"]["peak"] <= 3 * 2 * 3 * nv12_frame * 2
-    if pattern == "stream" and sessions == "own":
+    if pattern == "stream" and sessions == "stream":
         # a session and a ring per (slot, camera), no GOP kept decoded; a ring grown where its
         # video put out more frames at once than it held (frames lost then: decoded again once)
         from dali_gop.backends._stream_sessions import REORDER_RING_FRAMES, RING_FRAMES

@@ -21,8 +21,10 @@ class DecodeBackend(ABC):
     # a memory budget may change (dali_gop._budget)
     threads: int = 0
     sessions: str = ""
-    # frames the ring of a stream pair with a session of its own holds: (video in display order,
+    # whether each stream slot's camera decodes on an NVDEC session of its own, as its picks go,
+    # instead of keeping whole decoded GOPs; and the frames its ring holds (video in display order,
     # video that reorders frames)
+    stream_sessions: bool = False
     ring_frames: tuple[int, int] = (0, 0)
 
     def __init__(self, color: str = "RGB", color_matrix: str | None = None):
@@ -49,7 +51,8 @@ class DecodeBackend(ABC):
         """The budget's knobs as the loader reports them (``GopLoader.settings``)."""
         if not self.threads:
             return {}
-        return {"decode_threads": self.threads, "nvdec_sessions": self.sessions}
+        return {"decode_threads": self.threads, "nvdec_sessions": self.sessions,
+                "stream_sessions": self.stream_sessions}
 
     def bind(self, num_cameras: int) -> None:
         """Called before :meth:`decode` with the cameras every sample holds; a backend whose graph

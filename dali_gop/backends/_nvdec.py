@@ -255,13 +255,7 @@ class _DecodePool:
 
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
-            future, fn, args = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn(*args))
-            except BaseException as e:   # the consumer of the future raises it
-                future.set_exception(e)
+            _run_job(job)
 
     def shutdown(self) -> None:
         """Cancel what has not started, let running jobs end, stop the threads."""
@@ -270,12 +264,55 @@ class _DecodePool:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is not None:
+            if job is not None and job is not _WAKE:
                 job[0].cancel()
         for _ in self._threads:
             self._queue.put(None)
         for thread in self._threads:
             thread.join()
+
+
+def _run_job(job) -> None:
+    future, fn, args = job
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn(*args))
+    except BaseException as e:   # the consumer of the future raises it
+        future.set_exception(e)
+
+
+class _Lane(_DecodePool):
+    """One decode thread for some stream pairs: their picks first, in the order submitted, and
+    between picks the frames ahead of them (``ahead(lane)``: whether it did any), as far as their
+    rings have room; it sleeps when there is neither, until :meth:`wake`."""
+
+    def __init__(self, name: str, ahead: Callable[["_Lane"], bool]):
+        self._ahead = ahead
+        self.pairs: list = []
+        super().__init__(1, name)
+
+    def wake(self) -> None:
+        self._queue.put(_WAKE)
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                try:
+                    if self._ahead(self):
+                        continue
+                except Exception:     # the picks that want the frames meet it again
+                    pass
+                job = self._queue.get()
+            if job is None:
+                return
+            if job is not _WAKE:
+                _run_job(job)
+
+
+_WAKE = ("wake",)
 
 
 @dataclass
@@ -400,10 +437,11 @@ class NvdecBatchDecoder:
 
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
                  hooks: Sequence[DecodeHook] = (), colors: VideoColors | None = None,
-                 sessions: str = "pynvvideocodec"):
+                 sessions: str = "pynvvideocodec", stream_sessions: bool = False):
         self.hooks = tuple(hooks)
         self.stash = stash
         self.sessions = sessions
+        self.stream_sessions = stream_sessions
         self.bgr = color == "BGR"
         self.colors = colors or VideoColors()
         self.threads = threads
@@ -411,7 +449,8 @@ class NvdecBatchDecoder:
         self.held = Held()
         self.kept = KeptGops(self.held, lambda gop: gop.kept_bytes())
         self.pairs: dict[tuple[int, int], StreamPair] = {}
-        self._lanes: list[_DecodePool] = []   # one thread each: a pair's picks in order
+        self._lanes: list[_Lane] = []         # threads of the stream pairs
+        self._device_id = 0
         self._started = 0                     # batches started (:attr:`_Job.batch`)
         # batch -> [set once its stream pairs' frames are copied out, the event after the copies]
         self._copied: dict[int, list] = {}
@@ -482,9 +521,7 @@ class NvdecBatchDecoder:
         if self._closed:
             raise DecodeError("nvdec: the loader was closed")
         if lane is not None:
-            if not self._lanes:
-                self._lanes = [_DecodePool(1, f"nvdec_stream{i}") for i in range(self.threads)]
-            return self._lanes[lane % len(self._lanes)].submit(fn, *args)
+            return self._lanes[lane].submit(fn, *args)
         if self._pool is None:
             self._pool = _DecodePool(self.threads, "nvdec")
         return self._pool.submit(fn, *args)
@@ -647,11 +684,10 @@ class NvdecBatchDecoder:
         lanes = collections.defaultdict(list)
         for picks in job.pair_picks:
             lanes[self.pairs[picks[0]].lane].append(picks)
-        for lane, items in lanes.items():     # picks first, then the frames after them
+        self._device_id = device_id
+        for lane, items in lanes.items():
             job.pair_futures.append(self._submit(self._pick_pairs, items, job.batch, device_id,
                                                  lane=lane))
-            self._submit(self._pairs_ahead, [key for key, *_ in items], job.batch, device_id,
-                         lane=lane)
         for gop, data, segment in sends:    # after this batch's own segments: needed later
             gop.future = self._submit(self._decode_gop, gop, data, segment, device_id,
                                       allocated)
@@ -680,7 +716,7 @@ class NvdecBatchDecoder:
 
             def send(send):
                 segment = plan.segments[send.segment]
-                if self.sessions == "own" and segment.packet_sizes is not None:
+                if self.stream_sessions and segment.packet_sizes is not None:
                     return SentGop.of(name_list[send.segment], data, segment, frame_shape)
                 gop = DecodedGop(name_list[send.segment], segment.num_outputs, frame_shape)
                 sends.append((gop, data, segment))
@@ -700,7 +736,7 @@ class NvdecBatchDecoder:
                     continue
                 key = (request.stream.slot, camera)
                 if key not in self.pairs:    # pinned to a thread, round robin
-                    self.pairs[key] = StreamPair(lane=len(self.pairs) % self.threads)
+                    self._add_pair(key)
                 job.pair_picks.append((key, gop, [position for _, position in request.picks],
                                        [first + t * nbytes for t in range(len(request.picks))]))
                 continue
@@ -775,19 +811,27 @@ class NvdecBatchDecoder:
         done.record(io.state.stream)
         return done, copies
 
-    def _pairs_ahead(self, keys: list, batch: int, device_id: int) -> None:
-        """A lane's thread, after its picks of ``batch``: the frames the pairs' next picks want.
-        An error here is left to the pick that wants the frame (it decodes again)."""
-        io = _PairIO(self, device_id, batch + 1)
-        for key in keys:
-            pair = self.pairs.get(key)
-            if pair is None or pair.gop is None:
-                continue
+    def _add_pair(self, key: tuple[int, int]) -> None:
+        if not self._lanes:
+            self._lanes = [_Lane(f"nvdec_stream{i}", self._pairs_ahead)
+                           for i in range(self.threads)]
+        pair = self.pairs[key] = StreamPair(lane=len(self.pairs) % len(self._lanes))
+        self._lanes[pair.lane].pairs.append(pair)
+
+    def _pairs_ahead(self, lane: _Lane) -> bool:
+        """A lane's thread, between picks: a packet more for each of its pairs whose frames
+        ahead are not all decoded and whose ring has room; whether any was fed. A failure is
+        left to the pick that wants the frame (its pair begins again there)."""
+        if self._closed or not lane.pairs:
+            return False
+        io = _PairIO(self, self._device_id, batch=_AHEAD)
+        fed = False
+        for pair in list(lane.pairs):
             try:
-                with self._hooked("decode", pair.gop.name, False):
-                    pair.ahead(io)
+                fed |= pair.ahead(io)
             except Exception:
                 pair.close()
+        return fed
 
     def _copied_out(self, batch: int, stream) -> None:
         """Batch ``batch``'s stream pair frames are copied out on DALI's ``stream``: ring slots
@@ -802,6 +846,13 @@ class NvdecBatchDecoder:
                 self._copied[old][0].set()
                 del self._copied[old]
         entry[0].set()
+        for lane in self._lanes:      # ring slots that batch read are free: decode ahead
+            lane.wake()
+
+    def _is_copied(self, batch: int) -> bool:
+        with self._lock:
+            entry = self._copied.get(batch)
+            return entry[0].is_set() if entry else batch < self._started - _COPIED_KEPT
 
     def _wait_copied(self, batch: int, stream) -> None:
         """``stream`` waits for the copies of ``batch``'s pair frames (the lane's thread waits
@@ -834,6 +885,9 @@ class NvdecBatchDecoder:
 #: batches whose copy-out events the operator keeps for pairs' ring slots (a slot is read again
 #: within a few batches; older ones are long done)
 _COPIED_KEPT = 64
+#: the batch a pair decodes ahead for: after every batch started (any ring slot may be written
+#: once its reader's copies are queued)
+_AHEAD = 1 << 62
 
 
 class _PairIO:
@@ -863,6 +917,9 @@ class _PairIO:
         if batch >= 0:
             self.operator._wait_copied(batch, self.state.stream)
 
+    def copied(self, batch: int) -> bool:
+        return self.operator._is_copied(batch)
+
 
 class NvdecBackend(DecodeBackend):
     name = "nvdec"
@@ -872,8 +929,10 @@ class NvdecBackend(DecodeBackend):
 
     def __init__(self, color: str = "RGB", threads: int = DEFAULT_THREADS,
                  hooks: Sequence[DecodeHook] = (), color_matrix: str | None = None,
-                 sessions: str = "pynvvideocodec"):
+                 sessions: str = "pynvvideocodec", stream_sessions: bool | None = None):
         super().__init__(color, color_matrix)
+        if stream_sessions is not None:   # else the class's (False: stream slots keep GOPs)
+            self.stream_sessions = stream_sessions
         # whose NVDEC sessions the decode threads hold: PyNvVideoCodec's (the fastest at 48
         # threads) or our own (a fraction of the memory: what a memory budget turns to first)
         self.sessions = sessions
@@ -890,7 +949,8 @@ class NvdecBackend(DecodeBackend):
         from nvidia.dali import fn
         stash = BitstreamStash()
         operator = NvdecBatchDecoder(stash, self.color, self.threads, hooks=self.hooks,
-                                     colors=self.colors, sessions=self.sessions)
+                                     colors=self.colors, sessions=self.sessions,
+                                     stream_sessions=self.stream_sessions)
         self.operators.append(operator)
         tokens = fn.python_function(data, plan, function=stash.put, batch_processing=True)
         # no stream sync before each call: the operator orders all its GPU work on DALI's stream

@@ -80,6 +80,8 @@ class PairIO(Protocol):
 
     def wait_read(self, batch: int) -> None: ...   # the pair's stream waits for that batch's copies
 
+    def copied(self, batch: int) -> bool: ...      # whether that batch's copies are queued
+
 
 class StreamPair:
     """One (stream slot, camera): its session, how far it has decoded the GOP it is in, and its
@@ -128,11 +130,15 @@ class StreamPair:
             pointers.append(self.ring.data_ptr() + slot * self.ring[0].numel())
         return pointers
 
-    def ahead(self, io: PairIO) -> None:
-        """Decode the frames of the GOP up to :data:`AHEAD_FRAMES` past the latest pick."""
+    def ahead(self, io: PairIO) -> bool:
+        """Feed one more packet towards the frames up to :data:`AHEAD_FRAMES` past the latest
+        pick, if the ring slots it may fill are free without waiting (their batches' copies
+        queued): whether it did."""
         self._release(io)
-        if self.gop is not None and not self.flushed:
-            self._decode_through(min(self.low + AHEAD_FRAMES, self.gop.num_outputs - 1), io)
+        if self.gop is None or self.flushed or \
+                self.outputs > min(self.low + AHEAD_FRAMES, self.gop.num_outputs - 1):
+            return False
+        return self._feed(io, wait=False)
 
     def _begin(self, gop: SentGop, io: PairIO) -> None:
         """Start ``gop`` from its keyframe: a session for its codec, the GOP it was in (if any)
@@ -160,44 +166,57 @@ class StreamPair:
 
     def _release(self, io: PairIO) -> None:
         """Free the replaced rings whose readers' copies are queued (this stream waits for
-        them first: the allocator may hand the memory out on it at once)."""
-        for entry in [e for e in self.retired if e[0] < io.batch]:
+        them first: the allocator may hand the memory out on it at once); never waits for the
+        copies to be queued (decoding ahead must not wait for a batch its own thread serves)."""
+        for entry in [e for e in self.retired if e[0] < 0 or io.copied(e[0])]:
             io.wait_read(entry[0])
             io.free_ring(entry[1])
             self.retired.remove(entry)
 
     def _decode_through(self, position: int, io: PairIO) -> None:
-        """Feed packets until frame ``position`` has been displayed (or the GOP is flushed),
-        each frame from the latest pick on going to its ring slot where the ring has room."""
-        gop = self.gop
+        """Feed packets until frame ``position`` has been displayed (or the GOP is flushed)."""
         while self.outputs <= position:
             if self.flushed:      # the whole bin is in, and frame ``position`` never came
-                raise DecodeError(f"{gop.name}: frame {position} never came out of NVDEC "
-                                  f"({self.outputs} of {gop.num_outputs}): corrupt bin (re-run "
-                                  "preprocess)")
-            frames = len(self.ring)
-            targets = []
-            for q in range(max(self.outputs, self.low), self.low + frames):
-                slot = q % frames
-                if self.readers[slot] >= io.batch:   # this batch reads it: not free yet
-                    continue
-                io.wait_read(self.readers[slot])
-                self.readers[slot] = -1
-                targets.append((q, self.ring.data_ptr() + slot * self.ring[0].numel()))
-            start = gop.packet_ends[self.fed - 1] if self.fed else 0
-            last = self.fed + 1 >= len(gop.packet_ends)
-            shown = self.session.decode(gop.data[start:gop.packet_ends[self.fed]], targets,
-                                        gop.frame_shape, end_of_stream=last)
-            self.fed += 1
-            self.flushed = last
-            if last:
-                check_outputs(shown, gop, gop.name)
-            self.held.update((q, q % frames) for q, _ in targets if q < shown)
-            lost = shown > self.low + frames
-            self.outputs = shown
-            if lost and frames < REORDER_RING_FRAMES:
-                self._new_ring(max(REORDER_RING_FRAMES, frames), gop.frame_shape, io)
-                # what it held is gone with the old ring: picks below ``outputs`` decode again
+                raise DecodeError(f"{self.gop.name}: frame {position} never came out of NVDEC "
+                                  f"({self.outputs} of {self.gop.num_outputs}): corrupt bin "
+                                  "(re-run preprocess)")
+            self._feed(io, wait=True)
+
+    def _feed(self, io: PairIO, wait: bool) -> bool:
+        """Feed the next packet (and flush after the last), each frame displayed from the latest
+        pick on going to its ring slot where the ring has room; a slot the batch being served
+        reads is not written. Not ``wait``: nothing is fed (False) where a slot's last reader's
+        copies are not queued yet."""
+        gop, frames = self.gop, len(self.ring)
+        targets = []
+        for q in range(max(self.outputs, self.low), self.low + frames):
+            slot = q % frames
+            reader = self.readers[slot]
+            if reader >= io.batch:      # read by the batch being served: not free yet
+                continue
+            if reader >= 0 and not wait and not io.copied(reader):
+                return False
+            targets.append((q, slot))
+        for _, slot in targets:
+            io.wait_read(self.readers[slot])
+            self.readers[slot] = -1
+        start = gop.packet_ends[self.fed - 1] if self.fed else 0
+        last = self.fed + 1 >= len(gop.packet_ends)
+        base, nbytes = self.ring.data_ptr(), self.ring[0].numel()
+        shown = self.session.decode(gop.data[start:gop.packet_ends[self.fed]],
+                                    [(q, base + slot * nbytes) for q, slot in targets],
+                                    gop.frame_shape, end_of_stream=last)
+        self.fed += 1
+        self.flushed = last
+        if last:
+            check_outputs(shown, gop, gop.name)
+        self.held.update((q, slot) for q, slot in targets if q < shown)
+        lost = shown > self.low + frames
+        self.outputs = shown
+        if lost and frames < REORDER_RING_FRAMES:
+            self._new_ring(max(REORDER_RING_FRAMES, frames), gop.frame_shape, io)
+            # what it held is gone with the old ring: picks below ``outputs`` decode again
+        return True
 
     def close(self) -> None:
         """Free the session (the rings stay: copies may still read them)."""
