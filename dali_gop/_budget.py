@@ -4,10 +4,12 @@ What the loader holds grows with its options: the GOPs stream slots keep (``stre
 samples decoded ahead (``decode_ahead``), the batches in flight, and on nvdec one NVDEC session per
 decode thread (``decode_threads``): PyNvVideoCodec's, whose surfaces it sizes by the frame and
 whose output buffers hold the frames of one ``Decode`` call (a whole GOP), or our own, which hold
-the surfaces the video needs and no frames. ``make_loader(..., memory_budget=...)`` changes those
-options, the one that costs the least speed first, until the estimate fits, and refuses a budget
-that nothing fits, naming the least that would. The estimate counts frames the loader allocates, as ``GopLoader.memory()`` reports
-them, DALI's queue of finished batches and the sessions; the allocator's cache is outside it.
+the surfaces the video needs and no frames; where stream slots cannot keep GOPs, a session of
+ours per slot and camera (``stream_sessions``), and DALI's queue (``prefetch_queue_depth``).
+``make_loader(..., memory_budget=...)`` changes those options, the one that costs the least speed
+first, until the estimate fits, and refuses a budget that nothing fits, naming the least that
+would. The estimate counts frames the loader allocates, as ``GopLoader.memory()`` reports them,
+DALI's queue of finished batches and the sessions; the allocator's cache is outside it.
 """
 from __future__ import annotations
 

@@ -423,11 +423,12 @@ class NvdecBatchDecoder:
     reach the operator some batches before their turn when the source decodes ahead
     (``GopSource.decode_ahead``): their frames are decoded into tensors kept until then, so the
     pool always has batches queued and NVDEC does not idle at batch barriers. Stream slots get
-    their GOPs some batches before they reach them (see :class:`dali_gop._source.GopSource`). On
-    PyNvVideoCodec's sessions each is decoded whole, once, in the background, and the slot's
-    samples only copy frames out; on ours each (slot, camera) has a session of its own that
-    decodes the frames as the slot picks them (:mod:`dali_gop.backends._stream_sessions`), on a
-    thread of its own so that its picks are decoded in order.
+    their GOPs some batches before they reach them (see :class:`dali_gop._source.GopSource`).
+    Each is decoded whole, once, in the background, and the slot's samples only copy frames out;
+    or, with ``stream_sessions`` (what a memory budget turns to where kept GOPs do not fit), each
+    (slot, camera) has a session of ours that decodes the frames as the slot picks them, a few
+    ahead (:mod:`dali_gop.backends._stream_sessions`), on a thread it is pinned to, so that its
+    picks are decoded in order.
 
     The batch's Python runs in DALI's thread while dozens of decode threads want the GIL too, so
     it is kept short and keeps the GIL: one staging allocation per batch (and one per GOP a stream
