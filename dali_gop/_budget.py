@@ -61,8 +61,9 @@ FEWEST_THREADS = 8
 class Choice:
     """The options a budget decides; ``threads`` 0 where the backend holds no NVDEC sessions,
     ``sessions`` whose NVDEC sessions the threads hold ("pynvvideocodec" or "own",
-    dali_gop.backends._nvdec; on "own", stream slots have sessions of their own), ``prefetch``
-    DALI's ``prefetch_queue_depth``."""
+    dali_gop.backends._nvdec), ``prefetch`` DALI's ``prefetch_queue_depth``, ``stream_sessions``
+    whether each stream slot's camera has a session of ours in place of kept GOPs
+    (dali_gop.backends._stream_sessions)."""
     stream_lead: int
     decode_ahead: int
     stream_decoding: bool
@@ -116,9 +117,9 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True,
     for PyNvVideoCodec's (a fraction of the memory; at most :data:`OWN_THREADS` of them) first,
     then decode threads lowered :data:`THREAD_STEP` at a time to :data:`FEW_THREADS`, then
     ``stream_lead`` (down to 0), then a session of its own for each stream slot's camera in place
-    of kept GOPs, then ``decode_ahead``, then DALI's prefetch queue to 1, then threads to :data:`FEWEST_THREADS`, then stream decoding off (each
-    sample decoded from its keyframe: slow, but nothing kept); decode threads and the lead are then
-    raised back where they still fit. ConfigError when even that does not fit, with the least
+    of kept GOPs, then ``decode_ahead``, then DALI's prefetch queue to 1, then threads to
+    :data:`FEWEST_THREADS`, then stream decoding off (each sample decoded from its keyframe: slow,
+    but nothing kept); decode threads and the lead are then raised back where they still fit. ConfigError when even that does not fit, with the least
     budget that would."""
     def total(choice: Choice) -> int:
         return sum(estimate(source, choice, **estimate_options).values())

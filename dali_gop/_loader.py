@@ -105,8 +105,9 @@ class GopLoader:
     def settings(self) -> dict:
         """The options the pipeline runs with, after ``memory_budget`` (in bytes; None: no budget)
         lowered what it had to: ``stream_lead``, ``decode_ahead``, ``stream_decoding``,
-        ``prefetch_queue_depth`` and (nvdec) ``decode_threads`` and ``nvdec_sessions`` (whose NVDEC
-        sessions: "pynvvideocodec" or "own", where stream slots have sessions of their own)."""
+        ``prefetch_queue_depth`` and (nvdec) ``decode_threads``, ``nvdec_sessions`` (whose NVDEC
+        sessions the decode threads hold: "pynvvideocodec" or "own") and ``stream_sessions``
+        (each stream slot's camera on a session of its own, in place of kept GOPs)."""
         source = self.source
         settings = dict(memory_budget=self._memory_budget, stream_lead=source.stream_lead,
                         decode_ahead=source.decode_ahead, stream_decoding=source.stream_decoding,
@@ -482,10 +483,10 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
         memory_budget: bytes, or a size such as ``"8GiB"``, for what the loader holds (on the GPU
             for nvdec: decoded frames and its NVDEC sessions; in host memory for cpu: decoded
             frames): it turns to NVDEC sessions of its own (a fraction of PyNvVideoCodec's
-            memory; at most 24 decode threads, and a session per stream slot and camera that
-            decodes each frame as it is picked, in place of whole decoded GOPs), then lowers
-            ``decode_threads`` to 16, then ``stream_lead``, then ``decode_ahead``, then
-            ``prefetch_queue_depth`` to 1, then ``decode_threads`` to 8, then turns stream
+            memory; at most 24 decode threads), then lowers ``decode_threads`` to 16, then
+            ``stream_lead``, then gives each stream slot's camera a session of ours that decodes
+            each frame as it is picked, in place of whole decoded GOPs, then lowers
+            ``decode_ahead``, then ``prefetch_queue_depth`` to 1, then ``decode_threads`` to 8, then turns stream
             decoding off (with a warning: much slower) until its estimate fits
             (``dali_gop._budget``; :attr:`GopLoader.settings` says what it chose), and refuses a
             budget nothing fits, naming the least that would. Default

@@ -109,9 +109,9 @@ class GopSource:
         than its picks reach, ceil(((lead + 1) x span - 1) / GOP) + 2 whole ones. 0 when no
         sample streams."""
         lead = self.stream_lead if stream_lead is None else stream_lead
-        first = self.samples(0)[:self.batch_size]
-        if not self.stream_decoding or all(s.slot < 0 for s in first):
+        if not self.stream_pairs():
             return 0
+        first = self.samples(0)[:self.batch_size]
         span = first[0].frames[-1] - first[0].frames[0] + 1
         clip = next(iter(self.dataset.clips))
         per_slot = 0

@@ -53,22 +53,17 @@ class StandInSession:
     pointers as dense NV12 as the decoder outputs it: FFmpeg's parser and decoder hold frames back
     as NVDEC's do, so frames come out late and in bursts at a flush."""
 
-    instances: list = []
-
     def __init__(self, codec: str, stream: int, *args, **kwargs):
         import av
         self._codec = codec
         self._context = av.CodecContext.create(codec, "r")
         self._outputs = 0
         self.closed = False
-        self.calls = 0
-        StandInSession.instances.append(self)
 
     def decode(self, data, targets, frame_shape, end_of_stream=True) -> int:
         import av
         from dali_gop.backends._assemble import DecodeError
         assert not self.closed
-        self.calls += 1
         packets = list(self._context.parse(bytes(data)))
         if end_of_stream:
             packets += list(self._context.parse(b""))     # b"": the parser's last

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from dali_gop import RandomPattern, StreamPattern
+from dali_gop import _budget
 from dali_gop.errors import ConfigError
 from dali_gop._budget import (FEW_THREADS, FEWEST_THREADS, OWN_THREADS, Choice, estimate, fit,
                               parse_budget)
@@ -120,14 +121,14 @@ def test_a_budget_nothing_fits_is_refused_at_make_loader(stores):
         cpu_loader(gop_root, pattern="stream", batch_size=3, memory_budget="64GiB").close()
 
 
-def test_fit_turns_to_our_own_sessions_then_lowers_their_threads(stores):
+def test_fit_turns_to_our_own_sessions_then_lowers_their_threads(stores, monkeypatch):
     """Each decode thread holds an NVDEC session. PyNvVideoCodec's output buffers hold one Decode
     call's frames (a whole GOP by default); ours hold none: a budget first turns to ours (at most
     OWN_THREADS of them), then lowers the threads, before it touches the stream lead."""
     gop_root, _ = stores("h264")
     source = stream_source(gop_root, stream_lead=30)
     # slots keep whole GOPs (the fixed-GOP path's way), not sessions of their own
-    source.stream_pairs = lambda: 0
+    monkeypatch.setattr(_budget, "_pair_sessions", lambda source, choice: 0)
     frame = source.frame_bytes()
     nvdec = dict(rgb_factor=1, staging=True,
                  session_bytes=lambda frames, sessions: session_bytes(frame, frames, sessions),

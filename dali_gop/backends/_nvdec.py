@@ -606,27 +606,24 @@ class NvdecBatchDecoder:
                     destinations.append(destination)
                     sources.append(source)
                     sizes.append(nbytes)
+            failed: set[DecodedGop] = set()
+            for gop, position, pointer in job.stream_picks:
+                if gop in failed:
+                    continue
+                try:
+                    sources.append(gop.source(position, dali_stream, self._driver))
+                except Exception as e:
+                    failed.add(gop)
+                    errors.append(e)
+                    continue
+                destinations.append(pointer)
+                sizes.append(gop.frame_bytes)
             if destinations and not errors:
                 self._driver.copy_many(destinations, sources, sizes, dali_stream, device_id)
-        finally:
+        finally:      # the pairs' ring slots this batch read may be written again after this
             self._copied_out(job.batch, stream)
-        destinations, sources, sizes = [], [], []
-        failed: set[DecodedGop] = set()
-        for gop, position, pointer in job.stream_picks:
-            if gop in failed:
-                continue
-            try:
-                sources.append(gop.source(position, dali_stream, self._driver))
-            except Exception as e:
-                failed.add(gop)
-                errors.append(e)
-                continue
-            destinations.append(pointer)
-            sizes.append(gop.frame_bytes)
         if errors:
             raise errors[0]
-        if destinations:
-            self._driver.copy_many(destinations, sources, sizes, dali_stream, device_id)
 
     def _start(self, batch, device_id: int, dali_stream) -> _Job:
         """Allocate a batch's outputs (and its samples' decoded ahead) on DALI's stream and
@@ -850,18 +847,24 @@ class NvdecBatchDecoder:
         for lane in self._lanes:      # ring slots that batch read are free: decode ahead
             lane.wake()
 
-    def _is_copied(self, batch: int) -> bool:
+    def _copied_entry(self, batch: int) -> list | None:
+        """``batch``'s entry of :attr:`_copied` (made where it is not there yet); None where
+        it is long done (later batches' copies waited for it)."""
         with self._lock:
-            entry = self._copied.get(batch)
-            return entry[0].is_set() if entry else batch < self._started - _COPIED_KEPT
+            if batch < self._started - _COPIED_KEPT and batch not in self._copied:
+                return None
+            return self._copied.setdefault(batch, [threading.Event(), None])
+
+    def _is_copied(self, batch: int) -> bool:
+        entry = self._copied_entry(batch)
+        return entry is None or entry[0].is_set()
 
     def _wait_copied(self, batch: int, stream) -> None:
         """``stream`` waits for the copies of ``batch``'s pair frames (the lane's thread waits
         until DALI's thread has queued them)."""
-        with self._lock:
-            if batch < self._started - _COPIED_KEPT and batch not in self._copied:
-                return     # long done: later batches' copies waited for it
-            entry = self._copied.setdefault(batch, [threading.Event(), None])
+        entry = self._copied_entry(batch)
+        if entry is None:
+            return
         while not entry[0].wait(1.0):
             if self._closed:
                 raise DecodeError("nvdec: the loader was closed")

@@ -19,7 +19,6 @@ read it) is done: ``io.wait_read(batch)``.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
