@@ -52,14 +52,13 @@ def gop(order, name="clip/cam.mp4/gop.0.8.bin"):
 
 
 class Harness:
-    """The operator's side: sessions, rings on the host, and batches whose frames are copied out
+    """The operator's side: sessions, rings on the host, and picks whose frames are copied out
     (read here) as soon as they are picked; then the pair decodes ahead, as its thread does."""
 
     def __init__(self, delay=2, lose=()):
         self.pair = StreamPair()
-        self.sessions, self.rings, self.freed, self.waits = [], [], [], []
+        self.sessions, self.rings, self.freed = [], [], []
         self.delay, self.lose = delay, lose
-        self.batch = 0
 
     def new_session(self, codec):
         self.sessions.append(ReorderingSession(codec, self.delay, self.lose))
@@ -72,17 +71,9 @@ class Harness:
     def free_ring(self, ring):
         self.freed.append(ring)
 
-    def wait_read(self, batch):
-        assert batch < self.batch, "waited for a batch not copied out yet: it never would be"
-        self.waits.append(batch)
-
-    def copied(self, batch):
-        return batch < self.batch
-
     def pick(self, sent, positions):
-        pointers = self.pair.pick(sent, positions, self.batch, self)
+        pointers = self.pair.pick(sent, positions, self)
         got = [ctypes.c_uint8.from_address(p).value - 1 for p in pointers]
-        self.batch += 1
         while self.pair.ahead(self):
             pass
         return got
@@ -112,9 +103,8 @@ def test_every_pick_gets_its_frame_one_pick_per_batch():
 def test_frames_ahead_are_decoded_after_the_pick_not_before_it():
     h = Harness(delay=0)
     sent = gop(list(range(8)))
-    h.pair.pick(sent, [0], 0, h)
+    h.pair.pick(sent, [0], h)
     assert h.pair.outputs == 1                 # the pick waits for its own frame only
-    h.batch = 1
     while h.pair.ahead(h):
         pass
     assert h.pair.outputs == 1 + AHEAD_FRAMES   # then the frames the next picks want
@@ -125,7 +115,7 @@ def test_a_burst_past_the_ring_grows_it_and_decodes_again_once():
     sent, later = gop(ORDER), gop(ORDER, "clip/cam.mp4/gop.8.8.bin")
     assert [h.pick(sent, [p])[0] for p in range(8)] == list(range(8))
     assert len(h.pair.ring) == REORDER_RING_FRAMES and h.pair.decoded_again == 1
-    assert h.freed == h.rings[:1]            # the first ring, once its copies were waited for
+    assert h.freed == h.rings[:1]            # the first ring, at the call after it was replaced
     assert [h.pick(later, [p])[0] for p in range(8)] == list(range(8))
     assert h.pair.decoded_again == 1
 

@@ -264,7 +264,7 @@ class _DecodePool:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is not None and job is not _WAKE:
+            if job is not None:
                 job[0].cancel()
         for _ in self._threads:
             self._queue.put(None)
@@ -285,15 +285,12 @@ def _run_job(job) -> None:
 class _Lane(_DecodePool):
     """One decode thread for some stream pairs: their picks first, in the order submitted, and
     between picks the frames ahead of them (``ahead(lane)``: whether it did any), as far as their
-    rings have room; it sleeps when there is neither, until :meth:`wake`."""
+    rings have room; it sleeps when there is neither, until the next picks."""
 
     def __init__(self, name: str, ahead: Callable[["_Lane"], bool]):
         self._ahead = ahead
         self.pairs: list = []
         super().__init__(1, name)
-
-    def wake(self) -> None:
-        self._queue.put(_WAKE)
 
     def _work(self) -> None:
         while True:
@@ -308,11 +305,7 @@ class _Lane(_DecodePool):
                 job = self._queue.get()
             if job is None:
                 return
-            if job is not _WAKE:
-                _run_job(job)
-
-
-_WAKE = ("wake",)
+            _run_job(job)
 
 
 @dataclass
@@ -408,8 +401,7 @@ class _Job:
     futures: list = field(default_factory=list)
     stream_picks: list = field(default_factory=list)  # (DecodedGop, position, pointer)
     pair_picks: list = field(default_factory=list)    # ((slot, camera), SentGop, positions, pointers)
-    pair_futures: list = field(default_factory=list)  # -> (event, [(destination, source, nbytes)])
-    batch: int = 0           # the operator's count of batches started
+    pair_futures: list = field(default_factory=list)  # -> an event after their copies
     released: list = field(default_factory=list)      # chunks let go, alive until it is done
     errors: list = field(default_factory=list)
 
@@ -452,9 +444,6 @@ class NvdecBatchDecoder:
         self.pairs: dict[tuple[int, int], StreamPair] = {}
         self._lanes: list[_Lane] = []         # threads of the stream pairs
         self._device_id = 0
-        self._started = 0                     # batches started (:attr:`_Job.batch`)
-        # batch -> [set once its stream pairs' frames are copied out, the event after the copies]
-        self._copied: dict[int, list] = {}
         self.ahead: dict[int, _Decoded] = {}
         self._driver: CudaDriver | None = None         # DALI's thread: keeps the GIL
         self._pool_driver: CudaDriver | None = None    # decode threads: drop it
@@ -510,8 +499,6 @@ class NvdecBatchDecoder:
             pair.close()
             pair.ring = None
         self.pairs.clear()
-        for done, _ in self._copied.values():
-            done.set()
         self.kept.clear()
         self.ahead.clear()
         self._pending.clear()
@@ -560,7 +547,7 @@ class NvdecBatchDecoder:
                               "of step); rebuild the pipeline")
         try:
             with self._hooked("finish"):
-                self._finish(job, handle, device_id, dali_stream)
+                self._finish(job, handle, device_id)
                 with torch.cuda.stream(dali_stream):
                     outputs = self._to_rgb(job)
         finally:
@@ -584,44 +571,36 @@ class NvdecBatchDecoder:
                                             for frames, conversion in zip(staging, cameras)]))
         return outputs
 
-    def _finish(self, job: _Job, dali_stream: int, device_id: int, stream) -> None:
-        """Make DALI's stream wait for the batch's decodes and copy its stream picks (one driver
-        call); the first error of the batch is raised."""
+    def _finish(self, job: _Job, dali_stream: int, device_id: int) -> None:
+        """Make DALI's stream wait for the batch's decodes (the stream pairs' copies among them)
+        and copy its picks of kept GOPs (one driver call); the first error of the batch is
+        raised."""
         errors = list(job.errors)
         for future in job.futures:
             try:
                 self._driver.wait(dali_stream, future.result().cuda_event)
             except Exception as e:
                 errors.append(e)
+        for future in job.pair_futures:
+            try:
+                self._driver.wait(dali_stream, future.result().cuda_event)
+            except Exception as e:
+                errors.append(e)
         destinations, sources, sizes = [], [], []
-        try:
-            for future in job.pair_futures:
-                try:
-                    event, copies = future.result()
-                except Exception as e:
-                    errors.append(e)
-                    continue
-                self._driver.wait(dali_stream, event.cuda_event)
-                for destination, source, nbytes in copies:
-                    destinations.append(destination)
-                    sources.append(source)
-                    sizes.append(nbytes)
-            failed: set[DecodedGop] = set()
-            for gop, position, pointer in job.stream_picks:
-                if gop in failed:
-                    continue
-                try:
-                    sources.append(gop.source(position, dali_stream, self._driver))
-                except Exception as e:
-                    failed.add(gop)
-                    errors.append(e)
-                    continue
-                destinations.append(pointer)
-                sizes.append(gop.frame_bytes)
-            if destinations and not errors:
-                self._driver.copy_many(destinations, sources, sizes, dali_stream, device_id)
-        finally:      # the pairs' ring slots this batch read may be written again after this
-            self._copied_out(job.batch, stream)
+        failed: set[DecodedGop] = set()
+        for gop, position, pointer in job.stream_picks:
+            if gop in failed:
+                continue
+            try:
+                sources.append(gop.source(position, dali_stream, self._driver))
+            except Exception as e:
+                failed.add(gop)
+                errors.append(e)
+                continue
+            destinations.append(pointer)
+            sizes.append(gop.frame_bytes)
+        if destinations and not errors:
+            self._driver.copy_many(destinations, sources, sizes, dali_stream, device_id)
         if errors:
             raise errors[0]
 
@@ -632,9 +611,7 @@ class NvdecBatchDecoder:
         datas, plans = batch
         decoded = [Plan.from_array(p) for p in plans]
         names = [segment_names(d, p.names_offset) for d, p in zip(datas, decoded)]
-        job = _Job([p.shape for p in plans], [None] * len(plans), [None] * len(plans),
-                   batch=self._started)
-        self._started += 1
+        job = _Job([p.shape for p in plans], [None] * len(plans), [None] * len(plans))
         now = [i for i, plan in enumerate(decoded) if plan.kept_key < 0]
         ahead = [i for i, plan in enumerate(decoded) if plan.ahead_key >= 0]
         for i, plan in enumerate(decoded):
@@ -684,7 +661,7 @@ class NvdecBatchDecoder:
             lanes[self.pairs[picks[0]].lane].append(picks)
         self._device_id = device_id
         for lane, items in lanes.items():
-            job.pair_futures.append(self._submit(self._pick_pairs, items, job.batch, device_id,
+            job.pair_futures.append(self._submit(self._pick_pairs, items, device_id, allocated,
                                                  lane=lane))
         for gop, data, segment in sends:    # after this batch's own segments: needed later
             gop.future = self._submit(self._decode_gop, gop, data, segment, device_id,
@@ -788,26 +765,31 @@ class NvdecBatchDecoder:
         done.record(state.stream)
         return done
 
-    def _pick_pairs(self, items: list, batch: int, device_id: int):
-        """A lane's thread: each stream pair's picks of ``batch``, in its ring (decoded now where
-        the frames ahead did not reach them); return an event after it all and the copies
-        (destination, source, bytes) for DALI's stream to make once it waits for that event."""
+    def _pick_pairs(self, items: list, device_id: int, allocated: DriverEvent):
+        """A lane's thread: each stream pair's picks, in its ring (decoded now where the frames
+        ahead did not reach them), copied to the batch's staging on the lane's stream (one driver
+        call; the pairs' later decodes are queued behind it); return an event after it all."""
         import torch
-        io = _PairIO(self, device_id, batch)
-        copies = []
+        io = _PairIO(self, device_id)
+        stream = io.state.stream.cuda_stream
+        self._pool_driver.wait(stream, allocated.handle)
+        destinations, sources, sizes = [], [], []
         for key, gop, positions, pointers in items:
             pair = self.pairs[key]
             try:
                 with self._hooked("decode", gop.name, False):
-                    sources = pair.pick(gop, positions, batch, io)
+                    picked = pair.pick(gop, positions, io)
             except Exception as e:
                 pair.close()      # in an unknown state: begins again at its next pick
                 raise decode_failure(e, gop.name, gop.codec, gop.frame_shape)
-            nbytes = math.prod(gop.frame_shape)
-            copies += [(pointer, source, nbytes) for pointer, source in zip(pointers, sources)]
+            destinations += pointers
+            sources += picked
+            sizes += [math.prod(gop.frame_shape)] * len(picked)
+        if destinations:
+            self._pool_driver.copy_many(destinations, sources, sizes, stream, device_id)
         done = torch.cuda.Event()
         done.record(io.state.stream)
-        return done, copies
+        return done
 
     def _add_pair(self, key: tuple[int, int]) -> None:
         if not self._lanes:
@@ -822,7 +804,7 @@ class NvdecBatchDecoder:
         left to the pick that wants the frame (its pair begins again there)."""
         if self._closed or not lane.pairs:
             return False
-        io = _PairIO(self, self._device_id, batch=_AHEAD)
+        io = _PairIO(self, self._device_id)
         fed = False
         for pair in list(lane.pairs):
             try:
@@ -830,46 +812,6 @@ class NvdecBatchDecoder:
             except Exception:
                 pair.close()
         return fed
-
-    def _copied_out(self, batch: int, stream) -> None:
-        """Batch ``batch``'s stream pair frames are copied out on DALI's ``stream``: ring slots
-        they came from may be written again once that stream is past here."""
-        import torch
-        event = torch.cuda.Event()
-        event.record(stream)
-        with self._lock:
-            entry = self._copied.setdefault(batch, [threading.Event(), None])
-            entry[1] = event
-            for old in [b for b in self._copied if b < batch - _COPIED_KEPT]:
-                self._copied[old][0].set()
-                del self._copied[old]
-        entry[0].set()
-        for lane in self._lanes:      # ring slots that batch read are free: decode ahead
-            lane.wake()
-
-    def _copied_entry(self, batch: int) -> list | None:
-        """``batch``'s entry of :attr:`_copied` (made where it is not there yet); None where
-        it is long done (later batches' copies waited for it)."""
-        with self._lock:
-            if batch < self._started - _COPIED_KEPT and batch not in self._copied:
-                return None
-            return self._copied.setdefault(batch, [threading.Event(), None])
-
-    def _is_copied(self, batch: int) -> bool:
-        entry = self._copied_entry(batch)
-        return entry is None or entry[0].is_set()
-
-    def _wait_copied(self, batch: int, stream) -> None:
-        """``stream`` waits for the copies of ``batch``'s pair frames (the lane's thread waits
-        until DALI's thread has queued them)."""
-        entry = self._copied_entry(batch)
-        if entry is None:
-            return
-        while not entry[0].wait(1.0):
-            if self._closed:
-                raise DecodeError("nvdec: the loader was closed")
-        if entry[1] is not None:
-            stream.wait_event(entry[1])
 
     def _decode_segment(self, data, segment: Segment, name: str, targets, frame_shape,
                         device_id: int, allocated: DriverEvent):
@@ -886,21 +828,12 @@ class NvdecBatchDecoder:
                                  gop.frame_shape, device_id, allocated, whole_gop=True)
 
 
-#: batches whose copy-out events the operator keeps for pairs' ring slots (a slot is read again
-#: within a few batches; older ones are long done)
-_COPIED_KEPT = 64
-#: the batch a pair decodes ahead for: after every batch started (any ring slot may be written
-#: once its reader's copies are queued)
-_AHEAD = 1 << 62
-
-
 class _PairIO:
     """What a stream pair needs of the operator (:class:`StreamPair`'s ``io``), on a lane's
-    thread serving ``batch``: sessions and rings on the thread's stream, and waits for the copies
-    of earlier batches."""
+    thread: sessions and rings on the thread's stream."""
 
-    def __init__(self, operator: NvdecBatchDecoder, device_id: int, batch: int):
-        self.operator, self.batch = operator, batch
+    def __init__(self, operator: NvdecBatchDecoder, device_id: int):
+        self.operator = operator
         self.state = operator._thread_state(device_id)
 
     def new_session(self, codec: str):
@@ -916,13 +849,6 @@ class _PairIO:
 
     def free_ring(self, ring) -> None:
         self.operator.held.add("stream_rings", -ring.numel())
-
-    def wait_read(self, batch: int) -> None:
-        if batch >= 0:
-            self.operator._wait_copied(batch, self.state.stream)
-
-    def copied(self, batch: int) -> bool:
-        return self.operator._is_copied(batch)
 
 
 class NvdecBackend(DecodeBackend):

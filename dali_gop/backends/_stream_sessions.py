@@ -5,7 +5,7 @@ Decoded whole, a GOP stays with its slot until the slot has picked its last fram
 of the stream order cross GOP boundaries together: at those batches every slot holds a whole GOP
 (96 of them at 16 slots x 6 cameras). A session per slot holds its decoder's surfaces and a ring
 of a few frames: the frames its next picks want, decoded :data:`AHEAD_FRAMES` picks ahead so that
-a batch finds them ready, and the operator copies them out on its own stream.
+a batch finds them ready.
 
 Each GOP is decoded as the whole-GOP path decodes it (its bin, flushed at its end), so the frames
 are the same. A video that reorders frames (B-frames) displays several at once at times (always
@@ -13,8 +13,11 @@ at a flush); a pair whose session displays a frame its ring has no room for grow
 :data:`REORDER_RING_FRAMES`, and a frame displayed where nothing could hold it is decoded again,
 from its GOP's keyframe, if a pick wants it: slower, never another frame.
 
-A ring slot is written only after the operator's copy of the frame it last held (the batch that
-read it) is done: ``io.wait_read(batch)``.
+The caller copies a pick's frames out of the ring on the pair's own stream (the session's) before
+the pair's next call: every later decode into the ring is queued behind those copies, so a ring
+slot is free again as soon as its pick returns, with no wait for the batch that reads it. Were
+the copies left to the batch's own stream, a slot would stay taken until that batch is done, and
+the pairs would decode no further ahead than the batches in flight.
 """
 from __future__ import annotations
 
@@ -67,19 +70,13 @@ class SentGop:
 
 
 class PairIO(Protocol):
-    """What a pair needs of the operator, on the pair's decode thread, serving ``batch``."""
-
-    batch: int
+    """What a pair needs of the operator, on the pair's decode thread."""
 
     def new_session(self, codec: str): ...
 
-    def new_ring(self, frames: int, shape: tuple): ...
+    def new_ring(self, frames: int, shape: tuple): ...   # on the pair's stream
 
     def free_ring(self, ring) -> None: ...
-
-    def wait_read(self, batch: int) -> None: ...   # the pair's stream waits for that batch's copies
-
-    def copied(self, batch: int) -> bool: ...      # whether that batch's copies are queued
 
 
 class StreamPair:
@@ -96,23 +93,24 @@ class StreamPair:
         self.outputs = 0         # its frames displayed so far
         self.flushed = False
         self.ring = None         # (frames, H*3/2, W) uint8 on the device
+        self.slots = self.base = self.slot_bytes = 0    # of ``ring``, as plain ints
         self.held: dict[int, int] = {}   # position -> ring slot, decoded and not yet passed
-        self.readers: list[int] = []     # per ring slot: the last batch that reads it (-1: none)
         self.low = 0             # the latest pick: frames below it are passed
-        self.retired: list = []  # (last batch reading it, ring) replaced while being read
+        self.first = None        # the first pick of this call: slots from it on are being read
+        self.retired: list = []  # rings replaced during a call (its picks may point into them)
         self.decoded_again = 0   # GOPs decoded again for a frame displayed where none could go
 
-    def pick(self, gop: SentGop, positions: Sequence[int], batch: int, io: PairIO) -> list[int]:
+    def pick(self, gop: SentGop, positions: Sequence[int], io: PairIO) -> list[int]:
         """Device pointers of frames ``positions`` of ``gop`` (in order) in the ring, each
-        decoded first where it is not there; ``batch`` reads them (its copies are waited for
-        before their slots are written again)."""
-        self._release(io)
+        decoded first where it is not there. They hold those frames until the pair's next call:
+        the caller queues its copies of them on the pair's stream before then."""
+        self._next_call(io)
         pointers = []
         for position in positions:
             check_position(position, gop.num_outputs, gop.name)
             if gop is not self.gop:
                 self._begin(gop, io)
-            if len(self.ring) < len(positions) + AHEAD_FRAMES:   # a batch's picks all held
+            if self.slots < len(positions) + AHEAD_FRAMES:   # a call's picks all held
                 self._new_ring(len(positions) + AHEAD_FRAMES, gop.frame_shape, io)
             for _ in range(2):       # twice where the ring grew under the decode
                 if position in self.held:
@@ -123,21 +121,29 @@ class StreamPair:
                 self.low = position
                 self._decode_through(position, io)
             self.low = position
+            self.first = position if self.first is None else self.first
             self.held = {q: s for q, s in self.held.items() if q >= position}
             slot = self.held[position]
-            self.readers[slot] = batch
-            pointers.append(self.ring.data_ptr() + slot * self.ring[0].numel())
+            pointers.append(self.base + slot * self.slot_bytes)
         return pointers
 
     def ahead(self, io: PairIO) -> bool:
         """Feed one more packet towards the frames up to :data:`AHEAD_FRAMES` past the latest
-        pick, if the ring slots it may fill are free without waiting (their batches' copies
-        queued): whether it did."""
-        self._release(io)
+        pick: whether it did."""
+        self._next_call(io)
         if self.gop is None or self.flushed or \
                 self.outputs > min(self.low + AHEAD_FRAMES, self.gop.num_outputs - 1):
             return False
-        return self._feed(io, wait=False)
+        self._feed(io)
+        return True
+
+    def _next_call(self, io: PairIO) -> None:
+        """The last call's picks are copied out (queued on this stream): their slots and the
+        rings replaced under them are free."""
+        self.first = None
+        for ring in self.retired:
+            io.free_ring(ring)
+        self.retired = []
 
     def _begin(self, gop: SentGop, io: PairIO) -> None:
         """Start ``gop`` from its keyframe: a session for its codec, the GOP it was in (if any)
@@ -148,29 +154,19 @@ class StreamPair:
         elif self.fed and not self.flushed:
             self.session.decode(_FLUSH, (), self.gop.frame_shape, end_of_stream=True)
         if self.ring is None or tuple(self.ring.shape[1:]) != gop.frame_shape:
-            self._new_ring(len(self.ring) if self.ring is not None else RING_FRAMES,
+            self._new_ring(self.slots or RING_FRAMES,
                            gop.frame_shape, io)
         self.gop, self.fed, self.outputs, self.flushed, self.held, self.low = \
             gop, 0, 0, False, {}, 0
 
     def _new_ring(self, frames: int, shape: tuple, io: PairIO) -> None:
-        """A ring of ``frames`` frames of ``shape``; the old one lives on until the copies of
-        the batches that read it are done."""
+        """A ring of ``frames`` frames of ``shape``; the old one lives on until the next call
+        (this call's picks may point into it)."""
         if self.ring is not None:
-            self.retired.append((max(self.readers), self.ring))
+            self.retired.append(self.ring)
         self.ring = io.new_ring(frames, shape)
-        self.readers = [-1] * frames
+        self.slots, self.base, self.slot_bytes = frames, self.ring.data_ptr(), self.ring[0].numel()
         self.held = {}
-        self._release(io)
-
-    def _release(self, io: PairIO) -> None:
-        """Free the replaced rings whose readers' copies are queued (this stream waits for
-        them first: the allocator may hand the memory out on it at once); never waits for the
-        copies to be queued (decoding ahead must not wait for a batch its own thread serves)."""
-        for entry in [e for e in self.retired if e[0] < 0 or io.copied(e[0])]:
-            io.wait_read(entry[0])
-            io.free_ring(entry[1])
-            self.retired.remove(entry)
 
     def _decode_through(self, position: int, io: PairIO) -> None:
         """Feed packets until frame ``position`` has been displayed (or the GOP is flushed)."""
@@ -179,46 +175,31 @@ class StreamPair:
                 raise DecodeError(f"{self.gop.name}: frame {position} never came out of NVDEC "
                                   f"({self.outputs} of {self.gop.num_outputs}): corrupt bin "
                                   "(re-run preprocess)")
-            self._feed(io, wait=True)
+            self._feed(io)
 
-    def _feed(self, io: PairIO, wait: bool) -> bool:
+    def _feed(self, io: PairIO) -> None:
         """Feed the next packet (and flush after the last), each frame displayed from the latest
-        pick on going to its ring slot where the ring has room; a slot the batch being served
-        reads is not written. Not ``wait``: nothing is fed (False) where a slot's last reader's
-        copies are not queued yet."""
-        gop, frames = self.gop, len(self.ring)
-        targets = []
-        for q in range(max(self.outputs, self.low), self.low + frames):
-            slot = q % frames
-            reader = self.readers[slot]
-            if reader >= io.batch:      # read by the batch being served: not free yet
-                continue
-            if reader >= 0 and not wait and not io.copied(reader):
-                return False
-            targets.append((q, slot))
-        for _, slot in targets:
-            io.wait_read(self.readers[slot])
-            self.readers[slot] = -1
+        pick on going to its ring slot, short of the slots this call's picks point to."""
+        gop, frames = self.gop, self.slots
+        end = (self.low if self.first is None else self.first) + frames
+        targets = [(q, q % frames) for q in range(max(self.outputs, self.low), end)]
         start = gop.packet_ends[self.fed - 1] if self.fed else 0
         last = self.fed + 1 >= len(gop.packet_ends)
-        base, nbytes = self.ring.data_ptr(), self.ring[0].numel()
         shown = self.session.decode(gop.data[start:gop.packet_ends[self.fed]],
-                                    [(q, base + slot * nbytes) for q, slot in targets],
+                                    [(q, self.base + slot * self.slot_bytes) for q, slot in targets],
                                     gop.frame_shape, end_of_stream=last)
         self.fed += 1
         self.flushed = last
         if last:
             check_outputs(shown, gop, gop.name)
         self.held.update((q, slot) for q, slot in targets if q < shown)
-        lost = shown > self.low + frames
         self.outputs = shown
-        if lost and frames < REORDER_RING_FRAMES:
+        if shown > end and frames < REORDER_RING_FRAMES:
             self._new_ring(max(REORDER_RING_FRAMES, frames), gop.frame_shape, io)
             # what it held is gone with the old ring: picks below ``outputs`` decode again
-        return True
 
     def close(self) -> None:
-        """Free the session (the rings stay: copies may still read them)."""
+        """Free the session (the ring stays: copies may still read it)."""
         if self.session is not None:
             self.session.close()
         self.session, self.codec, self.gop, self.fed, self.flushed = None, None, None, 0, False

@@ -111,7 +111,8 @@ def _say_settings(b: Bench, row: Result) -> None:
 
 
 def _profiled(b: Bench, name: str, run, **options) -> Result:
-    """A row whose workload takes a profiler (--profile, nvdec), printed after the row."""
+    """A row whose workload takes a profiler (--profile, nvdec), printed after the row with what
+    the loader ran with."""
     profile = b.args.profile and b.args.backend == "nvdec"
     result = b.measure(name, lambda: run(Profiler() if profile else None), **options)
     _say_settings(b, result)
@@ -154,10 +155,10 @@ def budget_rows(b: Bench) -> list[Result]:
             budget = None if given.lower() == "none" else given
             name = f"dali-gop {access}, budget {given} ({backend})"
             try:
-                row = b.measure(
-                    name, lambda access=access, group=group, budget=budget: loader_run(
-                        b, access, backend, group, a.warmup, a.random_batches,
-                        memory_budget=budget),
+                row = _profiled(
+                    b, name, lambda profiler, access=access, group=group, budget=budget:
+                    loader_run(b, access, backend, group, a.warmup, a.random_batches,
+                               profiler=profiler, memory_budget=budget),
                     method=f"dali-gop ({backend}) within a memory budget", access=access,
                     note=f"memory_budget={budget}")
             except ConfigError as e:
@@ -166,7 +167,6 @@ def budget_rows(b: Bench) -> list[Result]:
                 continue
             row.details["budget"] = given
             rows.append(row)
-            _say_settings(b, row)
     return rows
 
 
