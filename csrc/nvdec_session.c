@@ -75,6 +75,9 @@ static void load_api(void) {
     *(void **)&api.decode_status = dlsym(cuvid, "cuvidGetDecodeStatus");
 }
 
+/* frames one packet of a deferring call may display (a flush of a stream with B-frames) */
+#define MAX_DEFERRED 32
+
 typedef struct {
     CUcontext context;
     CUstream stream;
@@ -89,6 +92,10 @@ typedef struct {
     int targets, cursor;
     int width, height;          /* the caller's frame size: any other is refused, never copied */
     long long outputs;          /* frames displayed since the last end of stream */
+    /* nvdec_sessions_decode: frames displayed while parsing, mapped and copied after every
+       session of the call has its picture queued on NVDEC (so that they decode at once) */
+    int defer, deferred;
+    struct { CUVIDPARSERDISPINFO shown; int first, last; } pending[MAX_DEFERRED];
     int failed;
     char error[512];
 } Session;
@@ -187,6 +194,8 @@ static int copy_frame(Session *s, CUdeviceptr source, unsigned pitch, CUdevicept
     return status ? fail(s, "cuMemcpy2DAsync failed with CUDA error %d", status) : 1;
 }
 
+static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last);
+
 static int CUDAAPI on_display(void *user, CUVIDPARSERDISPINFO *shown) {
     Session *s = user;
     if (!shown)
@@ -212,6 +221,23 @@ static int CUDAAPI on_display(void *user, CUVIDPARSERDISPINFO *shown) {
     if (width != s->width || height != s->height)
         return fail(s, "NVDEC frame %dx%d does not fit the sample's %dx%d (cameras or clips of "
                     "different sizes?)", width, height, s->width, s->height);
+    int first = s->cursor;
+    while (s->cursor < s->targets && s->positions[s->cursor] == position)
+        s->cursor++;
+    if (s->defer) {
+        if (s->deferred == MAX_DEFERRED)
+            return fail(s, "NVDEC displayed more than %d frames for one packet", MAX_DEFERRED);
+        s->pending[s->deferred].shown = *shown;
+        s->pending[s->deferred].first = first;
+        s->pending[s->deferred].last = s->cursor;
+        s->deferred++;
+        return 1;
+    }
+    return deliver(s, shown, first, s->cursor);
+}
+
+/* Map a displayed frame, copy it to pointers[first:last], unmap it. */
+static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last) {
     CUVIDPROCPARAMS process;
     memset(&process, 0, sizeof process);
     process.progressive_frame = shown->progressive_frame;
@@ -225,8 +251,8 @@ static int CUDAAPI on_display(void *user, CUVIDPARSERDISPINFO *shown) {
     if (status)
         return fail(s, "cuvidMapVideoFrame failed with CUDA error %d", status);
     int ok = 1;
-    for (; ok && s->cursor < s->targets && s->positions[s->cursor] == position; s->cursor++)
-        ok = copy_frame(s, source, pitch, s->pointers[s->cursor]);
+    for (int i = first; ok && i < last; i++)
+        ok = copy_frame(s, source, pitch, s->pointers[i]);
     /* the surface goes back to the decoder when unmapped: the copies must have read it */
     status = api.synchronize(s->stream);
     api.unmap(s->decoder, source);
@@ -281,27 +307,18 @@ void *nvdec_session_create(int codec, unsigned long long stream, unsigned extra_
     return s;
 }
 
-/* Parse ``size`` bytes (Annex B), then flush if ``end_of_stream`` (the next bytes start a new
- * stream at a keyframe); output ``positions[i]`` (counted from the last flush) is copied to
- * ``pointers[i]`` as a dense NV12 frame of ``width`` x ``height``, every copy done on return.
- * Returns the frames output since the last flush, or -1 and ``error``. After an error the session
- * is in an unknown state: destroy it. */
-long long nvdec_session_decode(void *session, const unsigned char *data, unsigned long long size,
-                               int end_of_stream, const long long *positions,
-                               const unsigned long long *pointers, int targets, int width,
-                               int height, char *error, int error_size) {
-    Session *s = session;
-    CUcontext popped;
-    if (s->failed) {
-        report(error, error_size, s->error);
-        return -1;
-    }
+static void set_targets(Session *s, const long long *positions, const unsigned long long *pointers,
+                        int targets, int width, int height) {
     s->positions = positions;
     s->pointers = pointers;
     s->targets = targets;
     s->cursor = 0;
     s->width = width;
     s->height = height;
+}
+
+static void parse(Session *s, const unsigned char *data, unsigned long long size, int end_of_stream) {
+    CUcontext popped;
     CUVIDSOURCEDATAPACKET packet;
     memset(&packet, 0, sizeof packet);
     packet.payload = data;
@@ -312,19 +329,74 @@ long long nvdec_session_decode(void *session, const unsigned char *data, unsigne
         status = api.parse(s->parser, &packet);
         api.pop_context(&popped);
     }
+    if (status && !s->failed)
+        fail(s, "cuvidParseVideoData failed with CUDA error %d", status);
+}
+
+/* The call's frames are out: its outputs (or -1 where it failed), the count reset at an end of
+ * stream. */
+static long long finish(Session *s, int end_of_stream) {
+    long long outputs = s->outputs;
     s->positions = NULL;
     s->pointers = NULL;
     s->targets = 0;
-    long long outputs = s->outputs;
     if (end_of_stream)
         s->outputs = 0;
-    if (status && !s->failed)
-        fail(s, "cuvidParseVideoData failed with CUDA error %d", status);
-    if (s->failed) {
-        report(error, error_size, s->error);
-        return -1;
+    return s->failed ? -1 : outputs;
+}
+
+/* Parse ``size`` bytes (Annex B), then flush if ``end_of_stream`` (the next bytes start a new
+ * stream at a keyframe); output ``positions[i]`` (counted from the last flush) is copied to
+ * ``pointers[i]`` as a dense NV12 frame of ``width`` x ``height``, every copy done on return.
+ * Returns the frames output since the last flush, or -1 and ``error``. After an error the session
+ * is in an unknown state: destroy it. */
+long long nvdec_session_decode(void *session, const unsigned char *data, unsigned long long size,
+                               int end_of_stream, const long long *positions,
+                               const unsigned long long *pointers, int targets, int width,
+                               int height, char *error, int error_size) {
+    Session *s = session;
+    if (!s->failed) {
+        set_targets(s, positions, pointers, targets, width, height);
+        parse(s, data, size, end_of_stream);
     }
+    long long outputs = finish(s, end_of_stream);
+    if (outputs < 0)
+        report(error, error_size, s->error);
     return outputs;
+}
+
+/* nvdec_session_decode for ``count`` sessions at once (one packet each, from one thread): every
+ * session's packet is parsed first, its pictures queued on NVDEC, and the frames they display
+ * are copied out after that, so that the sessions' pictures decode at once rather than one after
+ * the other. ``outputs[i]`` gets session i's result, -1 where it failed
+ * (nvdec_session_error says why); the other sessions are not affected. */
+void nvdec_sessions_decode(int count, void **sessions, const unsigned char **datas,
+                           const unsigned long long *sizes, const int *ends,
+                           const long long **positions, const unsigned long long **pointers,
+                           const int *targets, const int *widths, const int *heights,
+                           long long *outputs) {
+    for (int i = 0; i < count; i++) {
+        Session *s = sessions[i];
+        if (s->failed)
+            continue;
+        set_targets(s, positions[i], pointers[i], targets[i], widths[i], heights[i]);
+        s->defer = 1;
+        s->deferred = 0;
+        parse(s, datas[i], sizes[i], ends[i]);
+        s->defer = 0;
+    }
+    for (int i = 0; i < count; i++) {
+        Session *s = sessions[i];
+        for (int k = 0; k < s->deferred && !s->failed; k++)
+            deliver(s, &s->pending[k].shown, s->pending[k].first, s->pending[k].last);
+        s->deferred = 0;
+        outputs[i] = finish(s, ends[i]);
+    }
+}
+
+/* Why a session failed ("" where it has not). */
+const char *nvdec_session_error(void *session) {
+    return ((Session *)session)->error;
 }
 
 void nvdec_session_destroy(void *session) {

@@ -41,7 +41,7 @@ import numpy as np
 from dali_gop.backends._base import DecodeBackend
 from dali_gop.backends._color import Conversion, VideoColors, nv12_to_rgb
 from dali_gop.backends._cuda import CudaDriver, DriverEvent
-from dali_gop.backends._nvdec_session import NvdecSession
+from dali_gop.backends._nvdec_session import NvdecSession, decode_many
 from dali_gop.backends._stream_sessions import EXTRA_SURFACES as STREAM_EXTRA_SURFACES
 from dali_gop.backends._stream_sessions import (REORDER_RING_FRAMES, RING_FRAMES, SentGop,
                                                 StreamPair)
@@ -64,6 +64,9 @@ OWN_SESSION_FRAMES = 24
 #: the same for the session of a stream slot's camera (dali_gop.backends._stream_sessions), which
 #: has no surfaces beyond the parser's minimum (44.5 MiB each measured at 1600x900)
 STREAM_SESSION_FRAMES = 20
+#: threads of the stream pairs, at most: each feeds its pairs' packets in one call, so a few
+#: threads keep NVDEC busy, and fewer threads wanting the GIL after each call wait less for it
+STREAM_LANES = 16
 #: what a session holds whatever the frame size (either kind)
 SESSION_BASE = 4 << 20
 
@@ -773,6 +776,8 @@ class NvdecBatchDecoder:
         io = _PairIO(self, device_id)
         stream = io.state.stream.cuda_stream
         self._pool_driver.wait(stream, allocated.handle)
+        self._decode_at_once(io, [(self.pairs[key], gop, positions[0])
+                                  for key, gop, positions, _ in items])
         destinations, sources, sizes = [], [], []
         for key, gop, positions, pointers in items:
             pair = self.pairs[key]
@@ -794,24 +799,56 @@ class NvdecBatchDecoder:
     def _add_pair(self, key: tuple[int, int]) -> None:
         if not self._lanes:
             self._lanes = [_Lane(f"nvdec_stream{i}", self._pairs_ahead)
-                           for i in range(self.threads)]
+                           for i in range(min(self.threads, STREAM_LANES))]
         pair = self.pairs[key] = StreamPair(lane=len(self.pairs) % len(self._lanes))
         self._lanes[pair.lane].pairs.append(pair)
 
+    @staticmethod
+    def _decode_at_once(io: "_PairIO", picks: list) -> None:
+        """Decode the frames that (pair, gop, position) picks want and their pairs have not
+        decoded ahead, a packet of each pair per call, all in one call. A failure is left to
+        the pick, which begins its pair again and raises it."""
+        while True:
+            calls = []
+            for pair, gop, position in picks:
+                try:
+                    call = pair.pick_packet(gop, position, io)
+                except Exception:
+                    pair.close()
+                    continue
+                if call is not None:
+                    calls.append((pair, call))
+            if not calls:
+                return
+            for (pair, _), shown in zip(calls, decode_many([call for _, call in calls])):
+                try:
+                    pair.packet_done(shown, io)
+                except Exception:
+                    pair.close()
+
     def _pairs_ahead(self, lane: _Lane) -> bool:
         """A lane's thread, between picks: a packet more for each of its pairs whose frames
-        ahead are not all decoded and whose ring has room; whether any was fed. A failure is
-        left to the pick that wants the frame (its pair begins again there)."""
+        ahead are not all decoded, all in one call (their pictures decode at once); whether
+        any was fed. A failure is left to the pick that wants the frame (its pair begins again
+        there)."""
         if self._closed or not lane.pairs:
             return False
         io = _PairIO(self, self._device_id)
-        fed = False
-        for pair in list(lane.pairs):
+        calls = []
+        for pair in lane.pairs:
             try:
-                fed |= pair.ahead(io)
+                call = pair.ahead_packet(io)
             except Exception:
                 pair.close()
-        return fed
+                continue
+            if call is not None:
+                calls.append((pair, call))
+        for (pair, _), shown in zip(calls, decode_many([call for _, call in calls])):
+            try:
+                pair.packet_done(shown, io)
+            except Exception:
+                pair.close()
+        return bool(calls)
 
     def _decode_segment(self, data, segment: Segment, name: str, targets, frame_shape,
                         device_id: int, allocated: DriverEvent):

@@ -55,6 +55,10 @@ def _load():
         lib.nvdec_session_destroy.restype = None
         lib.nvdec_session_surfaces.argtypes = [ptr]
         lib.nvdec_session_surfaces.restype = ctypes.c_uint
+        lib.nvdec_sessions_decode.argtypes = [ctypes.c_int] + [ptr] * 10
+        lib.nvdec_sessions_decode.restype = None
+        lib.nvdec_session_error.argtypes = [ptr]
+        lib.nvdec_session_error.restype = ctypes.c_char_p
         _library = lib
     return _library
 
@@ -81,17 +85,11 @@ class NvdecSession:
         Returns the frames output since the last flush."""
         if self._handle is None:
             raise DecodeError("NVDEC session used after close()")
-        data = np.ascontiguousarray(data, dtype=np.uint8)
-        ordered = sorted(targets)
-        positions = np.array([p for p, _ in ordered], dtype=np.int64)
-        pointers = np.array([q for _, q in ordered], dtype=np.uint64)
-        height, width = frame_shape[0] * 2 // 3, frame_shape[1]
-        if math.prod(frame_shape) != width * height * 3 // 2:
-            raise DecodeError(f"NVDEC: frame shape {frame_shape} is not NV12 (H*3/2, W)")
+        data, positions, pointers, (height, width) = _arguments(data, targets, frame_shape)
         error = ctypes.create_string_buffer(_ERROR_BYTES)
         produced = self._lib.nvdec_session_decode(
             self._handle, data.ctypes.data, data.size, int(end_of_stream), positions.ctypes.data,
-            pointers.ctypes.data, len(ordered), width, height, error, _ERROR_BYTES)
+            pointers.ctypes.data, len(positions), width, height, error, _ERROR_BYTES)
         if produced < 0:
             raise DecodeError(error.value.decode(errors="replace"))
         return produced
@@ -101,6 +99,11 @@ class NvdecSession:
         """Decode surfaces of the decoder made so far (0 before the first sequence header)."""
         return self._lib.nvdec_session_surfaces(self._handle) if self._handle else 0
 
+    def error(self) -> str:
+        """Why the session failed ("" where it has not)."""
+        return self._lib.nvdec_session_error(self._handle).decode(errors="replace") \
+            if self._handle else "NVDEC session used after close()"
+
     def close(self) -> None:
         if self._handle is not None:
             self._lib.nvdec_session_destroy(self._handle)
@@ -108,3 +111,48 @@ class NvdecSession:
 
     def __del__(self):
         self.close()
+
+
+def _arguments(data, targets: Sequence[tuple[int, int]], frame_shape: tuple[int, int]):
+    """A decode call's bytes, target positions and pointers (in position order), (H, W)."""
+    ordered = sorted(targets)
+    height, width = frame_shape[0] * 2 // 3, frame_shape[1]
+    if math.prod(frame_shape) != width * height * 3 // 2:
+        raise DecodeError(f"NVDEC: frame shape {frame_shape} is not NV12 (H*3/2, W)")
+    return (np.ascontiguousarray(data, dtype=np.uint8),
+            np.array([p for p, _ in ordered], dtype=np.int64),
+            np.array([q for _, q in ordered], dtype=np.uint64), (height, width))
+
+
+def decode_many(calls: Sequence[tuple]) -> list:
+    """``session.decode(data, targets, frame_shape, end_of_stream)`` for each call, one packet
+    per session, distinct sessions: our sessions' packets are all parsed first and their frames
+    copied after (one C call without the GIL, the pictures decoding on NVDEC at once); other
+    sessions one after the other. Each result is the session's outputs, or the DecodeError it
+    failed with (the other calls go on)."""
+    ours = [c for c in calls if isinstance(c[0], NvdecSession) and c[0]._handle is not None]
+    results: dict[int, object] = {}
+    if ours:
+        arguments = [_arguments(data, targets, shape) for _, data, targets, shape, _ in ours]
+        count = len(ours)
+        array = lambda kind, values: (kind * count)(*values)    # noqa: E731
+        outputs = (ctypes.c_longlong * count)()
+        _load().nvdec_sessions_decode(
+            count, array(ctypes.c_void_p, [c[0]._handle for c in ours]),
+            array(ctypes.c_void_p, [a[0].ctypes.data for a in arguments]),
+            array(ctypes.c_ulonglong, [a[0].size for a in arguments]),
+            array(ctypes.c_int, [int(c[4]) for c in ours]),
+            array(ctypes.c_void_p, [a[1].ctypes.data for a in arguments]),
+            array(ctypes.c_void_p, [a[2].ctypes.data for a in arguments]),
+            array(ctypes.c_int, [len(a[1]) for a in arguments]),
+            array(ctypes.c_int, [a[3][1] for a in arguments]),
+            array(ctypes.c_int, [a[3][0] for a in arguments]), outputs)
+        for call, produced in zip(ours, outputs):
+            results[id(call)] = produced if produced >= 0 else DecodeError(call[0].error())
+    for call in calls:
+        if id(call) not in results:
+            try:
+                results[id(call)] = call[0].decode(*call[1:])
+            except Exception as e:
+                results[id(call)] = e
+    return [results[id(call)] for call in calls]

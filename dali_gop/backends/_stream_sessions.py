@@ -99,6 +99,8 @@ class StreamPair:
         self.first = None        # the first pick of this call: slots from it on are being read
         self.retired: list = []  # rings replaced during a call (its picks may point into them)
         self.decoded_again = 0   # GOPs decoded again for a frame displayed where none could go
+        self._targets: list = []  # of the packet being fed: (position, ring slot)
+        self._end = 0             # ... and the position from which its frames have no slot
 
     def pick(self, gop: SentGop, positions: Sequence[int], io: PairIO) -> list[int]:
         """Device pointers of frames ``positions`` of ``gop`` (in order) in the ring, each
@@ -130,12 +132,34 @@ class StreamPair:
     def ahead(self, io: PairIO) -> bool:
         """Feed one more packet towards the frames up to :data:`AHEAD_FRAMES` past the latest
         pick: whether it did."""
+        call = self.ahead_packet(io)
+        if call is not None:
+            self.packet_done(call[0].decode(*call[1:]), io)
+        return call is not None
+
+    def ahead_packet(self, io: PairIO):
+        """:meth:`ahead` in two steps, so that a thread can feed its pairs' packets in one call
+        (``_nvdec_session.decode_many``): the call to make, (session, data, targets, frame
+        shape, end of stream), or None; then :meth:`packet_done` with its result."""
         self._next_call(io)
         if self.gop is None or self.flushed or \
                 self.outputs > min(self.low + AHEAD_FRAMES, self.gop.num_outputs - 1):
-            return False
-        self._feed(io)
-        return True
+            return None
+        return self._packet()
+
+    def pick_packet(self, gop: SentGop, position: int, io: PairIO):
+        """The next packet towards a pick of frame ``position`` of ``gop``, as
+        :meth:`ahead_packet` gives it (so that a thread decodes its pairs' picks at once), or
+        None where the frame is there or the pick itself must see to it."""
+        self._next_call(io)
+        if not 0 <= position < gop.num_outputs:
+            return None
+        if gop is not self.gop:
+            self._begin(gop, io)
+        if position in self.held or position < self.outputs or self.flushed:
+            return None
+        self.low = position
+        return self._packet()
 
     def _next_call(self, io: PairIO) -> None:
         """The last call's picks are copied out (queued on this stream): their slots and the
@@ -178,23 +202,35 @@ class StreamPair:
             self._feed(io)
 
     def _feed(self, io: PairIO) -> None:
-        """Feed the next packet (and flush after the last), each frame displayed from the latest
-        pick on going to its ring slot, short of the slots this call's picks point to."""
+        call = self._packet()
+        self.packet_done(call[0].decode(*call[1:]), io)
+
+    def _packet(self) -> tuple:
+        """The call that feeds the next packet (and flushes after the last), each frame
+        displayed from the latest pick on going to its ring slot, short of the slots this
+        call's picks point to."""
         gop, frames = self.gop, self.slots
-        end = (self.low if self.first is None else self.first) + frames
-        targets = [(q, q % frames) for q in range(max(self.outputs, self.low), end)]
+        self._end = (self.low if self.first is None else self.first) + frames
+        self._targets = [(q, q % frames) for q in range(max(self.outputs, self.low), self._end)]
         start = gop.packet_ends[self.fed - 1] if self.fed else 0
+        return (self.session, gop.data[start:gop.packet_ends[self.fed]],
+                [(q, self.base + slot * self.slot_bytes) for q, slot in self._targets],
+                gop.frame_shape, self.fed + 1 >= len(gop.packet_ends))
+
+    def packet_done(self, shown, io: PairIO) -> None:
+        """The packet of :meth:`_packet` is decoded: ``shown`` frames of the GOP displayed so
+        far (or the error it failed with, raised)."""
+        if isinstance(shown, Exception):
+            raise shown
+        gop, frames = self.gop, self.slots
         last = self.fed + 1 >= len(gop.packet_ends)
-        shown = self.session.decode(gop.data[start:gop.packet_ends[self.fed]],
-                                    [(q, self.base + slot * self.slot_bytes) for q, slot in targets],
-                                    gop.frame_shape, end_of_stream=last)
         self.fed += 1
         self.flushed = last
         if last:
             check_outputs(shown, gop, gop.name)
-        self.held.update((q, slot) for q, slot in targets if q < shown)
+        self.held.update((q, slot) for q, slot in self._targets if q < shown)
         self.outputs = shown
-        if shown > end and frames < REORDER_RING_FRAMES:
+        if shown > self._end and frames < REORDER_RING_FRAMES:
             self._new_ring(max(REORDER_RING_FRAMES, frames), gop.frame_shape, io)
             # what it held is gone with the old ring: picks below ``outputs`` decode again
 
