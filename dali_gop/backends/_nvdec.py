@@ -67,6 +67,9 @@ STREAM_SESSION_FRAMES = 20
 #: threads of the stream pairs, at most: each feeds its pairs' packets in one call, so a few
 #: threads keep NVDEC busy, and fewer threads wanting the GIL after each call wait less for it
 STREAM_LANES = 16
+#: whether a thread decodes its pairs' packets in one call (else a pair per call, on as many
+#: threads as decode threads): measured slower so far (docs/results.md), so off
+STREAM_AT_ONCE = False
 #: what a session holds whatever the frame size (either kind)
 SESSION_BASE = 4 << 20
 
@@ -776,8 +779,9 @@ class NvdecBatchDecoder:
         io = _PairIO(self, device_id)
         stream = io.state.stream.cuda_stream
         self._pool_driver.wait(stream, allocated.handle)
-        self._decode_at_once(io, [(self.pairs[key], gop, positions[0])
-                                  for key, gop, positions, _ in items])
+        if STREAM_AT_ONCE:
+            self._decode_at_once(io, [(self.pairs[key], gop, positions[0])
+                                      for key, gop, positions, _ in items])
         destinations, sources, sizes = [], [], []
         for key, gop, positions, pointers in items:
             pair = self.pairs[key]
@@ -799,7 +803,8 @@ class NvdecBatchDecoder:
     def _add_pair(self, key: tuple[int, int]) -> None:
         if not self._lanes:
             self._lanes = [_Lane(f"nvdec_stream{i}", self._pairs_ahead)
-                           for i in range(min(self.threads, STREAM_LANES))]
+                           for i in range(min(self.threads, STREAM_LANES)
+                                          if STREAM_AT_ONCE else self.threads)]
         pair = self.pairs[key] = StreamPair(lane=len(self.pairs) % len(self._lanes))
         self._lanes[pair.lane].pairs.append(pair)
 
@@ -834,6 +839,14 @@ class NvdecBatchDecoder:
         if self._closed or not lane.pairs:
             return False
         io = _PairIO(self, self._device_id)
+        if not STREAM_AT_ONCE:
+            fed = False
+            for pair in lane.pairs:
+                try:
+                    fed |= pair.ahead(io)
+                except Exception:
+                    pair.close()
+            return fed
         calls = []
         for pair in lane.pairs:
             try:

@@ -230,7 +230,8 @@ class StreamPair:
             check_outputs(shown, gop, gop.name)
         self.held.update((q, slot) for q, slot in self._targets if q < shown)
         self.outputs = shown
-        if shown > self._end and frames < REORDER_RING_FRAMES:
+        # (a bin's flush may display a frame of the next GOP too: not one of its own)
+        if min(shown, gop.num_outputs) > self._end and frames < REORDER_RING_FRAMES:
             self._new_ring(max(REORDER_RING_FRAMES, frames), gop.frame_shape, io)
             # what it held is gone with the old ring: picks below ``outputs`` decode again
 
