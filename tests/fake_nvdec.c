@@ -31,8 +31,6 @@ typedef struct {
     int display_of[SURFACES], status_of[SURFACES];
 } Decoder;
 
-static Decoder *last_decoder;
-
 CUresult cuvidCreateVideoParser(CUvideoparser *out, CUVIDPARSERPARAMS *params) {
     Parser *p = calloc(1, sizeof *p);
     p->params = *params;
@@ -55,7 +53,6 @@ CUresult cuvidCreateDecoder(CUvideodecoder *out, CUVIDDECODECREATEINFO *info) {
     d->surface_height = d->height;
     for (int i = 0; i < SURFACES; i++)
         d->surfaces[i] = calloc((size_t)d->pitch * d->surface_height * 3 / 2 + d->pitch, 1);
-    last_decoder = d;
     *out = d;
     return 0;
 }
@@ -71,7 +68,10 @@ CUresult cuvidDestroyDecoder(CUvideodecoder decoder) {
 CUresult cuvidDecodePicture(CUvideodecoder decoder, CUVIDPICPARAMS *picture) {
     Decoder *d = decoder;
     unsigned char *s = d->surfaces[picture->CurrPicIdx];
-    int display = d->display_of[picture->CurrPicIdx];
+    /* the parser passes the picture's display index and status in fields this fake has no use
+       for: each parser's pictures then go to their own decoder, with several sessions at once */
+    int display = d->display_of[picture->CurrPicIdx] = picture->PicWidthInMbs;
+    d->status_of[picture->CurrPicIdx] = picture->FrameHeightInMbs;
     for (unsigned row = 0; row < d->height; row++)
         for (unsigned column = 0; column < d->width; column++)
             s[row * d->pitch + column] = (unsigned char)(display + row + column);
@@ -140,12 +140,10 @@ CUresult cuvidParseVideoData(CUvideoparser parser, CUVIDSOURCEDATAPACKET *packet
         } else if (r[0] == 'P') {
             int display = r[1], index = p->count++ % SURFACES;
             p->surface_of[display] = index;
-            if (last_decoder) {
-                last_decoder->display_of[index] = display;
-                last_decoder->status_of[index] = r[2];
-            }
             CUVIDPICPARAMS *picture = calloc(1, sizeof *picture);
             picture->CurrPicIdx = index;
+            picture->PicWidthInMbs = display;
+            picture->FrameHeightInMbs = r[2];
             int ok = p->params.pfnDecodePicture(p->params.pUserData, picture);
             free(picture);
             if (!ok)

@@ -60,14 +60,17 @@ def operator_batches(gop_root, pattern, batch_size, epochs=2, decode_ahead=0, me
 @pytest.mark.parametrize("pattern, options", [("stream", {}), ("random", {}),
                                               ("sequence", dict(length=3, stride=2))])
 @pytest.mark.parametrize("decode_ahead", [0, 2])
-@pytest.mark.parametrize("sessions", ["own", "pynvvideocodec", "stream"])
+@pytest.mark.parametrize("sessions", ["own", "pynvvideocodec", "stream", "stream-at-once"])
 def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pattern, options,
                                                   decode_ahead, sessions):
     """Every frame, on both backends' videos and every pattern, with and without decoding ahead,
     on our own NVDEC sessions, on PyNvVideoCodec's, and ("stream") with a session of its own for
-    each stream slot's camera."""
+    each stream slot's camera, a pair per call or ("stream-at-once") a thread's pairs in one."""
+    from dali_gop.backends import _nvdec
     from nvdec_standins import install
     install(monkeypatch)
+    monkeypatch.setattr(_nvdec, "STREAM_AT_ONCE", sessions == "stream-at-once")
+    sessions = "stream" if sessions.startswith("stream") else sessions
     gop_root, reference = stores(name)
     clips, cameras = list(Dataset.open(gop_root).clips), Dataset.open(gop_root).cameras
     checked = kept = 0

@@ -16,7 +16,7 @@ from dali_gop.errors import DecodeError
 def test_the_library_is_built_and_exports_the_session_calls():
     lib = ctypes.CDLL(str(library_path()))
     for name in ("nvdec_session_create", "nvdec_session_decode", "nvdec_session_destroy",
-                 "nvdec_session_surfaces"):
+                 "nvdec_session_surfaces", "nvdec_sessions_decode", "nvdec_session_error"):
         assert hasattr(lib, name), name
 
 
@@ -103,6 +103,29 @@ elif case == "ten-bit":
         session.decode(stream([0], bits=2), [], (h * 3 // 2, w))
     except DecodeError as e:
         print(e)
+elif case == "many":
+    # two sessions fed a packet each per call: every output to its own pointers, B-frames too
+    from dali_gop.backends._nvdec_session import decode_many
+    other = NvdecSession("hevc", 0)
+    order = [0, 3, 1, 2]
+    packets = [sequence(w, h) + picture(order[0])] + [picture(d) for d in order[1:]] + [b""]
+    outs = [[np.full((h * 3 // 2, w), 7, np.uint8) for _ in range(4)] for _ in range(2)]
+    results = []
+    for i, packet in enumerate(packets):
+        results.append(decode_many([
+            (one, np.frombuffer(packet, np.uint8), [(p, outs[k][p].ctypes.data) for p in range(4)],
+             (h * 3 // 2, w), i == len(packets) - 1) for k, one in enumerate((session, other))]))
+    assert results[-1] == [4, 4], results
+    for k in range(2):
+        for p in range(4):
+            assert np.array_equal(outs[k][p], expected(p, w, h)), (k, p)
+    # one session failing is its own error; the other goes on
+    done = decode_many([(session, stream([0], bits=2), [], (h * 3 // 2, w), True),
+                        (other, stream([0, 1]), [(1, frames[0].ctypes.data)], (h * 3 // 2, w),
+                         True)])
+    assert isinstance(done[0], DecodeError) and "8-bit" in str(done[0]), done
+    assert done[1] == 2 and np.array_equal(frames[0], expected(1, w, h)), done
+    other.close()
 session.close()
 print("ok")
 '''
@@ -146,6 +169,13 @@ def test_each_output_goes_to_its_pointers_as_dense_nv12(fake_driver):
     into every pointer asked for it, planes packed; outputs not asked for are not copied; the
     decoder gets the parser's minimum surfaces and two more."""
     run_session(fake_driver, "order")
+
+
+def test_sessions_fed_in_one_call_each_get_their_own_frames(fake_driver):
+    """``decode_many``: a packet for each of several sessions in one call (their pictures queued
+    first, their frames copied after) gives each output to its own pointers, with B-frames and at
+    a flush; a session that fails is its own error, and the others go on."""
+    run_session(fake_driver, "many")
 
 
 @pytest.mark.parametrize("case, message", [
