@@ -55,6 +55,11 @@ OWN_THREADS = 24
 THREAD_STEP = 8
 #: the fewest decode threads a budget lowers nvdec to, before it turns stream decoding off
 FEWEST_THREADS = 8
+#: whether a budget that cannot keep GOPs gives each stream slot's camera a session of its own
+#: (``stream_sessions``) before it lowers the rest: off, as on an H200 that path held more than
+#: the budget it was chosen for and ran at a fraction of NVDEC's ceiling (docs/results.md); a
+#: budget then turns stream decoding off instead, which keeps it
+PAIR_SESSIONS_STEP = False
 
 
 @dataclass(frozen=True)
@@ -111,16 +116,17 @@ def estimate(source, choice: Choice, *, rgb_factor: int = 1, staging: bool = Tru
     return {kind: nbytes for kind, nbytes in figures.items() if nbytes}
 
 
-def fit(budget: int, source, wanted: Choice, strict: bool = True,
+def fit(budget: int, source, wanted: Choice, strict: bool = True, pair_sessions: bool | None = None,
         **estimate_options) -> tuple[Choice, dict[str, int]]:
     """The choice closest to ``wanted`` whose estimate fits ``budget``: our own NVDEC sessions
     for PyNvVideoCodec's (a fraction of the memory; at most :data:`OWN_THREADS` of them) first,
     then decode threads lowered :data:`THREAD_STEP` at a time to :data:`FEW_THREADS`, then
-    ``stream_lead`` (down to 0), then a session of its own for each stream slot's camera in place
-    of kept GOPs, then ``decode_ahead``, then DALI's prefetch queue to 1, then threads to
-    :data:`FEWEST_THREADS`, then stream decoding off (each sample decoded from its keyframe: slow,
-    but nothing kept); decode threads and the lead are then raised back where they still fit. ConfigError when even that does not fit, with the least
-    budget that would."""
+    ``stream_lead`` (down to 0), then (``pair_sessions``, default :data:`PAIR_SESSIONS_STEP`) a
+    session of its own for each stream slot's camera in place of kept GOPs, then
+    ``decode_ahead``, then DALI's prefetch queue to 1, then threads to :data:`FEWEST_THREADS`,
+    then stream decoding off (each sample decoded from its keyframe: slow, but nothing kept);
+    decode threads and the lead are then raised back where they still fit. ConfigError when even
+    that does not fit, with the least budget that would."""
     def total(choice: Choice) -> int:
         return sum(estimate(source, choice, **estimate_options).values())
 
@@ -135,7 +141,9 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True,
         candidates.append(replace(start, threads=FEW_THREADS))
     candidates += [replace(candidates[-1], stream_lead=lead)
                    for lead in range(wanted.stream_lead - 1, -1, -1)]
-    if wanted.threads and not wanted.stream_sessions and \
+    if pair_sessions is None:
+        pair_sessions = PAIR_SESSIONS_STEP
+    if pair_sessions and wanted.threads and not wanted.stream_sessions and \
             _pair_sessions(source, replace(wanted, stream_sessions=True)):
         # kept GOPs at lead 0 are still a GOP per slot and camera: a session each instead
         candidates.append(replace(candidates[-1], sessions="own", stream_sessions=True))

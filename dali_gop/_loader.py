@@ -484,10 +484,9 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
             for nvdec: decoded frames and its NVDEC sessions; in host memory for cpu: decoded
             frames): it turns to NVDEC sessions of its own (a fraction of PyNvVideoCodec's
             memory; at most 24 decode threads), then lowers ``decode_threads`` to 16, then
-            ``stream_lead``, then gives each stream slot's camera a session of ours that decodes
-            each frame as it is picked, in place of whole decoded GOPs, then lowers
-            ``decode_ahead``, then ``prefetch_queue_depth`` to 1, then ``decode_threads`` to 8, then turns stream
-            decoding off (with a warning: much slower) until its estimate fits
+            ``stream_lead``, then ``decode_ahead``, then ``prefetch_queue_depth`` to 1, then
+            ``decode_threads`` to 8, then turns stream decoding off (with a warning: much
+            slower) until its estimate fits
             (``dali_gop._budget``; :attr:`GopLoader.settings` says what it chose), and refuses a
             budget nothing fits, naming the least that would. Default
             ``"auto"``: a quarter of the memory frames are kept in (the GPU's for nvdec and dali,

@@ -155,7 +155,8 @@ def test_fit_turns_to_our_own_sessions_then_lowers_their_threads(stores, monkeyp
 
 
 def test_stream_slots_on_sessions_of_their_own(stores):
-    """Where kept GOPs do not fit even at lead 0, each (slot, camera) gets a session of its own
+    """Asked for (``pair_sessions``; not by default): where kept GOPs do not fit even at lead 0,
+    each (slot, camera) gets a session of its own
     (and a ring): they replace the kept GOPs and the decode threads' sessions (every sample
     streams), so the decode threads and the lead go back where they were; DALI's queue goes down
     before stream decoding goes off."""
@@ -172,14 +173,18 @@ def test_stream_slots_on_sessions_of_their_own(stores):
         return sum(estimate(source, choice, **nvdec).values())
     held = estimate(source, paired, **nvdec)
     assert source.stream_pairs() == pairs and source.streams_only()
+    # a step of the budget's only where asked for (PAIR_SESSIONS_STEP): off by default, where
+    # a budget that cannot keep GOPs turns stream decoding off
+    budget = min(total(kept) - 1, total(paired))
+    assert not fit(budget, source, wanted, strict=False, **nvdec)[0].stream_sessions
     assert held["stream_sessions"] == pairs * (session_bytes(frame, 0, "stream") + 4 * frame)
     assert "kept_gops" not in held and "decoder_sessions" not in held
     assert "kept_gops" in estimate(source, kept, **nvdec)
     budget = min(total(kept) - 1, total(paired))
-    assert fit(budget, source, wanted, **nvdec)[0] == paired
+    assert fit(budget, source, wanted, pair_sessions=True, **nvdec)[0] == paired
     queue_1 = replace(paired, prefetch=1)
     assert total(paired) > total(queue_1)
-    assert fit(total(queue_1), source, wanted, **nvdec)[0] == queue_1    # 48 threads, lead 30
+    assert fit(total(queue_1), source, wanted, pair_sessions=True, **nvdec)[0] == queue_1  # 48 thr, lead 30
 
 
 def test_the_default_budget_is_a_quarter_of_host_memory_and_never_refuses(stores, monkeypatch):

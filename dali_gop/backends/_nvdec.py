@@ -423,7 +423,7 @@ class NvdecBatchDecoder:
     pool always has batches queued and NVDEC does not idle at batch barriers. Stream slots get
     their GOPs some batches before they reach them (see :class:`dali_gop._source.GopSource`).
     Each is decoded whole, once, in the background, and the slot's samples only copy frames out;
-    or, with ``stream_sessions`` (what a memory budget turns to where kept GOPs do not fit), each
+    or, with ``stream_sessions`` (the backend's, off by default: not yet at NVDEC's speed), each
     (slot, camera) has a session of ours that decodes the frames as the slot picks them, a few
     ahead (:mod:`dali_gop.backends._stream_sessions`), on a thread it is pinned to, so that its
     picks are decoded in order.
