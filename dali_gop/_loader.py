@@ -21,13 +21,13 @@ from typing import Callable, Mapping, Sequence
 
 from dali_gop import format as fmt
 from dali_gop.backends import get_backend
-from dali_gop.errors import ConfigError, DaliGopError
+from dali_gop.errors import ConfigError, DaliGopError, WorkerError
 from dali_gop.hooks import DecodeHook
 from dali_gop.patterns import LAST_BATCH_POLICIES, AccessPattern, pattern_from_name, shard_from_env
 from dali_gop.patterns._resume import Layout, Resumed
 from dali_gop._budget import DEFAULT_SHARE, Choice, estimate, fit, parse_budget
 from dali_gop._dataset import Dataset
-from dali_gop._run import Run, release
+from dali_gop._run import Run, release, shutdown_soon
 from dali_gop._source import GopSource
 from dali_gop._workers import MAIN_GUARD_LINE, spawned_bootstrap
 
@@ -37,6 +37,8 @@ WORKER_TIMEOUT_SECONDS = 120.0
 
 #: the version of :meth:`GopLoader.state_dict`'s format; a state of another version is refused
 STATE_VERSION = 1
+#: how long close() waits for a failed run's shutdown on the reaper thread
+_STOPPING_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class GopLoader:
         self._shard = shard
         self._run: Run | None = None
         self._finalizer = None
+        self._stopping = None     # a failed run shutting down on the reaper thread
         self._failure: str | None = None
         self._closed = False
         at = Position(0) if state is None else self._resume_point(state)
@@ -263,11 +266,18 @@ class GopLoader:
         self._pending = False
 
     def _fail(self, error: BaseException) -> None:
-        """The run is beyond use: shut it down now (its workers may be stuck), restart later.
+        """The run is beyond use: shut it down now (on the reaper thread where a worker failed;
+        close() waits for it), restart later.
         Kept as text: the exception's traceback would tie the loader into a reference cycle."""
         lines = str(error).strip().splitlines()    # DALI's carry tracebacks: the last line says it
         self._failure = f"{type(error).__name__}: {lines[-1] if lines else ''}"
-        self._finalizer()
+        if isinstance(error, WorkerError):
+            # its shutdown may wait seconds for a stopped worker to be reaped: the error first
+            self._finalizer.detach()
+            self._stopping = self._run
+            shutdown_soon(self._run)
+        else:
+            self._finalizer()
 
     def _restart(self, at: Position) -> None:
         self._finalizer()
@@ -285,6 +295,8 @@ class GopLoader:
         self._closed = True
         if self._finalizer is not None:
             self._finalizer()
+        if self._stopping is not None:
+            self._stopping.down.wait(_STOPPING_SECONDS)
 
     def __enter__(self) -> "GopLoader":
         return self

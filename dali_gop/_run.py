@@ -35,6 +35,7 @@ _CLOSE_SECONDS = 5.0
 _live: set["Run"] = set()     # runs not shut down yet; interpreter exit shuts them down
 _reaped: queue.SimpleQueue = queue.SimpleQueue()   # reentrant: safe to put from a finalizer
 _reaper: threading.Thread | None = None
+_reaping: "Run | None" = None   # the run the reaper is shutting down now
 _started_lock = threading.Lock()
 
 
@@ -60,6 +61,7 @@ class Run:
         self.prefetch_queue_depth = pipeline_options.get("prefetch_queue_depth", 2)
         self._lock = threading.Lock()
         self._done = False
+        self.down = threading.Event()    # set once shutdown is over
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self._fetcher: threading.Thread | None = None
@@ -182,6 +184,12 @@ class Run:
                 return
             self._done = True
         _live.discard(self)
+        try:
+            self._shutdown()
+        finally:
+            self.down.set()
+
+    def _shutdown(self) -> None:
         self._requests.put(None)
         if self.pipeline is None:
             self.board.close()
@@ -275,9 +283,19 @@ def release(run: Run) -> None:
         run.shutdown()
 
 
+def shutdown_soon(run: Run) -> None:
+    """Shut ``run`` down on the reaper thread, so that the caller goes on at once (shutting down
+    a run with a stopped worker waits seconds for the worker to be reaped): ``run.down`` is set
+    when it is over, and interpreter exit waits for it."""
+    _reaped.put(run)
+
+
 def _reap() -> None:
+    global _reaping
     while True:
-        _shutdown_quietly(_reaped.get())
+        _reaping = _reaped.get()
+        _shutdown_quietly(_reaping)
+        _reaping = None
 
 
 def _shutdown_all() -> None:
@@ -287,6 +305,9 @@ def _shutdown_all() -> None:
         _shutdown_quietly(_reaped.get())
     for run in list(_live):
         _shutdown_quietly(run)
+    reaping = _reaping
+    if reaping is not None:     # not torn down under the reaper, mid-way
+        reaping.down.wait(_JOIN_SECONDS + 2 * _CLOSE_SECONDS)
 
 
 def _shutdown_quietly(run: Run) -> None:

@@ -98,6 +98,9 @@ def stuck(gop_root, videos_root, timeout):
             last = time.monotonic()
     except WorkerError as e:
         print(f"raised after {time.monotonic() - last:.2f} s: {e}", flush=True)
+    from dali_gop._workers import process_state
+    stalled.close()       # the run shuts down after the error: close() waits for it
+    print("stopped worker after close:", process_state(worker), flush=True)
     print("epoch", exact_epoch(gop_root, videos_root), flush=True)
 
 

@@ -233,7 +233,8 @@ def test_a_stuck_worker_is_an_error_naming_its_read_then_a_new_loader_works(tiny
     """A worker that stands still (SIGSTOP here, a hung network read in life) ends the training
     loop with WorkerError within worker_timeout + 2 s of the last batch (those already on their way
     still come, slower on a loaded machine), naming the worker and what it read; a new loader then
-    delivers an exact epoch (before: the loop waited forever)."""
+    delivers an exact epoch (before: the loop waited forever). The run shuts down after the error
+    is raised (the stopped worker may take seconds to be reaped); close() waits for that."""
     gop_root, videos = tiny
     [(code, out, err)] = run_all([("stuck", gop_root, videos, 3)], timeout=90, backend=backend)
     assert code == 0, err[-3000:]
@@ -243,6 +244,7 @@ def test_a_stuck_worker_is_an_error_naming_its_read_then_a_new_loader_works(tiny
     message = raised.group(2)
     assert re.search(r"DALI worker 0 \(pid \d+, stopped\)", message), message
     assert re.search(r"clip clip00\d, frames \[\d+\]", message), message
+    assert re.search(r"stopped worker after close: X$", out, re.M), out   # gone, reaped
     assert out.split()[-2:] == ["epoch", "48"], out
 
 
