@@ -43,7 +43,7 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
         return owner, name, f
     from dali_gop.backends import _cuda, _nvdec_session as ns
     wrapped = [wrap(nvdec.NvdecBatchDecoder, n, n) for n in (
-        "_pick_pairs", "_pairs_ahead", "_start", "_finish", "_to_rgb", "_decode_at_once")]
+        "_pick_pairs", "_pairs_ahead", "_start", "_finish", "_to_rgb")]
     wrapped += [wrap(nvdec, "decode_many", "decode_many"), wrap(ss.StreamPair, "pick", "pair.pick"),
                 wrap(ss.StreamPair, "ahead", "pair.ahead"),
                 wrap(ns.NvdecSession, "decode", "session.decode"),
