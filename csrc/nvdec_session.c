@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "driver_types.h"
 
@@ -98,7 +99,17 @@ typedef struct {
     struct { CUVIDPARSERDISPINFO shown; int first, last; } pending[MAX_DEFERRED];
     int failed;
     char error[512];
+    /* seconds spent inside this session's calls, in cuvidMapVideoFrame and in the stream sync
+       after the copies, and the calls and frames: where a slow call waits (nvdec_session_times) */
+    double in_calls, in_map, in_sync;
+    long long calls, delivered;
 } Session;
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 static int fail(Session *s, const char *format, ...) {
     if (!s->failed) {
@@ -247,14 +258,20 @@ static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last) 
     process.output_stream = s->stream;
     unsigned long long source = 0;
     unsigned pitch = 0;
+    double started = now();
     CUresult status = api.map(s->decoder, shown->picture_index, &source, &pitch, &process);
+    double mapped = now();
+    s->in_map += mapped - started;
+    s->delivered++;
     if (status)
         return fail(s, "cuvidMapVideoFrame failed with CUDA error %d", status);
     int ok = 1;
     for (int i = first; ok && i < last; i++)
         ok = copy_frame(s, source, pitch, s->pointers[i]);
     /* the surface goes back to the decoder when unmapped: the copies must have read it */
+    double copied = now();
     status = api.synchronize(s->stream);
+    s->in_sync += now() - copied;
     api.unmap(s->decoder, source);
     if (ok && status)
         return fail(s, "cuStreamSynchronize failed with CUDA error %d", status);
@@ -355,11 +372,14 @@ long long nvdec_session_decode(void *session, const unsigned char *data, unsigne
                                const unsigned long long *pointers, int targets, int width,
                                int height, char *error, int error_size) {
     Session *s = session;
+    double started = now();
     if (!s->failed) {
         set_targets(s, positions, pointers, targets, width, height);
         parse(s, data, size, end_of_stream);
     }
     long long outputs = finish(s, end_of_stream);
+    s->in_calls += now() - started;
+    s->calls++;
     if (outputs < 0)
         report(error, error_size, s->error);
     return outputs;
@@ -375,6 +395,7 @@ void nvdec_sessions_decode(int count, void **sessions, const unsigned char **dat
                            const long long **positions, const unsigned long long **pointers,
                            const int *targets, const int *widths, const int *heights,
                            long long *outputs) {
+    double started = now();
     for (int i = 0; i < count; i++) {
         Session *s = sessions[i];
         if (s->failed)
@@ -392,6 +413,23 @@ void nvdec_sessions_decode(int count, void **sessions, const unsigned char **dat
         s->deferred = 0;
         outputs[i] = finish(s, ends[i]);
     }
+    double spent = (now() - started) / (count > 0 ? count : 1);
+    for (int i = 0; i < count; i++) {
+        ((Session *)sessions[i])->in_calls += spent;
+        ((Session *)sessions[i])->calls++;
+    }
+}
+
+/* Where the session's calls spent their time: out[0..4] = seconds in its calls (a call of
+ * several sessions shared out evenly), in cuvidMapVideoFrame (waiting for the picture), in the
+ * sync after its copies (waiting for the copy stream), the calls, the frames delivered. */
+void nvdec_session_times(void *session, double *out) {
+    Session *s = session;
+    out[0] = s->in_calls;
+    out[1] = s->in_map;
+    out[2] = s->in_sync;
+    out[3] = (double)s->calls;
+    out[4] = (double)s->delivered;
 }
 
 /* Why a session failed ("" where it has not). */

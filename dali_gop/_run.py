@@ -247,14 +247,28 @@ def _kill(pid: int) -> None:
 
 def _fetch(iterator, device_id: int | None, requests: queue.SimpleQueue,
            results: queue.SimpleQueue) -> None:
-    stream = None
+    stream = driver = None
     if device_id is not None:
         import torch
+
+        from dali_gop.backends._cuda import CudaDriver
         torch.cuda.set_device(device_id)    # the current GPU is per thread
         # DALI's iterator hands its outputs to torch on this thread's current stream. On the
         # default stream, the training's kernels queued after that point would wait for the
         # batch prefetched here; on a stream of its own only the batch's consumer waits, for it
-        stream = torch.cuda.Stream(device_id)
+        # (and not one of torch's pooled streams, which decode threads may be queueing on too)
+        driver = CudaDriver(hold_gil=False)
+        stream = torch.cuda.ExternalStream(driver.new_stream(device_id), device=device_id)
+    try:
+        _fetch_batches(iterator, stream, requests, results)
+    finally:
+        if stream is not None:
+            driver.destroy_stream(stream.cuda_stream, device_id)
+
+
+def _fetch_batches(iterator, stream, requests: queue.SimpleQueue,
+                   results: queue.SimpleQueue) -> None:
+    import torch
     while requests.get():
         try:
             if stream is None:

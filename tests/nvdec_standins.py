@@ -139,6 +139,12 @@ class StandInDriver(CudaDriver):
     def destroy(self, event):
         pass
 
+    def new_stream(self, device):
+        return 0
+
+    def destroy_stream(self, stream, device):
+        pass
+
 
 def install(monkeypatch) -> None:
     import torch

@@ -16,7 +16,8 @@ from dali_gop.errors import DecodeError
 def test_the_library_is_built_and_exports_the_session_calls():
     lib = ctypes.CDLL(str(library_path()))
     for name in ("nvdec_session_create", "nvdec_session_decode", "nvdec_session_destroy",
-                 "nvdec_session_surfaces", "nvdec_sessions_decode", "nvdec_session_error"):
+                 "nvdec_session_surfaces", "nvdec_sessions_decode", "nvdec_session_error",
+                 "nvdec_session_times"):
         assert hasattr(lib, name), name
 
 
@@ -80,6 +81,10 @@ if case == "order":
     assert produced == 3 and np.array_equal(frames[6], expected(1, w, h))
     assert (frames[7] == 7).all()
     assert session.surfaces == 4 + 2, session.surfaces
+    # where its calls spent their time: two calls, the seven frames it copied (once each mapped)
+    times = session.times()
+    assert times["calls"] == 2 and times["frames"] == 6 + 1, times
+    assert times["in_calls"] >= times["in_map"] + times["in_sync"] >= 0, times
 elif case == "size":
     try:
         session.decode(stream([0, 1]), [(0, frames[0].ctypes.data)], (30 * 3 // 2, 40))
@@ -168,7 +173,7 @@ def test_each_output_goes_to_its_pointers_as_dense_nv12(fake_driver):
     """Outputs in display order, counted from each flush, each copied from its pitched surface
     into every pointer asked for it, planes packed; outputs not asked for are not copied; the
     decoder gets the parser's minimum surfaces and two more."""
-    run_session(fake_driver, "order")
+    run_session(fake_driver, "order")    # and the session's own times of its calls
 
 
 def test_sessions_fed_in_one_call_each_get_their_own_frames(fake_driver):

@@ -1,6 +1,7 @@
 """The CUDA driver calls the nvdec operator makes itself, through ctypes, on raw device pointers."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from typing import Sequence
 
@@ -19,6 +20,7 @@ class CudaDriver:
     """
 
     _EVENT_DISABLE_TIMING = 2
+    _STREAM_NON_BLOCKING = 1
     _LOCATION_DEVICE = 1
     _ACCESS_ORDER_STREAM = 1
 
@@ -39,6 +41,13 @@ class CudaDriver:
         self._create = self._bind(lib.cuEventCreate, ctypes.POINTER(ptr), ctypes.c_uint)
         self._record = self._bind(lib.cuEventRecord, ptr, ptr)
         self._destroy = self._bind(lib.cuEventDestroy_v2, ptr)
+        self._device = self._bind(lib.cuDeviceGet, ctypes.POINTER(ctypes.c_int), ctypes.c_int)
+        self._retain = self._bind(lib.cuDevicePrimaryCtxRetain, ctypes.POINTER(ptr), ctypes.c_int)
+        self._release = self._bind(lib.cuDevicePrimaryCtxRelease_v2, ctypes.c_int)
+        self._push = self._bind(lib.cuCtxPushCurrent_v2, ptr)
+        self._pop = self._bind(lib.cuCtxPopCurrent_v2, ctypes.POINTER(ptr))
+        self._stream_create = self._bind(lib.cuStreamCreate, ctypes.POINTER(ptr), ctypes.c_uint)
+        self._stream_destroy = self._bind(lib.cuStreamDestroy_v2, ptr)
         # CUDA 12.8's ABI, which later drivers keep under this name; older drivers lack it
         self._batch = getattr(lib, "cuMemcpyBatchAsync", None)
         if self._batch is not None:
@@ -89,6 +98,40 @@ class CudaDriver:
         self._check(self._create(ctypes.byref(event), self._EVENT_DISABLE_TIMING), "cuEventCreate")
         self._check(self._record(event, stream), "cuEventRecord")
         return event.value
+
+    def new_stream(self, device: int) -> int:
+        """A CUDA stream of its own on ``device``'s primary context, non-blocking; give it back
+        with :meth:`destroy_stream`.
+
+        Not ``torch.cuda.Stream()``: torch hands out 32 streams per device round robin, so the
+        loader's dozens of threads would share them, with each other and with the stream the
+        batches are handed over on, and work would wait for unrelated work queued before it
+        (a decode thread's wait for a later batch, say)."""
+        with self._context(device):
+            stream = ctypes.c_void_p()
+            self._check(self._stream_create(ctypes.byref(stream), self._STREAM_NON_BLOCKING),
+                        "cuStreamCreate")
+        return stream.value
+
+    def destroy_stream(self, stream: int, device: int) -> None:
+        """Give back a stream of :meth:`new_stream`; work queued on it still runs to its end."""
+        with self._context(device):
+            self._stream_destroy(stream)
+
+    @contextlib.contextmanager
+    def _context(self, device: int):
+        """``device``'s primary context current in this thread (which may have none yet)."""
+        ordinal, context, popped = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_void_p()
+        self._check(self._device(ctypes.byref(ordinal), device), "cuDeviceGet")
+        self._check(self._retain(ctypes.byref(context), ordinal), "cuDevicePrimaryCtxRetain")
+        try:
+            self._check(self._push(context), "cuCtxPushCurrent")
+            try:
+                yield
+            finally:
+                self._pop(ctypes.byref(popped))
+        finally:
+            self._release(ordinal)
 
     def destroy(self, event: int) -> None:
         self._destroy(event)    # streams still waiting for it keep it alive in the driver

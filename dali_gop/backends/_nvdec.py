@@ -317,6 +317,7 @@ class _Lane(_DecodePool):
 @dataclass
 class _ThreadDecoders:
     stream: object
+    device_id: int = 0
     decoders: dict = field(default_factory=dict)
 
 
@@ -475,7 +476,10 @@ class NvdecBatchDecoder:
         state = getattr(self._local, "state", None)
         if state is None:
             torch.cuda.set_device(device_id)
-            state = self._local.state = _ThreadDecoders(torch.cuda.Stream(device_id))
+            # a stream of the thread's own (CudaDriver.new_stream says why not torch's)
+            stream = torch.cuda.ExternalStream(self._pool_driver.new_stream(device_id),
+                                               device=device_id)
+            state = self._local.state = _ThreadDecoders(stream, device_id)
             with self._lock:
                 self._thread_decoders.append(state)
         return state
@@ -501,6 +505,9 @@ class NvdecBatchDecoder:
                 for decoder in state.decoders.values():
                     decoder.close()
                 state.decoders.clear()
+                # its thread is gone; what it queued still runs to its end
+                self._pool_driver.destroy_stream(state.stream.cuda_stream, state.device_id)
+            self._thread_decoders.clear()
         for pair in self.pairs.values():
             pair.close()
             pair.ring = None

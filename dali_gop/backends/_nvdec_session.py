@@ -59,6 +59,8 @@ def _load():
         lib.nvdec_sessions_decode.restype = None
         lib.nvdec_session_error.argtypes = [ptr]
         lib.nvdec_session_error.restype = ctypes.c_char_p
+        lib.nvdec_session_times.argtypes = [ptr, ptr]
+        lib.nvdec_session_times.restype = None
         _library = lib
     return _library
 
@@ -98,6 +100,16 @@ class NvdecSession:
     def surfaces(self) -> int:
         """Decode surfaces of the decoder made so far (0 before the first sequence header)."""
         return self._lib.nvdec_session_surfaces(self._handle) if self._handle else 0
+
+    def times(self) -> dict[str, float]:
+        """Where this session's calls spent their time so far, measured in the library: seconds
+        in its calls, waiting in cuvidMapVideoFrame (for NVDEC) and in the sync after its copies
+        (for the copy stream), with its calls and frames. A Python caller's own time for a call
+        beyond ``calls`` is the GIL's and Python's."""
+        out = (ctypes.c_double * 5)()
+        if self._handle is not None:
+            self._lib.nvdec_session_times(self._handle, out)
+        return dict(zip(("in_calls", "in_map", "in_sync", "calls", "frames"), out))
 
     def error(self) -> str:
         """Why the session failed ("" where it has not)."""

@@ -1,16 +1,23 @@
 """A probe of the stream pairs (a session per stream slot's camera) on a GPU: the nvdec operator
 alone, without DALI, fed stream batches of a GOP store as DALI feeds them, for each variant named
 (``s48``: a pair per call on 48 threads; ``b16``: a thread's pairs in one call, 16 threads).
-Prints frames/s, the picks that had to decode at the pick, and the mean time of the operator's
-steps (wrapped, not patched in the code).
+Prints frames/s, the picks that had to decode at the pick, the mean time of the operator's
+steps (wrapped, not patched in the code), and where the sessions' calls waited, measured in the
+session library (in the call, in cuvidMapVideoFrame, in the sync after the copies).
 
-    python -m pipelines.throughput.pair_probe GOP_ROOT s48 b16 b8
+Diagnostic suffixes, which give up the ring's safety (frames may be overwritten before they are
+copied out; the probe does not look at them), to tell the suspects apart:
+``n``: a pick's copies do not wait for the batch's staging (no lock-step with DALI's stream);
+``q``: each pair's session copies on a stream of its own, not the thread's (its syncs do not
+wait for the picks' copies).
+
+    python -m pipelines.throughput.pair_probe GOP_ROOT s48 b16 s48n s48q
 """
 import sys, time, collections
 import numpy as np
 
 def run(gops, variant, batches=90, warmup=12, slots=16):
-    lanes = int(variant[1:])
+    lanes = int(variant[1:].rstrip("nq"))
     import torch
     from torch.utils.dlpack import to_dlpack
     from nvidia.dali import python_function_plugin
@@ -42,6 +49,26 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
         setattr(owner, name, timed)
         return owner, name, f
     from dali_gop.backends import _cuda, _nvdec_session as ns
+    patched = []
+    if "n" in variant[1:]:
+        idle = torch.cuda.Stream()
+        pick = nvdec.NvdecBatchDecoder._pick_pairs
+
+        def unlocked(self, items, device_id, allocated):
+            return pick(self, items, device_id, nvdec.DriverEvent(self._pool_driver,
+                                                                  idle.cuda_stream))
+        patched.append((nvdec.NvdecBatchDecoder, "_pick_pairs", pick))
+        nvdec.NvdecBatchDecoder._pick_pairs = unlocked
+    if "q" in variant[1:]:
+        new_session = nvdec._PairIO.new_session
+        streams = []
+
+        def own_stream(self, codec):
+            streams.append(torch.cuda.Stream())
+            return ns.NvdecSession(codec, streams[-1].cuda_stream,
+                                   extra_surfaces=ss.EXTRA_SURFACES)
+        patched.append((nvdec._PairIO, "new_session", new_session))
+        nvdec._PairIO.new_session = own_stream
     wrapped = [wrap(nvdec.NvdecBatchDecoder, n, n) for n in (
         "_pick_pairs", "_pairs_ahead", "_start", "_finish", "_to_rgb")]
     wrapped += [wrap(nvdec, "decode_many", "decode_many"), wrap(ss.StreamPair, "pick", "pair.pick"),
@@ -61,22 +88,57 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
                   for i in range(0, (batches + warmup + 2) * slots, slots)]
     stash.put(*zip(*[s[:2] for s in batch_list[0]]))
     t0 = None
+
+    def library_times():
+        seen = collections.Counter()
+        for pair in op.pairs.values():
+            if pair.session is not None:
+                seen.update(pair.session.times())
+        return seen
+    base = collections.Counter()
+    late, probing = [], [True]
+
+    def gil_probe():       # how late a thread that wants the GIL back every millisecond gets it
+        while probing[0]:
+            t = time.perf_counter()
+            time.sleep(0.001)
+            late.append(time.perf_counter() - t - 0.001)
+    import threading
+    threading.Thread(target=gil_probe, daemon=True).start()
     with torch.cuda.stream(stream):
         for k, batch in enumerate(batch_list[:batches + warmup]):
             if k == warmup:
                 torch.cuda.synchronize(); t0 = time.perf_counter(); stats.clear(); times.clear()
+                base = library_times()
+                late.clear()
             stash.put(*zip(*[s[:2] for s in batch_list[k + 1]]))
             out = op([to_dlpack(torch.from_numpy(np.array(s[1]))) for s in batch])
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
+    probing[0] = False
+    late = sorted(late)
     frames = batches * slots * 6
     again = sum(p.decoded_again for p in op.pairs.values())
     print(f"{variant:>4}: {frames / dt:7.0f} frames/s, {1e3 * dt / batches:5.1f} ms/batch, "
           f"picks decoded in the pick {stats['decoded_in_pick']} of {frames}, decoded again {again}, "
-          f"peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB torch", flush=True)
+          f"peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB torch; GIL probe late by "
+          f"{1e3 * sum(late) / max(len(late), 1):.2f} ms mean, "
+          f"{1e3 * late[int(0.9 * len(late))] if late else 0:.2f} ms p90", flush=True)
     for n, v in times.items():
-        print(f"      {n}: {len(v)} calls, mean {1e3 * sum(v) / max(len(v), 1):.2f} ms, max {1e3 * max(v):.1f} ms")
+        v = sorted(v)
+        print(f"      {n}: {len(v)} calls, mean {1e3 * sum(v) / max(len(v), 1):.2f} ms, median "
+              f"{1e3 * v[len(v) // 2]:.2f} ms, p99 {1e3 * v[int(0.99 * len(v))]:.1f} ms, max "
+              f"{1e3 * v[-1]:.1f} ms")
+    seen = library_times()
+    seen.subtract(base)     # (a pair that began a new session since counts from 0)
+    calls, frames = max(seen["calls"], 1), max(seen["frames"], 1)
+    print(f"      in the session library: {seen['calls']:.0f} calls, mean "
+          f"{1e3 * seen['in_calls'] / calls:.2f} ms in a call; per frame "
+          f"{1e3 * seen['in_map'] / frames:.2f} ms in map, {1e3 * seen['in_sync'] / frames:.2f} ms "
+          "in sync", flush=True)
     op.close()
+    for owner, name, f in patched:
+        setattr(owner, name, f)
     ss.StreamPair._decode_through = orig
     for owner, name, f in wrapped:
         setattr(owner, name, f)
