@@ -63,10 +63,11 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
         new_session = nvdec._PairIO.new_session
         streams = []
 
+        driver = _cuda.CudaDriver(hold_gil=False)
+
         def own_stream(self, codec):
-            streams.append(torch.cuda.Stream())
-            return ns.NvdecSession(codec, streams[-1].cuda_stream,
-                                   extra_surfaces=ss.EXTRA_SURFACES)
+            streams.append(driver.new_stream(torch.cuda.current_device()))
+            return ns.NvdecSession(codec, streams[-1], extra_surfaces=ss.EXTRA_SURFACES)
         patched.append((nvdec._PairIO, "new_session", new_session))
         nvdec._PairIO.new_session = own_stream
     wrapped = [wrap(nvdec.NvdecBatchDecoder, n, n) for n in (
