@@ -1,6 +1,7 @@
 """A probe of the stream pairs (a session per stream slot's camera) on a GPU: the nvdec operator
 alone, without DALI, fed stream batches of a GOP store as DALI feeds them, for each variant named
-(``s48``: a pair per call on 48 threads; ``b16``: a thread's pairs in one call, 16 threads).
+(``s48``: a pair per call on 48 threads, ``s16`` on 16; ``b16``: a thread's pairs in one call,
+16 threads).
 Prints frames/s, the picks that had to decode at the pick, the mean time of the operator's
 steps (wrapped, not patched in the code), and where the sessions' calls waited, measured in the
 session library (in the call, in cuvidMapVideoFrame, in the sync after the copies).
@@ -79,7 +80,8 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
     source = GopSource(Dataset.open(gops), pattern_from_name("stream"), batch_size=slots,
                        stream_lead=0, decode_ahead=0)
     stash = nvdec.BitstreamStash()
-    op = nvdec.NvdecBatchDecoder(stash, threads=48, sessions="own", stream_sessions=True)
+    op = nvdec.NvdecBatchDecoder(stash, threads=48 if nvdec.STREAM_AT_ONCE else lanes,
+                                 sessions="own", stream_sessions=True)
     samples = []
     epoch = 0
     while len(samples) < (batches + warmup + 2) * slots:
