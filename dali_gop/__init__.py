@@ -11,6 +11,10 @@ Two doors. Offline, once per dataset, ``python -m preprocess`` writes the GOP st
 
 What this module exports is the public API; modules whose names start with ``_`` are not.
 """
+# first, before anything can make a CUDA context (dali_gop._work_queues says why)
+from dali_gop import _work_queues  # isort: skip
+_work_queues.widen()
+# ruff: noqa: E402
 from dali_gop._loader import GopLoader, make_loader
 from dali_gop._pipeline import gop_video
 from dali_gop.errors import ConfigError, DaliGopError, DecodeError, FormatError, WorkerError

@@ -19,6 +19,7 @@ import weakref
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
+from dali_gop import _work_queues
 from dali_gop import format as fmt
 from dali_gop.backends import get_backend
 from dali_gop.errors import ConfigError, DaliGopError, WorkerError
@@ -535,6 +536,8 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
     if color_matrix is not None:
         options["color_matrix"] = color_matrix
     decoder = get_backend(backend, color=color, **options)
+    if decoder.name == "nvdec":
+        _work_queues.warn_if_narrow()
     # the source plans only what the backend can do: a backend without decoder state decodes every
     # sample from its keyframe, and only nvdec keeps frames decoded ahead
     source_options = dict(batch_size=batch_size, seed=seed, shard_id=shard_id,
