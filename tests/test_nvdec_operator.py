@@ -210,3 +210,44 @@ def test_a_kept_gop_lets_go_of_the_chunks_its_slot_has_passed(monkeypatch):
     freed = kept.let_go_below(step, gop, gop.count, DecodedGop.release_below)
     assert len(freed) == 1 and gop.kept_bytes() == 2 * 12      # the short last chunk stays
     assert held.now["kept_gops"] == 2 * 12
+
+
+def test_a_lane_serves_queued_picks_before_the_rest_of_its_pass(monkeypatch):
+    """Between picks a lane decodes ahead for its pairs, a pair at a time; picks queued meanwhile
+    wait for one pair's call, not for a pass over all of them, and the pass goes on after them
+    from the pair it stopped at, so that no pair waits behind the others for ever."""
+    import queue
+
+    from dali_gop.backends import _nvdec
+    from dali_gop.backends._nvdec import BitstreamStash, NvdecBatchDecoder, _Lane
+    from nvdec_standins import StandInDriver, install
+    install(monkeypatch)
+    monkeypatch.setattr(_nvdec, "STREAM_AT_ONCE", False)
+    calls = []
+    lane = _Lane.__new__(_Lane)        # its thread not started: the test is that thread
+    lane._queue, lane.cursor = queue.SimpleQueue(), 0
+
+    class Pair:
+        def __init__(self, index):
+            self.index = index
+
+        def ahead(self, io):
+            calls.append(self.index)
+            if len(calls) == 2:
+                lane._queue.put("picks")       # picks arrive while pair 1 decodes
+            return True
+
+        def close(self):
+            raise AssertionError("the pair did not fail")
+
+    lane.pairs = [Pair(i) for i in range(4)]
+    operator = NvdecBatchDecoder(BitstreamStash(), threads=1, sessions="own",
+                                 stream_sessions=True)
+    operator._device_id = 0
+    operator._driver, operator._pool_driver = StandInDriver(), StandInDriver()
+    assert operator._pairs_ahead(lane)
+    assert calls == [0, 1]                # stopped after pair 1: the picks go next
+    assert lane._queue.get_nowait() == "picks"
+    assert operator._pairs_ahead(lane)
+    assert calls == [0, 1, 2, 3, 0, 1]    # on from pair 2, then a whole pass
+    operator.close()

@@ -64,11 +64,12 @@ OWN_SESSION_FRAMES = 24
 #: the same for the session of a stream slot's camera (dali_gop.backends._stream_sessions), which
 #: has no surfaces beyond the parser's minimum (44.5 MiB each measured at 1600x900)
 STREAM_SESSION_FRAMES = 20
-#: threads of the stream pairs, at most: each feeds its pairs' packets in one call, so a few
-#: threads keep NVDEC busy, and fewer threads wanting the GIL after each call wait less for it
+#: threads of the stream pairs, at most (fewer where there are fewer decode threads): every
+#: thread runs Python for each packet, and the operator's thread waits for the GIL after each of
+#: its short calls; fewer threads keep NVDEC as busy and make it wait less (docs/results.md)
 STREAM_LANES = 16
-#: whether a thread decodes its pairs' packets in one call (else a pair per call, on as many
-#: threads as decode threads): measured slower so far (docs/results.md), so off
+#: whether a thread decodes its pairs' packets in one call (else a pair per call): measured
+#: slower so far (docs/results.md), so off
 STREAM_AT_ONCE = False
 #: what a session holds whatever the frame size (either kind)
 SESSION_BASE = 4 << 20
@@ -296,7 +297,13 @@ class _Lane(_DecodePool):
     def __init__(self, name: str, ahead: Callable[["_Lane"], bool]):
         self._ahead = ahead
         self.pairs: list = []
+        self.cursor = 0          # the pair the next pass of ``ahead`` begins with
         super().__init__(1, name)
+
+    def waiting(self) -> bool:
+        """Whether picks are queued (``ahead`` then stops, so that they wait one call, not a pass
+        over every pair)."""
+        return not self._queue.empty()
 
     def _work(self) -> None:
         while True:
@@ -810,8 +817,7 @@ class NvdecBatchDecoder:
     def _add_pair(self, key: tuple[int, int]) -> None:
         if not self._lanes:
             self._lanes = [_Lane(f"nvdec_stream{i}", self._pairs_ahead)
-                           for i in range(min(self.threads, STREAM_LANES)
-                                          if STREAM_AT_ONCE else self.threads)]
+                           for i in range(min(self.threads, STREAM_LANES))]
         pair = self.pairs[key] = StreamPair(lane=len(self.pairs) % len(self._lanes))
         self._lanes[pair.lane].pairs.append(pair)
 
@@ -847,12 +853,16 @@ class NvdecBatchDecoder:
             return False
         io = _PairIO(self, self._device_id)
         if not STREAM_AT_ONCE:
-            fed = False
-            for pair in lane.pairs:
+            fed, count = False, len(lane.pairs)
+            for k in range(count):
+                pair = lane.pairs[(lane.cursor + k) % count]
                 try:
                     fed |= pair.ahead(io)
                 except Exception:
                     pair.close()
+                if fed and lane.waiting():     # the picks first; this pass goes on after them
+                    lane.cursor = (lane.cursor + k + 1) % count
+                    break
             return fed
         calls = []
         for pair in lane.pairs:

@@ -3,12 +3,15 @@ alone, without DALI, fed stream batches of a GOP store as DALI feeds them, for e
 (``s48``: a pair per call on 48 threads, ``s16`` on 16; ``b16``: a thread's pairs in one call,
 16 threads).
 Prints frames/s, the picks that had to decode at the pick, the mean time of the operator's
-steps (wrapped, not patched in the code), and where the sessions' calls waited, measured in the
-session library (in the call, in cuvidMapVideoFrame, in the sync after the copies).
+steps (wrapped, not patched in the code), how long a lane's picks wait for the lane to take
+them, and where the sessions' calls waited, measured in the session library (in the call, in
+cuvidMapVideoFrame, in the sync after the copies).
 
 Diagnostic suffixes, which give up the ring's safety (frames may be overwritten before they are
 copied out; the probe does not look at them), to tell the suspects apart:
 ``n``: a pick's copies do not wait for the batch's staging (no lock-step with DALI's stream);
+``w``: a lane finishes its pass over its pairs before it takes queued picks (as before the
+lanes stopped for them);
 ``q``: each pair's session copies on a stream of its own, not the thread's (its syncs do not
 wait for the picks' copies).
 
@@ -18,7 +21,7 @@ import sys, time, collections
 import numpy as np
 
 def run(gops, variant, batches=90, warmup=12, slots=16):
-    lanes = int(variant[1:].rstrip("nq"))
+    lanes = int(variant[1:].rstrip("nqw"))
     import torch
     from torch.utils.dlpack import to_dlpack
     from nvidia.dali import python_function_plugin
@@ -60,6 +63,9 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
                                                                   idle.cuda_stream))
         patched.append((nvdec.NvdecBatchDecoder, "_pick_pairs", pick))
         nvdec.NvdecBatchDecoder._pick_pairs = unlocked
+    if "w" in variant[1:]:
+        patched.append((nvdec._Lane, "waiting", nvdec._Lane.waiting))
+        nvdec._Lane.waiting = lambda self: False
     if "q" in variant[1:]:
         new_session = nvdec._PairIO.new_session
         streams = []
@@ -71,6 +77,19 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
             return ns.NvdecSession(codec, streams[-1], extra_surfaces=ss.EXTRA_SURFACES)
         patched.append((nvdec._PairIO, "new_session", new_session))
         nvdec._PairIO.new_session = own_stream
+    submit = nvdec.NvdecBatchDecoder._submit
+
+    def stamped(self, fn, *args, lane=None):   # how long a lane's picks wait for the lane
+        if lane is None:
+            return submit(self, fn, *args)
+        queued = time.perf_counter()
+
+        def started(*a):
+            times["picks waiting for their lane"].append(time.perf_counter() - queued)
+            return fn(*a)
+        return submit(self, started, *args, lane=lane)
+    patched.append((nvdec.NvdecBatchDecoder, "_submit", submit))
+    nvdec.NvdecBatchDecoder._submit = stamped
     wrapped = [wrap(nvdec.NvdecBatchDecoder, n, n) for n in (
         "_pick_pairs", "_pairs_ahead", "_start", "_finish", "_to_rgb")]
     wrapped += [wrap(nvdec, "decode_many", "decode_many"), wrap(ss.StreamPair, "pick", "pair.pick"),
