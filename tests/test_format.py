@@ -180,8 +180,8 @@ def mutate(data, raw) -> None:
             grown = value["count"] + 1 if type(value["count"]) is int else 1
             count = data.draw(st.sampled_from([0, 10**15, grown]))
             value.update(count=count, file=f"gop.{value['start']}.{count}.bin")
-            if isinstance(raw.get("num_frames"), int):
-                raw["num_frames"] = value["start"] + count
+            if isinstance(raw.get("num_frames"), int) and type(value["start"]) is int:
+                raw["num_frames"] = value["start"] + count   # (a start mutated before: left so)
 
 
 def assert_well_typed_index(index: fmt.VideoIndex) -> None:
