@@ -846,9 +846,10 @@ class NvdecBatchDecoder:
 
     def _pairs_ahead(self, lane: _Lane) -> bool:
         """A lane's thread, between picks: a packet more for each of its pairs whose frames
-        ahead are not all decoded, all in one call (their pictures decode at once); whether
-        any was fed. A failure is left to the pick that wants the frame (its pair begins again
-        there)."""
+        ahead are not all decoded, all in one call with :data:`STREAM_AT_ONCE` (their pictures
+        decode at once), else a pair per call, stopping where picks are queued (the next pass
+        goes on from the pair after); whether any was fed. A failure is left to the pick that
+        wants the frame (its pair begins again there)."""
         if self._closed or not lane.pairs:
             return False
         io = _PairIO(self, self._device_id)
