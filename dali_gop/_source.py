@@ -225,7 +225,7 @@ class GopSource:
             step = self.windows.step(epoch, position, camera) if self.stream_decoding else None
             requests.append(ReadRequest(video, spec.frames) if step is None else
                             ReadRequest(video, spec.frames, spec.slot, step.sends, step.restart,
-                                        step.release, step.generation))
+                                        step.release, step.generation, step.firsts))
         return requests
 
     def _gop_start(self, video: str, frame: int) -> int:

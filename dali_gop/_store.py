@@ -32,8 +32,8 @@ class ReadRequest:
     """What a worker asks of the store for one video. ``stream_slot`` -1: plain decoding (each GOP
     prefix from its keyframe); else a stream step of that slot, with the GOPs to send it now
     ((video, gop_start, generation): whole GOPs, possibly of the slot's next clip), the
-    :class:`StreamStep` flags and the generation of the GOP it picks from (see
-    :data:`dali_gop.schedule.Gop`)."""
+    :class:`StreamStep` flags, the generation of the GOP it picks from (see
+    :data:`dali_gop.schedule.Gop`) and, of each GOP sent, the first frame the slot picks from it."""
     video: str
     frames: tuple[int, ...]
     stream_slot: int = -1
@@ -41,6 +41,7 @@ class ReadRequest:
     stream_restart: bool = False
     stream_release: bool = False
     stream_generation: int = 0
+    stream_firsts: tuple[int, ...] = ()
 
 
 def stream_key(video: str, generation: int) -> int:
@@ -210,12 +211,14 @@ class GopStore:
                              "of a request in one GOP")
         start = starts[0]
         sends = []
-        for video, gop_start, generation in request.stream_sends:
+        firsts = request.stream_firsts or (None,) * len(request.stream_sends)
+        for (video, gop_start, generation), first in zip(request.stream_sends, firsts):
             gop = self.gop_of(video, gop_start)
             if gop.start != gop_start:
                 raise ValueError(f"{self.gop_root / video}: no GOP starts at frame {gop_start}")
             sends.append(StreamSend(add(self._prefix_slice(video, gop.start, gop.end - 1)),
-                                    stream_key(video, generation), gop.start))
+                                    stream_key(video, generation), gop.start,
+                                    0 if first is None else first - gop.start))
         step = StreamStep(request.stream_slot,
                           stream_key(request.video, request.stream_generation), start,
                           request.stream_restart, request.stream_release, tuple(sends))

@@ -41,10 +41,12 @@ class StreamSend:
     """A whole GOP sent ahead to a stream slot (segment ``segment`` of this sample): the decoder
     decodes it once and keeps its frames under (``video_key``, ``gop_start``) for later picks.
     ``video_key``: the CRC-32 of the video path, and above it the epoch whose picks the GOP is
-    kept for (``dali_gop._store.stream_key``)."""
+    kept for (``dali_gop._store.stream_key``). ``first``: the output position of the slot's first
+    pick of it (a decoder may decode up to there before the pick)."""
     segment: int
     video_key: int
     gop_start: int
+    first: int = 0
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ class Plan:
                 out += [st.slot, st.video_key, st.gop_start, int(st.restart), int(st.release),
                         len(st.sends)]
                 for send in st.sends:
-                    out += [send.segment, send.video_key, send.gop_start]
+                    out += [send.segment, send.video_key, send.gop_start, send.first]
             out.append(len(r.picks))
             for seg, pos in r.picks:
                 out += [seg, pos]
@@ -162,8 +164,8 @@ class Plan:
             if has_stream:
                 slot, key, gop_start, restart, release, n_sends = v[i:i + 6]
                 i += 6
-                sends = tuple(StreamSend(*v[j:j + 3]) for j in range(i, i + 3 * n_sends, 3))
-                i += 3 * n_sends
+                sends = tuple(StreamSend(*v[j:j + 4]) for j in range(i, i + 4 * n_sends, 4))
+                i += 4 * n_sends
                 stream = StreamStep(slot, key, gop_start, bool(restart), bool(release), sends)
             n, i = v[i], i + 1
             picks = tuple(zip(v[i:i + 2 * n:2], v[i + 1:i + 2 * n:2]))

@@ -54,12 +54,14 @@ def sample_key(epoch: int, position: int) -> int:
 class SlotStep:
     """One camera's stream step: take in the ``sends`` (whole GOPs), drop what was kept before if
     ``restart``, pick from the GOP starting at ``gop`` of ``generation``, then let it go if
-    ``release``."""
+    ``release``. ``firsts``: of each GOP sent, the first frame the slot picks from it (a decoder
+    that starts a GOP before its pick can decode up to that frame ahead)."""
     gop: int
     sends: tuple[Gop, ...]
     restart: bool
     release: bool
     generation: int = 0
+    firsts: tuple[int, ...] = ()
 
 
 class StreamWindows:
@@ -116,8 +118,9 @@ class StreamWindows:
             self._window(before[0], slot, camera, (window, before[1])).distinct
         release = after is None or \
             gop not in self._window(after[0], slot, camera, (window, -after[1])).distinct
-        return SlotStep(gop[1], tuple(g for g in window.distinct if g not in held),
-                        before is None, release, gop[2])
+        sends = tuple(g for g in window.distinct if g not in held)
+        return SlotStep(gop[1], sends, before is None, release, gop[2],
+                        tuple(window.firsts[window.gops.index(g)] for g in sends))
 
     def streams(self, epoch: int, position: int, cameras: Sequence[str]) -> bool:
         """Whether the sample is a stream step for some camera."""
@@ -182,24 +185,25 @@ class StreamWindows:
             return window
         lead = self.slot_lead(slot)
         if near is None:
-            base, steps, gops, missing = 0, (), (), range(lead + 1)
+            base, steps, gops, firsts, missing = 0, (), (), (), range(lead + 1)
         else:
             other, later = near
             base = other.base - later
             lo = bisect.bisect_left(other.steps, base)
             hi = bisect.bisect_right(other.steps, base + lead)
-            steps, gops = other.steps[lo:hi], other.gops[lo:hi]
+            steps, gops, firsts = other.steps[lo:hi], other.gops[lo:hi], other.firsts[lo:hi]
             # ``at`` before it: the window lacks ``at``'s own pick; after it: the last steps
             missing = range(1) if later > 0 else range(lead + later + 1, lead + 1)
-        found = [(k + base, pick[1]) for k in missing
-                 for pick in [self._pick(at, k, slot, camera)] if pick is not None]
+        found = [(k + base, pick[1], min(self.samples(pick[0][0])[pick[0][1]].frames))
+                 for k in missing for pick in [self._pick(at, k, slot, camera)] if pick is not None]
         if found:
-            new_steps, new_gops = zip(*found)
+            new_steps, new_gops, new_firsts = zip(*found)
             if near is not None and near[1] > 0:
-                steps, gops = new_steps + steps, new_gops + gops
+                steps, gops, firsts = new_steps + steps, new_gops + gops, new_firsts + firsts
             else:
-                steps, gops = steps + new_steps, gops + new_gops
-        window = self._windows[key] = _Window(base, steps, gops, tuple(dict.fromkeys(gops)))
+                steps, gops, firsts = steps + new_steps, gops + new_gops, firsts + new_firsts
+        window = self._windows[key] = _Window(base, steps, gops, tuple(dict.fromkeys(gops)),
+                                              firsts)
         return window
 
 
@@ -211,6 +215,7 @@ class _Window(NamedTuple):
     steps: tuple[int, ...]
     gops: tuple[Gop, ...]         # of each pick
     distinct: tuple[Gop, ...]     # in order of first pick
+    firsts: tuple[int, ...]       # of each pick: its first frame
 
 
 @dataclass(frozen=True)

@@ -20,21 +20,23 @@ NBYTES = 24
 
 
 class ReorderingSession:
-    """Each packet is one byte: the display index of its frame. A decoded frame is displayed once
-    every earlier one has been and more than ``delay`` frames wait; a flush displays the rest.
-    ``lose`` frames are never displayed (a corrupt bin)."""
+    """Each packet is one byte: 16 x its GOP's tag + the display index of its frame. A decoded
+    frame is displayed once every earlier one has been and more than ``delay`` frames wait; a
+    flush displays the rest. A frame displayed is that byte + 1 throughout, so that a frame of
+    another GOP is told apart. ``lose`` frames are never displayed (a corrupt bin)."""
 
     def __init__(self, codec, delay, lose=()):
         self.delay, self.lose = delay, set(lose)
-        self.decoded, self.shown, self.calls = set(), 0, []
+        self.decoded, self.shown, self.calls, self.tag = set(), 0, [], 0
 
     def decode(self, data, targets, frame_shape, end_of_stream=True):
         self.calls.append((bytes(data), [p for p, _ in targets], end_of_stream))
-        self.decoded |= {b for b in bytes(data) if b not in self.lose}
+        self.decoded |= {b % 16 for b in bytes(data) if b % 16 not in self.lose}
+        self.tag = bytes(data)[0] // 16 if len(data) else self.tag
         wanted = dict(targets)
         while self.shown in self.decoded and (end_of_stream or len(self.decoded) - self.shown > self.delay):
             if self.shown in wanted:
-                ctypes.memset(wanted[self.shown], self.shown + 1, NBYTES)
+                ctypes.memset(wanted[self.shown], 16 * self.tag + self.shown + 1, NBYTES)
             self.shown += 1
         produced = self.shown
         if end_of_stream:
@@ -45,8 +47,8 @@ class ReorderingSession:
         pass
 
 
-def gop(order, name="clip/cam.mp4/gop.0.8.bin"):
-    data = np.frombuffer(bytes(order), dtype=np.uint8)
+def gop(order, name="clip/cam.mp4/gop.0.8.bin", tag=0):
+    data = np.frombuffer(bytes(16 * tag + i for i in order), dtype=np.uint8)
     segment = Segment(0, len(order), (1,) * len(order), 0, len(order), "hevc")
     return SentGop.of(name, data, segment, SHAPE)
 
@@ -59,6 +61,7 @@ class Harness:
         self.pair = StreamPair()
         self.sessions, self.rings, self.freed = [], [], []
         self.delay, self.lose = delay, lose
+        self.in_pick = []      # of each pick: the session calls it made itself
 
     def new_session(self, codec):
         self.sessions.append(ReorderingSession(codec, self.delay, self.lose))
@@ -71,8 +74,13 @@ class Harness:
     def free_ring(self, ring):
         self.freed.append(ring)
 
+    def calls(self):
+        return sum(len(session.calls) for session in self.sessions)
+
     def pick(self, sent, positions):
+        before = self.calls()
         pointers = self.pair.pick(sent, positions, self)
+        self.in_pick.append(self.calls() - before)
         got = [ctypes.c_uint8.from_address(p).value - 1 for p in pointers]
         while self.pair.ahead(self):
             pass
@@ -163,3 +171,45 @@ def test_a_position_outside_the_gop_is_refused():
 def test_frames_of_another_shape_are_refused():
     with pytest.raises(DecodeError, match="do not fit"):
         gop(ORDER).check_shape((12, 8))
+
+
+@pytest.mark.parametrize("delay, order", [(0, list(range(8))), (2, ORDER)])
+def test_the_next_gop_sent_is_decoded_ahead_before_the_slot_reaches_it(delay, order):
+    """Once a GOP is all displayed, the pair goes on into the GOP sent after it, from the
+    frame the slot will first pick there (mid-GOP: an epoch's first pick of a slot)."""
+    h = Harness(delay=delay)
+    gops = [gop(order, f"clip/cam.mp4/gop.{8 * k}.8.bin", tag=k + 1) for k in range(3)]
+    h.pair.sent(gops[0])
+    h.pair.sent(gops[1])
+    h.pair.sent(gops[2], first=5)
+    assert [h.pick(gops[0], [p])[0] for p in range(8)] == [16 + p for p in range(8)]
+    assert [h.pick(gops[1], [p])[0] for p in range(8)] == [32 + p for p in range(8)]
+    assert [h.pick(gops[2], [p])[0] for p in range(5, 8)] == [48 + p for p in range(5, 8)]
+    # every frame of the GOPs after the first there before its pick (in the first, the flush's
+    # burst with B-frames grows the ring, and the frames it had no room for decode again, once)
+    assert h.in_pick[8:] == [0] * 11
+    assert len(h.sessions) == 1 and h.pair.decoded_again == (delay > 0)
+
+
+def test_a_pick_behind_the_session_or_before_the_first_said_gets_its_frame():
+    """Where the slot does not pick as sent (a GOP picked again after the pair went on, or from
+    before the frame it was sent for), the frame is decoded again: never another GOP's."""
+    h = Harness(delay=2)
+    first, second = gop(ORDER, tag=1), gop(ORDER, "clip/cam.mp4/gop.8.8.bin", tag=2)
+    h.pair.sent(first)
+    h.pair.sent(second, first=4)
+    assert [h.pick(first, [p])[0] for p in range(8)] == [16 + p for p in range(8)]
+    assert h.pick(second, [2]) == [34]        # before the first pick it was sent for
+    assert h.pick(second, [3, 4]) == [35, 36]
+    assert h.pick(first, [7]) == [23]         # a GOP passed, unsent now: decoded on its own
+    assert h.pick(second, [5]) == [37]
+
+
+def test_a_restart_drops_what_was_sent():
+    h = Harness(delay=0)
+    first, second = gop(range(8), tag=1), gop(range(8), "clip/cam.mp4/gop.8.8.bin", tag=2)
+    h.pair.sent(first)
+    h.pair.sent(second)
+    h.pair.restart()
+    assert [h.pick(first, [p])[0] for p in range(8)] == [16 + p for p in range(8)]
+    assert h.pair.gop is first            # nothing sent after it: the pair waits at its end

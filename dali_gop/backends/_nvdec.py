@@ -414,7 +414,8 @@ class _Job:
     staging_bytes: int = 0   # of the samples decoded for this batch (not ahead)
     futures: list = field(default_factory=list)
     stream_picks: list = field(default_factory=list)  # (DecodedGop, position, pointer)
-    pair_picks: list = field(default_factory=list)    # ((slot, camera), SentGop, positions, pointers)
+    # ((slot, camera), SentGop, positions, pointers, restart, [(SentGop sent, first pick)])
+    pair_picks: list = field(default_factory=list)
     pair_futures: list = field(default_factory=list)  # -> an event after their copies
     released: list = field(default_factory=list)      # chunks let go, alive until it is done
     errors: list = field(default_factory=list)
@@ -709,10 +710,14 @@ class NvdecBatchDecoder:
                     wanted[segment].append((position, first + t * nbytes))
                 continue
 
+            sent = []      # SentGops of this step, and the position of the slot's first pick
+
             def send(send):
                 segment = plan.segments[send.segment]
                 if self.stream_sessions and segment.packet_sizes is not None:
-                    return SentGop.of(name_list[send.segment], data, segment, frame_shape)
+                    sent.append((SentGop.of(name_list[send.segment], data, segment, frame_shape),
+                                 send.first))
+                    return sent[-1][0]
                 gop = DecodedGop(name_list[send.segment], segment.num_outputs, frame_shape)
                 sends.append((gop, data, segment))
                 return gop
@@ -733,7 +738,8 @@ class NvdecBatchDecoder:
                 if key not in self.pairs:    # pinned to a thread, round robin
                     self._add_pair(key)
                 job.pair_picks.append((key, gop, [position for _, position in request.picks],
-                                       [first + t * nbytes for t in range(len(request.picks))]))
+                                       [first + t * nbytes for t in range(len(request.picks))],
+                                       request.stream.restart, sent))
                 continue
             try:
                 job.stream_picks += [
@@ -793,11 +799,17 @@ class NvdecBatchDecoder:
         io = _PairIO(self, device_id)
         stream = io.state.stream.cuda_stream
         self._pool_driver.wait(stream, allocated.handle)
+        for key, _, _, _, restart, sent in items:    # in batch order: the order of the picks
+            pair = self.pairs[key]
+            if restart:
+                pair.restart()
+            for gop, first in sent:
+                pair.sent(gop, first)
         if STREAM_AT_ONCE:
             self._decode_at_once(io, [(self.pairs[key], gop, positions[0])
-                                      for key, gop, positions, _ in items])
+                                      for key, gop, positions, *_ in items])
         destinations, sources, sizes = [], [], []
-        for key, gop, positions, pointers in items:
+        for key, gop, positions, pointers, *_ in items:
             pair = self.pairs[key]
             try:
                 with self._hooked("decode", gop.name, False):

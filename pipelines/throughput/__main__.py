@@ -145,6 +145,11 @@ def parse_args(argv=None):
     loader.add_argument("--budgets", nargs="+", default=["2GiB", "4GiB", "8GiB", "16GiB", "none"],
                         metavar="SIZE", help="budget rows: make_loader's memory_budget for each "
                                              "(none: no budget)")
+    loader.add_argument("--stream_sessions", action="store_true",
+                        help="nvdec: stream slots on NVDEC sessions of their own, one per slot and "
+                             "camera, decoding a few frames ahead of the picks, in place of kept "
+                             "GOPs (dali_gop.backends._stream_sessions; off by default, as it "
+                             "is not yet at NVDEC's speed): in every loader of the run")
     loader.add_argument("--random_batches", type=int, default=60,
                         help="timed batches: dali-gop random and stream without stream decoding")
     raw = parser.add_argument_group("the ceiling and the baselines")
@@ -191,6 +196,9 @@ def parse_args(argv=None):
         args = parser.parse_args(argv)
     if args.profile and args.backend != "nvdec":
         raise ConfigError("--profile hooks the nvdec operator: it needs --backend nvdec")
+    if args.stream_sessions and args.backend != "nvdec":
+        raise ConfigError("--stream_sessions is a path of the nvdec backend: it needs "
+                          "--backend nvdec")
     args.random_group_num = min(args.random_group_num, args.clips)
     if args.warmup is None:
         args.warmup = max(2 * args.workers, 8)
@@ -203,6 +211,9 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     gpu = args.backend != "cpu"
     check_machine(args.backend)
+    if args.stream_sessions:     # the backend's own switch, for every nvdec loader of this run
+        from dali_gop.backends._nvdec import NvdecBackend
+        NvdecBackend.stream_sessions = True
     rank, world, local_rank = init_distributed(gpu)
     videos, gops = dataset_paths(args)
     b = Bench(args, videos, gops, rank, world, local_rank if gpu else None)

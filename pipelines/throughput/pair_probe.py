@@ -13,7 +13,9 @@ copied out; the probe does not look at them), to tell the suspects apart:
 ``w``: a lane finishes its pass over its pairs before it takes queued picks (as before the
 lanes stopped for them);
 ``q``: each pair's session copies on a stream of its own, not the thread's (its syncs do not
-wait for the picks' copies).
+wait for the picks' copies);
+``z``: ``stream_lead`` 0 (each GOP reaches its pair at the slot's first pick of it, so the pair
+starts it there, as before pairs decoded ahead into the next GOP sent), not the loader's 30.
 
     python -m pipelines.throughput.pair_probe GOP_ROOT s48 b16 s48n s48q
 """
@@ -21,7 +23,7 @@ import sys, time, collections
 import numpy as np
 
 def run(gops, variant, batches=90, warmup=12, slots=16):
-    lanes = int(variant[1:].rstrip("nqw"))
+    lanes = int(variant[1:].rstrip("nqwz"))
     import torch
     from torch.utils.dlpack import to_dlpack
     from nvidia.dali import python_function_plugin
@@ -97,7 +99,7 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
                 wrap(ns.NvdecSession, "decode", "session.decode"),
                 wrap(_cuda.CudaDriver, "copy_many", "copy_many")]
     source = GopSource(Dataset.open(gops), pattern_from_name("stream"), batch_size=slots,
-                       stream_lead=0, decode_ahead=0)
+                       stream_lead=0 if "z" in variant[1:] else 30, decode_ahead=0)
     stash = nvdec.BitstreamStash()
     op = nvdec.NvdecBatchDecoder(stash, threads=48 if nvdec.STREAM_AT_ONCE else lanes,
                                  sessions="own", stream_sessions=True)
