@@ -192,6 +192,7 @@ def test_no_gpu_says_so_before_making_data(tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["pipelines.throughput", "--skip", "nothing"], ["invalid choice"]),
     (["pipelines.throughput", "--backend", "cpu", "--profile"], ["--profile"]),
+    (["pipelines.throughput", "--backend", "cpu", "--stream_sessions"], ["--stream_sessions"]),
     (["pipelines.throughput.chart", "missing.json"], ["missing.json"]),
     (["pipelines.throughput.chart", "README.md"], ["README.md", "not a results file"]),
     (["pipelines.throughput", "--train_layers", "0"], ["--train_layers", "auto"]),
