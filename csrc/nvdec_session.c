@@ -100,9 +100,13 @@ typedef struct {
     int failed;
     char error[512];
     /* seconds spent inside this session's calls, in cuvidMapVideoFrame and in the stream sync
-       after the copies, and the calls and frames: where a slow call waits (nvdec_session_times) */
+       after the copies, and the calls and frames: where a slow call waits (nvdec_session_times);
+       then in cuvidDecodePicture, in cuvidCreateDecoder (and how many it made), and the longest
+       call, map and picture: where a call that stalls once waits */
     double in_calls, in_map, in_sync;
     long long calls, delivered;
+    double in_picture, in_create, longest_call, longest_map, longest_picture;
+    long long creates;
 } Session;
 
 static double now(void) {
@@ -163,7 +167,10 @@ static int CUDAAPI on_sequence(void *user, CUVIDEOFORMAT *format) {
     info.ulTargetWidth = format->display_area.right - format->display_area.left;
     info.ulTargetHeight = format->display_area.bottom - format->display_area.top;
     info.ulNumOutputSurfaces = 1;    /* one frame mapped at a time: copied, then unmapped */
+    double started = now();
     CUresult status = api.create_decoder(&s->decoder, &info);
+    s->in_create += now() - started;
+    s->creates++;
     if (status) {
         s->decoder = NULL;
         return fail(s, "cuvidCreateDecoder failed with CUDA error %d for %s %ux%u", status,
@@ -179,7 +186,12 @@ static int CUDAAPI on_decode(void *user, CUVIDPICPARAMS *picture) {
     Session *s = user;
     if (s->failed || !s->decoder)
         return fail(s, "NVDEC got a picture before its sequence header");
+    double started = now();
     CUresult status = api.decode_picture(s->decoder, picture);
+    double spent = now() - started;
+    s->in_picture += spent;
+    if (spent > s->longest_picture)
+        s->longest_picture = spent;
     return status ? fail(s, "cuvidDecodePicture failed with CUDA error %d", status) : 1;
 }
 
@@ -262,6 +274,8 @@ static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last) 
     CUresult status = api.map(s->decoder, shown->picture_index, &source, &pitch, &process);
     double mapped = now();
     s->in_map += mapped - started;
+    if (mapped - started > s->longest_map)
+        s->longest_map = mapped - started;
     s->delivered++;
     if (status)
         return fail(s, "cuvidMapVideoFrame failed with CUDA error %d", status);
@@ -378,7 +392,10 @@ long long nvdec_session_decode(void *session, const unsigned char *data, unsigne
         parse(s, data, size, end_of_stream);
     }
     long long outputs = finish(s, end_of_stream);
-    s->in_calls += now() - started;
+    double spent = now() - started;
+    s->in_calls += spent;
+    if (spent > s->longest_call)
+        s->longest_call = spent;
     s->calls++;
     if (outputs < 0)
         report(error, error_size, s->error);
@@ -413,16 +430,21 @@ void nvdec_sessions_decode(int count, void **sessions, const unsigned char **dat
         s->deferred = 0;
         outputs[i] = finish(s, ends[i]);
     }
-    double spent = (now() - started) / (count > 0 ? count : 1);
+    double whole = now() - started, spent = whole / (count > 0 ? count : 1);
     for (int i = 0; i < count; i++) {
-        ((Session *)sessions[i])->in_calls += spent;
-        ((Session *)sessions[i])->calls++;
+        Session *s = sessions[i];
+        s->in_calls += spent;
+        if (whole > s->longest_call)    /* the call it waited in, whole */
+            s->longest_call = whole;
+        s->calls++;
     }
 }
 
 /* Where the session's calls spent their time: out[0..4] = seconds in its calls (a call of
  * several sessions shared out evenly), in cuvidMapVideoFrame (waiting for the picture), in the
- * sync after its copies (waiting for the copy stream), the calls, the frames delivered. */
+ * sync after its copies (waiting for the copy stream), the calls, the frames delivered;
+ * out[5..10] = seconds in cuvidDecodePicture, in cuvidCreateDecoder, the decoders it made, and
+ * the longest call (a call of several sessions whole), map and cuvidDecodePicture. */
 void nvdec_session_times(void *session, double *out) {
     Session *s = session;
     out[0] = s->in_calls;
@@ -430,6 +452,21 @@ void nvdec_session_times(void *session, double *out) {
     out[2] = s->in_sync;
     out[3] = (double)s->calls;
     out[4] = (double)s->delivered;
+    out[5] = s->in_picture;
+    out[6] = s->in_create;
+    out[7] = (double)s->creates;
+    out[8] = s->longest_call;
+    out[9] = s->longest_map;
+    out[10] = s->longest_picture;
+}
+
+/* Start the session's clocks and counts of nvdec_session_times again from 0 (a measurement's
+ * timed part). */
+void nvdec_session_clear_times(void *session) {
+    Session *s = session;
+    s->in_calls = s->in_map = s->in_sync = s->in_picture = s->in_create = 0;
+    s->longest_call = s->longest_map = s->longest_picture = 0;
+    s->calls = s->delivered = s->creates = 0;
 }
 
 /* Why a session failed ("" where it has not). */

@@ -84,7 +84,12 @@ if case == "order":
     # where its calls spent their time: two calls, the seven frames it copied (once each mapped)
     times = session.times()
     assert times["calls"] == 2 and times["frames"] == 6 + 1, times
-    assert times["in_calls"] >= times["in_map"] + times["in_sync"] >= 0, times
+    assert times["in_calls"] >= times["in_map"] + times["in_sync"] + times["in_picture"] >= 0, times
+    assert times["creates"] == 1 and 0 <= times["in_create"] <= times["in_calls"], times
+    assert times["in_calls"] >= times["longest_call"] >= times["longest_map"] >= 0, times
+    assert times["longest_call"] >= times["longest_picture"] >= 0, times
+    session.clear_times()
+    assert not any(session.times().values())
 elif case == "size":
     try:
         session.decode(stream([0, 1]), [(0, frames[0].ctypes.data)], (30 * 3 // 2, 40))

@@ -61,8 +61,15 @@ def _load():
         lib.nvdec_session_error.restype = ctypes.c_char_p
         lib.nvdec_session_times.argtypes = [ptr, ptr]
         lib.nvdec_session_times.restype = None
+        lib.nvdec_session_clear_times.argtypes = [ptr]
+        lib.nvdec_session_clear_times.restype = None
         _library = lib
     return _library
+
+
+#: what ``nvdec_session_times`` reports, in its order (:meth:`NvdecSession.times`)
+TIMES = ("in_calls", "in_map", "in_sync", "calls", "frames", "in_picture", "in_create", "creates",
+         "longest_call", "longest_map", "longest_picture")
 
 
 class NvdecSession:
@@ -104,12 +111,19 @@ class NvdecSession:
     def times(self) -> dict[str, float]:
         """Where this session's calls spent their time so far, measured in the library: seconds
         in its calls, waiting in cuvidMapVideoFrame (for NVDEC) and in the sync after its copies
-        (for the copy stream), with its calls and frames. A Python caller's own time for a call
-        beyond ``calls`` is the GIL's and Python's."""
-        out = (ctypes.c_double * 5)()
+        (for the copy stream), with its calls and frames; seconds in cuvidDecodePicture and in
+        cuvidCreateDecoder, the decoders it made, and the longest call, map and picture (the
+        ``longest_*`` are maxima, not sums). A Python caller's own time for a call beyond
+        ``in_calls`` is the GIL's and Python's."""
+        out = (ctypes.c_double * len(TIMES))()
         if self._handle is not None:
             self._lib.nvdec_session_times(self._handle, out)
-        return dict(zip(("in_calls", "in_map", "in_sync", "calls", "frames"), out))
+        return dict(zip(TIMES, out))
+
+    def clear_times(self) -> None:
+        """:meth:`times` from 0 again (a measurement's timed part)."""
+        if self._handle is not None:
+            self._lib.nvdec_session_clear_times(self._handle)
 
     def error(self) -> str:
         """Why the session failed ("" where it has not)."""
