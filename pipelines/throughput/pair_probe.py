@@ -7,6 +7,9 @@ steps (wrapped, not patched in the code), how long a lane's picks wait for the l
 them, and where the sessions' calls waited, measured in the session library (in the call, in
 cuvidMapVideoFrame, in the sync after the copies).
 
+A timed batch that takes longer than ``STALL_S`` dumps every thread's Python stack (faulthandler:
+the thread that holds the GIL, and where each waits).
+
 Diagnostic suffixes, which give up the ring's safety (frames may be overwritten before they are
 copied out; the probe does not look at them), to tell the suspects apart:
 ``n``: a pick's copies do not wait for the batch's staging (no lock-step with DALI's stream);
@@ -19,8 +22,11 @@ starts it there, as before pairs decoded ahead into the next GOP sent), not the 
 
     python -m pipelines.throughput.pair_probe GOP_ROOT s48 b16 s48n s48q
 """
-import sys, time, collections
+import sys, time, collections, faulthandler
 import numpy as np
+
+#: a timed batch slower than this dumps every thread's stack (to stderr)
+STALL_S = 0.3
 
 def run(gops, variant, batches=90, warmup=12, slots=16):
     lanes = int(variant[1:].rstrip("nqwz"))
@@ -113,13 +119,18 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
     stash.put(*zip(*[s[:2] for s in batch_list[0]]))
     t0 = None
 
-    def library_times():     # summed over the sessions, but the longest: the longest of any
+    def sessions(pool=False):   # the pairs' own, or the decode threads' (plain samples: pads)
+        if pool:
+            return [d for state in op._thread_decoders for d in state.decoders.values()
+                    if isinstance(d, ns.NvdecSession)]
+        return [pair.session for pair in op.pairs.values() if pair.session is not None]
+
+    def library_times(pool=False):   # summed over the sessions, but the longest of any
         seen = collections.Counter()
-        for pair in op.pairs.values():
-            if pair.session is not None:
-                for key, value in pair.session.times().items():
-                    seen[key] = max(seen[key], value) if key.startswith("longest") else \
-                        seen[key] + value
+        for session in sessions(pool):
+            for key, value in session.times().items():
+                seen[key] = max(seen[key], value) if key.startswith("longest") else \
+                    seen[key] + value
         return seen
     late, probing = [], [True]
 
@@ -134,12 +145,14 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
         for k, batch in enumerate(batch_list[:batches + warmup]):
             if k == warmup:
                 torch.cuda.synchronize(); t0 = time.perf_counter(); stats.clear(); times.clear()
-                for pair in op.pairs.values():
-                    if pair.session is not None:
-                        pair.session.clear_times()
+                for session in sessions() + sessions(pool=True):
+                    session.clear_times()
                 late.clear()
             stash.put(*zip(*[s[:2] for s in batch_list[k + 1]]))
+            if k >= warmup:   # a batch that stalls: every thread's stack, from faulthandler's
+                faulthandler.dump_traceback_later(STALL_S)   # own thread (no GIL needed)
             out = op([to_dlpack(torch.from_numpy(np.array(s[1]))) for s in batch])
+            faulthandler.cancel_dump_traceback_later()
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     probing[0] = False
@@ -150,7 +163,8 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
           f"picks decoded in the pick {stats['decoded_in_pick']} of {frames}, decoded again {again}, "
           f"peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB torch; GIL probe late by "
           f"{1e3 * sum(late) / max(len(late), 1):.2f} ms mean, "
-          f"{1e3 * late[int(0.9 * len(late))] if late else 0:.2f} ms p90", flush=True)
+          f"{1e3 * late[int(0.9 * len(late))] if late else 0:.2f} ms p90, "
+          f"{1e3 * late[-1] if late else 0:.1f} ms max", flush=True)
     for n, v in times.items():
         v = sorted(v)
         print(f"      {n}: {len(v)} calls, mean {1e3 * sum(v) / max(len(v), 1):.2f} ms, median "
@@ -165,6 +179,11 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
           f"call {1e3 * seen['longest_call']:.1f} ms, map {1e3 * seen['longest_map']:.1f} ms, "
           f"cuvidDecodePicture {1e3 * seen['longest_picture']:.1f} ms; "
           f"{seen['creates']:.0f} decoders made in {1e3 * seen['in_create']:.1f} ms", flush=True)
+    pool = library_times(pool=True)
+    print(f"      the decode threads' sessions (plain samples: an epoch's pads): {len(sessions(True))}"
+          f", {pool['calls']:.0f} calls in {1e3 * pool['in_calls']:.1f} ms, longest "
+          f"{1e3 * pool['longest_call']:.1f} ms; {pool['creates']:.0f} decoders made in "
+          f"{1e3 * pool['in_create']:.1f} ms", flush=True)
     op.close()
     for owner, name, f in patched:
         setattr(owner, name, f)
