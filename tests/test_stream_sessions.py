@@ -213,3 +213,8 @@ def test_a_restart_drops_what_was_sent():
     h.pair.restart()
     assert [h.pick(first, [p])[0] for p in range(8)] == [16 + p for p in range(8)]
     assert h.pair.gop is first            # nothing sent after it: the pair waits at its end
+    h.pair.restart()                      # a GOP begun and dropped is not kept (nor its bytes)
+    third = gop(range(8), "clip/cam.mp4/gop.16.8.bin", tag=3)
+    h.pair.sent(third)
+    assert h.pick(third, [0]) == [48]
+    assert list(h.pair.bases) == [third]

@@ -34,7 +34,7 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -403,6 +403,16 @@ class _Decoded:
     conversions: list
 
 
+class _PairPicks(NamedTuple):
+    """A stream step's picks of one (slot, camera) with a session of its own, for its lane."""
+    key: tuple[int, int]         # (slot, camera)
+    gop: SentGop                 # picked from
+    positions: list[int]
+    pointers: list[int]          # where each pick's frame goes (the batch's staging)
+    restart: bool                # the slot begins again here
+    sent: list                   # [(SentGop, the position of the slot's first pick)] sent now
+
+
 @dataclass
 class _Job:
     """One batch in flight: NV12 staging per sample (cameras, T, H*3/2, W) and each camera's
@@ -414,8 +424,7 @@ class _Job:
     staging_bytes: int = 0   # of the samples decoded for this batch (not ahead)
     futures: list = field(default_factory=list)
     stream_picks: list = field(default_factory=list)  # (DecodedGop, position, pointer)
-    # ((slot, camera), SentGop, positions, pointers, restart, [(SentGop sent, first pick)])
-    pair_picks: list = field(default_factory=list)
+    pair_picks: list = field(default_factory=list)    # _PairPicks
     pair_futures: list = field(default_factory=list)  # -> an event after their copies
     released: list = field(default_factory=list)      # chunks let go, alive until it is done
     errors: list = field(default_factory=list)
@@ -679,7 +688,7 @@ class NvdecBatchDecoder:
                         for t in tasks]
         lanes = collections.defaultdict(list)
         for picks in job.pair_picks:
-            lanes[self.pairs[picks[0]].lane].append(picks)
+            lanes[self.pairs[picks.key].lane].append(picks)
         self._device_id = device_id
         for lane, items in lanes.items():
             job.pair_futures.append(self._submit(self._pick_pairs, items, device_id, allocated,
@@ -737,9 +746,10 @@ class NvdecBatchDecoder:
                 key = (request.stream.slot, camera)
                 if key not in self.pairs:    # pinned to a thread, round robin
                     self._add_pair(key)
-                job.pair_picks.append((key, gop, [position for _, position in request.picks],
-                                       [first + t * nbytes for t in range(len(request.picks))],
-                                       request.stream.restart, sent))
+                job.pair_picks.append(_PairPicks(
+                    key, gop, [position for _, position in request.picks],
+                    [first + t * nbytes for t in range(len(request.picks))],
+                    request.stream.restart, sent))
                 continue
             try:
                 job.stream_picks += [
@@ -799,15 +809,15 @@ class NvdecBatchDecoder:
         io = _PairIO(self, device_id)
         stream = io.state.stream.cuda_stream
         self._pool_driver.wait(stream, allocated.handle)
-        for key, _, _, _, restart, sent in items:    # in batch order: the order of the picks
-            pair = self.pairs[key]
-            if restart:
+        for item in items:    # in batch order: the order of the picks
+            pair = self.pairs[item.key]
+            if item.restart:
                 pair.restart()
-            for gop, first in sent:
+            for gop, first in item.sent:
                 pair.sent(gop, first)
         if STREAM_AT_ONCE:
-            self._decode_at_once(io, [(self.pairs[key], gop, positions[0])
-                                      for key, gop, positions, *_ in items])
+            self._decode_at_once(io, [(self.pairs[item.key], item.gop, item.positions[0])
+                                      for item in items])
         destinations, sources, sizes = [], [], []
         for key, gop, positions, pointers, *_ in items:
             pair = self.pairs[key]

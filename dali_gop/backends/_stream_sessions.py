@@ -103,7 +103,6 @@ class StreamPair:
         self.flushed = False
         self.base = 0            # the number of ``gop``'s frame 0
         self.floor = 0           # its frames numbered below this go nowhere (before the first pick)
-        self.next_base = 0       # the number after ``gop``'s last frame
         self.ring = None         # (frames, H*3/2, W) uint8 on the device
         self.slots = self.address = self.slot_bytes = 0    # of ``ring``, as plain ints
         self.held: dict[int, int] = {}   # frame number -> ring slot, decoded and not yet passed
@@ -115,8 +114,14 @@ class StreamPair:
         self._end = 0             # ... and the number from which its frames have no slot
 
     def restart(self) -> None:
-        """The slot begins again (its first step of an epoch's run): what was sent is dropped."""
-        self.queue, self.firsts = [], {}
+        """The slot begins again (its first step of an epoch's run): what was sent is dropped
+        (its bytes too: nothing keeps them)."""
+        self.queue, self.firsts, self.bases = [], {}, {}
+
+    @property
+    def next_base(self) -> int:
+        """The number after the last frame of the GOP the session is on."""
+        return 0 if self.gop is None else self.base + self.gop.num_outputs
 
     def sent(self, gop: SentGop, first: int = 0) -> None:
         """``gop`` is sent to the slot, to be picked after those sent before, from position
@@ -238,7 +243,6 @@ class StreamPair:
             self._new_ring(self.slots or RING_FRAMES, gop.frame_shape, io)
         self.floor = max(self.next_base, self.low + 1)
         self.base = self.floor - first
-        self.next_base = self.base + gop.num_outputs
         self.bases[gop] = self.base
         self.gop, self.fed, self.outputs, self.flushed = gop, 0, 0, False
 
