@@ -946,16 +946,18 @@ class NvdecBackend(DecodeBackend):
     device = "gpu"
     decodes_ahead = True
     ring_frames = (RING_FRAMES, REORDER_RING_FRAMES)
+    #: whose NVDEC sessions the decode threads hold: PyNvVideoCodec's (the fastest at 48 threads)
+    #: or "own" (a fraction of the memory: what a memory budget turns to first)
+    sessions = "pynvvideocodec"
 
     def __init__(self, color: str = "RGB", threads: int = DEFAULT_THREADS,
                  hooks: Sequence[DecodeHook] = (), color_matrix: str | None = None,
-                 sessions: str = "pynvvideocodec", stream_sessions: bool | None = None):
+                 sessions: str | None = None, stream_sessions: bool | None = None):
         super().__init__(color, color_matrix)
         if stream_sessions is not None:   # else the class's (False: stream slots keep GOPs)
             self.stream_sessions = stream_sessions
-        # whose NVDEC sessions the decode threads hold: PyNvVideoCodec's (the fastest at 48
-        # threads) or our own (a fraction of the memory: what a memory budget turns to first)
-        self.sessions = sessions
+        if sessions is not None:          # else the class's (PyNvVideoCodec's)
+            self.sessions = sessions
         self.threads = threads
         self.hooks = tuple(hooks)
         self.operators: list[NvdecBatchDecoder] = []

@@ -22,7 +22,7 @@ from pipelines.throughput.measure import Result
 from pipelines.throughput.reader import reader_rows
 from pipelines.throughput.report import (format_budget_table, format_table, format_train_table,
                                          make_report, targets, write_outputs)
-from pipelines.throughput.train import train_rows
+from pipelines.throughput.train import TRAIN_ROWS, train_rows
 from preprocess.runner import preprocess
 
 GROUPS: dict[str, tuple[Callable[[Bench], list[Result]], bool]] = {
@@ -150,6 +150,15 @@ def parse_args(argv=None):
                              "camera, decoding a few frames ahead of the picks, in place of kept "
                              "GOPs (dali_gop.backends._stream_sessions; off by default, as it "
                              "is not yet at NVDEC's speed): in every loader of the run")
+    loader.add_argument("--nvdec_sessions", choices=["pynvvideocodec", "own"], default=None,
+                        help="nvdec: whose NVDEC sessions the decode threads hold (default: the "
+                             "backend's, PyNvVideoCodec's; own: csrc/nvdec_session.c), in every "
+                             "loader of the run that no budget changes")
+    loader.add_argument("--switch_interval", type=float, default=None, metavar="SECONDS",
+                        help="sys.setswitchinterval for the run (Python's default 0.005): how "
+                             "long a thread waits for the GIL before it asks the holder to let "
+                             "go, for the question whether the loader's threads and the training "
+                             "thread take turns at it")
     loader.add_argument("--random_batches", type=int, default=60,
                         help="timed batches: dali-gop random and stream without stream decoding")
     raw = parser.add_argument_group("the ceiling and the baselines")
@@ -185,6 +194,9 @@ def parse_args(argv=None):
                        help="the launch-bound model: many tiny layers")
     train.add_argument("--launch_channels", type=int, default=8)
     train.add_argument("--launch_size", type=int, nargs=2, default=[28, 50], metavar=("H", "W"))
+    train.add_argument("--train_rows", nargs="+", choices=TRAIN_ROWS, default=list(TRAIN_ROWS),
+                       help="which train rows to run (default all): stream, random, the "
+                            "launch-bound model, loss.item() every step, random with queued_steps")
     train.add_argument("--train_steps", type=int, default=60, help="timed steps of each phase")
     train.add_argument("--train_warmup", type=int, default=10,
                        help="untimed steps before each phase")
@@ -196,9 +208,11 @@ def parse_args(argv=None):
         args = parser.parse_args(argv)
     if args.profile and args.backend != "nvdec":
         raise ConfigError("--profile hooks the nvdec operator: it needs --backend nvdec")
-    if args.stream_sessions and args.backend != "nvdec":
-        raise ConfigError("--stream_sessions is a path of the nvdec backend: it needs "
-                          "--backend nvdec")
+    if (args.stream_sessions or args.nvdec_sessions) and args.backend != "nvdec":
+        raise ConfigError("--stream_sessions and --nvdec_sessions are paths of the nvdec "
+                          "backend: they need --backend nvdec")
+    if args.switch_interval is not None and not args.switch_interval > 0:
+        raise ConfigError(f"--switch_interval must be > 0 seconds, not {args.switch_interval}")
     args.random_group_num = min(args.random_group_num, args.clips)
     if args.warmup is None:
         args.warmup = max(2 * args.workers, 8)
@@ -211,9 +225,12 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     gpu = args.backend != "cpu"
     check_machine(args.backend)
-    if args.stream_sessions:     # the backend's own switch, for every nvdec loader of this run
+    if args.stream_sessions or args.nvdec_sessions:   # the backend's own defaults, for the run
         from dali_gop.backends._nvdec import NvdecBackend
-        NvdecBackend.stream_sessions = True
+        NvdecBackend.stream_sessions = NvdecBackend.stream_sessions or args.stream_sessions
+        NvdecBackend.sessions = args.nvdec_sessions or NvdecBackend.sessions
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     rank, world, local_rank = init_distributed(gpu)
     videos, gops = dataset_paths(args)
     b = Bench(args, videos, gops, rank, world, local_rank if gpu else None)

@@ -110,6 +110,8 @@ def loader_step(batches) -> int:
     return frames_in(frames)
 
 
+#: the rows, by their --train_rows names
+TRAIN_ROWS = ("stream", "random", "launch", "item", "queued")
 QUEUED_STEPS = 2   # the extra random row's make_loader(queued_steps=...), without --queued_steps
 CALIBRATION_LAYERS = (1, 5)   # the model is timed at these to size it (``auto``)
 MOST_LAYERS = 64
@@ -183,20 +185,24 @@ def format_train(details: dict) -> str:
 def train_rows(b: Bench) -> list[Result]:
     a = b.args
     model = StepModel(a.train_layers, a.train_channels, tuple(a.train_size))
-    stream_model = sized(b, STREAM, a.group_num, model)
-    random_model = sized(b, RANDOM, a.random_group_num, replace(model,
-                                                                layers=a.random_train_layers))
+    wanted = set(a.train_rows)
+    # a model is sized (timed) only for the rows that train it
+    stream_model = sized(b, STREAM, a.group_num, model) if wanted & {"stream", "item"} else model
+    random_model = sized(b, RANDOM, a.random_group_num, replace(
+        model, layers=a.random_train_layers)) if wanted & {"random", "queued"} else model
     launch_bound = StepModel(a.launch_layers, a.launch_channels, tuple(a.launch_size))
-    variants = [("", STREAM, a.group_num, stream_model, {}),
-                ("", RANDOM, a.random_group_num, random_model, {}),
-                (", launch-bound model", STREAM, a.group_num, launch_bound, {}),
-                (", loss.item() every step", STREAM, a.group_num, replace(stream_model, sync=True),
-                 {})]
+    variants = {"stream": ("", STREAM, a.group_num, stream_model, {}),
+                "random": ("", RANDOM, a.random_group_num, random_model, {}),
+                "launch": (", launch-bound model", STREAM, a.group_num, launch_bound, {}),
+                "item": (", loss.item() every step", STREAM, a.group_num,
+                         replace(stream_model, sync=True), {})}
     if a.queued_steps is None:   # the same random row with the loader's bound on the run-ahead
-        variants.append((f", queued_steps {QUEUED_STEPS}", RANDOM, a.random_group_num,
-                         random_model, {"queued_steps": QUEUED_STEPS}))
+        variants["queued"] = (f", queued_steps {QUEUED_STEPS}", RANDOM, a.random_group_num,
+                              random_model, {"queued_steps": QUEUED_STEPS})
     rows = []
-    for label, pattern, batch_size, step_model, options in variants:
+    for name, (label, pattern, batch_size, step_model, options) in variants.items():
+        if name not in a.train_rows:
+            continue
         row = b.measure(f"train {pattern}{label}",
                         lambda: train_run(b, pattern, batch_size, step_model, **options),
                         method=f"beside a training step{label}", access=pattern,
