@@ -25,7 +25,7 @@ ARGS = dict(clips=10, cameras=6, codec="hevc", width=1600, height=900, gop=30, b
 def train_details(scale: float) -> dict:
     return {"train": {"model_fps": 2000 * scale, "loader_fps": 9000 * scale,
                       "together_fps": 1900 * scale, "overlap": 1.05 * scale, "serial": 1.22,
-                      "model": {"layers": 3}, "pattern": "stream"}}
+                      "next_ms": 0.4, "model": {"layers": 3}, "pattern": "stream"}}
 
 
 def rank_results(scale: float) -> list[Result]:
@@ -84,8 +84,8 @@ def test_train_table_shows_the_three_phases_and_the_overlap():
     report = make_report([rank_results(1.0)], device="NVIDIA H100", args=ARGS)
     lines = format_train_table(report).splitlines()
     assert len(lines) == 3 and "together / max(model, loader)" in lines[0]
-    assert lines[2] == ("| train stream: 3 conv layers | 2,000 | 9,000 | 1,900 | 1.05 | 1.22 | 70 "
-                        "| 30,000 |")
+    assert lines[2] == ("| train stream: 3 conv layers | 2,000 | 9,000 | 1,900 | 1.05 | 1.22 | 0.4 "
+                        "| 70 | 30,000 |")
     without = make_report([rank_results(1.0)[:2]], device="NVIDIA H100", args=ARGS)
     assert format_train_table(without) == ""
 

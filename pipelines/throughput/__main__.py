@@ -125,8 +125,8 @@ def parse_args(argv=None):
     parser.add_argument("--backend", choices=["nvdec", "cpu"], default="nvdec",
                         help="the loader's backend; cpu leaves out every GPU measurement")
     parser.add_argument("--profile", action="store_true",
-                        help="nvdec: print where each batch's time goes in the loader rows (and "
-                             "put it in the JSON)")
+                        help="nvdec: print where each batch's time goes in the loader rows and "
+                             "in the train rows' together phase (and put it in the JSON)")
     add_dataset_arguments(parser)
     loader = parser.add_argument_group("the loader")
     loader.add_argument("--group_num", type=int, default=16,

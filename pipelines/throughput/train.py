@@ -33,6 +33,7 @@ from dali_gop.format import read_index
 from pipelines.throughput.bench import Bench
 from pipelines.throughput.loader import endless, frames_in, open_loader
 from pipelines.throughput.measure import RANDOM, STREAM, Result, Timed
+from pipelines.throughput.profile import Profiler, format_profile
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,15 @@ class TrainStep:
             loss.item()
 
 
-def timed_steps(step: Callable[[], int], warmup: int, steps: int, device: int) -> Timed:
-    """``warmup`` untimed calls, then ``steps`` timed; ``step()`` returns the frames it used."""
+def timed_steps(step: Callable[[], int], warmup: int, steps: int, device: int,
+                on_start: Callable[[], None] = lambda: None) -> Timed:
+    """``warmup`` untimed calls, then ``steps`` timed (``on_start()`` first); ``step()`` returns
+    the frames it used."""
     import torch
     for _ in range(warmup):
         step()
     torch.cuda.synchronize(device)
+    on_start()
     started = time.perf_counter()
     frames = sum(step() for _ in range(steps))
     torch.cuda.synchronize(device)
@@ -151,17 +155,30 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
     a, device = b.args, b.device
     phases = {"model": model_alone(b, model, batch_size, a.train_warmup, a.train_steps)}
     step = TrainStep(model, device)
-    with open_loader(b, pattern, "nvdec", batch_size, **loader_options) as loader:
+    # --profile: where the together phase's time goes, and how long each step waits in next()
+    profiler = Profiler() if a.profile else None
+    waits: list[float] = []
+    with open_loader(b, pattern, "nvdec", batch_size, hooks=[profiler] if profiler else [],
+                     **loader_options) as loader:
         batches = endless(loader)
 
         def together_step() -> int:
+            asked = time.perf_counter()
             frames = next(batches)["frames"]
+            waits.append(time.perf_counter() - asked)
             step(frames)
             return frames_in(frames)
 
+        def profile_start() -> None:
+            waits.clear()
+            if profiler:
+                profiler.start()
+
         phases["loader"] = timed_steps(lambda: loader_step(batches), a.train_warmup,
                                        a.train_steps, device)
-        phases["together"] = timed_steps(together_step, a.train_warmup, a.train_steps, device)
+        phases["together"] = timed_steps(together_step, a.train_warmup, a.train_steps, device,
+                                         on_start=profile_start)
+        profile = profiler.stop(waits) if profiler else None
     per_step = {name: t.seconds / a.train_steps for name, t in phases.items()}
     slower = max(per_step["model"], per_step["loader"])
     details = {f"{name}_fps": t.frames / t.seconds for name, t in phases.items()}
@@ -169,7 +186,10 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
     details.update(overlap=per_step["together"] / slower,
                    loader_share=per_step["loader"] / per_step["model"],
                    serial=(per_step["model"] + per_step["loader"]) / slower,
-                   model=asdict(model), pattern=pattern, batch_size=batch_size)
+                   model=asdict(model), pattern=pattern, batch_size=batch_size,
+                   next_ms=1e3 * sum(waits) / max(len(waits), 1))
+    if profile:
+        details["profile"] = profile
     together = phases["together"]
     return Timed(together.frames, together.started, together.ended, {"train": details})
 
@@ -179,7 +199,9 @@ def format_train(details: dict) -> str:
     return (f"     model alone {t['model_fps']:,.0f}, loader alone {t['loader_fps']:,.0f}, "
             f"together {t['together_fps']:,.0f} frames/s; together / max(model, loader) "
             f"{t['overlap']:.2f} (1.00: perfect overlap; {t['serial']:.2f}: serial); the loader "
-            f"takes {t['loader_share']:.0%} of the model's time")
+            f"takes {t['loader_share']:.0%} of the model's time; together, next() took "
+            f"{t['next_ms']:.1f} ms a step" +
+            (f"\n{format_profile(t['profile'])}" if "profile" in t else ""))
 
 
 def train_rows(b: Bench) -> list[Result]:
