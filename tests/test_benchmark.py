@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import ROOT
 from pipelines.throughput.measure import (GpuMemoryPeak, Result, Timed, decoder_sampler, measure,
@@ -254,3 +255,40 @@ def test_torchrun_sums_two_cpu_ranks(tmp_path):
         assert all(r["frames"] > 0 and r["peak_gpu_mib"] is None for r in ranks)
         assert total["frames_per_s"] == pytest.approx(sum(r["frames_per_s"] for r in ranks))
     assert "frames/s, all ranks" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    from conftest import small_stores
+    return small_stores(tmp_path_factory, {"plain": {}})("plain")[0]
+
+
+def test_loader_process_hands_over_the_batches_of_an_epoch_in_order(small_store):
+    """--loader_process's loader, in a process of its own, gives the batches an in-process loader
+    gives, in order, across epochs; the process ends with the block."""
+    pytest.importorskip("nvidia.dali")
+    from conftest import cpu_loader
+    from pipelines.throughput.train import LoaderProcess
+    with cpu_loader(small_store, pattern="stream") as loader:
+        epochs = [[batch["frames"].clone() for batch in loader] for _ in range(2)]
+    arguments = dict(gop_root=small_store, pattern="stream", backend="cpu", batch_size=2,
+                     num_workers=2, shard_id=0, num_shards=1)
+    with LoaderProcess(arguments, None) as remote:
+        batches = iter(remote)
+        got = [next(batches)["frames"].clone() for _ in range(sum(map(len, epochs)))]
+        process = remote._process
+    assert not process.is_alive()
+    expected = epochs[0] + epochs[1]
+    assert len(epochs[0]) > 1
+    for k, (frames, wanted) in enumerate(zip(got, expected)):
+        assert torch.equal(frames, wanted), k
+
+
+def test_loader_process_raises_the_loaders_error(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    from pipelines.throughput.train import LoaderProcess
+    arguments = dict(gop_root=tmp_path / "none", pattern="stream", backend="cpu", batch_size=2,
+                     num_workers=2, shard_id=0, num_shards=1)
+    with LoaderProcess(arguments, None) as remote:
+        with pytest.raises(RuntimeError, match="the loader process failed.*none"):
+            next(iter(remote))

@@ -197,6 +197,10 @@ def parse_args(argv=None):
     train.add_argument("--train_rows", nargs="+", choices=TRAIN_ROWS, default=list(TRAIN_ROWS),
                        help="which train rows to run (default all): stream, random, the "
                             "launch-bound model, loss.item() every step, random with queued_steps")
+    train.add_argument("--loader_process", action="store_true",
+                       help="run each train row's loader in a process of its own, its frames "
+                            "handed over as CUDA tensors (CUDA IPC): the training thread then "
+                            "shares the GIL with none of the loader's threads")
     train.add_argument("--train_steps", type=int, default=60, help="timed steps of each phase")
     train.add_argument("--train_warmup", type=int, default=10,
                        help="untimed steps before each phase")

@@ -23,17 +23,24 @@ def open_loader(b: Bench, pattern: str, backend: str, batch_size: int, *, hooks=
                 **options) -> Iterator[GopLoader]:
     """This rank's loader with the run's options; closed at the end (its pipeline, workers and
     GPU memory go at once, not at garbage collection)."""
-    a = b.args
-    if backend == "nvdec":
-        options.update(hooks=hooks, decode_threads=a.decode_threads)
-        options.setdefault("queued_steps", a.queued_steps)
-    loader = make_loader(b.gops, pattern, batch_size=batch_size, backend=backend,
-                         num_workers=a.workers, stream_lead=a.stream_lead,
-                         decode_ahead=a.decode_ahead, **b.shard, **options)
+    loader = make_loader(**loader_arguments(b, pattern, backend, batch_size, hooks=hooks,
+                                            **options))
     try:
         yield loader
     finally:
         loader.close()
+
+
+def loader_arguments(b: Bench, pattern: str, backend: str, batch_size: int, *, hooks=(),
+                     **options) -> dict:
+    """``make_loader``'s arguments for this rank's loader with the run's options."""
+    a = b.args
+    if backend == "nvdec":
+        options.update(hooks=hooks, decode_threads=a.decode_threads)
+        options.setdefault("queued_steps", a.queued_steps)
+    return dict(gop_root=b.gops, pattern=pattern, batch_size=batch_size, backend=backend,
+                num_workers=a.workers, stream_lead=a.stream_lead, decode_ahead=a.decode_ahead,
+                **b.shard, **options)
 
 
 def endless(loader: GopLoader) -> Iterator[dict]:

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 from dali_gop.format import read_index
 from pipelines.throughput.bench import Bench
-from pipelines.throughput.loader import endless, frames_in, open_loader
+from pipelines.throughput.loader import endless, frames_in, loader_arguments, open_loader
 from pipelines.throughput.measure import RANDOM, STREAM, Result, Timed
 from pipelines.throughput.profile import Profiler, format_profile
 
@@ -74,6 +74,69 @@ class TrainStep:
         self.optimizer.step()
         if self.model.sync:
             loss.item()
+
+
+class LoaderProcess:
+    """The loader in a process of its own (``--loader_process``): its batches' frames come over as
+    CUDA tensors (torch.multiprocessing: CUDA IPC, the consumer's stream waits for the producer's
+    copy), so that none of the loader's Python shares the training thread's GIL. An endless
+    iterator of ``{"frames": tensor}``; the process ends with the ``with`` block."""
+
+    def __init__(self, arguments: dict, device: int | None, depth: int = 2):
+        import torch.multiprocessing as mp
+        context = mp.get_context("spawn")
+        self._queue = context.Queue(maxsize=depth)
+        self._stop = context.Event()
+        # not a daemon: the loader's DALI workers are its children
+        self._process = context.Process(target=_serve, name="dali-gop-loader-process",
+                                        args=(arguments, device, self._queue, self._stop))
+
+    def __enter__(self) -> "LoaderProcess":
+        self._process.start()
+        return self
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield {"frames": item}
+
+    def __exit__(self, *exc) -> None:
+        import queue
+        self._stop.set()
+        while self._process.is_alive():     # a producer blocked on a full queue lets go
+            try:
+                self._queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self._process.join()
+
+
+def _serve(arguments: dict, device: int | None, out, stop) -> None:
+    """The loader process: batches into ``out`` until ``stop``."""
+    import queue
+
+    from dali_gop import make_loader     # first: it sets CUDA's work queues before CUDA starts
+    if device is not None:
+        import torch
+        torch.cuda.set_device(device)
+    try:
+        with make_loader(**arguments) as loader:
+            while not stop.is_set():
+                for batch in loader:
+                    while not stop.is_set():
+                        try:
+                            out.put(batch["frames"], timeout=0.1)
+                            break
+                        except queue.Full:
+                            pass
+                    if stop.is_set():
+                        break
+    except Exception as e:      # the training side raises it
+        out.put(RuntimeError(f"the loader process failed: {e}"))
+    while not stop.is_set():    # what was sent stays valid until the consumer is done
+        time.sleep(0.1)
 
 
 def timed_steps(step: Callable[[], int], warmup: int, steps: int, device: int,
@@ -156,10 +219,15 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
     phases = {"model": model_alone(b, model, batch_size, a.train_warmup, a.train_steps)}
     step = TrainStep(model, device)
     # --profile: where the together phase's time goes, and how long each step waits in next()
-    profiler = Profiler() if a.profile else None
+    profiler = Profiler() if a.profile and not a.loader_process else None
     waits: list[float] = []
-    with open_loader(b, pattern, "nvdec", batch_size, hooks=[profiler] if profiler else [],
-                     **loader_options) as loader:
+    if a.loader_process:
+        opened = LoaderProcess(loader_arguments(b, pattern, "nvdec", batch_size, **loader_options),
+                               device)
+    else:
+        opened = open_loader(b, pattern, "nvdec", batch_size,
+                             hooks=[profiler] if profiler else [], **loader_options)
+    with opened as loader:
         batches = endless(loader)
 
         def together_step() -> int:
