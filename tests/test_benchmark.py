@@ -292,3 +292,17 @@ def test_loader_process_raises_the_loaders_error(tmp_path):
     with LoaderProcess(arguments, None) as remote:
         with pytest.raises(RuntimeError, match="the loader process failed.*none"):
             next(iter(remote))
+
+
+def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
+    """--nvdec_sessions and --stream_sessions set the nvdec backend's class defaults; the loader
+    process imports the backend afresh, so they go with it (else it would run PyNvVideoCodec's
+    sessions whatever the run asked for)."""
+    from dali_gop.backends._nvdec import NvdecBackend
+    from pipelines.throughput import train
+    monkeypatch.setattr(NvdecBackend, "sessions", "own")
+    monkeypatch.setattr(NvdecBackend, "stream_sessions", True)
+    defaults = train.backend_defaults()
+    assert defaults == {"sessions": "own", "stream_sessions": True}
+    remote = train.LoaderProcess({}, None)
+    assert remote._process._args[-1] == defaults

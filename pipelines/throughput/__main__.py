@@ -231,8 +231,10 @@ def main(argv=None) -> None:
     check_machine(args.backend)
     if args.stream_sessions or args.nvdec_sessions:   # the backend's own defaults, for the run
         from dali_gop.backends._nvdec import NvdecBackend
-        NvdecBackend.stream_sessions = NvdecBackend.stream_sessions or args.stream_sessions
-        NvdecBackend.sessions = args.nvdec_sessions or NvdecBackend.sessions
+        if args.stream_sessions:
+            NvdecBackend.stream_sessions = True
+        if args.nvdec_sessions:
+            NvdecBackend.sessions = args.nvdec_sessions
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
     rank, world, local_rank = init_distributed(gpu)

@@ -89,7 +89,8 @@ class LoaderProcess:
         self._stop = context.Event()
         # not a daemon: the loader's DALI workers are its children
         self._process = context.Process(target=_serve, name="dali-gop-loader-process",
-                                        args=(arguments, device, self._queue, self._stop))
+                                        args=(arguments, device, self._queue, self._stop,
+                                              backend_defaults()))
 
     def __enter__(self) -> "LoaderProcess":
         self._process.start()
@@ -113,11 +114,26 @@ class LoaderProcess:
         self._process.join()
 
 
-def _serve(arguments: dict, device: int | None, out, stop) -> None:
-    """The loader process: batches into ``out`` until ``stop``."""
+#: the nvdec backend's class defaults that --nvdec_sessions and --stream_sessions set for a run
+BACKEND_DEFAULTS = ("sessions", "stream_sessions")
+
+
+def backend_defaults() -> dict:
+    """This process's nvdec backend defaults: a spawned process imports the backend afresh, so
+    the run's must go with it."""
+    from dali_gop.backends._nvdec import NvdecBackend
+    return {name: getattr(NvdecBackend, name) for name in BACKEND_DEFAULTS}
+
+
+def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> None:
+    """The loader process: the run's backend ``defaults``, then batches into ``out`` until
+    ``stop``."""
     import queue
 
     from dali_gop import make_loader     # first: it sets CUDA's work queues before CUDA starts
+    from dali_gop.backends._nvdec import NvdecBackend
+    for name, value in defaults.items():
+        setattr(NvdecBackend, name, value)
     if device is not None:
         import torch
         torch.cuda.set_device(device)
@@ -291,7 +307,7 @@ def train_rows(b: Bench) -> list[Result]:
                               random_model, {"queued_steps": QUEUED_STEPS})
     rows = []
     for name, (label, pattern, batch_size, step_model, options) in variants.items():
-        if name not in a.train_rows:
+        if name not in wanted:
             continue
         row = b.measure(f"train {pattern}{label}",
                         lambda: train_run(b, pattern, batch_size, step_model, **options),
