@@ -193,6 +193,7 @@ def test_no_gpu_says_so_before_making_data(tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["pipelines.throughput", "--skip", "nothing"], ["invalid choice"]),
     (["pipelines.throughput", "--backend", "cpu", "--profile"], ["--profile"]),
+    (["pipelines.throughput", "--backend", "cpu", "--gpu_work"], ["--gpu_work"]),
     (["pipelines.throughput", "--backend", "cpu", "--stream_sessions"], ["--stream_sessions"]),
     (["pipelines.throughput", "--backend", "cpu", "--nvdec_sessions", "own"], ["--nvdec_sessions"]),
     (["pipelines.throughput", "--switch_interval", "0"], ["--switch_interval"]),
@@ -292,6 +293,26 @@ def test_loader_process_raises_the_loaders_error(tmp_path):
     with LoaderProcess(arguments, None) as remote:
         with pytest.raises(RuntimeError, match="the loader process failed.*none"):
             next(iter(remote))
+
+
+def test_loader_process_that_sends_nothing_is_an_error_not_a_hang(monkeypatch):
+    """A batch the queue cannot send (CUDA IPC refuses memory not of torch's allocator) fails in
+    the producer's feeder thread, unseen: the consumer must give up, not wait for ever."""
+    from pipelines.throughput import train
+    monkeypatch.setattr(train.LoaderProcess, "SILENCE", 0.3)
+    remote = train.LoaderProcess({}, None)      # never started: nothing comes
+    with pytest.raises(RuntimeError, match="sent no batch for 0.3 s"):
+        next(iter(remote))
+
+
+def test_gpu_work_is_told_a_batch_largest_first():
+    from pipelines.throughput.profile import format_gpu_work
+    work = {"device_ms": 30.0, "by_name": {"nv12_to_rgb": {"ms": 20.0, "calls": 40},
+                                           "Memcpy DtoD": {"ms": 10.0, "calls": 20}}}
+    lines = format_gpu_work(work, batches=10).splitlines()
+    assert "3.00 ms of device time a batch (60 kernels" in lines[0]
+    assert "2.000 ms" in lines[1] and "4.0 calls" in lines[1] and "nv12_to_rgb" in lines[1]
+    assert "Memcpy DtoD" in lines[2]
 
 
 def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):

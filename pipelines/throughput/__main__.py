@@ -127,6 +127,10 @@ def parse_args(argv=None):
     parser.add_argument("--profile", action="store_true",
                         help="nvdec: print where each batch's time goes in the loader rows and "
                              "in the train rows' together phase (and put it in the JSON)")
+    parser.add_argument("--gpu_work", action="store_true",
+                        help="print the device time that each loader row's batches took on the "
+                             "GPU, by kernel and copy (torch.profiler; the row's speed is then "
+                             "measured under the profiler)")
     add_dataset_arguments(parser)
     loader = parser.add_argument_group("the loader")
     loader.add_argument("--group_num", type=int, default=16,
@@ -212,6 +216,8 @@ def parse_args(argv=None):
         args = parser.parse_args(argv)
     if args.profile and args.backend != "nvdec":
         raise ConfigError("--profile hooks the nvdec operator: it needs --backend nvdec")
+    if args.gpu_work and args.backend != "nvdec":
+        raise ConfigError("--gpu_work measures the GPU's work: it needs --backend nvdec")
     if (args.stream_sessions or args.nvdec_sessions) and args.backend != "nvdec":
         raise ConfigError("--stream_sessions and --nvdec_sessions are paths of the nvdec "
                           "backend: they need --backend nvdec")

@@ -15,7 +15,7 @@ from dali_gop import ConfigError, GopLoader, RandomPattern, make_loader
 from dali_gop.format import read_index
 from pipelines.throughput.bench import Bench
 from pipelines.throughput.measure import RANDOM, STREAM, Result, Timed
-from pipelines.throughput.profile import Profiler, format_profile
+from pipelines.throughput.profile import Profiler, format_gpu_work, format_profile, gpu_work
 
 
 @contextmanager
@@ -74,15 +74,18 @@ def loader_run(b: Bench, pattern: str, backend: str, batch_size: int, warmup: in
             finished(next(stream)["frames"])
         if profiler:
             profiler.start()
-        started, frames, waits = time.perf_counter(), 0, []
-        for _ in range(batches):
-            asked = time.perf_counter()
-            batch = next(stream)["frames"]
-            waits.append(time.perf_counter() - asked)
-            frames += frames_in(batch)
-        finished(batch)
-        ended = time.perf_counter()
+        with gpu_work(b.args.gpu_work and backend != "cpu") as work:
+            started, frames, waits = time.perf_counter(), 0, []
+            for _ in range(batches):
+                asked = time.perf_counter()
+                batch = next(stream)["frames"]
+                waits.append(time.perf_counter() - asked)
+                frames += frames_in(batch)
+            finished(batch)
+            ended = time.perf_counter()
         details = {"profile": profiler.stop(waits)} if profiler else {}
+        if work:
+            details["gpu_work"] = dict(work, batches=batches)
         details["settings"] = loader.settings
     return Timed(frames, started, ended, details)
 
@@ -125,6 +128,9 @@ def _profiled(b: Bench, name: str, run, **options) -> Result:
     _say_settings(b, result)
     if profile and b.rank == 0:
         print(format_profile(result.details["profile"]), flush=True)
+    work = result.details.get("gpu_work")
+    if work and b.rank == 0:
+        print(format_gpu_work(work, work["batches"]), flush=True)
     return result
 
 

@@ -135,3 +135,38 @@ def format_profile(p: dict) -> str:
         f"once: {p['decodes_at_once']:.1f}",
         f"     GIL probe wakes late by: {ms(p['gil_late_ms'])}; CPU cores by thread: {cores}",
     ])
+
+
+@contextlib.contextmanager
+def gpu_work(enabled: bool) -> Iterator[dict]:
+    """``--gpu_work``: the device time of the kernels, copies and memsets that this process ran
+    inside the block, from every thread and stream (CUPTI, through torch.profiler), by name.
+
+    The loader's work on the GPU's SMs and memory is what a model beside it loses, whatever
+    the streams' order: this says how much there is, and what it is."""
+    found: dict = {}
+    if not enabled:
+        yield found
+        return
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        yield found
+    by_name: dict = collections.defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        if event.device_type == DeviceType.CUDA:
+            by_name[event.name][0] += event.time_range.elapsed_us() / 1e3
+            by_name[event.name][1] += 1
+    found["device_ms"] = sum(ms for ms, _ in by_name.values())
+    found["by_name"] = {name: {"ms": ms, "calls": calls} for name, (ms, calls) in
+                        sorted(by_name.items(), key=lambda kv: -kv[1][0])}
+
+
+def format_gpu_work(work: dict, batches: int, top: int = 8) -> str:
+    """A row's device time a batch, and its largest parts."""
+    lines = [f"     GPU work: {work['device_ms'] / max(batches, 1):.2f} ms of device time a batch "
+             f"({sum(v['calls'] for v in work['by_name'].values())} kernels, copies and memsets)"]
+    for name, v in list(work["by_name"].items())[:top]:
+        lines.append(f"       {v['ms'] / max(batches, 1):7.3f} ms  {v['calls'] / max(batches, 1):6.1f}"
+                     f" calls  {name[:110]}")
+    return "\n".join(lines)

@@ -82,6 +82,9 @@ class LoaderProcess:
     copy), so that none of the loader's Python shares the training thread's GIL. An endless
     iterator of ``{"frames": tensor}``; the process ends with the ``with`` block."""
 
+    #: seconds without a batch after which the process is taken to have failed
+    SILENCE = 120.0
+
     def __init__(self, arguments: dict, device: int | None, depth: int = 2):
         import torch.multiprocessing as mp
         context = mp.get_context("spawn")
@@ -97,8 +100,15 @@ class LoaderProcess:
         return self
 
     def __iter__(self) -> Iterator[dict]:
+        import queue
         while True:
-            item = self._queue.get()
+            try:
+                # a tensor that cannot be sent fails in the queue's feeder thread, where the
+                # process cannot see it: without a limit, this would wait for ever
+                item = self._queue.get(timeout=self.SILENCE)
+            except queue.Empty:
+                raise RuntimeError(f"the loader process sent no batch for {self.SILENCE:g} s "
+                                   f"(alive: {self._process.is_alive()}); its errors are above")
             if isinstance(item, BaseException):
                 raise item
             yield {"frames": item}
@@ -141,9 +151,12 @@ def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> No
         with make_loader(**arguments) as loader:
             while not stop.is_set():
                 for batch in loader:
+                    # CUDA IPC sends only memory of torch's own caching allocator, and the
+                    # iterator's outputs may be DALI's: the copy is the price of the experiment
+                    frames = batch["frames"].clone()
                     while not stop.is_set():
                         try:
-                            out.put(batch["frames"], timeout=0.1)
+                            out.put(frames, timeout=0.1)
                             break
                         except queue.Full:
                             pass
