@@ -484,7 +484,9 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
             may wait for a batch, before :class:`dali_gop.errors.WorkerError` names the worker
             and what it was reading (a hung network file system).
         device_id: the GPU; default ``LOCAL_RANK`` or 0. Ignored by the cpu backend.
-        decode_threads: nvdec decode threads (default 48).
+        decode_threads: nvdec decode threads (default 48 where slots stream, on PyNvVideoCodec's
+            sessions; else 24 on sessions of our own, which map and copy only the frames a
+            sample wants, not every frame decoded on the way from its GOP start).
         hooks: :class:`dali_gop.hooks.DecodeHook` objects the nvdec operator calls (measurement).
         index_file, fix_gop_size, persistent_index: the reference loader's options of the same
             names (a seed-shaped index file; bin names from the frame number without an index;
@@ -548,6 +550,7 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
                           decode_ahead=decode_ahead if decoder.decodes_ahead else 0,
                           last_batch_policy=last_batch_policy)
     source = GopSource(dataset, access, **source_options)
+    decoder.settle(bool(source.stream_pairs()))
     if decoder.device == "cpu":
         device_id = None
     elif device_id is None:
@@ -559,9 +562,9 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
         source, prefetch_queue_depth = _within(memory_budget, source, dataset, access,
                                                source_options, decoder, prefetch_queue_depth,
                                                strict)
-        if decoder.threads:    # for the pipelines a resume builds
-            options.update(threads=decoder.threads, sessions=decoder.sessions,
-                           stream_sessions=decoder.stream_sessions)
+    if decoder.threads:    # settled and fitted: the same for the pipelines a resume builds
+        options.update(threads=decoder.threads, sessions=decoder.sessions,
+                       stream_sessions=decoder.stream_sessions)
     dataset.check_one_size(source.store.video_info, resize)
     decoder.check_videos(source.store, dataset.videos())
     if decoder.device == "gpu" and memory_budget is None:

@@ -27,6 +27,7 @@ def gop_video(source: GopSource, backend: DecodeBackend, *, prefetch_queue_depth
         prefetch_queue_depth=prefetch_queue_depth,
         dtype=[types.UINT8, types.INT64, types.INT64, types.INT64, types.INT64])
     cameras = len(source.dataset.cameras)
+    backend.settle(bool(source.stream_pairs()))
     backend.bind(cameras)
     frames = backend.decode(data, plan)
     if resize is not None:

@@ -75,7 +75,8 @@ class ProgressBoard:
 class WatchedSource:
     """The source callback as the workers run it: ``source`` plus the two duties above.
 
-    Picklable; ``dataset`` is the source's, so :func:`dali_gop.gop_video` takes either.
+    Picklable; ``dataset`` and ``stream_pairs`` are the source's, so :func:`dali_gop.gop_video`
+    takes either.
     """
 
     def __init__(self, source, board: ProgressBoard):
@@ -88,6 +89,9 @@ class WatchedSource:
     @property
     def dataset(self):
         return self.source.dataset
+
+    def stream_pairs(self) -> int:
+        return self.source.stream_pairs()
 
     def __getstate__(self):
         return {**self.__dict__, "_map": None}

@@ -244,3 +244,20 @@ def test_the_cpu_backend_stays_within_its_budget_in_resident_memory_over_an_epoc
     assert within["settings"]["stream_decoding"] and within["settings"]["stream_lead"] == 0
     assert within["growth"] - fixed <= budget, mib
     assert unbounded["growth"] - fixed > budget, "unbounded within it too: the test proves nothing"
+
+
+@pytest.mark.parametrize("streams, given, wanted", [
+    (False, {}, ("own", 24)),                        # random, sequence, stream decoding off
+    (True, {}, ("pynvvideocodec", 48)),              # stream slots
+    (False, {"threads": 48}, ("own", 48)),           # decode_threads given: kept
+    (False, {"sessions": "pynvvideocodec"}, ("pynvvideocodec", 48)),
+    (True, {"sessions": "own", "threads": 8}, ("own", 8)),
+])
+def test_auto_sessions_are_ours_where_samples_decode_from_their_gop_start(streams, given, wanted):
+    """Ours map and copy only the frames a sample wants; PyNvVideoCodec's every frame decoded."""
+    from dali_gop.backends._nvdec import NvdecBackend
+    backend = NvdecBackend(**given)
+    backend.settle(streams)
+    assert (backend.sessions, backend.threads) == wanted
+    backend.settle(not streams)      # settled once: a resume's pipelines keep it
+    assert (backend.sessions, backend.threads) == wanted

@@ -54,6 +54,10 @@ class DecodeBackend(ABC):
         return {"decode_threads": self.threads, "nvdec_sessions": self.sessions,
                 "stream_sessions": self.stream_sessions}
 
+    def settle(self, streams: bool) -> None:
+        """Called before :meth:`bind` with whether any sample streams (stream slots): a backend
+        whose best settings depend on it fixes them here."""
+
     def bind(self, num_cameras: int) -> None:
         """Called before :meth:`decode` with the cameras every sample holds; a backend whose graph
         has one branch per camera keeps it."""

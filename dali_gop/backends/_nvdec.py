@@ -38,6 +38,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from dali_gop._budget import OWN_THREADS
 from dali_gop.backends._base import DecodeBackend
 from dali_gop.backends._color import Conversion, VideoColors, nv12_to_rgb
 from dali_gop.backends._cuda import CudaDriver, DriverEvent
@@ -946,21 +947,36 @@ class NvdecBackend(DecodeBackend):
     device = "gpu"
     decodes_ahead = True
     ring_frames = (RING_FRAMES, REORDER_RING_FRAMES)
-    #: whose NVDEC sessions the decode threads hold: PyNvVideoCodec's (the fastest at 48 threads)
-    #: or "own" (a fraction of the memory: what a memory budget turns to first)
-    sessions = "pynvvideocodec"
+    #: whose NVDEC sessions the decode threads hold: PyNvVideoCodec's (the fastest at 48 threads),
+    #: "own" (a fraction of the memory: what a memory budget turns to first), or "auto" (see
+    #: :meth:`settle`)
+    sessions = "auto"
 
-    def __init__(self, color: str = "RGB", threads: int = DEFAULT_THREADS,
+    def __init__(self, color: str = "RGB", threads: int | None = None,
                  hooks: Sequence[DecodeHook] = (), color_matrix: str | None = None,
                  sessions: str | None = None, stream_sessions: bool | None = None):
         super().__init__(color, color_matrix)
         if stream_sessions is not None:   # else the class's (False: stream slots keep GOPs)
             self.stream_sessions = stream_sessions
-        if sessions is not None:          # else the class's (PyNvVideoCodec's)
+        if sessions is not None:          # else the class's ("auto")
             self.sessions = sessions
-        self.threads = threads
+        self.threads = DEFAULT_THREADS if threads is None else threads
+        self._threads_given = threads is not None
         self.hooks = tuple(hooks)
         self.operators: list[NvdecBatchDecoder] = []
+
+    def settle(self, streams: bool) -> None:
+        """What "auto" sessions are for a loader: PyNvVideoCodec's where slots stream (every
+        frame decoded is wanted, and theirs are the fastest at 48 threads), else ours, at most
+        :data:`OWN_THREADS` of them unless ``threads`` was given. Where each sample is decoded
+        from its GOP start, most frames decoded are not wanted: ours map and copy only those a
+        sample wants, PyNvVideoCodec's every one, and that copying is GPU time taken from the
+        model beside the loader (and the sessions' memory, a fraction of theirs)."""
+        if self.sessions != "auto":
+            return
+        self.sessions = "pynvvideocodec" if streams else "own"
+        if self.sessions == "own" and not self._threads_given:
+            self.threads = min(self.threads, OWN_THREADS)
 
     def session_bytes(self, frame_bytes: int, frames_per_call: int,
                       sessions: str | None = None) -> int:
