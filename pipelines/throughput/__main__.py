@@ -156,8 +156,9 @@ def parse_args(argv=None):
                              "is not yet at NVDEC's speed): in every loader of the run")
     loader.add_argument("--nvdec_sessions", choices=["pynvvideocodec", "own"], default=None,
                         help="nvdec: whose NVDEC sessions the decode threads hold (default: the "
-                             "backend's, PyNvVideoCodec's; own: csrc/nvdec_session.c), in every "
-                             "loader of the run that no budget changes")
+                             "backend's: PyNvVideoCodec's where slots stream, else ours; own: "
+                             "csrc/nvdec_session.c), in every loader of the run that no budget "
+                             "changes")
     loader.add_argument("--switch_interval", type=float, default=None, metavar="SECONDS",
                         help="sys.setswitchinterval for the run (Python's default 0.005): how "
                              "long a thread waits for the GIL before it asks the holder to let "
