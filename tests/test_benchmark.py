@@ -327,3 +327,18 @@ def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
     assert defaults == {"sessions": "own", "stream_sessions": True}
     remote = train.LoaderProcess({}, None)
     assert remote._process._args[-1] == defaults
+
+
+@pytest.mark.parametrize("slots, ratio", [
+    (3, 1.0),            # a clip (3 GOPs of 10) a slot: no GOP shared
+    (2, 100 / 90),       # 45 frames a slot: the GOP at frames 10-19 of the middle clip, twice
+])
+def test_stream_decode_ratio_counts_the_gops_slots_share(small_store, slots, ratio):
+    """The stream row's frames decoded a frame delivered: a GOP in which one slot's run of
+    samples ends and the next one's starts is decoded by both."""
+    import argparse
+
+    from pipelines.throughput.bench import Bench
+    from pipelines.throughput.loader import stream_decode_ratio
+    b = Bench(argparse.Namespace(stream_lead=30), small_store, small_store)
+    assert stream_decode_ratio(b, slots) == pytest.approx(ratio)
