@@ -307,7 +307,7 @@ def test_loader_process_that_sends_nothing_is_an_error_not_a_hang(monkeypatch):
 
 def test_gpu_work_is_told_a_batch_largest_first():
     from pipelines.throughput.profile import format_gpu_work
-    work = {"device_ms": 30.0, "by_name": {"nv12_to_rgb": {"ms": 20.0, "calls": 40},
+    work = {"device_ms": 30.0, "operations": 60, "by_name": {"nv12_to_rgb": {"ms": 20.0, "calls": 40},
                                            "Memcpy DtoD": {"ms": 10.0, "calls": 20}}}
     lines = format_gpu_work(work, batches=10).splitlines()
     assert "3.00 ms of device time a batch (60 kernels" in lines[0]

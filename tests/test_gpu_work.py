@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import store_factory
+from pipelines.throughput.loader import frames_in
 from pipelines.throughput.profile import gpu_work
 
 pytestmark = pytest.mark.gpu
@@ -39,10 +40,9 @@ def test_random_access_works_the_gpu_only_for_the_frames_it_delivers(loaders, st
     frames = 0
     with gpu_work(True) as work:
         for _ in range(BATCHES):
-            batch = next(batches)["frames"]
-            frames += batch.shape[0] * batch.shape[1] * batch.shape[2]
+            frames += frames_in(next(batches)["frames"])
         torch.cuda.synchronize()
-    operations = sum(v["calls"] for v in work["by_name"].values())
+    operations = work["operations"]
     top = ", ".join(f"{name[:40]} {v['calls']}" for name, v in list(work["by_name"].items())[:4])
     print(f"random, {loader.settings}: {operations / frames:.1f} device operations and "
           f"{work['device_ms'] / frames * 1e3:.1f} us of device time a frame delivered ({top})")

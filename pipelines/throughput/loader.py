@@ -7,14 +7,13 @@ Frames are counted as delivered, samples x cameras x T of each batch, after warm
 from __future__ import annotations
 
 import time
-from bisect import bisect_right
 from contextlib import contextmanager
 from typing import Iterator
 
 from dali_gop import ConfigError, GopLoader, RandomPattern, StreamPattern, make_loader
 from dali_gop._dataset import Dataset
 from dali_gop._source import GopSource
-from dali_gop.format import read_index
+from dali_gop._store import GopStore
 from pipelines.throughput.bench import Bench
 from pipelines.throughput.measure import RANDOM, STREAM, Result, Timed
 from pipelines.throughput.profile import Profiler, format_gpu_work, format_profile, gpu_work
@@ -97,16 +96,11 @@ def mean_decode_depth(b: Bench, batch_size: int) -> float:
     start (the first 2,000 samples of epoch 0): the divisor of the ceiling in the random target."""
     samples = RandomPattern().epoch_samples(b.clips, epoch=0, seed=0, shard_id=0, num_shards=1,
                                             batch_size=batch_size)
-    indexes: dict = {}
+    store = GopStore(b.gops)
     decoded = wanted = 0
     for spec in samples[:2000]:
         for camera in b.cameras:
-            video = f"{spec.clip}/{camera}"
-            if video not in indexes:
-                index = read_index(b.gops, video)
-                indexes[video] = (index.gops, index.gop_starts)
-            gops, starts = indexes[video]
-            gop = gops[bisect_right(starts, spec.frames[0]) - 1]
+            gop = store.gop_of(f"{spec.clip}/{camera}", spec.frames[0])
             decoded += gop.packets_through(max(spec.frames))
             wanted += len(spec.frames)
     return decoded / wanted
@@ -120,15 +114,7 @@ def stream_decode_ratio(b: Bench, batch_size: int, epoch: int = 1) -> float:
     padding) from their GOP start."""
     source = GopSource(Dataset.open(b.gops), StreamPattern(), batch_size=batch_size,
                        stream_lead=b.args.stream_lead, **b.shard)
-    indexes: dict = {}
-
-    def gop_of(video: str, frame: int):
-        if video not in indexes:
-            index = read_index(b.gops, video)
-            indexes[video] = (index.gops, index.gop_starts)
-        gops, starts = indexes[video]
-        return gops[bisect_right(starts, frame) - 1]
-
+    gop_of = source.store.gop_of
     decoded = delivered = 0
     for position in range(len(source.samples(epoch))):
         for request in source._requests(epoch, position):

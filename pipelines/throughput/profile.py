@@ -158,6 +158,7 @@ def gpu_work(enabled: bool) -> Iterator[dict]:
             by_name[event.name][0] += event.time_range.elapsed_us() / 1e3
             by_name[event.name][1] += 1
     found["device_ms"] = sum(ms for ms, _ in by_name.values())
+    found["operations"] = sum(calls for _, calls in by_name.values())
     found["by_name"] = {name: {"ms": ms, "calls": calls} for name, (ms, calls) in
                         sorted(by_name.items(), key=lambda kv: -kv[1][0])}
 
@@ -165,7 +166,7 @@ def gpu_work(enabled: bool) -> Iterator[dict]:
 def format_gpu_work(work: dict, batches: int, top: int = 8) -> str:
     """A row's device time a batch, and its largest parts."""
     lines = [f"     GPU work: {work['device_ms'] / max(batches, 1):.2f} ms of device time a batch "
-             f"({sum(v['calls'] for v in work['by_name'].values())} kernels, copies and memsets)"]
+             f"({work['operations']} kernels, copies and memsets)"]
     for name, v in list(work["by_name"].items())[:top]:
         lines.append(f"       {v['ms'] / max(batches, 1):7.3f} ms  {v['calls'] / max(batches, 1):6.1f}"
                      f" calls  {name[:110]}")
