@@ -75,6 +75,44 @@ def test_nv12_to_rgb_on_the_gpu_is_the_cpus():
                 assert torch.equal(got.cpu(), nv12_to_rgb(nv12, matrix, color_range, bgr=bgr))
 
 
+def test_frames_converted_where_they_lie_are_the_cpus():
+    """convert_frames, as the operator calls it: frames read in place from scattered NV12 (kept
+    GOPs, staging) and written to scattered RGB, by the kernel, equal the CPU's conversion; where
+    the kernel cannot serve (rows not of whole words, odd addresses) the fallback does."""
+    import torch
+
+    from dali_gop.backends._color import _kernel, convert_frames, nv12_to_rgb
+    from dali_gop.backends._cuda import CudaDriver
+    driver = CudaDriver(hold_gil=False)
+    assert _kernel(torch.device("cuda")) is not None, "NVRTC could not compile the kernel"
+    generator = torch.Generator().manual_seed(1)
+    for height, width, offset in ((900, 1600, 0), (360, 640, 0), (192, 320, 4), (18, 22, 0),
+                                  (12, 16, 1)):
+        frames = torch.randint(0, 256, (5, height * 3 // 2, width), dtype=torch.uint8,
+                               generator=generator)
+        pool = torch.zeros(7 * frames[0].numel() + 8, dtype=torch.uint8, device="cuda")
+        slots = [6, 0, 3, 5, 1]       # the frames lie apart, out of order
+        nv12_bytes = frames[0].numel()
+        for frame, slot in zip(frames, slots):
+            start = offset + slot * nv12_bytes
+            pool[start:start + nv12_bytes] = frame.flatten().cuda()
+        out = torch.zeros((6, height, width, 3), dtype=torch.uint8, device="cuda")
+        rgb_bytes = height * width * 3
+        order = [4, 2, 0, 5, 1]
+        for matrix, color_range in set(CONVERSIONS.values()) | {("bt601", "full")}:
+            for bgr in (False, True):
+                def copy(destinations, sources, sizes):
+                    driver.copy_many(destinations, sources, sizes,
+                                     torch.cuda.current_stream().cuda_stream, 0)
+                convert_frames([pool.data_ptr() + offset + slot * nv12_bytes for slot in slots],
+                               [out.data_ptr() + k * rgb_bytes for k in order], height, width,
+                               (matrix, color_range), bgr, out.device, copy)
+                expected = nv12_to_rgb(frames, matrix, color_range, bgr=bgr)
+                for frame, k in enumerate(order):
+                    assert torch.equal(out[k].cpu(), expected[frame]), (height, width, offset,
+                                                                         matrix, bgr, frame)
+
+
 @pytest.mark.parametrize("name", ["sd", "hd"])
 def test_nvdec_nv12_through_nv12_to_rgb_is_the_cpu_backends_frames(stores, name):
     """Every bin decoded by NVDEC to NV12 and converted on the GPU with the video's conversion

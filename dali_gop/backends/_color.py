@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, Sequence
 
 from dali_gop import format as fmt
 from dali_gop.errors import ConfigError, FormatError
@@ -55,9 +56,9 @@ def nv12_to_rgb(nv12, matrix: str, color_range: str, bgr: bool = False):
     """NV12 frames (..., H*3/2, W) uint8, on the CPU or a GPU, to (..., H, W, 3) uint8 RGB (BGR with
     ``bgr``), converted as FFmpeg's swscale converts yuv420p with the same matrix and range.
 
-    On a GPU, for rows of whole 32-bit words, it is one fused kernel on the current stream
-    (:func:`_fused_kernel`): the torch expression below makes a dozen int32 passes over every
-    frame, SM time taken from the model the loader runs beside."""
+    On a GPU, for dense frames of rows of whole 32-bit words, it is one kernel on the current
+    stream (:func:`convert_frames`): the torch expression below makes a dozen int32 passes over
+    every frame, SM time taken from the model the loader runs beside."""
     import torch
 
     if nv12.dtype != torch.uint8 or nv12.dim() < 2:
@@ -69,8 +70,13 @@ def nv12_to_rgb(nv12, matrix: str, color_range: str, bgr: bool = False):
         raise ValueError(f"nv12_to_rgb: {tuple(nv12.shape)} is not (..., H*3/2, W) with even H, W")
     coefficients = swscale_fixed_point(matrix, color_range)
     lead = nv12.shape[:-2]
-    if nv12.is_cuda and _fits_words(nv12) and _fused_kernel(coefficients, bgr) is not None:
-        return _fused(nv12, coefficients, bgr)
+    if nv12.is_cuda and nv12.is_contiguous() and nv12.numel():
+        rgb = torch.empty((*lead, height, width, 3), dtype=torch.uint8, device=nv12.device)
+        count, nv12_bytes = nv12.numel() // (rows * width), rows * width
+        if _launch([nv12.data_ptr() + k * nv12_bytes for k in range(count)],
+                   [rgb.data_ptr() + k * nv12_bytes * 2 for k in range(count)],
+                   height, width, coefficients, bgr, nv12.device):
+            return rgb
     luma_offset, cy, vr, ub, ug, vg = coefficients
     y = nv12[..., :height, :].to(torch.int32)
     uv = nv12[..., height:, :].reshape(*lead, height // 2, width // 2, 2).to(torch.int32)
@@ -86,68 +92,118 @@ def nv12_to_rgb(nv12, matrix: str, color_range: str, bgr: bool = False):
     return rgb.reshape(*lead, height, width, 3)
 
 
-# The same integer arithmetic as nv12_to_rgb's torch expression, term by term (C's >> on a
-# negative int is arithmetic in CUDA, as torch's is), so that they agree bit for bit. Each thread
-# writes one 32-bit word: 4 of the 12 bytes of 4 pixels' RGB, from the 4 pixels' luma word and the
-# chroma word of their 2 chroma pairs. A thread per byte spent several times the SM time, taken
-# from the model the loader runs beside.
-_KERNEL = """
-template <typename T> T nv12_to_rgb_{name}(T luma4, T chroma4, T word) {{
-    unsigned int lumas = (unsigned int)luma4, chromas = (unsigned int)chroma4, out = 0;
-    for (int j = 0; j < 4; ++j) {{
-        int byte = int(word) * 4 + j, pixel = byte / 3, channel = byte % 3;
-        int y = (lumas >> (8 * pixel)) & 255;
-        int cb = ((int)((chromas >> (16 * (pixel >> 1))) & 255) - 128) * 8;
-        int cr = ((int)((chromas >> (16 * (pixel >> 1) + 8)) & 255) - 128) * 8;
-        int luma = ((y * 8 - {luma_offset} * 8) * {cy}) >> 16;
-        int chroma = channel == {red} ? (cr * {vr}) >> 16
-                   : channel == 1 ? ((cb * {ug}) >> 16) + ((cr * {vg}) >> 16)
-                   : (cb * {ub}) >> 16;
-        int value = luma + chroma;
-        out |= (unsigned int)(value < 0 ? 0 : (value > 255 ? 255 : value)) << (8 * j);
-    }}
-    return T(out);
-}}
+def convert_frames(sources: Sequence[int], destinations: Sequence[int], height: int, width: int,
+                   conversion: Conversion, bgr: bool, device,
+                   copy: Callable[[list, list, list], None]) -> None:
+    """Dense NV12 frames (H*3/2, W) at device pointers ``sources`` to dense RGB frames (H, W, 3) at
+    ``destinations``, on the current stream: one kernel that reads each frame where it lies (a
+    stream slot's kept GOP, a batch's staging), so that no frame is first gathered into one tensor.
+    Where the kernel cannot serve (no NVRTC, or rows not of whole words), the frames are gathered
+    with ``copy(destinations, sources, sizes)`` and converted by :func:`nv12_to_rgb`."""
+    import torch
+
+    coefficients = swscale_fixed_point(*conversion)
+    if _launch(sources, destinations, height, width, coefficients, bgr, device):
+        return
+    nv12_bytes, rgb_bytes = height * 3 // 2 * width, height * width * 3
+    staging = torch.empty((len(sources), height * 3 // 2, width), dtype=torch.uint8, device=device)
+    copy([staging.data_ptr() + k * nv12_bytes for k in range(len(sources))], list(sources),
+         [nv12_bytes] * len(sources))
+    rgb = nv12_to_rgb(staging, *conversion, bgr=bgr)
+    copy(list(destinations), [rgb.data_ptr() + k * rgb_bytes for k in range(len(sources))],
+         [rgb_bytes] * len(sources))
+
+
+# swscale's integer arithmetic, term by term as nv12_to_rgb's torch expression computes it (C's >>
+# on a negative int is arithmetic in CUDA, as torch's is), so that they agree bit for bit. A thread
+# converts 4 pixels of two rows, which share 2 chroma pairs: it reads 3 words, writes 6 (12 bytes of
+# RGB a row), so that every access is a whole aligned word. Frame k is read at frames[k] and written
+# at frames[count + k].
+_KERNEL = r"""
+extern "C" __global__ void nv12_to_rgb_frames(
+        const unsigned long long* frames, int count, int height, int width, int luma_offset,
+        int cy, int vr, int ub, int ug, int vg, int red) {
+    int quads = width >> 2;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (height >> 1) * quads) return;
+    int row2 = i / quads, quad = i - row2 * quads;
+    const unsigned char* nv12 = (const unsigned char*)frames[blockIdx.y];
+    unsigned char* rgb = (unsigned char*)frames[count + blockIdx.y];
+    unsigned int chromas =
+        *(const unsigned int*)(nv12 + (unsigned long long)(height + row2) * width + 4 * quad);
+    int red_of[2], green_of[2], blue_of[2];
+    for (int pair = 0; pair < 2; ++pair) {
+        int cb = ((int)((chromas >> (16 * pair)) & 255) - 128) * 8;
+        int cr = ((int)((chromas >> (16 * pair + 8)) & 255) - 128) * 8;
+        red_of[pair] = (cr * vr) >> 16;
+        green_of[pair] = ((cb * ug) >> 16) + ((cr * vg) >> 16);
+        blue_of[pair] = (cb * ub) >> 16;
+    }
+    for (int r = 0; r < 2; ++r) {
+        unsigned long long row = (unsigned long long)(2 * row2 + r) * width + 4 * quad;
+        unsigned int lumas = *(const unsigned int*)(nv12 + row);
+        unsigned int words[3] = {0, 0, 0};
+        for (int pixel = 0; pixel < 4; ++pixel) {
+            int y = (lumas >> (8 * pixel)) & 255;
+            int luma = ((y * 8 - luma_offset * 8) * cy) >> 16;
+            int values[3];
+            values[red] = luma + red_of[pixel >> 1];
+            values[1] = luma + green_of[pixel >> 1];
+            values[2 - red] = luma + blue_of[pixel >> 1];
+            for (int c = 0; c < 3; ++c) {
+                int byte = 3 * pixel + c, value = values[c];
+                words[byte >> 2] |= (unsigned int)(value < 0 ? 0 : (value > 255 ? 255 : value))
+                                    << (8 * (byte & 3));
+            }
+        }
+        unsigned int* out = (unsigned int*)(rgb + row * 3);
+        out[0] = words[0];
+        out[1] = words[1];
+        out[2] = words[2];
+    }
+}
 """
+_THREADS = 256
+_MAX_FRAMES = 65535     # a grid's y extent
 _kernels: dict = {}
 
 
-def _fused_kernel(coefficients: tuple[int, ...], bgr: bool):
-    """A jiterator kernel (torch's runtime-compiled elementwise kernels) for one conversion, or
-    None where torch has no jiterator: then the torch expression serves."""
-    key = (coefficients, bgr)
-    if key not in _kernels:
-        try:
-            from torch.cuda.jiterator import _create_jit_fn
-        except ImportError:
-            _kernels[key] = None
-            return None
-        luma_offset, cy, vr, ub, ug, vg = coefficients
-        name = "_".join(str(abs(c)) for c in coefficients) + ("_bgr" if bgr else "")
-        _kernels[key] = _create_jit_fn(_KERNEL.format(
-            name=name, luma_offset=luma_offset, cy=cy, vr=vr, ub=ub, ug=ug, vg=vg,
-            red=2 if bgr else 0))
-    return _kernels[key]
-
-
-def _fits_words(nv12) -> bool:
-    """Rows of whole 32-bit words, at word-aligned addresses: what the word kernel reads."""
-    return nv12.shape[-1] % 4 == 0 and nv12.stride(-1) == 1 and nv12.data_ptr() % 4 == 0 and \
-        all(stride % 4 == 0 for stride in nv12.stride()[:-1])
-
-
-def _fused(nv12, coefficients: tuple[int, ...], bgr: bool):
-    """One pass: the output words (..., H/2, 2, W/4, 3) are (..., H, W, 3) in memory; the luma and
-    chroma words reach every output word through broadcast views, read in place."""
+def _kernel(device):
+    """The compiled kernel on ``device`` (NVRTC, through torch), or None where torch cannot
+    compile one: then the torch expression serves."""
     import torch
-    rows, width = nv12.shape[-2:]
-    height = rows * 2 // 3
-    lead = nv12.shape[:-2]
-    luma = nv12[..., :height, :].view(torch.int32).reshape(*lead, height // 2, 2, width // 4, 1)
-    chroma = nv12[..., height:, :].view(torch.int32).reshape(*lead, height // 2, 1, width // 4, 1)
-    words = torch.arange(3, dtype=torch.int32, device=nv12.device)
-    rgb = _fused_kernel(coefficients, bgr)(luma, chroma, words)
-    return rgb.view(torch.uint8).reshape(*lead, height, width, 3)
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    if index not in _kernels:
+        try:
+            with torch.cuda.device(index):
+                _kernels[index] = torch.cuda._compile_kernel(_KERNEL, "nv12_to_rgb_frames")
+        except (AttributeError, RuntimeError, OSError):
+            _kernels[index] = None
+    return _kernels[index]
+
+
+def _launch(sources: Sequence[int], destinations: Sequence[int], height: int, width: int,
+            coefficients: tuple[int, ...], bgr: bool, device) -> bool:
+    """Convert with the kernel on the current stream; False where it cannot (then nothing ran)."""
+    import torch
+    if torch.device(device).type != "cuda" or width % 4 or height % 2 or \
+            any(pointer % 4 for pointer in (*sources, *destinations)):
+        return False
+    kernel = _kernel(device)
+    if kernel is None:
+        return False
+    quads = height // 2 * (width // 4)
+    for first in range(0, len(sources), _MAX_FRAMES):
+        part = slice(first, first + _MAX_FRAMES)
+        frames = [*sources[part], *destinations[part]]
+        # pinned, so that the copy is queued on the stream, not made while the caller waits
+        table = torch.tensor(frames, dtype=torch.int64, pin_memory=True).to(device,
+                                                                           non_blocking=True)
+        kernel(grid=((quads + _THREADS - 1) // _THREADS, len(frames) // 2, 1),
+               block=(_THREADS, 1, 1),
+               args=[table, len(frames) // 2, height, width, *coefficients, 2 if bgr else 0])
+    return True
 
 
 class VideoColors:

@@ -40,7 +40,7 @@ import numpy as np
 
 from dali_gop._budget import OWN_THREADS
 from dali_gop.backends._base import DecodeBackend
-from dali_gop.backends._color import Conversion, VideoColors, nv12_to_rgb
+from dali_gop.backends._color import Conversion, VideoColors, convert_frames
 from dali_gop.backends._cuda import CudaDriver, DriverEvent
 from dali_gop.backends._nvdec_session import NvdecSession, decode_many
 from dali_gop.backends._stream_sessions import EXTRA_SURFACES as STREAM_EXTRA_SURFACES
@@ -416,15 +416,17 @@ class _PairPicks(NamedTuple):
 
 @dataclass
 class _Job:
-    """One batch in flight: NV12 staging per sample (cameras, T, H*3/2, W) and each camera's
-    conversion to RGB, futures of its plain segments, and its stream picks."""
+    """One batch in flight: each sample's frames (cameras, T, H, W), its NV12 staging (cameras, T,
+    H*3/2, W; None where every frame is picked from a kept GOP) and each camera's conversion to
+    RGB, futures of its plain segments, and its stream picks."""
     plan_shapes: list
     staging: list
     conversions: list
-    block: object = None     # the staging of every sample, when it is one tensor
+    shapes: list
     staging_bytes: int = 0   # of the samples decoded for this batch (not ahead)
     futures: list = field(default_factory=list)
-    stream_picks: list = field(default_factory=list)  # (DecodedGop, position, pointer)
+    stream_picks: list = field(default_factory=list)  # (DecodedGop, position, (sample, frame))
+    picked: dict = field(default_factory=dict)        # (sample, frame) -> NV12 in a kept GOP
     pair_picks: list = field(default_factory=list)    # _PairPicks
     pair_futures: list = field(default_factory=list)  # -> an event after their copies
     released: list = field(default_factory=list)      # chunks let go, alive until it is done
@@ -578,34 +580,46 @@ class NvdecBatchDecoder:
                               "of step); rebuild the pipeline")
         try:
             with self._hooked("finish"):
-                self._finish(job, handle, device_id)
+                self._finish(job, handle)
                 with torch.cuda.stream(dali_stream):
-                    outputs = self._to_rgb(job)
+                    outputs = self._to_rgb(job, handle, device_id)
         finally:
             self.held.add("staging", -job.staging_bytes)
         return [to_dlpack(out) for out in outputs]
 
-    def _to_rgb(self, job: _Job) -> list:
-        """The batch's frames, converted from its NV12 staging on the current (DALI's) stream: one
-        kernel for the batch when it is one tensor of one conversion, else one per sample (and per
-        camera where a sample's cameras differ in conversion)."""
+    def _to_rgb(self, job: _Job, dali_stream: int, device_id: int) -> list:
+        """The batch's frames, converted on the current (DALI's) stream from where each lies in NV12
+        (its sample's staging, or the kept GOP a stream slot picked it from): one kernel for the
+        frames of each conversion, into one tensor when the samples agree in shape."""
         import torch
-        conversions = {c for sample in job.conversions for c in sample}
-        if job.block is not None and len(conversions) == 1:
-            return list(nv12_to_rgb(job.block, *conversions.pop(), self.bgr).unbind(0))
-        outputs = []
-        for staging, cameras in zip(job.staging, job.conversions):
-            if len(set(cameras)) == 1:
-                outputs.append(nv12_to_rgb(staging, *cameras[0], self.bgr))
-            else:
-                outputs.append(torch.stack([nv12_to_rgb(frames, *conversion, self.bgr)
-                                            for frames, conversion in zip(staging, cameras)]))
+        if len(set(job.shapes)) == 1:
+            block = torch.empty((len(job.shapes), *job.shapes[0], 3), dtype=torch.uint8,
+                                device="cuda")
+            outputs = list(block.unbind(0))
+        else:
+            outputs = [torch.empty((*shape, 3), dtype=torch.uint8, device="cuda")
+                       for shape in job.shapes]
+        groups: dict[tuple, tuple[list, list]] = collections.defaultdict(lambda: ([], []))
+        for i, (out, (cameras, length, height, width)) in enumerate(zip(outputs, job.shapes)):
+            rgb_bytes, nv12_bytes = height * width * 3, height * 3 // 2 * width
+            staging = job.staging[i].data_ptr() if job.staging[i] is not None else None
+            for camera in range(cameras):
+                sources, destinations = groups[(job.conversions[i][camera], height, width)]
+                for frame in range(camera * length, (camera + 1) * length):
+                    picked = job.picked.get((i, frame))
+                    sources.append(picked if picked is not None else staging + frame * nv12_bytes)
+                    destinations.append(out.data_ptr() + frame * rgb_bytes)
+
+        def copy(destinations, sources, sizes):
+            self._driver.copy_many(destinations, sources, sizes, dali_stream, device_id)
+        for (conversion, height, width), (sources, destinations) in groups.items():
+            convert_frames(sources, destinations, height, width, conversion, self.bgr,
+                           outputs[0].device, copy)
         return outputs
 
-    def _finish(self, job: _Job, dali_stream: int, device_id: int) -> None:
+    def _finish(self, job: _Job, dali_stream: int) -> None:
         """Make DALI's stream wait for the batch's decodes (the stream pairs' copies among them)
-        and copy its picks of kept GOPs (one driver call); the first error of the batch is
-        raised."""
+        and find its picks of kept GOPs; the first error of the batch is raised."""
         errors = list(job.errors)
         for future in job.futures:
             try:
@@ -617,21 +631,15 @@ class NvdecBatchDecoder:
                 self._driver.wait(dali_stream, future.result().cuda_event)
             except Exception as e:
                 errors.append(e)
-        destinations, sources, sizes = [], [], []
         failed: set[DecodedGop] = set()
-        for gop, position, pointer in job.stream_picks:
+        for gop, position, frame in job.stream_picks:
             if gop in failed:
                 continue
             try:
-                sources.append(gop.source(position, dali_stream, self._driver))
+                job.picked[frame] = gop.source(position, dali_stream, self._driver)
             except Exception as e:
                 failed.add(gop)
                 errors.append(e)
-                continue
-            destinations.append(pointer)
-            sizes.append(gop.frame_bytes)
-        if destinations and not errors:
-            self._driver.copy_many(destinations, sources, sizes, dali_stream, device_id)
         if errors:
             raise errors[0]
 
@@ -642,7 +650,8 @@ class NvdecBatchDecoder:
         datas, plans = batch
         decoded = [Plan.from_array(p) for p in plans]
         names = [segment_names(d, p.names_offset) for d, p in zip(datas, decoded)]
-        job = _Job([p.shape for p in plans], [None] * len(plans), [None] * len(plans))
+        job = _Job([p.shape for p in plans], [None] * len(plans), [None] * len(plans),
+                   [None] * len(plans))
         now = [i for i, plan in enumerate(decoded) if plan.kept_key < 0]
         ahead = [i for i, plan in enumerate(decoded) if plan.ahead_key >= 0]
         for i, plan in enumerate(decoded):
@@ -654,29 +663,36 @@ class NvdecBatchDecoder:
                         "never decoded ahead (pipeline out of step); rebuild the pipeline"))
                     continue
                 job.staging[i], job.conversions[i] = kept.frames, kept.conversions
+                cameras, length, rows, width = kept.frames.shape
+                job.shapes[i] = (cameras, length, rows * 2 // 3, width)
                 job.futures += kept.futures
                 self.held.add("decoded_ahead", -kept.frames.numel())
         tasks, sends = [], []
         # allocated on DALI's stream, which reads them last: a block freed and reused is then
         # written only after DALI's reads (the decode threads wait for ``allocated``)
+        for i in now:
+            job.shapes[i] = frames_shape(decoded[i].own_requests, names[i])
+        # frames picked from kept GOPs are converted where they lie: no staging for them
+        staged = [i for i in now if self.stream_sessions or
+                  any(r.stream is None for r in decoded[i].own_requests)]
         with torch.cuda.stream(dali_stream):
-            block, fresh = self._allocate([decoded[i].own_requests for i in now],
-                                          [names[i] for i in now])
-            _, later = self._allocate([decoded[i].ahead_requests for i in ahead],
-                                      [names[i] for i in ahead])
-        if len(now) == len(plans):
-            job.block = block
+            fresh = self._allocate([decoded[i].own_requests for i in staged],
+                                   [names[i] for i in staged])
+            later = self._allocate([decoded[i].ahead_requests for i in ahead],
+                                   [names[i] for i in ahead])
         job.staging_bytes = sum(out.numel() for out in fresh)
         self.held.add("staging", job.staging_bytes)
-        for i, out in zip(now, fresh):
+        for i, out in zip(staged, fresh):
             job.staging[i] = out
+        for i in now:
             mine, job.conversions[i] = self._plan_tasks(
-                datas[i], decoded[i], names[i], decoded[i].own_requests, out, job, sends)
+                datas[i], decoded[i], names[i], decoded[i].own_requests, job.staging[i], job,
+                sends, i)
             tasks += mine
         ahead_tasks = []
         for i, out in zip(ahead, later):
             mine, conversions = self._plan_tasks(datas[i], decoded[i], names[i],
-                                                 decoded[i].ahead_requests, out, job, sends)
+                                                 decoded[i].ahead_requests, out, job, sends, None)
             ahead_tasks.append((decoded[i].ahead_key, out, mine, conversions))
         with torch.cuda.stream(dali_stream):
             # the GOPs too: one allocator pool (DALI's stream) for everything the operator holds,
@@ -704,17 +720,20 @@ class NvdecBatchDecoder:
         return job
 
     def _plan_tasks(self, data, plan: Plan, name_list: list[str], requests, out, job: _Job,
-                    sends: list) -> tuple[list, list[Conversion]]:
+                    sends: list, sample: int | None) -> tuple[list, list[Conversion]]:
         """The segment decodes that fill ``out`` (cameras, T, H*3/2, W) with ``requests``' frames,
         and each camera's conversion; stream steps become picks of kept GOPs
-        (``job.stream_picks``), and the GOPs they send new ``sends``."""
-        frame_shape = tuple(out.shape[2:])
-        length, nbytes, base = out.shape[1], math.prod(frame_shape), out.data_ptr()
+        (``job.stream_picks``, of frames of the batch's ``sample``), and the GOPs they send new
+        ``sends``. ``out`` is None where every request is such a step."""
+        _, length, height, width = frames_shape(requests, name_list)
+        frame_shape = (height * 3 // 2, width)
+        nbytes = math.prod(frame_shape)
+        base = out.data_ptr() if out is not None else None
         wanted: dict[int, list[tuple[int, int]]] = collections.defaultdict(list)
         conversions = []
         for camera, request in enumerate(requests):
-            first = base + camera * length * nbytes    # frame (camera, 0) of the sample
             if request.stream is None:
+                first = base + camera * length * nbytes    # frame (camera, 0) of the sample
                 conversions.append(self.colors.of_segment(name_list[request.picks[0][0]]))
                 for t, (segment, position) in enumerate(request.picks):
                     wanted[segment].append((position, first + t * nbytes))
@@ -747,6 +766,7 @@ class NvdecBatchDecoder:
                 key = (request.stream.slot, camera)
                 if key not in self.pairs:    # pinned to a thread, round robin
                     self._add_pair(key)
+                first = base + camera * length * nbytes
                 job.pair_picks.append(_PairPicks(
                     key, gop, [position for _, position in request.picks],
                     [first + t * nbytes for t in range(len(request.picks))],
@@ -754,7 +774,7 @@ class NvdecBatchDecoder:
                 continue
             try:
                 job.stream_picks += [
-                    (gop, gop.check_pick(position, frame_shape), first + t * nbytes)
+                    (gop, gop.check_pick(position, frame_shape), (sample, camera * length + t))
                     for t, (_, position) in enumerate(request.picks)]
             except DecodeError as e:
                 job.errors.append(e)
@@ -766,20 +786,20 @@ class NvdecBatchDecoder:
                 for segment, targets in wanted.items()], conversions
 
     @staticmethod
-    def _allocate(requests: list, names: list[list[str]]) -> tuple[object, list]:
+    def _allocate(requests: list, names: list[list[str]]) -> list:
         """NV12 staging, (cameras, T, H*3/2, W) each, for samples' ``requests``: views of one block
-        when the samples agree in shape (one allocation, not one per sample), and the block."""
+        when the samples agree in shape (one allocation, not one per sample)."""
         import torch
         if not requests:
-            return None, []
+            return []
         shapes = []
         for request, name_list in zip(requests, names):
             cameras, length, height, width = frames_shape(request, name_list)
             shapes.append((cameras, length, height * 3 // 2, width))
         if len(set(shapes)) == 1:
             block = torch.empty((len(shapes), *shapes[0]), dtype=torch.uint8, device="cuda")
-            return block, list(block.unbind(0))
-        return None, [torch.empty(shape, dtype=torch.uint8, device="cuda") for shape in shapes]
+            return list(block.unbind(0))
+        return [torch.empty(shape, dtype=torch.uint8, device="cuda") for shape in shapes]
 
     def _run_decoder(self, segment: Segment, name: str, data, targets: list[tuple[int, int]],
                      frame_shape, device_id: int, allocated: DriverEvent, whole_gop: bool = False):
