@@ -92,7 +92,7 @@ def estimate(source, choice: Choice, *, rgb_factor: int = 1, staging: bool = Tru
              ring_frames: int = 0) -> dict[str, int]:
     """Bytes by kind that ``source``'s loader holds with ``choice``: kept frames in NV12 (x
     ``rgb_factor`` 2 where the backend keeps RGB: cpu), NV12 staging of two batches in flight
-    (nvdec), RGB batches in DALI's queue, being converted and being handed over, per decode
+    (nvdec, unless every sample picks from kept GOPs), RGB batches in DALI's queue, being converted and being handed over, per decode
     thread ``session_bytes(frames one Decode call outputs, sessions)``, a segment of at most
     ``gop_frames`` (the longest GOP) per call, and per stream pair with a session of its own
     ``session_bytes(0, "stream")`` and a ring of ``ring_frames`` frames (where videos reorder)."""
@@ -103,7 +103,8 @@ def estimate(source, choice: Choice, *, rgb_factor: int = 1, staging: bool = Tru
     figures = {"kept_gops": kept * rgb_factor,
                # stream slots' samples are not decoded ahead
                "decoded_ahead": 0 if streaming else choice.decode_ahead * batch,
-               "staging": 2 * batch if staging else 0,
+               # frames picked from kept GOPs are converted where they lie, not staged
+               "staging": 2 * batch if staging and not (kept and source.streams_only()) else 0,
                "batches": (choice.prefetch + 2) * batch * 2,
                "decoder_sessions": 0}
     # decode threads open a session at their first plain segment: none where every sample streams
