@@ -5,8 +5,9 @@ Data path, per batch::
     workers --(bytes, plan)--> BitstreamStash (CPU python_function: keeps the host bytes)
                                plan.gpu() --> NvdecBatchDecoder (GPU dl_tensor_python_function)
                                               pops the host bytes, feeds NVDEC from host memory,
-                                              copies NV12 frames into the batch's staging, and
-                                              converts them to RGB on DALI's stream
+                                              copies NV12 frames into the batch's staging or a
+                                              stream slot's kept GOP, and converts them to RGB
+                                              from there on DALI's stream
 
 NVDEC parses bitstreams from host memory, and DALI lets a GPU operator take GPU inputs only, so
 the bytes never go to the GPU at all: the CPU operator hands them over in order through a FIFO
@@ -452,7 +453,7 @@ class NvdecBatchDecoder:
     The batch's Python runs in DALI's thread while dozens of decode threads want the GIL too, so
     it is kept short and keeps the GIL: one staging allocation per batch (and one per GOP a stream
     slot is sent, all on DALI's stream), driver calls that hold the GIL (:class:`CudaDriver`), the
-    stream picks copied by one driver call.
+    stream picks converted where they lie in their kept GOPs.
     """
 
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
