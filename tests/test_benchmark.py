@@ -218,6 +218,24 @@ def test_auto_train_layers_give_the_loader_its_share_of_the_model_step(one, five
     assert layers_for_share(one, five, loader, share) == wanted
 
 
+def test_a_model_too_heavy_at_one_layer_is_made_narrower():
+    """Where the loader takes under 30% of even one layer's step, the channels are halved (the
+    step's cost here in proportion) until it takes its share; never below 16."""
+    from pipelines.throughput.train import StepModel, lightened
+    seen = []
+
+    def step_seconds(model):     # a step of 40 ms + 10 ms a layer at 128 channels
+        seen.append(model.channels)
+        scale = model.channels / 128
+        return 0.050 * scale, 0.090 * scale
+
+    model = StepModel(0, 128, (225, 400))
+    assert lightened(model, step_seconds, 0.012, 0.6) == StepModel(1, 64, (225, 400))
+    assert seen == [128, 64]     # 24% of 50 ms, then 48% of 25 ms: not narrowed further
+    assert lightened(model, step_seconds, 0.030, 0.6) == StepModel(1, 128, (225, 400))
+    assert lightened(model, step_seconds, 0.0001, 0.6).channels == 16
+
+
 def test_quick_cpu_run_finishes(tmp_path):
     pytest.importorskip("nvidia.dali")
     out = tmp_path / "quick.json"

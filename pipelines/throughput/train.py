@@ -16,7 +16,8 @@ random access with the model of ``--train_layers/--train_channels/--train_size``
 behind whose step the loader's work is a good part of, so by default (``auto``) each of the two
 sizes its model first: the loader alone and the model at 1 and 5 layers are timed for a few
 steps, and the layers are those at which the loader takes ``--train_share`` of the model's time
-(each rank sizes its own); stream with a
+(each rank sizes its own; where the loader takes less than 30% of even one layer's step, the
+channels are halved first); stream with a
 launch-bound model (``--launch_*``: many tiny layers, so the step is bound by kernel launches in
 Python, the thread that competes with DALI's for the GIL); stream with ``loss.item()`` after every
 step, as a logging loop does (the host waits for the GPU each step); and, unless
@@ -211,6 +212,10 @@ TRAIN_ROWS = ("stream", "random", "launch", "item", "queued")
 QUEUED_STEPS = 2   # the extra random row's make_loader(queued_steps=...), without --queued_steps
 CALIBRATION_LAYERS = (1, 5)   # the model is timed at these to size it (``auto``)
 MOST_LAYERS = 64
+#: the least share of the model's step the loader may take in a sized row (issue 16 asks for
+#: 30-100%): below it even at one layer, the model's channels are halved
+LEAST_SHARE = 0.3
+FEWEST_CHANNELS = 16
 
 
 def layers_for_share(one_layer: float, five_layers: float, loader: float, share: float) -> int:
@@ -227,18 +232,35 @@ def layers_for_share(one_layer: float, five_layers: float, loader: float, share:
 
 
 def sized(b: Bench, pattern: str, batch_size: int, model: StepModel) -> StepModel:
-    """``model`` with its layers set (``auto``, layers 0: see the module's docstring)."""
+    """``model`` with its layers set (``auto``, layers 0: see the module's docstring), and its
+    channels halved while one layer is so heavy that the loader takes less than
+    :data:`LEAST_SHARE` of its step."""
     if model.layers:
         return model
     a = b.args
     steps = max(a.train_steps // 3, 5)
-    one, five = (model_alone(b, replace(model, layers=n), batch_size, a.train_warmup,
-                             steps).seconds / steps for n in CALIBRATION_LAYERS)
     with open_loader(b, pattern, "nvdec", batch_size) as loader:
         batches = endless(loader)
         loader_seconds = timed_steps(lambda: loader_step(batches), a.train_warmup, steps,
                                      b.device).seconds / steps
-    return replace(model, layers=layers_for_share(one, five, loader_seconds, a.train_share))
+
+    def step_seconds(candidate: StepModel) -> tuple[float, float]:
+        return tuple(model_alone(b, replace(candidate, layers=n), batch_size, a.train_warmup,
+                                 steps).seconds / steps for n in CALIBRATION_LAYERS)
+    return lightened(model, step_seconds, loader_seconds, a.train_share)
+
+
+def lightened(model: StepModel, step_seconds: Callable[[StepModel], tuple[float, float]],
+              loader_seconds: float, share: float) -> StepModel:
+    """``model`` with the layers at which the loader takes ``share`` of its step
+    (:func:`layers_for_share`, from ``step_seconds(model)``: its step at 1 and 5 layers), its
+    channels halved first, down to :data:`FEWEST_CHANNELS`, while the loader takes less than
+    :data:`LEAST_SHARE` of even one layer's step."""
+    while True:
+        one, five = step_seconds(model)
+        if loader_seconds >= LEAST_SHARE * one or model.channels // 2 < FEWEST_CHANNELS:
+            return replace(model, layers=layers_for_share(one, five, loader_seconds, share))
+        model = replace(model, channels=model.channels // 2)
 
 
 def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
