@@ -84,6 +84,7 @@ def test_frames_converted_where_they_lie_are_the_cpus():
     from dali_gop.backends._color import _kernel, convert_frames, nv12_to_rgb
     from dali_gop.backends._cuda import CudaDriver
     driver = CudaDriver(hold_gil=False)
+    side = torch.cuda.Stream()
     assert _kernel(torch.device("cuda")) is not None, "NVRTC could not compile the kernel"
     generator = torch.Generator().manual_seed(1)
     for height, width, offset in ((900, 1600, 0), (360, 640, 0), (192, 320, 4), (18, 22, 0),
@@ -102,11 +103,15 @@ def test_frames_converted_where_they_lie_are_the_cpus():
         for matrix, color_range in set(CONVERSIONS.values()) | {("bt601", "full")}:
             for bgr in (False, True):
                 def copy(destinations, sources, sizes):
-                    driver.copy_many(destinations, sources, sizes,
-                                     torch.cuda.current_stream().cuda_stream, 0)
-                convert_frames([pool.data_ptr() + offset + slot * nv12_bytes for slot in slots],
-                               [out.data_ptr() + k * rgb_bytes for k in order], height, width,
-                               (matrix, color_range), bgr, out.device, copy)
+                    driver.copy_many(destinations, sources, sizes, side.cuda_stream, 0)
+                side.wait_stream(torch.cuda.current_stream())
+                # a stream of its own, as the operator's (DALI's): the batched copy failed with
+                # CUDA error 1 on the legacy default stream
+                with torch.cuda.stream(side):
+                    convert_frames([pool.data_ptr() + offset + slot * nv12_bytes for slot in slots],
+                                   [out.data_ptr() + k * rgb_bytes for k in order], height,
+                                   width, (matrix, color_range), bgr, out.device, copy)
+                side.synchronize()
                 expected = nv12_to_rgb(frames, matrix, color_range, bgr=bgr)
                 for frame, k in enumerate(order):
                     assert torch.equal(out[k].cpu(), expected[frame]), (height, width, offset,

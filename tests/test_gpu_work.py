@@ -5,10 +5,6 @@ Random access decodes each sample from its GOP start, most of the frames on the 
 PyNvVideoCodec's sessions every frame decoded was mapped (a conversion kernel) and copied twice,
 some 47 device operations per wanted frame at GOP 30; a model on the same GPU lost that time at
 every step. The decode threads' sessions now map and copy only the frames a sample wants.
-
-Stream access wants every frame it decodes. Each was mapped, copied out of the session, into its
-slot's kept GOP, then into the batch's staging before its conversion: four operations and more a
-frame. Frames are now converted where they lie in the kept GOP.
 """
 from __future__ import annotations
 
@@ -21,10 +17,9 @@ from pipelines.throughput.profile import gpu_work
 pytestmark = pytest.mark.gpu
 
 BATCH, WARMUP, BATCHES = 4, 8, 20
-#: device operations a wanted frame may take: random, its map's conversion kernel, two plane
-#: copies, its share of the batch's RGB conversion and of the copies that hand the batch over;
-#: stream, its map, its copies out of the session and into the kept GOP, and its shares
-OPERATIONS_PER_FRAME = {"random": 6, "stream": 3.5}
+#: device operations a wanted frame may take: its map's conversion kernel, two plane copies, its
+#: share of the batch's RGB conversion and of the copies that hand the batch over
+OPERATIONS_PER_FRAME = 6
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +28,10 @@ def store(tmp_path_factory):
                          cameras=3, frames=120, width=640, height=360, gop=30)("hevc")
 
 
-@pytest.mark.parametrize("pattern", ["random", "stream"])
-def test_the_loader_works_the_gpu_only_for_the_frames_it_delivers(loaders, store, pattern):
+def test_random_access_works_the_gpu_only_for_the_frames_it_delivers(loaders, store):
     import torch
     gop_root, _ = store
-    # stream: a slot per clip, each decodes its clip's GOPs once
+    pattern = "random"
     loader = loaders(gop_root, pattern=pattern, backend="nvdec", batch_size=BATCH, num_workers=2,
                      shard_id=0, num_shards=1)
     batches = iter(loader)
@@ -55,5 +49,5 @@ def test_the_loader_works_the_gpu_only_for_the_frames_it_delivers(loaders, store
           f"{work['device_ms'] / frames * 1e3:.1f} us of device time a frame delivered ({top})")
     assert frames == BATCHES * BATCH * 3
     assert operations, "the profiler saw no device work: the measurement is broken"
-    assert operations <= OPERATIONS_PER_FRAME[pattern] * frames, \
+    assert operations <= OPERATIONS_PER_FRAME * frames, \
         f"{operations / frames:.1f} device operations a frame delivered ({top})"
