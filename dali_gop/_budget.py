@@ -92,8 +92,9 @@ def estimate(source, choice: Choice, *, rgb_factor: int = 1, staging: bool = Tru
              ring_frames: int = 0) -> dict[str, int]:
     """Bytes by kind that ``source``'s loader holds with ``choice``: kept frames in NV12 (x
     ``rgb_factor`` 2 where the backend keeps RGB: cpu), NV12 staging of two batches in flight
-    (nvdec, unless every sample picks from kept GOPs), RGB batches in DALI's queue, being converted and being handed over, per decode
-    thread ``session_bytes(frames one Decode call outputs, sessions)``, a segment of at most
+    (nvdec, unless every sample picks from kept GOPs), RGB batches in DALI's queue, being
+    converted and being handed over, per decode thread ``session_bytes(frames one Decode call
+    outputs, sessions)``, a segment of at most
     ``gop_frames`` (the longest GOP) per call, and per stream pair with a session of its own
     ``session_bytes(0, "stream")`` and a ring of ``ring_frames`` frames (where videos reorder)."""
     batch = source.batch_frame_bytes()

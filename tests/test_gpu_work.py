@@ -31,8 +31,7 @@ def store(tmp_path_factory):
 def test_random_access_works_the_gpu_only_for_the_frames_it_delivers(loaders, store):
     import torch
     gop_root, _ = store
-    pattern = "random"
-    loader = loaders(gop_root, pattern=pattern, backend="nvdec", batch_size=BATCH, num_workers=2,
+    loader = loaders(gop_root, pattern="random", backend="nvdec", batch_size=BATCH, num_workers=2,
                      shard_id=0, num_shards=1)
     batches = iter(loader)
     for _ in range(WARMUP):
@@ -45,7 +44,7 @@ def test_random_access_works_the_gpu_only_for_the_frames_it_delivers(loaders, st
         torch.cuda.synchronize()
     operations = work["operations"]
     top = ", ".join(f"{name[:40]} {v['calls']}" for name, v in list(work["by_name"].items())[:4])
-    print(f"{pattern}, {loader.settings}: {operations / frames:.1f} device operations and "
+    print(f"random, {loader.settings}: {operations / frames:.1f} device operations and "
           f"{work['device_ms'] / frames * 1e3:.1f} us of device time a frame delivered ({top})")
     assert frames == BATCHES * BATCH * 3
     assert operations, "the profiler saw no device work: the measurement is broken"

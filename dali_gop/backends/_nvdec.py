@@ -669,18 +669,17 @@ class NvdecBatchDecoder:
                 job.futures += kept.futures
                 self.held.add("decoded_ahead", -kept.frames.numel())
         tasks, sends = [], []
-        # allocated on DALI's stream, which reads them last: a block freed and reused is then
-        # written only after DALI's reads (the decode threads wait for ``allocated``)
         for i in now:
             job.shapes[i] = frames_shape(decoded[i].own_requests, names[i])
         # frames picked from kept GOPs are converted where they lie: no staging for them
         staged = [i for i in now if self.stream_sessions or
                   any(r.stream is None for r in decoded[i].own_requests)]
+        # allocated on DALI's stream, which reads them last: a block freed and reused is then
+        # written only after DALI's reads (the decode threads wait for ``allocated``)
         with torch.cuda.stream(dali_stream):
-            fresh = self._allocate([decoded[i].own_requests for i in staged],
-                                   [names[i] for i in staged])
-            later = self._allocate([decoded[i].ahead_requests for i in ahead],
-                                   [names[i] for i in ahead])
+            fresh = self._allocate([job.shapes[i] for i in staged])
+            later = self._allocate([frames_shape(decoded[i].ahead_requests, names[i])
+                                    for i in ahead])
         job.staging_bytes = sum(out.numel() for out in fresh)
         self.held.add("staging", job.staging_bytes)
         for i, out in zip(staged, fresh):
@@ -787,16 +786,15 @@ class NvdecBatchDecoder:
                 for segment, targets in wanted.items()], conversions
 
     @staticmethod
-    def _allocate(requests: list, names: list[list[str]]) -> list:
-        """NV12 staging, (cameras, T, H*3/2, W) each, for samples' ``requests``: views of one block
-        when the samples agree in shape (one allocation, not one per sample)."""
+    def _allocate(frame_shapes: list[tuple[int, int, int, int]]) -> list:
+        """NV12 staging, (cameras, T, H*3/2, W) each, for samples of frames (cameras, T, H, W):
+        views of one block when the samples agree in shape (one allocation, not one per
+        sample)."""
         import torch
-        if not requests:
+        if not frame_shapes:
             return []
-        shapes = []
-        for request, name_list in zip(requests, names):
-            cameras, length, height, width = frames_shape(request, name_list)
-            shapes.append((cameras, length, height * 3 // 2, width))
+        shapes = [(cameras, length, height * 3 // 2, width)
+                  for cameras, length, height, width in frame_shapes]
         if len(set(shapes)) == 1:
             block = torch.empty((len(shapes), *shapes[0]), dtype=torch.uint8, device="cuda")
             return list(block.unbind(0))
