@@ -164,3 +164,22 @@ def test_queued_steps_bound_how_far_the_training_runs_ahead_of_the_gpu(loaders, 
         assert ahead >= (steps - 1.5) * step, "next() let the training run further ahead"
     else:
         assert ahead < 2 * step, "without a bound the training waited for the GPU anyway"
+
+
+def test_the_loaders_streams_are_at_the_devices_greatest_priority(loaders, store):
+    """The decode threads' streams (their maps and copies): at the default priority the blocks of
+    a training step's long kernels queued before them are all scheduled first, and a decode
+    thread waits out the step for each frame it maps."""
+    import torch
+    gop_root, _ = store
+    loader = loaders(gop_root, pattern="random", backend="nvdec", batch_size=2, num_workers=2,
+                     shard_id=0, num_shards=1)
+    batches = iter(loader)
+    for _ in range(3):
+        next(batches)
+    _, greatest = torch.cuda.Stream.priority_range()
+    streams = [state.stream for operator in loader.decode_operators()
+               for state in operator._thread_decoders]
+    assert streams, "no decode thread made a stream"
+    assert greatest < 0, "this GPU has no stream priorities to tell apart"
+    assert {stream.priority for stream in streams} == {greatest}

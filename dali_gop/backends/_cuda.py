@@ -19,6 +19,12 @@ class CudaDriver:
     PyNvVideoCodec frame costs ~190 us; a raw copy from its plane pointer ~1 us of CPU.
     """
 
+    #: the priority of the loader's streams: "high" (the device's greatest) or "default". The
+    #: loader's work on them is short and others wait for it (a decode thread for its map, a
+    #: batch for its copies); at the default priority, the blocks of a training step's long
+    #: kernels queued before it are all scheduled first. The work is the same either way.
+    priority = "high"
+
     _EVENT_DISABLE_TIMING = 2
     _STREAM_NON_BLOCKING = 1
     _LOCATION_DEVICE = 1
@@ -46,7 +52,10 @@ class CudaDriver:
         self._release = self._bind(lib.cuDevicePrimaryCtxRelease_v2, ctypes.c_int)
         self._push = self._bind(lib.cuCtxPushCurrent_v2, ptr)
         self._pop = self._bind(lib.cuCtxPopCurrent_v2, ctypes.POINTER(ptr))
-        self._stream_create = self._bind(lib.cuStreamCreate, ctypes.POINTER(ptr), ctypes.c_uint)
+        self._stream_create = self._bind(lib.cuStreamCreateWithPriority, ctypes.POINTER(ptr),
+                                         ctypes.c_uint, ctypes.c_int)
+        self._priorities = self._bind(lib.cuCtxGetStreamPriorityRange,
+                                      ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int))
         self._stream_destroy = self._bind(lib.cuStreamDestroy_v2, ptr)
         # CUDA 12.8's ABI, which later drivers keep under this name; older drivers lack it
         self._batch = getattr(lib, "cuMemcpyBatchAsync", None)
@@ -100,17 +109,23 @@ class CudaDriver:
         return event.value
 
     def new_stream(self, device: int) -> int:
-        """A CUDA stream of its own on ``device``'s primary context, non-blocking; give it back
-        with :meth:`destroy_stream`.
+        """A CUDA stream of its own on ``device``'s primary context, non-blocking, at
+        :attr:`priority`; give it back with :meth:`destroy_stream`.
 
         Not ``torch.cuda.Stream()``: torch hands out 32 streams per device round robin, so the
         loader's dozens of threads would share them, with each other and with the stream the
         batches are handed over on, and work would wait for unrelated work queued before it
         (a decode thread's wait for a later batch, say)."""
+        if self.priority not in ("high", "default"):
+            raise ValueError(f"CudaDriver.priority {self.priority!r}: 'high' or 'default'")
         with self._context(device):
+            least, greatest = ctypes.c_int(), ctypes.c_int()
+            self._check(self._priorities(ctypes.byref(least), ctypes.byref(greatest)),
+                        "cuCtxGetStreamPriorityRange")
             stream = ctypes.c_void_p()
-            self._check(self._stream_create(ctypes.byref(stream), self._STREAM_NON_BLOCKING),
-                        "cuStreamCreate")
+            self._check(self._stream_create(
+                ctypes.byref(stream), self._STREAM_NON_BLOCKING,
+                greatest.value if self.priority == "high" else 0), "cuStreamCreateWithPriority")
         return stream.value
 
     def destroy_stream(self, stream: int, device: int) -> None:

@@ -149,6 +149,13 @@ def parse_args(argv=None):
     loader.add_argument("--budgets", nargs="+", default=["2GiB", "4GiB", "8GiB", "16GiB", "none"],
                         metavar="SIZE", help="budget rows: make_loader's memory_budget for each "
                                              "(none: no budget)")
+    loader.add_argument("--memory_budget", default=None, metavar="SIZE",
+                        help="make_loader's memory_budget for the loader and train rows (default: "
+                             "make_loader's, a quarter of the GPU; none: no budget)")
+    loader.add_argument("--stream_priority", choices=["high", "default"], default=None,
+                        help="nvdec: the priority of the loader's CUDA streams (default: the "
+                             "library's, high; dali_gop.backends._cuda.CudaDriver.priority), in "
+                             "every loader of the run")
     loader.add_argument("--stream_sessions", action="store_true",
                         help="nvdec: stream slots on NVDEC sessions of their own, one per slot and "
                              "camera, decoding a few frames ahead of the picks, in place of kept "
@@ -242,6 +249,9 @@ def main(argv=None) -> None:
             NvdecBackend.stream_sessions = True
         if args.nvdec_sessions:
             NvdecBackend.sessions = args.nvdec_sessions
+    if args.stream_priority:
+        from dali_gop.backends._cuda import CudaDriver
+        CudaDriver.priority = args.stream_priority
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
     rank, world, local_rank = init_distributed(gpu)

@@ -39,6 +39,9 @@ def loader_arguments(b: Bench, pattern: str, backend: str, batch_size: int, *, h
     if backend == "nvdec":
         options.update(hooks=hooks, decode_threads=a.decode_threads)
         options.setdefault("queued_steps", a.queued_steps)
+    if a.memory_budget is not None:     # the budget rows give theirs
+        options.setdefault("memory_budget",
+                           None if a.memory_budget.lower() == "none" else a.memory_budget)
     return dict(gop_root=b.gops, pattern=pattern, batch_size=batch_size, backend=backend,
                 num_workers=a.workers, stream_lead=a.stream_lead, decode_ahead=a.decode_ahead,
                 **b.shard, **options)

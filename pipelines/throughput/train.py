@@ -130,10 +130,12 @@ BACKEND_DEFAULTS = ("sessions", "stream_sessions")
 
 
 def backend_defaults() -> dict:
-    """This process's nvdec backend defaults: a spawned process imports the backend afresh, so
-    the run's must go with it."""
+    """This process's nvdec backend defaults and stream priority (--stream_priority): a spawned
+    process imports the backend afresh, so the run's must go with it."""
+    from dali_gop.backends._cuda import CudaDriver
     from dali_gop.backends._nvdec import NvdecBackend
-    return {name: getattr(NvdecBackend, name) for name in BACKEND_DEFAULTS}
+    return {**{name: getattr(NvdecBackend, name) for name in BACKEND_DEFAULTS},
+            "priority": CudaDriver.priority}
 
 
 def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> None:
@@ -142,7 +144,10 @@ def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> No
     import queue
 
     from dali_gop import make_loader     # first: it sets CUDA's work queues before CUDA starts
+    from dali_gop.backends._cuda import CudaDriver
     from dali_gop.backends._nvdec import NvdecBackend
+    defaults = dict(defaults)
+    CudaDriver.priority = defaults.pop("priority", CudaDriver.priority)
     for name, value in defaults.items():
         setattr(NvdecBackend, name, value)
     if device is not None:
