@@ -362,3 +362,9 @@ def test_stream_decode_ratio_counts_the_gops_slots_share(small_store, slots, rat
     from pipelines.throughput.loader import stream_decode_ratio
     b = Bench(argparse.Namespace(stream_lead=30), small_store, small_store)
     assert stream_decode_ratio(b, slots) == pytest.approx(ratio)
+
+
+def test_the_launch_probe_names_a_root_that_is_no_store(tmp_path):
+    from pipelines.throughput import launch_probe
+    with pytest.raises(SystemExit, match="no .gop_index.json under it: give a GOP store"):
+        launch_probe.main([str(tmp_path)])

@@ -1,0 +1,130 @@
+"""Does decoding beside a launch-bound training step slow it, with no DALI and no loader?
+
+The benchmark's launch-bound train row (``--train_rows launch``) is slower beside the loader than
+its model and loader alone would make it, serially. This probe takes the loader away and keeps
+one of its parts at a time, beside the same step (the row's model: many tiny conv layers on a
+16 x 6 batch of 1600 x 900 frames, forward, backward and SGD on torch's default stream):
+
+- ``own``: threads decoding the GOP bins whole, endlessly, on our NVDEC sessions (each frame
+  copied into a scratch frame), as the decode threads do;
+- ``pynvc``: the same on PyNvVideoCodec's sessions;
+- ``gil``: threads that only run Python, so that the training thread shares the GIL and
+  nothing else.
+
+For each variant and thread count it prints the step alone, the step beside it, their ratio, and
+the frames/s the decoding threads made meanwhile.
+
+    python -m pipelines.throughput.launch_probe GOP_ROOT [--variants own pynvc gil]
+        [--threads 8 24] [--sync]
+"""
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from pathlib import Path
+
+from pipelines.throughput.decode import ThreadDecoders, read_bins
+from pipelines.throughput.train import StepModel, TrainStep
+
+BATCH = (16, 6)
+
+
+def _decode_endlessly(variant: str, bins: list, device: int, stop: threading.Event,
+                      frames: list, slot: int) -> None:
+    """One background thread: ``variant``'s work until ``stop``; ``frames[slot]`` counts frames
+    decoded (the Python iterations, for ``gil``)."""
+    import torch
+
+    from dali_gop.backends import NvdecSession, create_decoder, packet
+    decoders = ThreadDecoders(device)
+    i = slot
+    while not stop.is_set():
+        codec, data, shape, count = bins[i % len(bins)]
+        i += 1
+        if variant == "gil":
+            sum(range(2000))
+            frames[slot] += 1
+        elif variant == "own":
+            session = decoders.get(("own", codec), lambda stream: NvdecSession(codec, stream))
+            scratch = decoders.get(("scratch", shape), lambda stream: torch.empty(
+                shape, dtype=torch.uint8, device=f"cuda:{device}"))
+            frames[slot] += session.decode(data, [(p, scratch.data_ptr())
+                                                  for p in range(count + 1)], shape)
+        else:
+            decoder = decoders.get(codec, lambda stream: create_decoder(codec, stream, device))
+            frames[slot] += len(decoder.Decode(packet(data))) + len(decoder.Decode(packet(None)))
+    for made in decoders.made.values():
+        if hasattr(made, "close"):
+            made.close()
+
+
+def step_seconds(step, fixed, steps: int, warmup: int) -> float:
+    import torch
+    for _ in range(warmup):
+        step(fixed)
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step(fixed)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - started) / steps
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("gop_root", type=Path)
+    p.add_argument("--variants", nargs="+", choices=["own", "pynvc", "gil"],
+                   default=["own", "pynvc", "gil"])
+    p.add_argument("--threads", type=int, nargs="+", default=[8, 24])
+    p.add_argument("--layers", type=int, default=100)
+    p.add_argument("--channels", type=int, default=8)
+    p.add_argument("--size", type=int, nargs=2, default=[28, 50], metavar=("H", "W"))
+    p.add_argument("--sync", action="store_true", help="loss.item() after every step")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=10)
+    args = p.parse_args(argv)
+
+    videos = sorted(str(index.parent.relative_to(args.gop_root))
+                    for index in args.gop_root.glob("**/.gop_index.json"))
+    if not videos:
+        raise SystemExit(f"{args.gop_root}: no .gop_index.json under it: give a GOP store")
+    import dali_gop  # noqa: F401  (first: it sets CUDA's work queues as the loader runs with)
+    import torch
+    device = 0
+    torch.cuda.set_device(device)
+    bins = read_bins(args.gop_root, videos)
+    height, width = bins[0][2][0] * 2 // 3, bins[0][2][1]
+    model = StepModel(args.layers, args.channels, tuple(args.size), args.sync)
+    step = TrainStep(model, device)
+    fixed = torch.randint(0, 256, (*BATCH, 1, height, width, 3), dtype=torch.uint8,
+                          device=f"cuda:{device}")
+    print(f"# {torch.cuda.get_device_name(device)}; {model.describe()}; batch {BATCH[0]}x"
+          f"{BATCH[1]} of {height}x{width}; {len(bins)} bins of {len(videos)} videos", flush=True)
+    alone = step_seconds(step, fixed, args.steps, args.warmup)
+    print(f"alone: {alone * 1e3:.2f} ms a step", flush=True)
+    for variant in args.variants:
+        for threads in args.threads:
+            stop, frames = threading.Event(), [0] * threads
+            workers = [threading.Thread(target=_decode_endlessly,
+                                        args=(variant, bins, device, stop, frames, k), daemon=True)
+                       for k in range(threads)]
+            for worker in workers:
+                worker.start()
+            time.sleep(1.0)     # sessions made, decoding under way
+            before, started = sum(frames), time.perf_counter()
+            beside = step_seconds(step, fixed, args.steps, 0)
+            rate = (sum(frames) - before) / (time.perf_counter() - started)
+            stop.set()
+            for worker in workers:
+                worker.join()
+            unit = "Python loops/s" if variant == "gil" else "frames/s decoded"
+            print(f"{variant:5s} x {threads:2d} threads: {beside * 1e3:.2f} ms a step, "
+                  f"{beside / alone:.2f}x alone; {rate:,.0f} {unit} meanwhile", flush=True)
+            # the step alone again: the GPU's clocks and the allocator may have moved
+            alone = step_seconds(step, fixed, args.steps, args.warmup)
+            print(f"alone: {alone * 1e3:.2f} ms a step", flush=True)
+
+
+if __name__ == "__main__":
+    main()
