@@ -7,15 +7,20 @@ one of its parts at a time, beside the same step (the row's model: many tiny con
 
 - ``own``: threads decoding the GOP bins whole, endlessly, on our NVDEC sessions (each frame
   copied into a scratch frame), as the decode threads do;
+- ``patient``: the same with the sessions' patient waits (they sleep while NVDEC decodes a
+  picture and while its copies run, where the context's waits may spin);
 - ``pynvc``: the same on PyNvVideoCodec's sessions;
 - ``gil``: threads that only run Python, so that the training thread shares the GIL and
   nothing else.
 
-For each variant and thread count it prints the step alone, the step beside it, their ratio, and
-the frames/s the decoding threads made meanwhile.
+For each variant and thread count it prints the step alone, the step beside it, their ratio, the
+frames/s the decoding threads made meanwhile, the process's CPU cores and the share of the wall
+time the training thread ran on a core (a training thread that waits for a core launches late).
+``--sched`` sets how the CUDA context waits for the GPU, for the whole run: CUDA's own choice
+(auto: spin, with one context on a machine of several cores), spin, yield or blocking sync.
 
-    python -m pipelines.throughput.launch_probe GOP_ROOT [--variants own pynvc gil]
-        [--threads 8 24] [--sync]
+    python -m pipelines.throughput.launch_probe GOP_ROOT [--variants own patient pynvc gil]
+        [--threads 8 24] [--sync] [--sched auto|spin|yield|blocking]
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+from dali_gop.backends._cuda import CONTEXT_WAITS, set_context_waits
 from pipelines.throughput.decode import ThreadDecoders, read_bins
 from pipelines.throughput.train import StepModel, TrainStep
 
@@ -45,8 +51,9 @@ def _decode_endlessly(variant: str, bins: list, device: int, stop: threading.Eve
         if variant == "gil":
             sum(range(2000))
             frames[slot] += 1
-        elif variant == "own":
+        elif variant in ("own", "patient"):
             session = decoders.get(("own", codec), lambda stream: NvdecSession(codec, stream))
+            session.set_patient_waits(variant == "patient")
             scratch = decoders.get(("scratch", shape), lambda stream: torch.empty(
                 shape, dtype=torch.uint8, device=f"cuda:{device}"))
             frames[slot] += session.decode(data, [(p, scratch.data_ptr())
@@ -59,23 +66,28 @@ def _decode_endlessly(variant: str, bins: list, device: int, stop: threading.Eve
             made.close()
 
 
-def step_seconds(step, fixed, steps: int, warmup: int) -> float:
+def step_seconds(step, fixed, steps: int, warmup: int) -> tuple[float, float, float]:
+    """Seconds a step; the process's CPU cores and the training thread's share of a core
+    meanwhile."""
     import torch
     for _ in range(warmup):
         step(fixed)
     torch.cuda.synchronize()
-    started = time.perf_counter()
+    started, cpu, own = time.perf_counter(), time.process_time(), time.thread_time()
     for _ in range(steps):
         step(fixed)
     torch.cuda.synchronize()
-    return (time.perf_counter() - started) / steps
+    wall = time.perf_counter() - started
+    return wall / steps, (time.process_time() - cpu) / wall, (time.thread_time() - own) / wall
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("gop_root", type=Path)
-    p.add_argument("--variants", nargs="+", choices=["own", "pynvc", "gil"],
-                   default=["own", "pynvc", "gil"])
+    p.add_argument("--variants", nargs="+", choices=["own", "patient", "pynvc", "gil"],
+                   default=["own", "patient", "pynvc", "gil"])
+    p.add_argument("--sched", choices=sorted(CONTEXT_WAITS), default="auto",
+                   help="how the CUDA context waits for the GPU (default: CUDA's own choice)")
     p.add_argument("--threads", type=int, nargs="+", default=[8, 24])
     p.add_argument("--layers", type=int, default=100)
     p.add_argument("--channels", type=int, default=8)
@@ -92,6 +104,8 @@ def main(argv=None) -> None:
     import dali_gop  # noqa: F401  (first: it sets CUDA's work queues as the loader runs with)
     import torch
     device = 0
+    set_context_waits(device, args.sched)
+    opened = time.perf_counter()
     torch.cuda.set_device(device)
     bins = read_bins(args.gop_root, videos)
     height, width = bins[0][2][0] * 2 // 3, bins[0][2][1]
@@ -100,9 +114,17 @@ def main(argv=None) -> None:
     fixed = torch.randint(0, 256, (*BATCH, 1, height, width, 3), dtype=torch.uint8,
                           device=f"cuda:{device}")
     print(f"# {torch.cuda.get_device_name(device)}; {model.describe()}; batch {BATCH[0]}x"
-          f"{BATCH[1]} of {height}x{width}; {len(bins)} bins of {len(videos)} videos", flush=True)
-    alone = step_seconds(step, fixed, args.steps, args.warmup)
-    print(f"alone: {alone * 1e3:.2f} ms a step", flush=True)
+          f"{BATCH[1]} of {height}x{width}; {len(bins)} bins of {len(videos)} videos; context "
+          f"waits: {args.sched}", flush=True)
+
+    def report(what: str, measured) -> float:
+        seconds, cores, training = measured
+        print(f"{what}: {seconds * 1e3:.2f} ms a step; {cores:.1f} CPU cores, the training "
+              f"thread on a core {training:.0%} of the time [{time.perf_counter() - opened:.0f} s]",
+              flush=True)
+        return seconds
+
+    alone = report("alone", step_seconds(step, fixed, args.steps, args.warmup))
     for variant in args.variants:
         for threads in args.threads:
             stop, frames = threading.Event(), [0] * threads
@@ -113,17 +135,16 @@ def main(argv=None) -> None:
                 worker.start()
             time.sleep(1.0)     # sessions made, decoding under way
             before, started = sum(frames), time.perf_counter()
-            beside = step_seconds(step, fixed, args.steps, 0)
+            measured = step_seconds(step, fixed, args.steps, 0)
             rate = (sum(frames) - before) / (time.perf_counter() - started)
             stop.set()
             for worker in workers:
                 worker.join()
             unit = "Python loops/s" if variant == "gil" else "frames/s decoded"
-            print(f"{variant:5s} x {threads:2d} threads: {beside * 1e3:.2f} ms a step, "
-                  f"{beside / alone:.2f}x alone; {rate:,.0f} {unit} meanwhile", flush=True)
+            beside = report(f"{variant:7s} x {threads:2d} threads", measured)
+            print(f"    {beside / alone:.2f}x alone; {rate:,.0f} {unit} meanwhile", flush=True)
             # the step alone again: the GPU's clocks and the allocator may have moved
-            alone = step_seconds(step, fixed, args.steps, args.warmup)
-            print(f"alone: {alone * 1e3:.2f} ms a step", flush=True)
+            alone = report("alone", step_seconds(step, fixed, args.steps, args.warmup))
 
 
 if __name__ == "__main__":
