@@ -9,9 +9,7 @@ one of its parts at a time, beside the same step (the row's model: many tiny con
   copied into a scratch frame), as the decode threads do;
 - ``patient``: the same with the sessions' patient waits (they sleep while NVDEC decodes a
   picture and while its copies run, where the context's waits may spin);
-- ``pynvc``: the same on PyNvVideoCodec's sessions;
-- ``gil``: threads that only run Python, so that the training thread shares the GIL and
-  nothing else.
+- ``pynvc``: the same on PyNvVideoCodec's sessions.
 
 For each variant and thread count it prints the step alone, the step beside it, their ratio, the
 frames/s the decoding threads made meanwhile, the process's CPU cores and the share of the wall
@@ -19,7 +17,7 @@ time the training thread ran on a core (a training thread that waits for a core 
 ``--sched`` sets how the CUDA context waits for the GPU, for the whole run: CUDA's own choice
 (auto: spin, with one context on a machine of several cores), spin, yield or blocking sync.
 
-    python -m pipelines.throughput.launch_probe GOP_ROOT [--variants own patient pynvc gil]
+    python -m pipelines.throughput.launch_probe GOP_ROOT [--variants own patient pynvc]
         [--threads 8 24] [--sync] [--sched auto|spin|yield|blocking]
 """
 from __future__ import annotations
@@ -39,7 +37,7 @@ BATCH = (16, 6)
 def _decode_endlessly(variant: str, bins: list, device: int, stop: threading.Event,
                       frames: list, slot: int) -> None:
     """One background thread: ``variant``'s work until ``stop``; ``frames[slot]`` counts frames
-    decoded (the Python iterations, for ``gil``)."""
+    decoded."""
     import torch
 
     from dali_gop.backends import NvdecSession, create_decoder, packet
@@ -48,10 +46,7 @@ def _decode_endlessly(variant: str, bins: list, device: int, stop: threading.Eve
     while not stop.is_set():
         codec, data, shape, count = bins[i % len(bins)]
         i += 1
-        if variant == "gil":
-            sum(range(2000))
-            frames[slot] += 1
-        elif variant in ("own", "patient"):
+        if variant in ("own", "patient"):
             session = decoders.get(("own", codec), lambda stream: NvdecSession(codec, stream))
             session.set_patient_waits(variant == "patient")
             scratch = decoders.get(("scratch", shape), lambda stream: torch.empty(
@@ -84,8 +79,8 @@ def step_seconds(step, fixed, steps: int, warmup: int) -> tuple[float, float, fl
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("gop_root", type=Path)
-    p.add_argument("--variants", nargs="+", choices=["own", "patient", "pynvc", "gil"],
-                   default=["own", "patient", "pynvc", "gil"])
+    p.add_argument("--variants", nargs="+", choices=["own", "patient", "pynvc"],
+                   default=["own", "patient", "pynvc"])
     p.add_argument("--sched", choices=sorted(CONTEXT_WAITS), default="auto",
                    help="how the CUDA context waits for the GPU (default: CUDA's own choice)")
     p.add_argument("--threads", type=int, nargs="+", default=[8, 24])
@@ -140,9 +135,8 @@ def main(argv=None) -> None:
             stop.set()
             for worker in workers:
                 worker.join()
-            unit = "Python loops/s" if variant == "gil" else "frames/s decoded"
             beside = report(f"{variant:7s} x {threads:2d} threads", measured)
-            print(f"    {beside / alone:.2f}x alone; {rate:,.0f} {unit} meanwhile", flush=True)
+            print(f"    {beside / alone:.2f}x alone; {rate:,.0f} frames/s decoded meanwhile", flush=True)
             # the step alone again: the GPU's clocks and the allocator may have moved
             alone = report("alone", step_seconds(step, fixed, args.steps, args.warmup))
 
