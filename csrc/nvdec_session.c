@@ -46,9 +46,6 @@ static struct {
 } api;
 static pthread_once_t api_once = PTHREAD_ONCE_INIT;
 
-#define POLL_NANOSECONDS 20000
-#define POLL_SECONDS 5.0
-
 static void *symbol(void *library, const char *library_name, const char *name) {
     void *found = library ? dlsym(library, name) : NULL;
     if (!found && !api.error[0])
@@ -112,9 +109,10 @@ typedef struct {
     char error[512];
     /* patient waits (nvdec_session_set_patient_waits): wait for a picture by asking NVDEC for
        its decode status between short sleeps before mapping it, and for the copies on an event
-       that blocks. Otherwise cuvidMapVideoFrame and cuStreamSynchronize wait as the context is
-       set to, which for one context on a machine of several cores is spinning: a core per
-       waiting thread, taken from a training thread that launches kernels beside the loader. */
+       that blocks. Otherwise the map waits inside the driver, and cuStreamSynchronize as the
+       context is set to, which for one context on a machine of several cores is spinning: a
+       waiting thread then holds a core (or a driver lock) that a training thread launching
+       kernels beside the loader wants. */
     int patient;
     CUevent copied;             /* the patient waits' blocking-sync event, made on first use */
     /* seconds spent inside this session's calls, in cuvidMapVideoFrame and in the stream sync
@@ -276,6 +274,9 @@ static int CUDAAPI on_display(void *user, CUVIDPARSERDISPINFO *shown) {
     }
     return deliver(s, shown, first, s->cursor);
 }
+
+#define POLL_NANOSECONDS 20000
+#define POLL_SECONDS 5.0
 
 /* Sleep until NVDEC has decoded ``picture`` (or says nothing of it, or POLL_SECONDS pass: the
  * map then waits as it would have). */
