@@ -136,7 +136,8 @@ def main(argv=None) -> None:
             for worker in workers:
                 worker.join()
             beside = report(f"{variant:7s} x {threads:2d} threads", measured)
-            print(f"    {beside / alone:.2f}x alone; {rate:,.0f} frames/s decoded meanwhile", flush=True)
+            print(f"    {beside / alone:.2f}x alone; {rate:,.0f} frames/s decoded meanwhile",
+                  flush=True)
             # the step alone again: the GPU's clocks and the allocator may have moved
             alone = report("alone", step_seconds(step, fixed, args.steps, args.warmup))
 
