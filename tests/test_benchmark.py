@@ -26,7 +26,8 @@ ARGS = dict(clips=10, cameras=6, codec="hevc", width=1600, height=900, gop=30, b
 def train_details(scale: float) -> dict:
     return {"train": {"model_fps": 2000 * scale, "loader_fps": 9000 * scale,
                       "together_fps": 1900 * scale, "overlap": 1.05 * scale, "serial": 1.22,
-                      "next_ms": 0.4, "model": {"layers": 3}, "pattern": "stream"}}
+                      "next_ms": 0.4, "model_on_core": 0.99, "together_on_core": 0.714,
+                      "model": {"layers": 3}, "pattern": "stream"}}
 
 
 def rank_results(scale: float) -> list[Result]:
@@ -86,7 +87,7 @@ def test_train_table_shows_the_three_phases_and_the_overlap():
     lines = format_train_table(report).splitlines()
     assert len(lines) == 3 and "together / max(model, loader)" in lines[0]
     assert lines[2] == ("| train stream: 3 conv layers | 2,000 | 9,000 | 1,900 | 1.05 | 1.22 | 0.4 "
-                        "| 70 | 30,000 |")
+                        "| 99 / 71 | 70 | 30,000 |")
     without = make_report([rank_results(1.0)[:2]], device="NVIDIA H100", args=ARGS)
     assert format_train_table(without) == ""
 
@@ -372,3 +373,28 @@ def test_the_launch_probe_names_a_root_that_is_no_store(tmp_path):
     from pipelines.throughput import launch_probe
     with pytest.raises(SystemExit, match="no .gop_index.json under it: give a GOP store"):
         launch_probe.main([str(tmp_path)])
+
+
+def test_timed_steps_say_how_long_the_calling_thread_was_on_a_core(monkeypatch):
+    """The train rows' on-core share: a step that computes keeps its thread on a core, a step that
+    waits (for a lock, a core, the GPU without spinning) does not."""
+    import torch
+
+    from pipelines.throughput.train import timed_steps
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+
+    def computes() -> int:
+        ended = time.thread_time() + 0.02
+        while time.thread_time() < ended:
+            pass
+        return 1
+
+    def waits() -> int:
+        time.sleep(0.02)
+        return 1
+
+    busy = timed_steps(computes, 1, 5, 0)
+    idle = timed_steps(waits, 1, 5, 0)
+    assert busy.frames == idle.frames == 5
+    assert busy.details["thread_cpu_s"] / busy.seconds > 0.8
+    assert idle.details["thread_cpu_s"] / idle.seconds < 0.2

@@ -98,12 +98,22 @@ def format_train_table(report: dict) -> str:
         return ""
     head = ["beside a training step", "model alone frames/s", "loader alone frames/s",
             "together frames/s", "together / max(model, loader)", "serial would be",
-            "together: next() ms a step", "NVDEC busy %", "peak GPU MiB"]
+            "together: next() ms a step", "training thread on a core %, alone / together",
+            "NVDEC busy %", "peak GPU MiB"]
     return _markdown(head, [
         [f"{r['name']}: {r['note']}", _number(t["model_fps"]), _number(t["loader_fps"]),
          _number(t["together_fps"]), _number(t["overlap"], 2), _number(t["serial"], 2),
-         _number(t.get("next_ms"), 1), _number(r.get("nvdec_busy")), _number(r["peak_gpu_mib"])]
+         _number(t.get("next_ms"), 1), _on_core(t), _number(r.get("nvdec_busy")),
+         _number(r["peak_gpu_mib"])]
         for r in rows for t in [r["details"]["train"]]])
+
+
+def _on_core(train: dict) -> str:
+    """The training thread's CPU time over the wall time, alone / beside the loader ("" in runs
+    from before it was measured)."""
+    if "model_on_core" not in train:
+        return ""
+    return f"{100 * train['model_on_core']:.0f} / {100 * train['together_on_core']:.0f}"
 
 
 def format_budget_table(report: dict) -> str:

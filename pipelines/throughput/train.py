@@ -181,16 +181,19 @@ def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> No
 def timed_steps(step: Callable[[], int], warmup: int, steps: int, device: int,
                 on_start: Callable[[], None] = lambda: None) -> Timed:
     """``warmup`` untimed calls, then ``steps`` timed (``on_start()`` first); ``step()`` returns
-    the frames it used."""
+    the frames it used. ``details["thread_cpu_s"]``: the calling thread's CPU time in the timed
+    part (a thread that launches kernels and gets less than the wall time waited for a core or
+    a lock)."""
     import torch
     for _ in range(warmup):
         step()
     torch.cuda.synchronize(device)
     on_start()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.thread_time()
     frames = sum(step() for _ in range(steps))
     torch.cuda.synchronize(device)
-    return Timed(frames, started, time.perf_counter())
+    return Timed(frames, started, time.perf_counter(),
+                 {"thread_cpu_s": time.thread_time() - cpu})
 
 
 def model_alone(b: Bench, model: StepModel, batch_size: int, warmup: int, steps: int) -> Timed:
@@ -315,7 +318,9 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
                    loader_share=per_step["loader"] / per_step["model"],
                    serial=(per_step["model"] + per_step["loader"]) / slower,
                    model=asdict(model), pattern=pattern, batch_size=batch_size,
-                   next_ms=1e3 * sum(waits) / max(len(waits), 1))
+                   next_ms=1e3 * sum(waits) / max(len(waits), 1),
+                   **{f"{name}_on_core": t.details["thread_cpu_s"] / t.seconds
+                      for name, t in phases.items() if name != "loader"})
     if profile:
         details["profile"] = profile
     together = phases["together"]
@@ -328,7 +333,8 @@ def format_train(details: dict) -> str:
             f"together {t['together_fps']:,.0f} frames/s; together / max(model, loader) "
             f"{t['overlap']:.2f} (1.00: perfect overlap; {t['serial']:.2f}: serial); the loader "
             f"takes {t['loader_share']:.0%} of the model's time; together, next() took "
-            f"{t['next_ms']:.1f} ms a step" +
+            f"{t['next_ms']:.1f} ms a step; the training thread was on a core "
+            f"{t['model_on_core']:.0%} of the time alone, {t['together_on_core']:.0%} together" +
             (f"\n{format_profile(t['profile'])}" if "profile" in t else ""))
 
 
