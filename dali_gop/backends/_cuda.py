@@ -151,6 +151,7 @@ class CudaDriver:
     def destroy(self, event: int) -> None:
         self._destroy(event)    # streams still waiting for it keep it alive in the driver
 
+
 #: how a CUDA context waits for the GPU (cuDevicePrimaryCtxSetFlags' CU_CTX_SCHED_*): CUDA's own
 #: choice (spinning, where one context runs on several cores), spinning, yielding, blocking
 CONTEXT_WAITS = {"auto": 0, "spin": 1, "yield": 2, "blocking": 4}
@@ -158,8 +159,8 @@ CONTEXT_WAITS = {"auto": 0, "spin": 1, "yield": 2, "blocking": 4}
 
 def set_context_waits(device: int, how: str) -> None:
     """How ``device``'s primary context waits for the GPU (:data:`CONTEXT_WAITS`), for every
-    thread of the process, including the waits inside NVDEC libraries; best set before the
-    context is made."""
+    thread of the process that uses it (torch's, and the NVDEC sessions made on it); best set
+    before the context is made."""
     lib = ctypes.CDLL("libcuda.so.1")
     ordinal = ctypes.c_int()
     CudaDriver._check(lib.cuInit(0), "cuInit")

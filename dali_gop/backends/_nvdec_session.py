@@ -93,11 +93,12 @@ class NvdecSession:
         self.set_patient_waits(self.patient_waits)
 
     def set_patient_waits(self, on: bool) -> None:
-        """From the next frame: wait for a picture by asking NVDEC between short sleeps, and for
-        the copies on an event that blocks (``on``); or as the CUDA context waits (off), which is
-        spinning where one context runs on several cores. A decode thread that spins holds a
-        core while NVDEC works, and a training thread beside it launches its kernels on what
-        is left."""
+        """From the next frame: wait for a picture by asking NVDEC for its decode status between
+        short sleeps, and for the copies on an event that blocks (``on``); or (off) inside
+        ``cuvidMapVideoFrame`` for the picture, and for the copies as the CUDA context waits,
+        which is spinning where one context runs on several cores. A decode thread that waits
+        in the driver or spins may hold a lock or a core that a training thread beside it needs
+        to launch its kernels."""
         if self._handle is not None:
             self._lib.nvdec_session_set_patient_waits(self._handle, int(on))
 
