@@ -375,6 +375,18 @@ def test_the_launch_probe_names_a_root_that_is_no_store(tmp_path):
         launch_probe.main([str(tmp_path)])
 
 
+@pytest.mark.parametrize("frames, rate, elapsed, wait", [
+    (100, None, 0.5, 0.0),     # no pace: never waits
+    (100, 100.0, 0.5, 0.5),    # ahead of its pace: waits until it is due
+    (100, 100.0, 2.0, 0.0),    # behind it: goes on at once
+])
+def test_the_launch_probe_decodes_at_a_loaders_pace(frames, rate, elapsed, wait):
+    """--fps: decoding threads keep to a rate, as a loader does at the pace of its model, rather
+    than at NVDEC's."""
+    from pipelines.throughput.launch_probe import pause
+    assert pause(frames, rate, elapsed) == pytest.approx(wait)
+
+
 def test_timed_steps_say_how_long_the_calling_thread_was_on_a_core(monkeypatch):
     """The train rows' on-core share: a step that computes keeps its thread on a core, a step that
     waits (for a lock, a core, the GPU without spinning) does not."""

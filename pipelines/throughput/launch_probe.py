@@ -18,7 +18,7 @@ time the training thread ran on a core (a training thread that waits for a core 
 (auto: spin, with one context on a machine of several cores), spin, yield or blocking sync.
 
     python -m pipelines.throughput.launch_probe GOP_ROOT [--variants own patient pynvc]
-        [--threads 8 24] [--sync] [--sched auto|spin|yield|blocking]
+        [--threads 8 24] [--fps N] [--sync] [--sched auto|spin|yield|blocking]
 """
 from __future__ import annotations
 
@@ -34,16 +34,23 @@ from pipelines.throughput.train import StepModel, TrainStep
 BATCH = (16, 6)
 
 
+def pause(frames: int, rate: float | None, elapsed: float) -> float:
+    """Seconds a thread that has decoded ``frames`` in ``elapsed`` seconds waits to keep to
+    ``rate`` frames/s (None: no pace, 0)."""
+    return 0.0 if not rate else max(0.0, frames / rate - elapsed)
+
+
 def _decode_endlessly(variant: str, bins: list, device: int, stop: threading.Event,
-                      frames: list, slot: int) -> None:
-    """One background thread: ``variant``'s work until ``stop``; ``frames[slot]`` counts frames
-    decoded."""
+                      frames: list, slot: int, rate: float | None = None) -> None:
+    """One background thread: ``variant``'s work until ``stop``, at ``rate`` frames/s at most
+    (None: as fast as it goes); ``frames[slot]`` counts frames decoded."""
     import torch
 
     from dali_gop.backends import NvdecSession, create_decoder, packet
     decoders = ThreadDecoders(device)
     i = slot
-    while not stop.is_set():
+    began = time.perf_counter()
+    while not stop.wait(pause(frames[slot], rate, time.perf_counter() - began)):
         codec, data, shape, count = bins[i % len(bins)]
         i += 1
         if variant in ("own", "patient"):
@@ -88,6 +95,9 @@ def main(argv=None) -> None:
     p.add_argument("--channels", type=int, default=8)
     p.add_argument("--size", type=int, nargs=2, default=[28, 50], metavar=("H", "W"))
     p.add_argument("--sync", action="store_true", help="loss.item() after every step")
+    p.add_argument("--fps", type=float, default=None,
+                   help="decode at this many frames/s in all (default: as fast as NVDEC goes), "
+                        "as a loader does at the pace of the model beside it")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
     args = p.parse_args(argv)
@@ -124,7 +134,9 @@ def main(argv=None) -> None:
         for threads in args.threads:
             stop, frames = threading.Event(), [0] * threads
             workers = [threading.Thread(target=_decode_endlessly,
-                                        args=(variant, bins, device, stop, frames, k), daemon=True)
+                                        args=(variant, bins, device, stop, frames, k,
+                                              args.fps / threads if args.fps else None),
+                                        daemon=True)
                        for k in range(threads)]
             for worker in workers:
                 worker.start()
