@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import pipelines.throughput as package
+from dali_gop.backends._cuda import CONTEXT_WAITS, set_context_waits
 from dali_gop.errors import ConfigError, DaliGopError
 from dali_gop.synthetic import add_dataset_arguments, dataset_name, dataset_options, make_dataset
 from pipelines.throughput.bench import Bench, barrier, gather, init_distributed
@@ -156,7 +157,7 @@ def parse_args(argv=None):
                         help="nvdec: the priority of the loader's CUDA streams (default: the "
                              "library's, high; dali_gop.backends._cuda.CudaDriver.priority), in "
                              "every loader of the run")
-    loader.add_argument("--context_waits", choices=["auto", "spin", "yield", "blocking"],
+    loader.add_argument("--context_waits", choices=list(CONTEXT_WAITS),
                         default=None, help="how the process's CUDA context waits for the GPU "
                         "(dali_gop.backends._cuda.set_context_waits; default: left as CUDA makes "
                         "it, which spins where one context runs on several cores)")
@@ -251,7 +252,6 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     gpu = args.backend != "cpu"
     if gpu and args.context_waits:
-        from dali_gop.backends._cuda import set_context_waits
         set_context_waits(int(os.environ.get("LOCAL_RANK", 0)), args.context_waits)
     check_machine(args.backend)
     if args.stream_sessions or args.nvdec_sessions:   # the backend's own defaults, for the run

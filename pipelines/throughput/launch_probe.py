@@ -29,7 +29,7 @@ from pathlib import Path
 
 from dali_gop.backends._cuda import CONTEXT_WAITS, set_context_waits
 from pipelines.throughput.decode import ThreadDecoders, read_bins
-from pipelines.throughput.train import StepModel, TrainStep
+from pipelines.throughput.train import StepModel, TrainStep, timed_steps
 
 BATCH = (16, 6)
 
@@ -48,14 +48,19 @@ def _decode_endlessly(variant: str, bins: list, device: int, stop: threading.Eve
 
     from dali_gop.backends import NvdecSession, create_decoder, packet
     decoders = ThreadDecoders(device)
+
+    def ours(codec: str, stream: int) -> NvdecSession:
+        session = NvdecSession(codec, stream)
+        session.set_patient_waits(variant == "patient")
+        return session
+
     i = slot
     began = time.perf_counter()
     while not stop.wait(pause(frames[slot], rate, time.perf_counter() - began)):
         codec, data, shape, count = bins[i % len(bins)]
         i += 1
         if variant in ("own", "patient"):
-            session = decoders.get(("own", codec), lambda stream: NvdecSession(codec, stream))
-            session.set_patient_waits(variant == "patient")
+            session = decoders.get(("own", codec), lambda stream: ours(codec, stream))
             scratch = decoders.get(("scratch", shape), lambda stream: torch.empty(
                 shape, dtype=torch.uint8, device=f"cuda:{device}"))
             frames[slot] += session.decode(data, [(p, scratch.data_ptr())
@@ -68,19 +73,21 @@ def _decode_endlessly(variant: str, bins: list, device: int, stop: threading.Eve
             made.close()
 
 
-def step_seconds(step, fixed, steps: int, warmup: int) -> tuple[float, float, float]:
-    """Seconds a step; the process's CPU cores and the training thread's share of a core
-    meanwhile."""
-    import torch
-    for _ in range(warmup):
+def step_seconds(step, fixed, steps: int, warmup: int,
+                 device: int) -> tuple[float, float, float]:
+    """Seconds a step (the train rows' :func:`timed_steps`); the process's CPU cores and the
+    training thread's share of a core meanwhile."""
+    cpu: list[float] = []
+
+    def one() -> int:
         step(fixed)
-    torch.cuda.synchronize()
-    started, cpu, own = time.perf_counter(), time.process_time(), time.thread_time()
-    for _ in range(steps):
-        step(fixed)
-    torch.cuda.synchronize()
-    wall = time.perf_counter() - started
-    return wall / steps, (time.process_time() - cpu) / wall, (time.thread_time() - own) / wall
+        return 0
+
+    timed = timed_steps(one, warmup, steps, device,
+                        on_start=lambda: cpu.append(time.process_time()))
+    wall = timed.seconds
+    return (wall / steps, (time.process_time() - cpu[0]) / wall,
+            timed.details["thread_cpu_s"] / wall)
 
 
 def main(argv=None) -> None:
@@ -129,7 +136,7 @@ def main(argv=None) -> None:
               flush=True)
         return seconds
 
-    alone = report("alone", step_seconds(step, fixed, args.steps, args.warmup))
+    alone = report("alone", step_seconds(step, fixed, args.steps, args.warmup, device))
     for variant in args.variants:
         for threads in args.threads:
             stop, frames = threading.Event(), [0] * threads
@@ -142,7 +149,7 @@ def main(argv=None) -> None:
                 worker.start()
             time.sleep(1.0)     # sessions made, decoding under way
             before, started = sum(frames), time.perf_counter()
-            measured = step_seconds(step, fixed, args.steps, 0)
+            measured = step_seconds(step, fixed, args.steps, 0, device)
             rate = (sum(frames) - before) / (time.perf_counter() - started)
             stop.set()
             for worker in workers:
@@ -151,7 +158,7 @@ def main(argv=None) -> None:
             print(f"    {beside / alone:.2f}x alone; {rate:,.0f} frames/s decoded meanwhile",
                   flush=True)
             # the step alone again: the GPU's clocks and the allocator may have moved
-            alone = report("alone", step_seconds(step, fixed, args.steps, args.warmup))
+            alone = report("alone", step_seconds(step, fixed, args.steps, args.warmup, device))
 
 
 if __name__ == "__main__":
