@@ -9,7 +9,11 @@ one of its parts at a time, beside the same step (the row's model: many tiny con
   copied into a scratch frame), as the decode threads do;
 - ``patient``: the same with the sessions' patient waits (they sleep while NVDEC decodes a
   picture and while its copies run, where the context's waits may spin);
-- ``pynvc``: the same on PyNvVideoCodec's sessions.
+- ``pynvc``: the same on PyNvVideoCodec's sessions;
+- ``nomap``: our sessions decoding with no frame mapped or copied: NVDEC's engines and the
+  driver's parser alone, without the map's kernel and the copies;
+- ``copy``: no decoding, only the copies a decoded frame costs (a frame's NV12 bytes, device to
+  device, on the thread's stream), to set beside ``own`` (best with ``--fps``).
 
 For each variant and thread count it prints the step alone, the step beside it, their ratio, the
 frames/s the decoding threads made meanwhile, the process's CPU cores and the share of the wall
@@ -59,12 +63,21 @@ def _decode_endlessly(variant: str, bins: list, device: int, stop: threading.Eve
     while not stop.wait(pause(frames[slot], rate, time.perf_counter() - began)):
         codec, data, shape, count = bins[i % len(bins)]
         i += 1
-        if variant in ("own", "patient"):
+        if variant in ("own", "patient", "nomap"):
             session = decoders.get(("own", codec), lambda stream: ours(codec, stream))
             scratch = decoders.get(("scratch", shape), lambda stream: torch.empty(
                 shape, dtype=torch.uint8, device=f"cuda:{device}"))
-            frames[slot] += session.decode(data, [(p, scratch.data_ptr())
-                                                  for p in range(count + 1)], shape)
+            wanted = [] if variant == "nomap" else [(p, scratch.data_ptr())
+                                                    for p in range(count + 1)]
+            frames[slot] += session.decode(data, wanted, shape)
+        elif variant == "copy":
+            pair = decoders.get(("copy", shape), lambda stream: torch.empty(
+                (2, *shape), dtype=torch.uint8, device=f"cuda:{device}"))
+            with torch.cuda.stream(decoders.stream):
+                for _ in range(count):
+                    pair[1].copy_(pair[0])
+            decoders.stream.synchronize()
+            frames[slot] += count
         else:
             decoder = decoders.get(codec, lambda stream: create_decoder(codec, stream, device))
             frames[slot] += len(decoder.Decode(packet(data))) + len(decoder.Decode(packet(None)))
@@ -93,7 +106,7 @@ def step_seconds(step, fixed, steps: int, warmup: int,
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("gop_root", type=Path)
-    p.add_argument("--variants", nargs="+", choices=["own", "patient", "pynvc"],
+    p.add_argument("--variants", nargs="+", choices=["own", "patient", "pynvc", "nomap", "copy"],
                    default=["own", "patient", "pynvc"])
     p.add_argument("--sched", choices=sorted(CONTEXT_WAITS), default="auto",
                    help="how the CUDA context waits for the GPU (default: CUDA's own choice)")
