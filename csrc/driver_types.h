@@ -12,7 +12,6 @@ typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
 typedef struct CUctx_st *CUcontext;
 typedef struct CUstream_st *CUstream;
-typedef struct CUevent_st *CUevent;
 #define __cuda_cuda_h__
 #include "nvcuvid.h"
 

@@ -36,10 +36,6 @@ static struct {
     CUresult (*unmap)(CUvideodecoder, unsigned long long);
     CUresult (*copy_2d)(const Copy2D *, CUstream);
     CUresult (*synchronize)(CUstream);
-    CUresult (*event_create)(CUevent *, unsigned int);
-    CUresult (*event_record)(CUevent, CUstream);
-    CUresult (*event_synchronize)(CUevent);
-    CUresult (*event_destroy)(CUevent);
     CUresult (*current_context)(CUcontext *);
     CUresult (*push_context)(CUcontext);
     CUresult (*pop_context)(CUcontext *);
@@ -72,10 +68,6 @@ static void load_api(void) {
     BIND(unmap, cuvid, "cuvidUnmapVideoFrame64");
     BIND(copy_2d, cuda, "cuMemcpy2DAsync_v2");
     BIND(synchronize, cuda, "cuStreamSynchronize");
-    BIND(event_create, cuda, "cuEventCreate");
-    BIND(event_record, cuda, "cuEventRecord");
-    BIND(event_synchronize, cuda, "cuEventSynchronize");
-    BIND(event_destroy, cuda, "cuEventDestroy_v2");
     BIND(current_context, cuda, "cuCtxGetCurrent");
     BIND(push_context, cuda, "cuCtxPushCurrent_v2");
     BIND(pop_context, cuda, "cuCtxPopCurrent_v2");
@@ -107,14 +99,6 @@ typedef struct {
     struct { CUVIDPARSERDISPINFO shown; int first, last; } pending[MAX_DEFERRED];
     int failed;
     char error[512];
-    /* patient waits (nvdec_session_set_patient_waits): wait for a picture by asking NVDEC for
-       its decode status between short sleeps before mapping it, and for the copies on an event
-       that blocks. Otherwise the map waits inside the driver, and cuStreamSynchronize as the
-       context is set to, which for one context on a machine of several cores is spinning: a
-       waiting thread then holds a core (or a driver lock) that a training thread launching
-       kernels beside the loader wants. */
-    int patient;
-    CUevent copied;             /* the patient waits' blocking-sync event, made on first use */
     /* seconds spent inside this session's calls, in cuvidMapVideoFrame and in the stream sync
        after the copies, and the calls and frames: where a slow call waits (nvdec_session_times);
        then in cuvidDecodePicture, in cuvidCreateDecoder (and how many it made), and the longest
@@ -275,33 +259,6 @@ static int CUDAAPI on_display(void *user, CUVIDPARSERDISPINFO *shown) {
     return deliver(s, shown, first, s->cursor);
 }
 
-#define POLL_NANOSECONDS 20000
-#define POLL_SECONDS 5.0
-
-/* Sleep until NVDEC has decoded ``picture`` (or says nothing of it, or POLL_SECONDS pass: the
- * map then waits as it would have). */
-static void await_picture(Session *s, int picture, double started) {
-    struct timespec pause = {0, POLL_NANOSECONDS};
-    CUVIDGETDECODESTATUS status;
-    while (api.decode_status) {
-        memset(&status, 0, sizeof status);
-        if (api.decode_status(s->decoder, picture, &status) != 0 ||
-            status.decodeStatus != cuvidDecodeStatus_InProgress || now() - started > POLL_SECONDS)
-            return;
-        nanosleep(&pause, NULL);
-    }
-}
-
-/* The copies queued on the session's stream are done, waited for on an event that blocks. */
-static CUresult await_copies(Session *s) {
-    CUresult status = 0;
-    if (!s->copied)   /* CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING */
-        status = api.event_create(&s->copied, 1 | 2);
-    if (!status)
-        status = api.event_record(s->copied, s->stream);
-    return status ? status : api.event_synchronize(s->copied);
-}
-
 /* Map a displayed frame, copy it to pointers[first:last], unmap it. */
 static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last) {
     CUVIDPROCPARAMS process;
@@ -314,8 +271,6 @@ static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last) 
     unsigned long long source = 0;
     unsigned pitch = 0;
     double started = now();
-    if (s->patient)
-        await_picture(s, shown->picture_index, started);
     CUresult status = api.map(s->decoder, shown->picture_index, &source, &pitch, &process);
     double mapped = now();
     s->in_map += mapped - started;
@@ -329,7 +284,7 @@ static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last) 
         ok = copy_frame(s, source, pitch, s->pointers[i]);
     /* the surface goes back to the decoder when unmapped: the copies must have read it */
     double copied = now();
-    status = s->patient ? await_copies(s) : api.synchronize(s->stream);
+    status = api.synchronize(s->stream);
     s->in_sync += now() - copied;
     api.unmap(s->decoder, source);
     if (ok && status)
@@ -530,8 +485,6 @@ void nvdec_session_destroy(void *session) {
     if (api.push_context(s->context) == 0) {
         if (s->decoder)
             api.destroy_decoder(s->decoder);
-        if (s->copied)
-            api.event_destroy(s->copied);
         api.pop_context(&popped);
     }
     free(s);
@@ -540,9 +493,4 @@ void nvdec_session_destroy(void *session) {
 /* Decode surfaces of the decoder made so far (0 before the first sequence header). */
 unsigned nvdec_session_surfaces(void *session) {
     return ((Session *)session)->surfaces;
-}
-
-/* Patient waits (Session.patient) on or off, from the session's next frame. */
-void nvdec_session_set_patient_waits(void *session, int on) {
-    ((Session *)session)->patient = on;
 }

@@ -28,7 +28,7 @@ typedef struct {
 typedef struct {
     unsigned width, height, pitch, surface_height;
     unsigned char *surfaces[SURFACES];
-    int display_of[SURFACES], status_of[SURFACES], queries_of[SURFACES];
+    int display_of[SURFACES], status_of[SURFACES];
 } Decoder;
 
 CUresult cuvidCreateVideoParser(CUvideoparser *out, CUVIDPARSERPARAMS *params) {
@@ -72,7 +72,6 @@ CUresult cuvidDecodePicture(CUvideodecoder decoder, CUVIDPICPARAMS *picture) {
        for: each parser's pictures then go to their own decoder, with several sessions at once */
     int display = d->display_of[picture->CurrPicIdx] = picture->PicWidthInMbs;
     d->status_of[picture->CurrPicIdx] = picture->FrameHeightInMbs;
-    d->queries_of[picture->CurrPicIdx] = 0;
     for (unsigned row = 0; row < d->height; row++)
         for (unsigned column = 0; column < d->width; column++)
             s[row * d->pitch + column] = (unsigned char)(display + row + column);
@@ -81,18 +80,8 @@ CUresult cuvidDecodePicture(CUvideodecoder decoder, CUVIDPICPARAMS *picture) {
     return 0;
 }
 
-/* a picture given status 1 (in progress) reports it to its first IN_PROGRESS_QUERIES queries,
- * then success: NVDEC finishing it while the session waits */
-#define IN_PROGRESS_QUERIES 3
-int fake_status_queries;
-
 CUresult cuvidGetDecodeStatus(CUvideodecoder decoder, int index, CUVIDGETDECODESTATUS *status) {
-    Decoder *d = decoder;
-    fake_status_queries++;
-    status->decodeStatus = d->status_of[index];
-    if (d->status_of[index] == cuvidDecodeStatus_InProgress &&
-        ++d->queries_of[index] >= IN_PROGRESS_QUERIES)
-        d->status_of[index] = cuvidDecodeStatus_Success;
+    status->decodeStatus = ((Decoder *)decoder)->status_of[index];
     return 0;
 }
 
@@ -182,29 +171,6 @@ CUresult cuMemcpy2DAsync_v2(const Copy2D *copy, CUstream stream) {
 
 CUresult cuStreamSynchronize(CUstream stream) {
     (void)stream;
-    return 0;
-}
-
-/* events: the copies are done when queued (memcpy), so an event is done when recorded */
-CUresult cuEventCreate(CUevent *event, unsigned int flags) {
-    (void)flags;
-    *event = (CUevent)malloc(1);
-    return 0;
-}
-
-CUresult cuEventRecord(CUevent event, CUstream stream) {
-    (void)event;
-    (void)stream;
-    return 0;
-}
-
-CUresult cuEventSynchronize(CUevent event) {
-    (void)event;
-    return 0;
-}
-
-CUresult cuEventDestroy_v2(CUevent event) {
-    free(event);
     return 0;
 }
 

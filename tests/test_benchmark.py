@@ -335,21 +335,17 @@ def test_gpu_work_is_told_a_batch_largest_first():
 
 
 def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
-    """--nvdec_sessions, --stream_sessions, --stream_priority and --patient_waits set class
-    defaults of the nvdec backend, the CUDA driver and our sessions; the loader process imports
-    them afresh, so they go with it (else it would run PyNvVideoCodec's sessions whatever the run
+    """--nvdec_sessions, --stream_sessions and --stream_priority set class defaults of the nvdec
+    backend and the CUDA driver; the loader process imports them afresh, so they go with it (else it would run PyNvVideoCodec's sessions whatever the run
     asked for)."""
     from dali_gop.backends._cuda import CudaDriver
     from dali_gop.backends._nvdec import NvdecBackend
-    from dali_gop.backends._nvdec_session import NvdecSession
     from pipelines.throughput import train
     monkeypatch.setattr(NvdecBackend, "sessions", "own")
     monkeypatch.setattr(NvdecBackend, "stream_sessions", True)
     monkeypatch.setattr(CudaDriver, "priority", "default")
-    monkeypatch.setattr(NvdecSession, "patient_waits", True)
     defaults = train.backend_defaults()
-    assert defaults == {"sessions": "own", "stream_sessions": True, "priority": "default",
-                        "patient_waits": True}
+    assert defaults == {"sessions": "own", "stream_sessions": True, "priority": "default"}
     remote = train.LoaderProcess({}, None)
     assert remote._process._args[-1] == defaults
 

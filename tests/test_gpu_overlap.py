@@ -184,7 +184,7 @@ def test_the_loaders_streams_are_at_the_devices_greatest_priority(loaders, store
     assert ctypes.CDLL("libcuda.so.1").cuCtxGetStreamPriorityRange(
         ctypes.byref(least), ctypes.byref(greatest)) == 0
     greatest = greatest.value
-    streams = [state.stream for operator in loader.decode_operators()
+    streams = [state.stream for operator in loader.decode_operators
                for state in operator._thread_decoders]
     assert streams, "no decode thread made a stream"
     assert greatest < 0, "this GPU has no stream priorities to tell apart"

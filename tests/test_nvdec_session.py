@@ -90,25 +90,6 @@ if case == "order":
     assert times["longest_call"] >= times["longest_picture"] >= 0, times
     session.clear_times()
     assert not any(session.times().values())
-elif case == "patient":
-    # waits that sleep: a picture still decoding is asked after until it is done, then copied
-    import ctypes
-    queries = ctypes.c_int.in_dll(ctypes.CDLL("libnvcuvid.so.1"), "fake_status_queries")
-    for patient in (True, False):
-        session.set_patient_waits(patient)
-        before = queries.value
-        data = np.frombuffer(sequence(w, h) + picture(0, status=1) + picture(1, status=1), np.uint8)
-        for frame in frames[:2]:
-            frame[:] = 7
-        produced = session.decode(data, [(0, frames[0].ctypes.data), (1, frames[1].ctypes.data)],
-                                  (h * 3 // 2, w))
-        assert produced == 2, produced
-        for p in range(2):
-            assert np.array_equal(frames[p], expected(p, w, h)), (patient, p)
-        # each picture: the corruption check (in progress); patient, asked until done (the
-        # fake reports its first 3 queries in progress)
-        asked = queries.value - before
-        assert asked == (2 * 4 if patient else 2), (patient, asked)
 elif case == "size":
     try:
         session.decode(stream([0, 1]), [(0, frames[0].ctypes.data)], (30 * 3 // 2, 40))
@@ -205,13 +186,6 @@ def test_sessions_fed_in_one_call_each_get_their_own_frames(fake_driver):
     first, their frames copied after) gives each output to its own pointers, with B-frames and at
     a flush; a session that fails is its own error, and the others go on."""
     run_session(fake_driver, "many")
-
-
-def test_patient_waits_ask_nvdec_until_the_picture_is_decoded(fake_driver):
-    """With patient waits a session asks for a picture's decode status until NVDEC is done with
-    it before it maps it (and waits for its copies on an event); the frames are the same as with
-    the context's own waits."""
-    run_session(fake_driver, "patient")
 
 
 @pytest.mark.parametrize("case, message", [

@@ -63,8 +63,6 @@ def _load():
         lib.nvdec_session_times.restype = None
         lib.nvdec_session_clear_times.argtypes = [ptr]
         lib.nvdec_session_clear_times.restype = None
-        lib.nvdec_session_set_patient_waits.argtypes = [ptr, ctypes.c_int]
-        lib.nvdec_session_set_patient_waits.restype = None
         _library = lib
     return _library
 
@@ -78,9 +76,6 @@ class NvdecSession:
     """One parser + decoder for one codec, on the calling thread's current CUDA context, copying on
     ``stream``; use it from one thread at a time."""
 
-    #: the waits of sessions made from now on (:meth:`set_patient_waits`)
-    patient_waits = False
-
     def __init__(self, codec: str, stream: int, extra_surfaces: int = EXTRA_SURFACES,
                  display_delay: int = DISPLAY_DELAY):
         self._handle = None
@@ -90,17 +85,6 @@ class NvdecSession:
                                                       display_delay, error, _ERROR_BYTES)
         if not self._handle:
             raise DecodeError(f"NVDEC: {error.value.decode(errors='replace')}")
-        self.set_patient_waits(self.patient_waits)
-
-    def set_patient_waits(self, on: bool) -> None:
-        """From the next frame: wait for a picture by asking NVDEC for its decode status between
-        short sleeps, and for the copies on an event that blocks (``on``); or (off) inside
-        ``cuvidMapVideoFrame`` for the picture, and for the copies as the CUDA context waits,
-        which is spinning where one context runs on several cores. A decode thread that waits
-        in the driver or spins may hold a lock or a core that a training thread beside it needs
-        to launch its kernels."""
-        if self._handle is not None:
-            self._lib.nvdec_session_set_patient_waits(self._handle, int(on))
 
     def decode(self, data: np.ndarray, targets: Sequence[tuple[int, int]],
                frame_shape: tuple[int, int], end_of_stream: bool = True) -> int:

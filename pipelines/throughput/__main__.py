@@ -161,10 +161,6 @@ def parse_args(argv=None):
                         default=None, help="how the process's CUDA context waits for the GPU "
                         "(dali_gop.backends._cuda.set_context_waits; default: left as CUDA makes "
                         "it, which spins where one context runs on several cores)")
-    loader.add_argument("--patient_waits", action="store_true",
-                        help="nvdec: our NVDEC sessions sleep while NVDEC decodes a picture and "
-                             "while its copies run, where the CUDA context's waits may spin "
-                             "(NvdecSession.patient_waits), in every loader of the run")
     loader.add_argument("--stream_sessions", action="store_true",
                         help="nvdec: stream slots on NVDEC sessions of their own, one per slot and "
                              "camera, decoding a few frames ahead of the picks, in place of kept "
@@ -263,9 +259,6 @@ def main(argv=None) -> None:
     if args.stream_priority:
         from dali_gop.backends._cuda import CudaDriver
         CudaDriver.priority = args.stream_priority
-    if args.patient_waits:
-        from dali_gop.backends._nvdec_session import NvdecSession
-        NvdecSession.patient_waits = True
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
     rank, world, local_rank = init_distributed(gpu)

@@ -7,8 +7,6 @@ one of its parts at a time, beside the same step (the row's model: many tiny con
 
 - ``own``: threads decoding the GOP bins whole, endlessly, on our NVDEC sessions (each frame
   copied into a scratch frame), as the decode threads do;
-- ``patient``: the same with the sessions' patient waits (they sleep while NVDEC decodes a
-  picture and while its copies run, where the context's waits may spin);
 - ``pynvc``: the same on PyNvVideoCodec's sessions;
 - ``nomap``: our sessions decoding with no frame mapped or copied: NVDEC's engines and the
   driver's parser alone, without the map's kernel and the copies;
@@ -21,7 +19,7 @@ time the training thread ran on a core (a training thread that waits for a core 
 ``--sched`` sets how the CUDA context waits for the GPU, for the whole run: CUDA's own choice
 (auto: spin, with one context on a machine of several cores), spin, yield or blocking sync.
 
-    python -m pipelines.throughput.launch_probe GOP_ROOT [--variants own patient pynvc]
+    python -m pipelines.throughput.launch_probe GOP_ROOT [--variants own nomap copy pynvc]
         [--threads 8 24] [--fps N] [--sync] [--sched auto|spin|yield|blocking]
 """
 from __future__ import annotations
@@ -53,18 +51,13 @@ def _decode_endlessly(variant: str, bins: list, device: int, stop: threading.Eve
     from dali_gop.backends import NvdecSession, create_decoder, packet
     decoders = ThreadDecoders(device)
 
-    def ours(codec: str, stream: int) -> NvdecSession:
-        session = NvdecSession(codec, stream)
-        session.set_patient_waits(variant == "patient")
-        return session
-
     i = slot
     began = time.perf_counter()
     while not stop.wait(pause(frames[slot], rate, time.perf_counter() - began)):
         codec, data, shape, count = bins[i % len(bins)]
         i += 1
-        if variant in ("own", "patient", "nomap"):
-            session = decoders.get(("own", codec), lambda stream: ours(codec, stream))
+        if variant in ("own", "nomap"):
+            session = decoders.get(("own", codec), lambda stream: NvdecSession(codec, stream))
             scratch = decoders.get(("scratch", shape), lambda stream: torch.empty(
                 shape, dtype=torch.uint8, device=f"cuda:{device}"))
             wanted = [] if variant == "nomap" else [(p, scratch.data_ptr())
@@ -106,8 +99,8 @@ def step_seconds(step, fixed, steps: int, warmup: int,
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("gop_root", type=Path)
-    p.add_argument("--variants", nargs="+", choices=["own", "patient", "pynvc", "nomap", "copy"],
-                   default=["own", "patient", "pynvc"])
+    p.add_argument("--variants", nargs="+", choices=["own", "nomap", "copy", "pynvc"],
+                   default=["own", "nomap", "copy", "pynvc"])
     p.add_argument("--sched", choices=sorted(CONTEXT_WAITS), default="auto",
                    help="how the CUDA context waits for the GPU (default: CUDA's own choice)")
     p.add_argument("--threads", type=int, nargs="+", default=[8, 24])

@@ -130,14 +130,12 @@ BACKEND_DEFAULTS = ("sessions", "stream_sessions")
 
 
 def backend_defaults() -> dict:
-    """This process's nvdec backend defaults, stream priority (--stream_priority) and our
-    sessions' waits (--patient_waits): a spawned process imports the backend afresh, so the run's
-    must go with it."""
+    """This process's nvdec backend defaults and stream priority (--stream_priority): a spawned
+    process imports the backend afresh, so the run's must go with it."""
     from dali_gop.backends._cuda import CudaDriver
     from dali_gop.backends._nvdec import NvdecBackend
-    from dali_gop.backends._nvdec_session import NvdecSession
     return {**{name: getattr(NvdecBackend, name) for name in BACKEND_DEFAULTS},
-            "priority": CudaDriver.priority, "patient_waits": NvdecSession.patient_waits}
+            "priority": CudaDriver.priority}
 
 
 def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> None:
@@ -148,10 +146,8 @@ def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> No
     from dali_gop import make_loader     # first: it sets CUDA's work queues before CUDA starts
     from dali_gop.backends._cuda import CudaDriver
     from dali_gop.backends._nvdec import NvdecBackend
-    from dali_gop.backends._nvdec_session import NvdecSession
     defaults = dict(defaults)
     CudaDriver.priority = defaults.pop("priority", CudaDriver.priority)
-    NvdecSession.patient_waits = defaults.pop("patient_waits", NvdecSession.patient_waits)
     for name, value in defaults.items():
         setattr(NvdecBackend, name, value)
     if device is not None:
