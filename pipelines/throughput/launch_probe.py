@@ -52,8 +52,13 @@ def _decode_endlessly(variant: str, bins: list, device: int, stop: threading.Eve
     decoders = ThreadDecoders(device)
 
     i = slot
-    began = time.perf_counter()
-    while not stop.wait(pause(frames[slot], rate, time.perf_counter() - began)):
+    # the pace counts from the first GOP done: a thread that spent its start making a session
+    # would otherwise catch up in a burst, inside the timed steps
+    began, first = None, 0
+    while not stop.wait(0.0 if began is None else
+                        pause(frames[slot] - first, rate, time.perf_counter() - began)):
+        if i == slot + 1:
+            began, first = time.perf_counter(), frames[slot]
         codec, data, shape, count = bins[i % len(bins)]
         i += 1
         if variant in ("own", "nomap"):
