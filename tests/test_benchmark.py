@@ -336,8 +336,8 @@ def test_gpu_work_is_told_a_batch_largest_first():
 
 def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
     """--nvdec_sessions, --stream_sessions and --stream_priority set class defaults of the nvdec
-    backend and the CUDA driver; the loader process imports them afresh, so they go with it (else it would run PyNvVideoCodec's sessions whatever the run
-    asked for)."""
+    backend and the CUDA driver; the loader process imports them afresh, so they go with it (else
+    it would run PyNvVideoCodec's sessions whatever the run asked for)."""
     from dali_gop.backends._cuda import CudaDriver
     from dali_gop.backends._nvdec import NvdecBackend
     from pipelines.throughput import train
