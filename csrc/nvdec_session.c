@@ -6,8 +6,8 @@
  * and keeps every frame of a call in output buffers of its own until the next call; a session
  * there held tens of frames of device memory, and the loader's memory budget could not go below
  * that (docs/results.md). Here the decoder gets the surfaces the parser says the video needs (plus
- * a few the caller chooses), one output surface, and each frame goes to the caller's memory the
- * moment the parser displays it: nothing else is kept.
+ * a few the caller chooses), one output surface (or the few the caller chooses), and each frame
+ * goes to the caller's memory the moment the parser displays it: nothing else is kept.
  *
  * Plain C against the driver's own libraries (libnvcuvid, libcuda), opened at run time: no CUDA
  * toolkit or Python headers to build it, and one build serves every Python version. The NVDEC
@@ -78,11 +78,13 @@ static void load_api(void) {
 
 /* frames one packet of a deferring call may display (a flush of a stream with B-frames) */
 #define MAX_DEFERRED 32
+/* output surfaces a decoder may have: frames mapped at once, their copies queued */
+#define MAX_OUTPUT_SURFACES 8
 
 typedef struct {
     CUcontext context;
     CUstream stream;
-    unsigned extra_surfaces;
+    unsigned extra_surfaces, output_surfaces;
     CUvideoparser parser;
     CUvideodecoder decoder;
     CUVIDEOFORMAT format;       /* of the decoder made */
@@ -97,6 +99,10 @@ typedef struct {
        session of the call has its picture queued on NVDEC (so that they decode at once) */
     int defer, deferred;
     struct { CUVIDPARSERDISPINFO shown; int first, last; } pending[MAX_DEFERRED];
+    /* frames mapped whose copies are queued on the stream: unmapped together after one sync
+       (each frame's own sync and unmap were GPU work beside a training step's kernels) */
+    int mapped;
+    unsigned long long mapped_frames[MAX_OUTPUT_SURFACES];
     int failed;
     char error[512];
     /* seconds spent inside this session's calls, in cuvidMapVideoFrame and in the stream sync
@@ -126,6 +132,27 @@ static int fail(Session *s, const char *format, ...) {
     return 0;
 }
 
+/* Wait for the session's stream: the copies queued on it are done. */
+static CUresult sync_stream(Session *s) {
+    double started = now();
+    CUresult status = api.synchronize(s->stream);
+    s->in_sync += now() - started;
+    return status;
+}
+
+/* The frames mapped go back to the decoder, once their copies are done (``synced``: the status of
+ * the sync that waited for them). */
+static int unmap_all(Session *s, CUresult synced) {
+    for (int i = 0; i < s->mapped; i++)
+        api.unmap(s->decoder, s->mapped_frames[i]);
+    s->mapped = 0;
+    return synced ? fail(s, "cuStreamSynchronize failed with CUDA error %d", synced) : 1;
+}
+
+static int release(Session *s) {
+    return s->mapped ? unmap_all(s, sync_stream(s)) : 1;
+}
+
 static int same_format(const CUVIDEOFORMAT *a, const CUVIDEOFORMAT *b) {
     return a->codec == b->codec && a->coded_width == b->coded_width &&
            a->coded_height == b->coded_height && a->chroma_format == b->chroma_format &&
@@ -147,6 +174,7 @@ static int CUDAAPI on_sequence(void *user, CUVIDEOFORMAT *format) {
     if (s->decoder && same_format(format, &s->format) && surfaces <= s->surfaces)
         return (int)s->surfaces;
     if (s->decoder) {
+        release(s);
         api.destroy_decoder(s->decoder);
         s->decoder = NULL;
     }
@@ -166,7 +194,7 @@ static int CUDAAPI on_sequence(void *user, CUVIDEOFORMAT *format) {
     info.display_area.bottom = (short)format->display_area.bottom;
     info.ulTargetWidth = format->display_area.right - format->display_area.left;
     info.ulTargetHeight = format->display_area.bottom - format->display_area.top;
-    info.ulNumOutputSurfaces = 1;    /* one frame mapped at a time: copied, then unmapped */
+    info.ulNumOutputSurfaces = s->output_surfaces;   /* frames mapped at once, at most */
     double started = now();
     CUresult status = api.create_decoder(&s->decoder, &info);
     s->in_create += now() - started;
@@ -196,9 +224,9 @@ static int CUDAAPI on_decode(void *user, CUVIDPICPARAMS *picture) {
 }
 
 static int copy_frame(Session *s, CUdeviceptr source, unsigned pitch, CUdeviceptr target) {
-    /* NV12 into a dense (height * 3/2, width) frame: the luma rows, then the chroma rows, which
-       the mapped surface keeps at its (even) surface height */
-    unsigned surface_height = (s->format.display_area.bottom - s->format.display_area.top + 1) & ~1u;
+    /* NV12 into a dense (height * 3/2, width) frame in one copy: the mapped surface keeps its
+       chroma rows right after its luma rows, at the pitch of both (its surface height is the
+       display height, which a dense NV12 frame has even: s->height was checked against it) */
     Copy2D copy;
     memset(&copy, 0, sizeof copy);
     copy.srcMemoryType = copy.dstMemoryType = MEMORYTYPE_DEVICE;
@@ -206,14 +234,8 @@ static int copy_frame(Session *s, CUdeviceptr source, unsigned pitch, CUdevicept
     copy.dstPitch = copy.WidthInBytes = (size_t)s->width;
     copy.srcDevice = source;
     copy.dstDevice = target;
-    copy.Height = (size_t)s->height;
+    copy.Height = (size_t)s->height * 3 / 2;
     CUresult status = api.copy_2d(&copy, s->stream);
-    if (!status) {
-        copy.srcDevice = source + (CUdeviceptr)pitch * surface_height;
-        copy.dstDevice = target + (CUdeviceptr)s->width * s->height;
-        copy.Height = (size_t)s->height / 2;
-        status = api.copy_2d(&copy, s->stream);
-    }
     return status ? fail(s, "cuMemcpy2DAsync failed with CUDA error %d", status) : 1;
 }
 
@@ -259,8 +281,12 @@ static int CUDAAPI on_display(void *user, CUVIDPARSERDISPINFO *shown) {
     return deliver(s, shown, first, s->cursor);
 }
 
-/* Map a displayed frame, copy it to pointers[first:last], unmap it. */
+/* Map a displayed frame and queue its copies to pointers[first:last]; it is unmapped with the
+ * frames mapped before it, after one sync, once the decoder's output surfaces are all mapped or
+ * the call ends (release). */
 static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last) {
+    if (s->mapped == (int)s->output_surfaces && !release(s))
+        return 0;
     CUVIDPROCPARAMS process;
     memset(&process, 0, sizeof process);
     process.progressive_frame = shown->progressive_frame;
@@ -279,16 +305,11 @@ static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last) 
     s->delivered++;
     if (status)
         return fail(s, "cuvidMapVideoFrame failed with CUDA error %d", status);
+    /* the surface goes back to the decoder when unmapped: not before the copies have read it */
+    s->mapped_frames[s->mapped++] = source;
     int ok = 1;
     for (int i = first; ok && i < last; i++)
         ok = copy_frame(s, source, pitch, s->pointers[i]);
-    /* the surface goes back to the decoder when unmapped: the copies must have read it */
-    double copied = now();
-    status = api.synchronize(s->stream);
-    s->in_sync += now() - copied;
-    api.unmap(s->decoder, source);
-    if (ok && status)
-        return fail(s, "cuStreamSynchronize failed with CUDA error %d", status);
     return ok;
 }
 
@@ -297,9 +318,11 @@ static void report(char *error, int size, const char *message) {
         snprintf(error, (size_t)size, "%s", message);
 }
 
-/* A session on the current CUDA context, copying on ``stream``; NULL and ``error`` on failure. */
+/* A session on the current CUDA context, copying on ``stream``, with ``output_surfaces`` (1 to
+ * MAX_OUTPUT_SURFACES: frames mapped before a sync); NULL and ``error`` on failure. */
 void *nvdec_session_create(int codec, unsigned long long stream, unsigned extra_surfaces,
-                           unsigned display_delay, char *error, int error_size) {
+                           unsigned display_delay, unsigned output_surfaces, char *error,
+                           int error_size) {
     pthread_once(&api_once, load_api);
     if (api.error[0]) {
         report(error, error_size, api.error);
@@ -317,6 +340,8 @@ void *nvdec_session_create(int codec, unsigned long long stream, unsigned extra_
     }
     s->stream = (CUstream)(size_t)stream;
     s->extra_surfaces = extra_surfaces;
+    s->output_surfaces = output_surfaces < 1 ? 1 : output_surfaces > MAX_OUTPUT_SURFACES
+                                               ? MAX_OUTPUT_SURFACES : output_surfaces;
     CUVIDPARSERPARAMS params;
     memset(&params, 0, sizeof params);
     params.CodecType = (cudaVideoCodec)codec;
@@ -364,9 +389,10 @@ static void parse(Session *s, const unsigned char *data, unsigned long long size
         fail(s, "cuvidParseVideoData failed with CUDA error %d", status);
 }
 
-/* The call's frames are out: its outputs (or -1 where it failed), the count reset at an end of
- * stream. */
+/* The call's frames are out, their copies done: its outputs (or -1 where it failed), the count
+ * reset at an end of stream. */
 static long long finish(Session *s, int end_of_stream) {
+    release(s);
     long long outputs = s->outputs;
     s->positions = NULL;
     s->pointers = NULL;
@@ -428,8 +454,21 @@ void nvdec_sessions_decode(int count, void **sessions, const unsigned char **dat
         for (int k = 0; k < s->deferred && !s->failed; k++)
             deliver(s, &s->pending[k].shown, s->pending[k].first, s->pending[k].last);
         s->deferred = 0;
-        outputs[i] = finish(s, ends[i]);
     }
+    /* one sync per stream for every frame still mapped (a thread's sessions share its stream) */
+    for (int i = 0; i < count; i++) {
+        Session *s = sessions[i];
+        if (!s->mapped)
+            continue;
+        CUresult synced = sync_stream(s);
+        for (int j = i; j < count; j++) {
+            Session *t = sessions[j];
+            if (t->mapped && t->stream == s->stream)
+                unmap_all(t, synced);
+        }
+    }
+    for (int i = 0; i < count; i++)
+        outputs[i] = finish(sessions[i], ends[i]);
     double whole = now() - started, spent = whole / (count > 0 ? count : 1);
     for (int i = 0; i < count; i++) {
         Session *s = sessions[i];
@@ -483,6 +522,7 @@ void nvdec_session_destroy(void *session) {
         api.destroy_parser(s->parser);
     /* without its context (gone at the process's exit) the decoder is left to the driver */
     if (api.push_context(s->context) == 0) {
+        release(s);
         if (s->decoder)
             api.destroy_decoder(s->decoder);
         api.pop_context(&popped);

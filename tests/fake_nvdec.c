@@ -10,14 +10,22 @@
  *                                          decode status NVDEC reports for it
  * Pictures are displayed in display order as soon as all before them are decoded (display delay
  * 0); an end of stream displays the rest and starts a new stream. A surface is filled with its
- * picture: luma byte (row, column) = display + row + column, chroma = 128 + display + row. */
+ * picture: luma byte (row, column) = display + row + column, chroma = 128 + display + row.
+ *
+ * As on a GPU, a map post-processes the picture into one of the decoder's output surfaces (an
+ * error where all are mapped), an unmap gives that surface back (here it is overwritten at once,
+ * as the next map would), and copies are queued on their stream, done only at its sync: a frame
+ * unmapped before the sync that waits for its copies reaches its pointer wrong.
+ * fake_driver_counts() tells the maps, copies and syncs made so far. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "driver_types.h"
 
 #define SURFACES 32
+#define OUTPUTS 8
 #define PITCH_PAD 64
+#define QUEUED 4096
 
 typedef struct {
     CUVIDPARSERPARAMS params;
@@ -26,10 +34,19 @@ typedef struct {
 } Parser;
 
 typedef struct {
-    unsigned width, height, pitch, surface_height;
-    unsigned char *surfaces[SURFACES];
-    int display_of[SURFACES], status_of[SURFACES];
+    unsigned width, height, pitch, surface_height, outputs;
+    unsigned char *surfaces[SURFACES], *output[OUTPUTS];
+    int display_of[SURFACES], status_of[SURFACES], mapped[OUTPUTS];
 } Decoder;
+
+/* each library's own count (libnvcuvid's maps, libcuda's copies and syncs): out[0..2] */
+static long long maps, copies, syncs;
+
+void fake_driver_counts(long long *out) {
+    out[0] += maps;
+    out[1] += copies;
+    out[2] += syncs;
+}
 
 CUresult cuvidCreateVideoParser(CUvideoparser *out, CUVIDPARSERPARAMS *params) {
     Parser *p = calloc(1, sizeof *p);
@@ -51,8 +68,13 @@ CUresult cuvidCreateDecoder(CUvideodecoder *out, CUVIDDECODECREATEINFO *info) {
     d->height = info->ulTargetHeight;
     d->pitch = d->width + PITCH_PAD;
     d->surface_height = d->height;
+    d->outputs = info->ulNumOutputSurfaces;
+    if (d->outputs < 1 || d->outputs > OUTPUTS)
+        return 1;
     for (int i = 0; i < SURFACES; i++)
         d->surfaces[i] = calloc((size_t)d->pitch * d->surface_height * 3 / 2 + d->pitch, 1);
+    for (unsigned i = 0; i < d->outputs; i++)
+        d->output[i] = calloc((size_t)d->pitch * d->surface_height * 3 / 2 + d->pitch, 1);
     *out = d;
     return 0;
 }
@@ -61,6 +83,8 @@ CUresult cuvidDestroyDecoder(CUvideodecoder decoder) {
     Decoder *d = decoder;
     for (int i = 0; i < SURFACES; i++)
         free(d->surfaces[i]);
+    for (unsigned i = 0; i < d->outputs; i++)
+        free(d->output[i]);
     free(d);
     return 0;
 }
@@ -88,16 +112,29 @@ CUresult cuvidGetDecodeStatus(CUvideodecoder decoder, int index, CUVIDGETDECODES
 CUresult cuvidMapVideoFrame64(CUvideodecoder decoder, int index, unsigned long long *pointer,
                               unsigned int *pitch, CUVIDPROCPARAMS *params) {
     Decoder *d = decoder;
+    size_t bytes = (size_t)d->pitch * d->surface_height * 3 / 2;
     (void)params;
-    *pointer = (unsigned long long)(size_t)d->surfaces[index];
-    *pitch = d->pitch;
-    return 0;
+    for (unsigned i = 0; i < d->outputs; i++)
+        if (!d->mapped[i]) {
+            d->mapped[i] = 1;
+            memcpy(d->output[i], d->surfaces[index], bytes);
+            *pointer = (unsigned long long)(size_t)d->output[i];
+            *pitch = d->pitch;
+            maps++;
+            return 0;
+        }
+    return 205;   /* CUDA_ERROR_MAP_FAILED: every output surface is mapped */
 }
 
 CUresult cuvidUnmapVideoFrame64(CUvideodecoder decoder, unsigned long long pointer) {
-    (void)decoder;
-    (void)pointer;
-    return 0;
+    Decoder *d = decoder;
+    for (unsigned i = 0; i < d->outputs; i++)
+        if (d->mapped[i] && (unsigned long long)(size_t)d->output[i] == pointer) {
+            d->mapped[i] = 0;
+            memset(d->output[i], 0xEE, (size_t)d->pitch * d->surface_height * 3 / 2);
+            return 0;
+        }
+    return 1;     /* CUDA_ERROR_INVALID_VALUE: not mapped */
 }
 
 static void show_ready(Parser *p, int all) {
@@ -160,17 +197,34 @@ CUresult cuvidParseVideoData(CUvideoparser parser, CUVIDSOURCEDATAPACKET *packet
     return 0;
 }
 
-/* libcuda */
+/* libcuda: copies queued by stream, done at its sync */
+static struct { Copy2D copy; CUstream stream; } queued[QUEUED];
+static int queued_count;
+
 CUresult cuMemcpy2DAsync_v2(const Copy2D *copy, CUstream stream) {
-    (void)stream;
-    for (size_t row = 0; row < copy->Height; row++)
-        memcpy((void *)(size_t)(copy->dstDevice + row * copy->dstPitch),
-               (const void *)(size_t)(copy->srcDevice + row * copy->srcPitch), copy->WidthInBytes);
+    if (queued_count == QUEUED)
+        return 2;   /* CUDA_ERROR_OUT_OF_MEMORY */
+    queued[queued_count].copy = *copy;
+    queued[queued_count++].stream = stream;
+    copies++;
     return 0;
 }
 
 CUresult cuStreamSynchronize(CUstream stream) {
-    (void)stream;
+    int kept = 0;
+    for (int i = 0; i < queued_count; i++) {
+        const Copy2D *copy = &queued[i].copy;
+        if (queued[i].stream != stream) {
+            queued[kept++] = queued[i];
+            continue;
+        }
+        for (size_t row = 0; row < copy->Height; row++)
+            memcpy((void *)(size_t)(copy->dstDevice + row * copy->dstPitch),
+                   (const void *)(size_t)(copy->srcDevice + row * copy->srcPitch),
+                   copy->WidthInBytes);
+    }
+    queued_count = kept;
+    syncs++;
     return 0;
 }
 

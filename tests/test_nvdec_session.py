@@ -44,9 +44,15 @@ def test_an_install_that_did_not_build_the_library_says_how_to(monkeypatch, tmp_
 
 # -- the session's own logic on a stand-in driver (tests/fake_nvdec.c) ------------------------------
 SESSION_RUN = r'''
-import sys, numpy as np
+import ctypes, sys, numpy as np
 from dali_gop.backends._nvdec_session import NvdecSession
 from dali_gop.errors import DecodeError
+
+def counts():    # the stand-in driver's maps, copies and syncs so far
+    out = (ctypes.c_longlong * 3)()
+    for name in ("libnvcuvid.so.1", "libcuda.so.1"):
+        ctypes.CDLL(name).fake_driver_counts(out)
+    return list(out)
 
 def sequence(w, h, surfaces=4, bits=0):
     return bytes([ord("S"), w & 255, w >> 8, h & 255, h >> 8, surfaces, bits, 0])
@@ -63,8 +69,8 @@ def expected(display, w, h):
 def stream(order, w=40, h=20, **kw):
     return np.frombuffer(sequence(w, h, **kw) + b"".join(picture(d) for d in order), np.uint8)
 
-case = sys.argv[1]
-session = NvdecSession("hevc", 0)
+case, outputs = sys.argv[1], int(sys.argv[2])
+session = NvdecSession("hevc", 0, output_surfaces=outputs)
 w, h = 40, 20
 frames = [np.full((h * 3 // 2, w), 7, np.uint8) for _ in range(8)]
 if case == "order":
@@ -81,6 +87,11 @@ if case == "order":
     assert produced == 3 and np.array_equal(frames[6], expected(1, w, h))
     assert (frames[7] == 7).all()
     assert session.surfaces == 4 + 2, session.surfaces
+    # a copy per pointer (both planes at once), a sync per ``outputs`` frames mapped and at the
+    # end of each call (the frames above are right only if none went back before its sync)
+    maps, copies, syncs = counts()
+    assert (maps, copies) == (6 + 1, 7 + 1), counts()
+    assert syncs == -(-6 // outputs) + 1, (syncs, outputs)
     # where its calls spent their time: two calls, the seven frames it copied (once each mapped)
     times = session.times()
     assert times["calls"] == 2 and times["frames"] == 6 + 1, times
@@ -122,9 +133,12 @@ elif case == "many":
     outs = [[np.full((h * 3 // 2, w), 7, np.uint8) for _ in range(4)] for _ in range(2)]
     results = []
     for i, packet in enumerate(packets):
+        before = counts()
         results.append(decode_many([
             (one, np.frombuffer(packet, np.uint8), [(p, outs[k][p].ctypes.data) for p in range(4)],
              (h * 3 // 2, w), i == len(packets) - 1) for k, one in enumerate((session, other))]))
+        if i == 0:    # a frame of each session: one sync for both (they share a stream)
+            assert [a - b for a, b in zip(counts(), before)] == [2, 2, 1], (counts(), before)
     assert results[-1] == [4, 4], results
     for k in range(2):
         for p in range(4):
@@ -160,31 +174,35 @@ def fake_driver(tmp_path_factory):
     return folder
 
 
-def run_session(fake_driver, case: str) -> str:
+def run_session(fake_driver, case: str, output_surfaces: int = 2) -> str:
     import os
     import subprocess
     import sys
     from pathlib import Path
     env = dict(os.environ, LD_LIBRARY_PATH=str(fake_driver),
                PYTHONPATH=str(Path(__file__).parent.parent))
-    done = subprocess.run([sys.executable, "-c", SESSION_RUN, case], env=env, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", SESSION_RUN, case, str(output_surfaces)],
+                          env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.endswith("ok\n"), done.stdout
     return done.stdout
 
 
-def test_each_output_goes_to_its_pointers_as_dense_nv12(fake_driver):
+@pytest.mark.parametrize("output_surfaces", [1, 2])
+def test_each_output_goes_to_its_pointers_as_dense_nv12(fake_driver, output_surfaces):
     """Outputs in display order, counted from each flush, each copied from its pitched surface
-    into every pointer asked for it, planes packed; outputs not asked for are not copied; the
-    decoder gets the parser's minimum surfaces and two more."""
-    run_session(fake_driver, "order")    # and the session's own times of its calls
+    into every pointer asked for it, planes packed, in one copy; outputs not asked for are not
+    copied; the decoder gets the parser's minimum surfaces and two more. Frames stay mapped until
+    a sync for each ``output_surfaces`` of them (the stand-in's copies happen at the sync, and an
+    unmapped surface is overwritten: a frame given back early is wrong)."""
+    run_session(fake_driver, "order", output_surfaces)    # and the session's own times
 
 
 def test_sessions_fed_in_one_call_each_get_their_own_frames(fake_driver):
     """``decode_many``: a packet for each of several sessions in one call (their pictures queued
     first, their frames copied after) gives each output to its own pointers, with B-frames and at
-    a flush; a session that fails is its own error, and the others go on."""
+    a flush, the sessions on one stream synced once for them all; a session that fails is its
+    own error, and the others go on."""
     run_session(fake_driver, "many")
 
 
