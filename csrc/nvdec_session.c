@@ -6,8 +6,8 @@
  * and keeps every frame of a call in output buffers of its own until the next call; a session
  * there held tens of frames of device memory, and the loader's memory budget could not go below
  * that (docs/results.md). Here the decoder gets the surfaces the parser says the video needs (plus
- * a few the caller chooses), one output surface (or the few the caller chooses), and each frame
- * goes to the caller's memory the moment the parser displays it: nothing else is kept.
+ * a few the caller chooses), one output surface, and each frame goes to the caller's memory the
+ * moment the parser displays it: nothing else is kept.
  *
  * Plain C against the driver's own libraries (libnvcuvid, libcuda), opened at run time: no CUDA
  * toolkit or Python headers to build it, and one build serves every Python version. The NVDEC
@@ -78,13 +78,11 @@ static void load_api(void) {
 
 /* frames one packet of a deferring call may display (a flush of a stream with B-frames) */
 #define MAX_DEFERRED 32
-/* output surfaces a decoder may have: frames mapped at once, their copies queued */
-#define MAX_OUTPUT_SURFACES 8
 
 typedef struct {
     CUcontext context;
     CUstream stream;
-    unsigned extra_surfaces, output_surfaces;
+    unsigned extra_surfaces;
     CUvideoparser parser;
     CUvideodecoder decoder;
     CUVIDEOFORMAT format;       /* of the decoder made */
@@ -99,10 +97,11 @@ typedef struct {
        session of the call has its picture queued on NVDEC (so that they decode at once) */
     int defer, deferred;
     struct { CUVIDPARSERDISPINFO shown; int first, last; } pending[MAX_DEFERRED];
-    /* frames mapped whose copies are queued on the stream: unmapped together after one sync
-       (each frame's own sync and unmap were GPU work beside a training step's kernels) */
+    /* the frame mapped, its copies queued on the stream: unmapped after the sync that waits for
+       them (nvdec_sessions_decode syncs once for all its sessions: a sync per frame was GPU work
+       beside a training step's kernels) */
     int mapped;
-    unsigned long long mapped_frames[MAX_OUTPUT_SURFACES];
+    unsigned long long mapped_frame;
     int failed;
     char error[512];
     /* seconds spent inside this session's calls, in cuvidMapVideoFrame and in the stream sync
@@ -140,17 +139,16 @@ static CUresult sync_stream(Session *s) {
     return status;
 }
 
-/* The frames mapped go back to the decoder, once their copies are done (``synced``: the status of
+/* The frame mapped goes back to the decoder, once its copies are done (``synced``: the status of
  * the sync that waited for them). */
-static int unmap_all(Session *s, CUresult synced) {
-    for (int i = 0; i < s->mapped; i++)
-        api.unmap(s->decoder, s->mapped_frames[i]);
+static int unmap(Session *s, CUresult synced) {
+    api.unmap(s->decoder, s->mapped_frame);
     s->mapped = 0;
     return synced ? fail(s, "cuStreamSynchronize failed with CUDA error %d", synced) : 1;
 }
 
 static int release(Session *s) {
-    return s->mapped ? unmap_all(s, sync_stream(s)) : 1;
+    return s->mapped ? unmap(s, sync_stream(s)) : 1;
 }
 
 static int same_format(const CUVIDEOFORMAT *a, const CUVIDEOFORMAT *b) {
@@ -174,7 +172,6 @@ static int CUDAAPI on_sequence(void *user, CUVIDEOFORMAT *format) {
     if (s->decoder && same_format(format, &s->format) && surfaces <= s->surfaces)
         return (int)s->surfaces;
     if (s->decoder) {
-        release(s);
         api.destroy_decoder(s->decoder);
         s->decoder = NULL;
     }
@@ -194,7 +191,7 @@ static int CUDAAPI on_sequence(void *user, CUVIDEOFORMAT *format) {
     info.display_area.bottom = (short)format->display_area.bottom;
     info.ulTargetWidth = format->display_area.right - format->display_area.left;
     info.ulTargetHeight = format->display_area.bottom - format->display_area.top;
-    info.ulNumOutputSurfaces = s->output_surfaces;   /* frames mapped at once, at most */
+    info.ulNumOutputSurfaces = 1;    /* one frame mapped at a time: copied, then unmapped */
     double started = now();
     CUresult status = api.create_decoder(&s->decoder, &info);
     s->in_create += now() - started;
@@ -239,7 +236,7 @@ static int copy_frame(Session *s, CUdeviceptr source, unsigned pitch, CUdevicept
     return status ? fail(s, "cuMemcpy2DAsync failed with CUDA error %d", status) : 1;
 }
 
-static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last);
+static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last, int unmap_now);
 
 static int CUDAAPI on_display(void *user, CUVIDPARSERDISPINFO *shown) {
     Session *s = user;
@@ -278,14 +275,14 @@ static int CUDAAPI on_display(void *user, CUVIDPARSERDISPINFO *shown) {
         s->deferred++;
         return 1;
     }
-    return deliver(s, shown, first, s->cursor);
+    return deliver(s, shown, first, s->cursor, 1);
 }
 
-/* Map a displayed frame and queue its copies to pointers[first:last]; it is unmapped with the
- * frames mapped before it, after one sync, once the decoder's output surfaces are all mapped or
- * the call ends (release). */
-static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last) {
-    if (s->mapped == (int)s->output_surfaces && !release(s))
+/* Map a displayed frame, copy it to pointers[first:last], unmap it: after a sync now, or else
+ * (a call of several sessions) after one sync for them all at the call's end, or before the
+ * session's next frame is mapped (release). */
+static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last, int unmap_now) {
+    if (!release(s))
         return 0;
     CUVIDPROCPARAMS process;
     memset(&process, 0, sizeof process);
@@ -306,11 +303,12 @@ static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last) 
     if (status)
         return fail(s, "cuvidMapVideoFrame failed with CUDA error %d", status);
     /* the surface goes back to the decoder when unmapped: not before the copies have read it */
-    s->mapped_frames[s->mapped++] = source;
+    s->mapped = 1;
+    s->mapped_frame = source;
     int ok = 1;
     for (int i = first; ok && i < last; i++)
         ok = copy_frame(s, source, pitch, s->pointers[i]);
-    return ok;
+    return (!unmap_now || release(s)) && ok;
 }
 
 static void report(char *error, int size, const char *message) {
@@ -318,11 +316,9 @@ static void report(char *error, int size, const char *message) {
         snprintf(error, (size_t)size, "%s", message);
 }
 
-/* A session on the current CUDA context, copying on ``stream``, with ``output_surfaces`` (1 to
- * MAX_OUTPUT_SURFACES: frames mapped before a sync); NULL and ``error`` on failure. */
+/* A session on the current CUDA context, copying on ``stream``; NULL and ``error`` on failure. */
 void *nvdec_session_create(int codec, unsigned long long stream, unsigned extra_surfaces,
-                           unsigned display_delay, unsigned output_surfaces, char *error,
-                           int error_size) {
+                           unsigned display_delay, char *error, int error_size) {
     pthread_once(&api_once, load_api);
     if (api.error[0]) {
         report(error, error_size, api.error);
@@ -340,8 +336,6 @@ void *nvdec_session_create(int codec, unsigned long long stream, unsigned extra_
     }
     s->stream = (CUstream)(size_t)stream;
     s->extra_surfaces = extra_surfaces;
-    s->output_surfaces = output_surfaces < 1 ? 1 : output_surfaces > MAX_OUTPUT_SURFACES
-                                               ? MAX_OUTPUT_SURFACES : output_surfaces;
     CUVIDPARSERPARAMS params;
     memset(&params, 0, sizeof params);
     params.CodecType = (cudaVideoCodec)codec;
@@ -389,10 +383,9 @@ static void parse(Session *s, const unsigned char *data, unsigned long long size
         fail(s, "cuvidParseVideoData failed with CUDA error %d", status);
 }
 
-/* The call's frames are out, their copies done: its outputs (or -1 where it failed), the count
- * reset at an end of stream. */
+/* The call's frames are out: its outputs (or -1 where it failed), the count reset at an end of
+ * stream. */
 static long long finish(Session *s, int end_of_stream) {
-    release(s);
     long long outputs = s->outputs;
     s->positions = NULL;
     s->pointers = NULL;
@@ -452,7 +445,7 @@ void nvdec_sessions_decode(int count, void **sessions, const unsigned char **dat
     for (int i = 0; i < count; i++) {
         Session *s = sessions[i];
         for (int k = 0; k < s->deferred && !s->failed; k++)
-            deliver(s, &s->pending[k].shown, s->pending[k].first, s->pending[k].last);
+            deliver(s, &s->pending[k].shown, s->pending[k].first, s->pending[k].last, 0);
         s->deferred = 0;
     }
     /* one sync per stream for every frame still mapped (a thread's sessions share its stream) */
@@ -464,7 +457,7 @@ void nvdec_sessions_decode(int count, void **sessions, const unsigned char **dat
         for (int j = i; j < count; j++) {
             Session *t = sessions[j];
             if (t->mapped && t->stream == s->stream)
-                unmap_all(t, synced);
+                unmap(t, synced);
         }
     }
     for (int i = 0; i < count; i++)
@@ -522,7 +515,6 @@ void nvdec_session_destroy(void *session) {
         api.destroy_parser(s->parser);
     /* without its context (gone at the process's exit) the decoder is left to the driver */
     if (api.push_context(s->context) == 0) {
-        release(s);
         if (s->decoder)
             api.destroy_decoder(s->decoder);
         api.pop_context(&popped);

@@ -45,7 +45,6 @@ from dali_gop.backends._color import Conversion, VideoColors, convert_frames
 from dali_gop.backends._cuda import CudaDriver, DriverEvent
 from dali_gop.backends._nvdec_session import NvdecSession, decode_many
 from dali_gop.backends._stream_sessions import EXTRA_SURFACES as STREAM_EXTRA_SURFACES
-from dali_gop.backends._stream_sessions import OUTPUT_SURFACES as STREAM_OUTPUT_SURFACES
 from dali_gop.backends._stream_sessions import (REORDER_RING_FRAMES, RING_FRAMES, SentGop,
                                                 StreamPair)
 from dali_gop.backends._assemble import (DecodeError, Held, KeptGops, check_outputs,
@@ -61,9 +60,8 @@ REORDER_FRAMES = 4     # frames a flush may output at once beyond a call's packe
 
 
 #: Device memory of one of our own sessions (csrc/nvdec_session.c): the decode surfaces the parser
-#: asks for, two more and two output surfaces, with NVDEC's buffers for each, in frames of its
-#: video (47.6 MiB each measured at 1600x900 with one output surface, at most 9.6 at 640x360:
-#: docs/results.md; a second adds a frame)
+#: asks for, two more and one output surface, with NVDEC's buffers for each, in frames of its video
+#: (47.6 MiB each measured at 1600x900, at most 9.6 at 640x360: docs/results.md)
 OWN_SESSION_FRAMES = 24
 #: the same for the session of a stream slot's camera (dali_gop.backends._stream_sessions), which
 #: has no surfaces beyond the parser's minimum (44.5 MiB each measured at 1600x900)
@@ -950,8 +948,7 @@ class _PairIO:
 
     def new_session(self, codec: str):
         return NvdecSession(codec, self.state.stream.cuda_stream,
-                            extra_surfaces=STREAM_EXTRA_SURFACES,
-                            output_surfaces=STREAM_OUTPUT_SURFACES)
+                            extra_surfaces=STREAM_EXTRA_SURFACES)
 
     def new_ring(self, frames: int, shape: tuple):
         import torch

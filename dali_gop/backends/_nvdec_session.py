@@ -2,12 +2,11 @@
 hardware decoder that write each frame into the caller's device memory as it is displayed.
 
 A session holds the decode surfaces its video needs (the parser's minimum plus
-:data:`EXTRA_SURFACES`) and :data:`OUTPUT_SURFACES`, nothing more: no frames of its own between
-calls, which is what lets the loader's memory budget go low. A ``decode`` call runs without the GIL
-(ctypes drops it) from the first packet to the last copy, with no Python per frame. A frame is
-one copy out of its mapped surface; the surfaces mapped go back after one sync, when all are
-mapped or the call ends (``decode_many``: one sync for all its sessions on a stream), not a sync
-per frame.
+:data:`EXTRA_SURFACES`) and one output surface, nothing more: no frames of its own between calls,
+which is what lets the loader's memory budget go low. A ``decode`` call runs without the GIL
+(ctypes drops it) from the first packet to the last copy, with no Python per frame. A frame is one
+copy out of its mapped surface; ``decode_many`` gives its sessions' surfaces back after one sync
+per stream, not one a frame.
 """
 from __future__ import annotations
 
@@ -25,8 +24,6 @@ from dali_gop.backends._assemble import DecodeError
 EXTRA_SURFACES = 2
 #: the parser displays each frame as soon as display order allows
 DISPLAY_DELAY = 0
-#: output surfaces: frames mapped, their copies queued, before one sync returns them all
-OUTPUT_SURFACES = 2
 #: cudaVideoCodec values of nvcuvid.h
 CODECS = {"h264": 4, "hevc": 8}
 
@@ -50,8 +47,8 @@ def _load():
     if _library is None:
         lib = ctypes.CDLL(str(library_path()))   # CDLL: every call drops the GIL
         u64, i64, ptr, text = ctypes.c_ulonglong, ctypes.c_longlong, ctypes.c_void_p, ctypes.c_char_p
-        lib.nvdec_session_create.argtypes = [ctypes.c_int, u64, ctypes.c_uint, ctypes.c_uint,
-                                             ctypes.c_uint, text, ctypes.c_int]
+        lib.nvdec_session_create.argtypes = [ctypes.c_int, u64, ctypes.c_uint, ctypes.c_uint, text,
+                                             ctypes.c_int]
         lib.nvdec_session_create.restype = ptr
         lib.nvdec_session_decode.argtypes = [ptr, ptr, u64, ctypes.c_int, ptr, ptr, ctypes.c_int,
                                              ctypes.c_int, ctypes.c_int, text, ctypes.c_int]
@@ -82,13 +79,12 @@ class NvdecSession:
     ``stream``; use it from one thread at a time."""
 
     def __init__(self, codec: str, stream: int, extra_surfaces: int = EXTRA_SURFACES,
-                 display_delay: int = DISPLAY_DELAY, output_surfaces: int = OUTPUT_SURFACES):
+                 display_delay: int = DISPLAY_DELAY):
         self._handle = None
         self._lib = _load()
         error = ctypes.create_string_buffer(_ERROR_BYTES)
         self._handle = self._lib.nvdec_session_create(CODECS[codec], stream, extra_surfaces,
-                                                      display_delay, output_surfaces, error,
-                                                      _ERROR_BYTES)
+                                                      display_delay, error, _ERROR_BYTES)
         if not self._handle:
             raise DecodeError(f"NVDEC: {error.value.decode(errors='replace')}")
 

@@ -39,8 +39,6 @@ REORDER_RING_FRAMES = AHEAD_FRAMES + 5
 #: decode surfaces beyond the parser's minimum: none, as a pair decodes a frame at a time, and
 #: each surface costs every one of the (slots x cameras) sessions
 EXTRA_SURFACES = 0
-#: output surfaces: one, for the same reason (a call of several pairs syncs once for them all)
-OUTPUT_SURFACES = 1
 _FLUSH = np.empty(0, dtype=np.uint8)
 
 

@@ -82,8 +82,7 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
 
         def own_stream(self, codec):
             streams.append(driver.new_stream(torch.cuda.current_device()))
-            return ns.NvdecSession(codec, streams[-1], extra_surfaces=ss.EXTRA_SURFACES,
-                                   output_surfaces=ss.OUTPUT_SURFACES)
+            return ns.NvdecSession(codec, streams[-1], extra_surfaces=ss.EXTRA_SURFACES)
         patched.append((nvdec._PairIO, "new_session", new_session))
         nvdec._PairIO.new_session = own_stream
     submit = nvdec.NvdecBatchDecoder._submit
