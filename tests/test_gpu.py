@@ -94,8 +94,13 @@ def own_stream_sessions(monkeypatch):
 
 
 @pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("at_once", [True, False], ids=["pairs-at-once", "a-pair-per-call"])
 def test_stream_slots_on_sessions_of_their_own_deliver_the_source_frames(loaders, stores, name,
-                                                                        monkeypatch):
+                                                                        at_once, monkeypatch):
+    """Exact frames whichever way a thread feeds its pairs (``STREAM_AT_ONCE``: one library call
+    for all of them, their surfaces given back after one sync; or a call per pair)."""
+    from dali_gop.backends import _nvdec
+    monkeypatch.setattr(_nvdec, "STREAM_AT_ONCE", at_once)
     gop_root, reference = stores(name)
     loader = loaders(gop_root, pattern="stream", backend="nvdec", batch_size=3, num_workers=2,
                      shard_id=0, num_shards=1, **own_stream_sessions(monkeypatch))
@@ -107,7 +112,8 @@ def test_stream_slots_on_sessions_of_their_own_deliver_the_source_frames(loaders
     assert len(operator.pairs) == 3 * len(loader.cameras)
     assert operator.memory().get("kept_gops", {"peak": 0})["peak"] == 0
     again = sum(pair.decoded_again for pair in operator.pairs.values())
-    print(f"{name} stream, own sessions: {seen} samples, worst RGB difference {worst}, "
+    print(f"{name} stream, own sessions, at once {at_once}: {seen} samples, worst RGB "
+          f"difference {worst}, "
           f"rings {operator.memory().get('stream_rings')}, GOPs decoded again {again}")
 
 

@@ -67,12 +67,13 @@ OWN_SESSION_FRAMES = 24
 #: has no surfaces beyond the parser's minimum (44.5 MiB each measured at 1600x900)
 STREAM_SESSION_FRAMES = 20
 #: threads of the stream pairs, at most (fewer where there are fewer decode threads): every
-#: thread runs Python for each packet, and the operator's thread waits for the GIL after each of
-#: its short calls; fewer threads keep NVDEC as busy and make it wait less (docs/results.md)
-STREAM_LANES = 16
-#: whether a thread decodes its pairs' packets in one call (else a pair per call): measured
-#: slower so far (docs/results.md), so off
-STREAM_AT_ONCE = False
+#: thread runs Python for each pass over its pairs, and the operator's thread waits for the GIL
+#: after each of its short calls; 8 fed NVDEC best of 4, 8 and 16 (docs/results.md)
+STREAM_LANES = 8
+#: whether a thread decodes its pairs' packets in one call, their pictures queued on NVDEC
+#: together and their frames given back after one sync (else a pair per call, each frame its own
+#: sync): faster in the loader and in the pair probe (docs/results.md)
+STREAM_AT_ONCE = True
 #: what a session holds whatever the frame size (either kind)
 SESSION_BASE = 4 << 20
 
