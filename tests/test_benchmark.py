@@ -219,6 +219,19 @@ def test_auto_train_layers_give_the_loader_its_share_of_the_model_step(one, five
     assert layers_for_share(one, five, loader, share) == wanted
 
 
+@pytest.mark.parametrize("one, five, room, wanted", [
+    (3 << 30, 7 << 30, 12 << 30, 10),     # 2 GiB fixed + 1 GiB a layer, within 12 GiB
+    (3 << 30, 7 << 30, 1 << 30, 1),       # not even one layer fits: still one
+    (3 << 30, 3 << 30, 1 << 30, 64),      # layers that take nothing: the most
+    (1 << 20, 5 << 20, 1 << 40, 64),      # room for far more than the most
+])
+def test_a_sized_model_has_no_more_layers_than_its_memory_room(one, five, room, wanted):
+    """The most layers whose step peaks within the room the sizing leaves beside the loader, from
+    the step's peak bytes at 1 and 5 layers: at least one, at most the most."""
+    from pipelines.throughput.train import layers_that_fit
+    assert layers_that_fit(one, five, room) == wanted
+
+
 def test_a_model_too_heavy_at_one_layer_is_made_narrower():
     """Where the loader takes under 30% of even one layer's step, the channels are halved (the
     step's cost here in proportion) until it takes its share; never below 16."""

@@ -17,7 +17,8 @@ behind whose step the loader's work is a good part of, so by default (``auto``) 
 sizes its model first: the loader alone and the model at 1 and 5 layers are timed for a few
 steps, and the layers are those at which the loader takes ``--train_share`` of the model's time
 (each rank sizes its own; where the loader takes less than 30% of even one layer's step, the
-channels are halved first); stream with a
+channels are halved first; never more layers than peak within a third of the free memory, and the
+run prints what it chose); stream with a
 launch-bound model (``--launch_*``: many tiny layers, so the step is bound by kernel launches in
 Python, the thread that competes with DALI's for the GIL); stream with ``loss.item()`` after every
 step, as a logging loop does (the host waits for the GPU each step); and, unless
@@ -224,38 +225,76 @@ MOST_LAYERS = 64
 #: 30-100%): below it even at one layer, the model's channels are halved
 LEAST_SHARE = 0.3
 FEWEST_CHANNELS = 16
+#: the share of the device's free memory a sized model may peak at: the rest is the loader's,
+#: which holds tens of GB without a memory budget
+MODEL_ROOM = 1 / 3
+
+
+def _per_layer(one_layer: float, five_layers: float) -> tuple[float, float]:
+    """(fixed, per layer) of a step's cost measured at 1 and 5 layers: it grows by about a
+    layer's each."""
+    low, high = CALIBRATION_LAYERS
+    per_layer = (five_layers - one_layer) / (high - low)
+    return one_layer - low * per_layer, per_layer
 
 
 def layers_for_share(one_layer: float, five_layers: float, loader: float, share: float) -> int:
     """Layers at which a step of ``loader`` seconds takes ``share`` of the model's step, from the
-    model's step seconds at 1 and 5 layers (a step's time grows by about a layer's each); at
-    most :data:`MOST_LAYERS`."""
-    low, high = CALIBRATION_LAYERS
-    per_layer = (five_layers - one_layer) / (high - low)
-    fixed = one_layer - low * per_layer
+    model's step seconds at 1 and 5 layers; at most :data:`MOST_LAYERS`."""
+    fixed, per_layer = _per_layer(one_layer, five_layers)
     wanted = loader / share - fixed
     if per_layer <= 0 or wanted >= MOST_LAYERS * per_layer:
         return MOST_LAYERS if wanted > 0 else 1
     return min(MOST_LAYERS, max(1, round(wanted / per_layer)))
 
 
+def layers_that_fit(one_layer: int, five_layers: int, room: float) -> int:
+    """The most layers whose step peaks within ``room`` bytes, from its peak bytes at 1 and 5
+    layers; at least 1, at most :data:`MOST_LAYERS`."""
+    fixed, per_layer = _per_layer(one_layer, five_layers)
+    if per_layer <= 0:
+        return MOST_LAYERS
+    return min(MOST_LAYERS, max(1, int((room - fixed) // per_layer)))
+
+
 def sized(b: Bench, pattern: str, batch_size: int, model: StepModel) -> StepModel:
     """``model`` with its layers set (``auto``, layers 0: see the module's docstring), and its
     channels halved while one layer is so heavy that the loader takes less than
-    :data:`LEAST_SHARE` of its step."""
+    :data:`LEAST_SHARE` of its step; no more layers than peak within :data:`MODEL_ROOM` of the
+    device's free memory. Says what it chose."""
     if model.layers:
         return model
+    import torch
     a = b.args
     steps = max(a.train_steps // 3, 5)
     with open_loader(b, pattern, "nvdec", batch_size) as loader:
         batches = endless(loader)
         loader_seconds = timed_steps(lambda: loader_step(batches), a.train_warmup, steps,
                                      b.device).seconds / steps
+    calibrated: dict[int, list[tuple[float, int]]] = {}  # channels -> (seconds, peak bytes)
 
     def step_seconds(candidate: StepModel) -> tuple[float, float]:
-        return tuple(model_alone(b, replace(candidate, layers=n), batch_size, a.train_warmup,
-                                 steps).seconds / steps for n in CALIBRATION_LAYERS)
-    return lightened(model, step_seconds, loader_seconds, a.train_share)
+        calibrated[candidate.channels] = []
+        for n in CALIBRATION_LAYERS:
+            torch.cuda.reset_peak_memory_stats(b.device)
+            before = torch.cuda.memory_allocated(b.device)
+            seconds = model_alone(b, replace(candidate, layers=n), batch_size, a.train_warmup,
+                                  steps).seconds / steps
+            calibrated[candidate.channels].append(
+                (seconds, torch.cuda.max_memory_allocated(b.device) - before))
+        return tuple(seconds for seconds, _ in calibrated[candidate.channels])
+    chosen = lightened(model, step_seconds, loader_seconds, a.train_share)
+    torch.cuda.empty_cache()
+    room = MODEL_ROOM * torch.cuda.mem_get_info(b.device)[0]
+    (one, one_peak), (five, five_peak) = calibrated[chosen.channels]
+    fits = layers_that_fit(one_peak, five_peak, room)
+    if b.rank == 0:
+        print(f"sized the {pattern} model: the loader alone {1e3 * loader_seconds:.1f} ms a "
+              f"batch; at {chosen.channels} channels the model {1e3 * one:.1f} / "
+              f"{1e3 * five:.1f} ms and {one_peak / 2**20:,.0f} / {five_peak / 2**20:,.0f} MiB "
+              f"at 1 / 5 layers: {chosen.layers} layers for {a.train_share:.0%}, at most "
+              f"{fits} within {room / 2**20:,.0f} MiB", flush=True)
+    return replace(chosen, layers=min(chosen.layers, fits))
 
 
 def lightened(model: StepModel, step_seconds: Callable[[StepModel], tuple[float, float]],
