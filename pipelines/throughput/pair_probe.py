@@ -19,17 +19,23 @@ lanes stopped for them);
 wait for the picks' copies);
 ``z``: ``stream_lead`` 0 (each GOP reaches its pair at the slot's first pick of it, so the pair
 starts it there, as before pairs decoded ahead into the next GOP sent), not the loader's 30.
+A last ``aN`` (``b8a4``) has each pair decode N frames past its latest pick
+(``_stream_sessions.AHEAD_FRAMES``, its rings sized to match), not the default.
 
-    python -m pipelines.throughput.pair_probe GOP_ROOT s48 b16 s48n s48q
+    python -m pipelines.throughput.pair_probe GOP_ROOT s48 b16 s48n s48q b8a4
 """
-import sys, time, collections, faulthandler
+import re, sys, time, collections, faulthandler
 import numpy as np
 
 #: a timed batch slower than this dumps every thread's stack (to stderr)
 STALL_S = 0.3
 
 def run(gops, variant, batches=90, warmup=12, slots=16):
-    lanes = int(variant[1:].rstrip("nqwz"))
+    parsed = re.fullmatch(r"([sb])(\d+)([nqwz]*)(?:a(\d+))?", variant)
+    if parsed is None:
+        raise SystemExit(f"{variant}: not a variant (s or b, threads, suffixes nqwz, aN)")
+    mode, lanes, flags, ahead = parsed.groups()
+    lanes = int(lanes)
     import torch
     from torch.utils.dlpack import to_dlpack
     from nvidia.dali import python_function_plugin
@@ -38,7 +44,7 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
     from dali_gop._source import GopSource
     from dali_gop.backends import _nvdec as nvdec, _stream_sessions as ss
     nvdec.STREAM_LANES = lanes
-    nvdec.STREAM_AT_ONCE = variant[0] == "b"
+    nvdec.STREAM_AT_ONCE = mode == "b"
     stream = torch.cuda.Stream()
     python_function_plugin.current_dali_stream = lambda: stream.cuda_stream
     stats = collections.Counter()
@@ -62,7 +68,14 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
         return owner, name, f
     from dali_gop.backends import _cuda, _nvdec_session as ns
     patched = []
-    if "n" in variant[1:]:
+    if ahead is not None:     # the rings grow by as many frames
+        shift = int(ahead) - ss.AHEAD_FRAMES
+        for module in (ss, nvdec):
+            for name in ("AHEAD_FRAMES", "RING_FRAMES", "REORDER_RING_FRAMES"):
+                if hasattr(module, name):
+                    patched.append((module, name, getattr(module, name)))
+                    setattr(module, name, getattr(module, name) + shift)
+    if "n" in flags:
         idle = torch.cuda.Stream()
         pick = nvdec.NvdecBatchDecoder._pick_pairs
 
@@ -71,10 +84,10 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
                                                                   idle.cuda_stream))
         patched.append((nvdec.NvdecBatchDecoder, "_pick_pairs", pick))
         nvdec.NvdecBatchDecoder._pick_pairs = unlocked
-    if "w" in variant[1:]:
+    if "w" in flags:
         patched.append((nvdec._Lane, "waiting", nvdec._Lane.waiting))
         nvdec._Lane.waiting = lambda self: False
-    if "q" in variant[1:]:
+    if "q" in flags:
         new_session = nvdec._PairIO.new_session
         streams = []
 
@@ -105,7 +118,7 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
                 wrap(ns.NvdecSession, "decode", "session.decode"),
                 wrap(_cuda.CudaDriver, "copy_many", "copy_many")]
     source = GopSource(Dataset.open(gops), pattern_from_name("stream"), batch_size=slots,
-                       stream_lead=0 if "z" in variant[1:] else 30, decode_ahead=0)
+                       stream_lead=0 if "z" in flags else 30, decode_ahead=0)
     stash = nvdec.BitstreamStash()
     op = nvdec.NvdecBatchDecoder(stash, threads=48 if nvdec.STREAM_AT_ONCE else lanes,
                                  sessions="own", stream_sessions=True)
