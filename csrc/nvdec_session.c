@@ -93,8 +93,9 @@ typedef struct {
     int targets, cursor;
     int width, height;          /* the caller's frame size: any other is refused, never copied */
     long long outputs;          /* frames displayed since the last end of stream */
-    /* nvdec_sessions_decode: frames displayed while parsing, mapped and copied after every
-       session of the call has its picture queued on NVDEC (so that they decode at once) */
+    /* nvdec_sessions_submit: frames displayed while parsing, mapped and copied at
+       nvdec_sessions_collect, once every session of the call has its picture queued on NVDEC
+       (so that they decode at once) */
     int defer, deferred;
     struct { CUVIDPARSERDISPINFO shown; int first, last; } pending[MAX_DEFERRED];
     /* the frame mapped, its copies queued on the stream: unmapped after the sync that waits for
@@ -102,6 +103,7 @@ typedef struct {
        beside a training step's kernels) */
     int mapped;
     unsigned long long mapped_frame;
+    double submitting;         /* seconds of its nvdec_sessions_submit, until collected */
     int failed;
     char error[512];
     /* seconds spent inside this session's calls, in cuvidMapVideoFrame and in the stream sync
@@ -421,34 +423,47 @@ long long nvdec_session_decode(void *session, const unsigned char *data, unsigne
     return outputs;
 }
 
-/* nvdec_session_decode for ``count`` sessions at once (one packet each, from one thread): every
- * session's packet is parsed first, its pictures queued on NVDEC, and the frames they display
- * are copied out after that, so that the sessions' pictures decode at once rather than one after
- * the other. ``outputs[i]`` gets session i's result, -1 where it failed
- * (nvdec_session_error says why); the other sessions are not affected. */
-void nvdec_sessions_decode(int count, void **sessions, const unsigned char **datas,
+/* The first half of nvdec_sessions_decode: every session's packet is parsed, its pictures queued
+ * on NVDEC, and the frames they display are noted, none mapped yet. Until
+ * nvdec_sessions_collect with the same sessions, the caller keeps ``positions`` and ``pointers``
+ * alive and makes no other call on these sessions; meanwhile NVDEC decodes, and the caller's
+ * thread is free (a thread that feeds two groups of sessions keeps one on NVDEC while it
+ * collects the other). */
+void nvdec_sessions_submit(int count, void **sessions, const unsigned char **datas,
                            const unsigned long long *sizes, const int *ends,
                            const long long **positions, const unsigned long long **pointers,
-                           const int *targets, const int *widths, const int *heights,
-                           long long *outputs) {
+                           const int *targets, const int *widths, const int *heights) {
     double started = now();
     for (int i = 0; i < count; i++) {
         Session *s = sessions[i];
+        s->deferred = 0;
         if (s->failed)
             continue;
         set_targets(s, positions[i], pointers[i], targets[i], widths[i], heights[i]);
         s->defer = 1;
-        s->deferred = 0;
         parse(s, datas[i], sizes[i], ends[i]);
         s->defer = 0;
     }
+    double whole = now() - started;
+    for (int i = 0; i < count; i++) {
+        Session *s = sessions[i];
+        s->submitting = whole;
+        s->in_calls += whole / count;
+    }
+}
+
+/* The second half: the frames the packets displayed are mapped (each waits for its picture) and
+ * copied, their surfaces given back after one sync per stream (a thread's sessions share its
+ * stream), and ``outputs[i]`` gets session i's result, -1 where it failed (nvdec_session_error
+ * says why); the other sessions are not affected. */
+void nvdec_sessions_collect(int count, void **sessions, const int *ends, long long *outputs) {
+    double started = now();
     for (int i = 0; i < count; i++) {
         Session *s = sessions[i];
         for (int k = 0; k < s->deferred && !s->failed; k++)
             deliver(s, &s->pending[k].shown, s->pending[k].first, s->pending[k].last, 0);
         s->deferred = 0;
     }
-    /* one sync per stream for every frame still mapped (a thread's sessions share its stream) */
     for (int i = 0; i < count; i++) {
         Session *s = sessions[i];
         if (!s->mapped)
@@ -462,14 +477,30 @@ void nvdec_sessions_decode(int count, void **sessions, const unsigned char **dat
     }
     for (int i = 0; i < count; i++)
         outputs[i] = finish(sessions[i], ends[i]);
-    double whole = now() - started, spent = whole / (count > 0 ? count : 1);
+    double spent = now() - started;
     for (int i = 0; i < count; i++) {
         Session *s = sessions[i];
-        s->in_calls += spent;
-        if (whole > s->longest_call)    /* the call it waited in, whole */
+        double whole = s->submitting + spent;    /* the call it waited in, both halves */
+        s->in_calls += spent / count;
+        if (whole > s->longest_call)
             s->longest_call = whole;
+        s->submitting = 0;
         s->calls++;
     }
+}
+
+/* nvdec_session_decode for ``count`` sessions at once (one packet each, from one thread): every
+ * session's packet is parsed first, its pictures queued on NVDEC, and the frames they display
+ * are copied out after that, so that the sessions' pictures decode at once rather than one after
+ * the other (nvdec_sessions_submit, then nvdec_sessions_collect). */
+void nvdec_sessions_decode(int count, void **sessions, const unsigned char **datas,
+                           const unsigned long long *sizes, const int *ends,
+                           const long long **positions, const unsigned long long **pointers,
+                           const int *targets, const int *widths, const int *heights,
+                           long long *outputs) {
+    nvdec_sessions_submit(count, sessions, datas, sizes, ends, positions, pointers, targets,
+                          widths, heights);
+    nvdec_sessions_collect(count, sessions, ends, outputs);
 }
 
 /* Where the session's calls spent their time: out[0..4] = seconds in its calls (a call of

@@ -64,6 +64,7 @@ class StandInSession:
         import av
         from dali_gop.backends._assemble import DecodeError
         assert not self.closed
+        assert getattr(self, "_flight", None) is None, "fed while a packet of it is in flight"
         packets = list(self._context.parse(bytes(data)))
         if end_of_stream:
             packets += list(self._context.parse(b""))     # b"": the parser's last
@@ -88,6 +89,8 @@ class StandInSession:
         return produced
 
     def close(self):
+        if getattr(self, "_flight", None) is not None:   # as our session's close does
+            self._flight.collect()
         self.closed = True
 
 

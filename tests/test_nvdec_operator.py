@@ -257,3 +257,70 @@ def test_a_lane_serves_queued_picks_before_the_rest_of_its_pass(monkeypatch):
     assert operator._pairs_ahead(lane)
     assert calls == [0, 1, 2, 3, 0, 1]    # on from pair 2, then a whole pass
     operator.close()
+
+
+def test_a_lane_queues_a_group_on_nvdec_before_it_waits_for_the_group_fed_last(monkeypatch):
+    """With a thread's pairs fed at once in two groups, each pass queues one group's packets on
+    NVDEC and only then waits for the group queued the pass before (its frames to their rings),
+    so that NVDEC has the lane's pictures while its Python runs; a pair whose packet is in flight
+    is never fed again before it lands; with one group a pass lands what it fed; the lane's
+    thread lands what is in flight when it stops."""
+    from dali_gop.backends import _nvdec
+    from dali_gop.backends._nvdec import BitstreamStash, NvdecBatchDecoder, _Lane
+    from nvdec_standins import StandInDriver, install
+    install(monkeypatch)
+    log = []
+    feeding = {0, 1, 2, 3}
+
+    class Flight:
+        def __init__(self, calls):
+            self.pairs = [call[0] for call in calls]
+            log.append(("submit", self.pairs))
+
+        def collect(self):
+            log.append(("collect", self.pairs))
+            return [1] * len(self.pairs)
+
+    class Pair:
+        def __init__(self, index):
+            self.index = index
+
+        def ahead_packet(self, io):
+            return (self.index,) if self.index in feeding else None
+
+        def packet_done(self, shown, io):
+            assert shown == 1
+
+        def close(self):
+            raise AssertionError("the pair did not fail")
+
+    monkeypatch.setattr(_nvdec, "submit_many", Flight)
+    operator = NvdecBatchDecoder(BitstreamStash(), threads=1, sessions="own",
+                                 stream_sessions=True)
+    operator._device_id = 0
+    operator._driver, operator._pool_driver = StandInDriver(), StandInDriver()
+    lane = _Lane.__new__(_Lane)        # its thread not started: the test is that thread
+    lane.group, lane.in_flight, lane.pairs = 0, None, [Pair(i) for i in range(4)]
+    for _ in range(3):
+        assert operator._pairs_ahead(lane)
+    assert log == [("submit", [0, 2]),
+                   ("submit", [1, 3]), ("collect", [0, 2]),
+                   ("submit", [0, 2]), ("collect", [1, 3])]
+    feeding.clear()           # group 1 has nothing; group 0 is in flight: not fed, landed
+    log.clear()
+    assert operator._pairs_ahead(lane)
+    assert log == [("collect", [0, 2])]
+    assert not operator._pairs_ahead(lane) and log == [("collect", [0, 2])]
+    feeding.update({1})
+    assert operator._pairs_ahead(lane)          # left in flight ...
+    assert log[1:] == [("submit", [1])]
+    stopping = _Lane("test_lane", lambda lane: False, lambda lane: operator._land(lane))
+    stopping.in_flight, lane.in_flight = lane.in_flight, None
+    stopping.shutdown()                         # ... landed by the lane's own thread as it stops
+    assert log[1:] == [("submit", [1]), ("collect", [1])] and stopping.in_flight is None
+    monkeypatch.setattr(_nvdec, "STREAM_GROUPS", 1)
+    log.clear()
+    feeding.update({0, 1, 2, 3})
+    assert operator._pairs_ahead(lane)
+    assert log == [("submit", [0, 1, 2, 3]), ("collect", [0, 1, 2, 3])]
+    operator.close()

@@ -150,6 +150,32 @@ elif case == "many":
     assert isinstance(done[0], DecodeError) and "8-bit" in str(done[0]), done
     assert done[1] == 2 and np.array_equal(frames[0], expected(1, w, h)), done
     other.close()
+elif case == "flight":
+    # submit, then collect: nothing is mapped, copied or synced until the collect, which gives
+    # every frame; a session in flight takes no other packet, and closing it collects first
+    from dali_gop.backends._nvdec_session import submit_many
+    other = NvdecSession("hevc", 0)
+    outs = [np.full((h * 3 // 2, w), 7, np.uint8) for _ in range(4)]
+    before = counts()
+    flight = submit_many([(one, stream([0, 1]), [(p, outs[2 * k + p].ctypes.data) for p in range(2)],
+                           (h * 3 // 2, w), False) for k, one in enumerate((session, other))])
+    assert counts() == before, (counts(), before)
+    try:
+        session.decode(stream([0]), [], (h * 3 // 2, w))
+    except DecodeError as e:
+        assert "in flight" in str(e), e
+    else:
+        raise AssertionError("a session in flight took another packet")
+    assert flight.collect() == [2, 2] and flight.collect() == [2, 2]
+    assert [a - b for a, b in zip(counts(), before)] == [4, 4, 3], (counts(), before)
+    for k in range(4):
+        assert np.array_equal(outs[k], expected(k % 2, w, h)), k
+    last = [np.full((h * 3 // 2, w), 7, np.uint8) for _ in range(2)]
+    flight = submit_many([(one, np.frombuffer(picture(2), np.uint8), [(2, last[k].ctypes.data)],
+                           (h * 3 // 2, w), True) for k, one in enumerate((session, other))])
+    other.close()     # collects the flight first: both frames arrive
+    assert flight.collect() == [3, 3]
+    assert all(np.array_equal(f, expected(2, w, h)) for f in last)
 session.close()
 print("ok")
 '''
@@ -203,6 +229,13 @@ def test_sessions_fed_in_one_call_each_get_their_own_frames(fake_driver):
     a flush, the sessions on one stream synced once for them all; a session that fails is its
     own error, and the others go on."""
     run_session(fake_driver, "many")
+
+
+def test_sessions_submitted_then_collected_decode_while_the_caller_goes_on(fake_driver):
+    """``submit_many``: the packets parsed and their pictures queued, nothing mapped, copied or
+    synced until ``collect``, which delivers every frame (once, however often it is asked); a
+    session in flight refuses another packet, and closing it collects first."""
+    run_session(fake_driver, "flight")
 
 
 @pytest.mark.parametrize("case, message", [

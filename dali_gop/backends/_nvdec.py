@@ -43,7 +43,7 @@ from dali_gop._budget import OWN_THREADS
 from dali_gop.backends._base import DecodeBackend
 from dali_gop.backends._color import Conversion, VideoColors, convert_frames
 from dali_gop.backends._cuda import CudaDriver, DriverEvent
-from dali_gop.backends._nvdec_session import NvdecSession, decode_many
+from dali_gop.backends._nvdec_session import NvdecSession, decode_many, submit_many
 from dali_gop.backends._stream_sessions import EXTRA_SURFACES as STREAM_EXTRA_SURFACES
 from dali_gop.backends._stream_sessions import (REORDER_RING_FRAMES, RING_FRAMES, SentGop,
                                                 StreamPair)
@@ -74,6 +74,10 @@ STREAM_LANES = 8
 #: together and their frames given back after one sync (else a pair per call, each frame its own
 #: sync): faster in the loader and in the pair probe (docs/results.md)
 STREAM_AT_ONCE = True
+#: groups a thread feeds its pairs in, with :data:`STREAM_AT_ONCE`: it queues one group's pictures
+#: on NVDEC before it waits for the group fed last and runs its Python, so that NVDEC has its
+#: pictures all the while (one group: nothing of the thread's while its Python runs)
+STREAM_GROUPS = 2
 #: what a session holds whatever the frame size (either kind)
 SESSION_BASE = 4 << 20
 
@@ -295,12 +299,16 @@ def _run_job(job) -> None:
 class _Lane(_DecodePool):
     """One decode thread for some stream pairs: their picks first, in the order submitted, and
     between picks the frames ahead of them (``ahead(lane)``: whether it did any), as far as their
-    rings have room; it sleeps when there is neither, until the next picks."""
+    rings have room; it sleeps when there is neither, until the next picks. ``land(lane)``
+    finishes the packets it left on NVDEC (``in_flight``) when it stops."""
 
-    def __init__(self, name: str, ahead: Callable[["_Lane"], bool]):
-        self._ahead = ahead
+    def __init__(self, name: str, ahead: Callable[["_Lane"], bool],
+                 land: Callable[["_Lane"], bool]):
+        self._ahead, self._land = ahead, land
         self.pairs: list = []
         self.cursor = 0          # the pair the next pass of ``ahead`` begins with
+        self.group = 0           # the group of pairs the next pass feeds first (STREAM_GROUPS)
+        self.in_flight = None    # (Submitted, its pairs): packets on NVDEC, frames not copied
         super().__init__(1, name)
 
     def waiting(self) -> bool:
@@ -320,6 +328,7 @@ class _Lane(_DecodePool):
                     pass
                 job = self._queue.get()
             if job is None:
+                self._land(self)
                 return
             _run_job(job)
 
@@ -830,6 +839,7 @@ class NvdecBatchDecoder:
         io = _PairIO(self, device_id)
         stream = io.state.stream.cuda_stream
         self._pool_driver.wait(stream, allocated.handle)
+        self._land(self._lanes[self.pairs[items[0].key].lane], io)
         for item in items:    # in batch order: the order of the picks
             pair = self.pairs[item.key]
             if item.restart:
@@ -859,7 +869,7 @@ class NvdecBatchDecoder:
 
     def _add_pair(self, key: tuple[int, int]) -> None:
         if not self._lanes:
-            self._lanes = [_Lane(f"nvdec_stream{i}", self._pairs_ahead)
+            self._lanes = [_Lane(f"nvdec_stream{i}", self._pairs_ahead, self._land)
                            for i in range(min(self.threads, STREAM_LANES))]
         pair = self.pairs[key] = StreamPair(lane=len(self.pairs) % len(self._lanes))
         self._lanes[pair.lane].pairs.append(pair)
@@ -908,21 +918,48 @@ class NvdecBatchDecoder:
                     lane.cursor = (lane.cursor + k + 1) % count
                     break
             return fed
+        groups = max(1, min(STREAM_GROUPS, len(lane.pairs)))
+        landed = groups == 1 and self._land(lane, io)    # its pairs are the ones to feed
+        flying = {id(pair) for pair in lane.in_flight[1]} if lane.in_flight else set()
         calls = []
-        for pair in lane.pairs:
-            try:
-                call = pair.ahead_packet(io)
-            except Exception:
-                pair.close()
-                continue
-            if call is not None:
-                calls.append((pair, call))
-        for (pair, _), shown in zip(calls, decode_many([call for _, call in calls])):
+        for step in range(groups):     # the next group with a packet to feed
+            group = (lane.group + step) % groups
+            for pair in lane.pairs[group::groups]:
+                if id(pair) in flying:
+                    continue
+                try:
+                    call = pair.ahead_packet(io)
+                except Exception:
+                    pair.close()
+                    continue
+                if call is not None:
+                    calls.append((pair, call))
+            if calls:
+                lane.group = (group + 1) % groups
+                break
+        flight = submit_many([call for _, call in calls]) if calls else None
+        landed = self._land(lane, io) or landed    # the group fed last, while this one decodes
+        if calls:
+            lane.in_flight = (flight, [pair for pair, _ in calls])
+        if groups == 1:
+            self._land(lane, io)
+        return bool(calls) or landed
+
+    def _land(self, lane: _Lane, io: "_PairIO | None" = None) -> bool:
+        """The lane's thread: the packets it left on NVDEC decoded, their frames copied to their
+        pairs' rings (:meth:`StreamPair.packet_done`); whether there were any. A failure is
+        left to the pick that wants the frame (its pair begins again there)."""
+        if lane.in_flight is None:
+            return False
+        flight, pairs = lane.in_flight
+        lane.in_flight = None
+        io = io or _PairIO(self, self._device_id)
+        for pair, shown in zip(pairs, flight.collect()):
             try:
                 pair.packet_done(shown, io)
             except Exception:
                 pair.close()
-        return bool(calls)
+        return True
 
     def _decode_segment(self, data, segment: Segment, name: str, targets, frame_shape,
                         device_id: int, allocated: DriverEvent):

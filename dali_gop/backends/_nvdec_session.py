@@ -6,7 +6,8 @@ A session holds the decode surfaces its video needs (the parser's minimum plus
 which is what lets the loader's memory budget go low. A ``decode`` call runs without the GIL
 (ctypes drops it) from the first packet to the last copy, with no Python per frame. A frame is one
 copy out of its mapped surface; ``decode_many`` gives its sessions' surfaces back after one sync
-per stream, not one a frame.
+per stream, not one a frame, and ``submit_many`` splits it in two, so that a thread queues a group
+of sessions' pictures on NVDEC before it waits for another's.
 """
 from __future__ import annotations
 
@@ -59,6 +60,10 @@ def _load():
         lib.nvdec_session_surfaces.restype = ctypes.c_uint
         lib.nvdec_sessions_decode.argtypes = [ctypes.c_int] + [ptr] * 10
         lib.nvdec_sessions_decode.restype = None
+        lib.nvdec_sessions_submit.argtypes = [ctypes.c_int] + [ptr] * 9
+        lib.nvdec_sessions_submit.restype = None
+        lib.nvdec_sessions_collect.argtypes = [ctypes.c_int] + [ptr] * 3
+        lib.nvdec_sessions_collect.restype = None
         lib.nvdec_session_error.argtypes = [ptr]
         lib.nvdec_session_error.restype = ctypes.c_char_p
         lib.nvdec_session_times.argtypes = [ptr, ptr]
@@ -81,6 +86,7 @@ class NvdecSession:
     def __init__(self, codec: str, stream: int, extra_surfaces: int = EXTRA_SURFACES,
                  display_delay: int = DISPLAY_DELAY):
         self._handle = None
+        self._flight: Submitted | None = None    # its packet parsed, its frames not yet copied
         self._lib = _load()
         error = ctypes.create_string_buffer(_ERROR_BYTES)
         self._handle = self._lib.nvdec_session_create(CODECS[codec], stream, extra_surfaces,
@@ -96,6 +102,9 @@ class NvdecSession:
         Returns the frames output since the last flush."""
         if self._handle is None:
             raise DecodeError("NVDEC session used after close()")
+        if self._flight is not None:
+            raise DecodeError("NVDEC session fed while a packet of it is in flight (collect it "
+                              "first)")
         data, positions, pointers, (height, width) = _arguments(data, targets, frame_shape)
         error = ctypes.create_string_buffer(_ERROR_BYTES)
         produced = self._lib.nvdec_session_decode(
@@ -133,6 +142,8 @@ class NvdecSession:
             if self._handle else "NVDEC session used after close()"
 
     def close(self) -> None:
+        if self._flight is not None:    # the library still points at it and its targets
+            self._flight.collect()
         if self._handle is not None:
             self._lib.nvdec_session_destroy(self._handle)
             self._handle = None
@@ -152,35 +163,73 @@ def _arguments(data, targets: Sequence[tuple[int, int]], frame_shape: tuple[int,
             np.array([q for _, q in ordered], dtype=np.uint64), (height, width))
 
 
+class Submitted:
+    """``session.decode(data, targets, frame_shape, end_of_stream)`` for each call, one packet per
+    session, distinct sessions, begun: our sessions' packets are parsed and their pictures queued
+    on NVDEC (one C call without the GIL), and :meth:`collect` copies their frames out (another),
+    so that the caller's thread can do other work while NVDEC decodes. Other sessions decode at
+    :meth:`collect`, one after the other. Until then the sessions take no other call (closing one
+    collects first)."""
+
+    def __init__(self, calls: Sequence[tuple]):
+        self._calls = list(calls)
+        self._ours = [c for c in self._calls
+                      if isinstance(c[0], NvdecSession) and c[0]._handle is not None]
+        self._results: list | None = None
+        if self._ours:
+            # the library reads these until collect(): kept alive here
+            self._arguments = [_arguments(data, targets, shape)
+                               for _, data, targets, shape, _ in self._ours]
+            count = len(self._ours)
+            array = lambda kind, values: (kind * count)(*values)    # noqa: E731
+            self._handles = array(ctypes.c_void_p, [c[0]._handle for c in self._ours])
+            self._ends = array(ctypes.c_int, [int(c[4]) for c in self._ours])
+            self._positions = array(ctypes.c_void_p, [a[1].ctypes.data for a in self._arguments])
+            self._pointers = array(ctypes.c_void_p, [a[2].ctypes.data for a in self._arguments])
+            _load().nvdec_sessions_submit(
+                count, self._handles,
+                array(ctypes.c_void_p, [a[0].ctypes.data for a in self._arguments]),
+                array(ctypes.c_ulonglong, [a[0].size for a in self._arguments]), self._ends,
+                self._positions, self._pointers,
+                array(ctypes.c_int, [len(a[1]) for a in self._arguments]),
+                array(ctypes.c_int, [a[3][1] for a in self._arguments]),
+                array(ctypes.c_int, [a[3][0] for a in self._arguments]))
+        for call in self._calls:
+            call[0]._flight = self
+
+    def collect(self) -> list:
+        """Each call's result, in order: the session's outputs, or the DecodeError it failed
+        with (the other calls go on). Collected once; later calls return the same."""
+        if self._results is not None:
+            return self._results
+        results: dict[int, object] = {}
+        if self._ours:
+            outputs = (ctypes.c_longlong * len(self._ours))()
+            _load().nvdec_sessions_collect(len(self._ours), self._handles, self._ends, outputs)
+            for call, produced in zip(self._ours, outputs):
+                call[0]._flight = None
+                results[id(call)] = produced if produced >= 0 else DecodeError(call[0].error())
+            self._arguments = self._positions = self._pointers = None
+        for call in self._calls:
+            if id(call) not in results:
+                call[0]._flight = None
+                try:
+                    results[id(call)] = call[0].decode(*call[1:])
+                except Exception as e:
+                    results[id(call)] = e
+        self._results = [results[id(call)] for call in self._calls]
+        return self._results
+
+
+def submit_many(calls: Sequence[tuple]) -> Submitted:
+    """:class:`Submitted` ``calls``: their pictures decoding on NVDEC until ``collect()``."""
+    return Submitted(calls)
+
+
 def decode_many(calls: Sequence[tuple]) -> list:
     """``session.decode(data, targets, frame_shape, end_of_stream)`` for each call, one packet
     per session, distinct sessions: our sessions' packets are all parsed first and their frames
-    copied after (one C call without the GIL, the pictures decoding on NVDEC at once); other
-    sessions one after the other. Each result is the session's outputs, or the DecodeError it
-    failed with (the other calls go on)."""
-    ours = [c for c in calls if isinstance(c[0], NvdecSession) and c[0]._handle is not None]
-    results: dict[int, object] = {}
-    if ours:
-        arguments = [_arguments(data, targets, shape) for _, data, targets, shape, _ in ours]
-        count = len(ours)
-        array = lambda kind, values: (kind * count)(*values)    # noqa: E731
-        outputs = (ctypes.c_longlong * count)()
-        _load().nvdec_sessions_decode(
-            count, array(ctypes.c_void_p, [c[0]._handle for c in ours]),
-            array(ctypes.c_void_p, [a[0].ctypes.data for a in arguments]),
-            array(ctypes.c_ulonglong, [a[0].size for a in arguments]),
-            array(ctypes.c_int, [int(c[4]) for c in ours]),
-            array(ctypes.c_void_p, [a[1].ctypes.data for a in arguments]),
-            array(ctypes.c_void_p, [a[2].ctypes.data for a in arguments]),
-            array(ctypes.c_int, [len(a[1]) for a in arguments]),
-            array(ctypes.c_int, [a[3][1] for a in arguments]),
-            array(ctypes.c_int, [a[3][0] for a in arguments]), outputs)
-        for call, produced in zip(ours, outputs):
-            results[id(call)] = produced if produced >= 0 else DecodeError(call[0].error())
-    for call in calls:
-        if id(call) not in results:
-            try:
-                results[id(call)] = call[0].decode(*call[1:])
-            except Exception as e:
-                results[id(call)] = e
-    return [results[id(call)] for call in calls]
+    copied after (the pictures decoding on NVDEC at once); other sessions one after the other.
+    Each result is the session's outputs, or the DecodeError it failed with (the other calls go
+    on)."""
+    return Submitted(calls).collect()

@@ -19,10 +19,11 @@ lanes stopped for them);
 wait for the picks' copies);
 ``z``: ``stream_lead`` 0 (each GOP reaches its pair at the slot's first pick of it, so the pair
 starts it there, as before pairs decoded ahead into the next GOP sent), not the loader's 30.
-A last ``aN`` (``b8a4``) has each pair decode N frames past its latest pick
-(``_stream_sessions.AHEAD_FRAMES``, its rings sized to match), not the default.
+An ``aN`` (``b8a4``) has each pair decode N frames past its latest pick
+(``_stream_sessions.AHEAD_FRAMES``, its rings sized to match), not the default; a last ``gN``
+(``b8g1``) has a thread feed its pairs in N groups (``_nvdec.STREAM_GROUPS``), not the default.
 
-    python -m pipelines.throughput.pair_probe GOP_ROOT s48 b16 s48n s48q b8a4
+    python -m pipelines.throughput.pair_probe GOP_ROOT s48 b16 s48n s48q b8a4 b8g1
 """
 import re, sys, time, collections, faulthandler
 import numpy as np
@@ -31,10 +32,10 @@ import numpy as np
 STALL_S = 0.3
 
 def run(gops, variant, batches=90, warmup=12, slots=16):
-    parsed = re.fullmatch(r"([sb])(\d+)([nqwz]*)(?:a(\d+))?", variant)
+    parsed = re.fullmatch(r"([sb])(\d+)([nqwz]*)(?:a(\d+))?(?:g(\d+))?", variant)
     if parsed is None:
-        raise SystemExit(f"{variant}: not a variant (s or b, threads, suffixes nqwz, aN)")
-    mode, lanes, flags, ahead = parsed.groups()
+        raise SystemExit(f"{variant}: not a variant (s or b, threads, suffixes nqwz, aN, gN)")
+    mode, lanes, flags, ahead, groups = parsed.groups()
     lanes = int(lanes)
     import torch
     from torch.utils.dlpack import to_dlpack
@@ -45,6 +46,9 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
     from dali_gop.backends import _nvdec as nvdec, _stream_sessions as ss
     nvdec.STREAM_LANES = lanes
     nvdec.STREAM_AT_ONCE = mode == "b"
+    default_groups = nvdec.STREAM_GROUPS
+    if groups is not None:
+        nvdec.STREAM_GROUPS = int(groups)
     stream = torch.cuda.Stream()
     python_function_plugin.current_dali_stream = lambda: stream.cuda_stream
     stats = collections.Counter()
@@ -113,7 +117,8 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
     nvdec.NvdecBatchDecoder._submit = stamped
     wrapped = [wrap(nvdec.NvdecBatchDecoder, n, n) for n in (
         "_pick_pairs", "_pairs_ahead", "_start", "_finish", "_to_rgb")]
-    wrapped += [wrap(nvdec, "decode_many", "decode_many"), wrap(ss.StreamPair, "pick", "pair.pick"),
+    wrapped += [wrap(nvdec, "decode_many", "decode_many"), wrap(nvdec, "submit_many", "submit_many"),
+                wrap(ns.Submitted, "collect", "collect"), wrap(ss.StreamPair, "pick", "pair.pick"),
                 wrap(ss.StreamPair, "ahead", "pair.ahead"),
                 wrap(ns.NvdecSession, "decode", "session.decode"),
                 wrap(_cuda.CudaDriver, "copy_many", "copy_many")]
@@ -201,6 +206,7 @@ def run(gops, variant, batches=90, warmup=12, slots=16):
     for owner, name, f in patched:
         setattr(owner, name, f)
     ss.StreamPair._decode_through = orig
+    nvdec.STREAM_GROUPS = default_groups
     for owner, name, f in wrapped:
         setattr(owner, name, f)
 
