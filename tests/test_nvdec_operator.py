@@ -295,6 +295,7 @@ def test_a_lane_queues_a_group_on_nvdec_before_it_waits_for_the_group_fed_last(m
             raise AssertionError("the pair did not fail")
 
     monkeypatch.setattr(_nvdec, "submit_many", Flight)
+    monkeypatch.setattr(_nvdec, "STREAM_GROUPS", 2)
     operator = NvdecBatchDecoder(BitstreamStash(), threads=1, sessions="own",
                                  stream_sessions=True)
     operator._device_id = 0
@@ -323,4 +324,13 @@ def test_a_lane_queues_a_group_on_nvdec_before_it_waits_for_the_group_fed_last(m
     feeding.update({0, 1, 2, 3})
     assert operator._pairs_ahead(lane)
     assert log == [("submit", [0, 1, 2, 3]), ("collect", [0, 1, 2, 3])]
+    monkeypatch.setattr(_nvdec, "STREAM_GROUPS", 3)    # the groups take turns, one in flight
+    log.clear()
+    feeding.update({4, 5})
+    lane.pairs, lane.group = [Pair(i) for i in range(6)], 0
+    for _ in range(3):
+        assert operator._pairs_ahead(lane)
+    assert log == [("submit", [0, 3]),
+                   ("submit", [1, 4]), ("collect", [0, 3]),
+                   ("submit", [2, 5]), ("collect", [1, 4])]
     operator.close()
