@@ -76,8 +76,8 @@ STREAM_LANES = 8
 STREAM_AT_ONCE = True
 #: groups a thread feeds its pairs in, with :data:`STREAM_AT_ONCE`: it queues one group's pictures
 #: on NVDEC before it waits for the group fed last and runs its Python, so that NVDEC has its
-#: pictures all the while (one group: nothing of the thread's while its Python runs); two beat one
-#: in every run, and three beat two on some machines and lost on others (docs/results.md)
+#: pictures all the while (one group: nothing of the thread's while its Python runs); two, as
+#: three was faster than two on some machines and slower on others (docs/results.md)
 STREAM_GROUPS = 2
 #: what a session holds whatever the frame size (either kind)
 SESSION_BASE = 4 << 20
