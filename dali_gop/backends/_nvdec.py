@@ -63,9 +63,11 @@ REORDER_FRAMES = 4     # frames a flush may output at once beyond a call's packe
 #: asks for, two more and one output surface, with NVDEC's buffers for each, in frames of its video
 #: (47.6 MiB each measured at 1600x900, at most 9.6 at 640x360: docs/results.md)
 OWN_SESSION_FRAMES = 24
-#: the same for the session of a stream slot's camera (dali_gop.backends._stream_sessions), which
-#: has no surfaces beyond the parser's minimum (44.5 MiB each measured at 1600x900)
-STREAM_SESSION_FRAMES = 20
+#: the same for a stream slot's camera (dali_gop.backends._stream_sessions), its ring aside: the
+#: session (no surfaces beyond the parser's minimum) and what else the loader holds per pair; its
+#: session alone is smaller, but with the session alone counted, pairs held more than the memory
+#: budget they were planned for, and this bounds what they held in the loader (docs/results.md)
+STREAM_SESSION_FRAMES = 27
 #: threads of the stream pairs, at most (fewer where there are fewer decode threads): every
 #: thread runs Python for each pass over its pairs, and the operator's thread waits for the GIL
 #: after each of its short calls; 8 fed NVDEC best of 4, 8 and 16 (docs/results.md)
@@ -76,9 +78,10 @@ STREAM_LANES = 8
 STREAM_AT_ONCE = True
 #: groups a thread feeds its pairs in, with :data:`STREAM_AT_ONCE`: it queues one group's pictures
 #: on NVDEC before it waits for the group fed last and runs its Python, so that NVDEC has its
-#: pictures all the while (one group: nothing of the thread's while its Python runs); two, as
-#: three was faster than two on some machines and slower on others (docs/results.md)
-STREAM_GROUPS = 2
+#: pictures all the while (one group: nothing of the thread's while its Python runs); three, as
+#: the loader's stream row on pairs ran faster with three than with two on average over runs of
+#: both taking turns on one machine, though single runs overlap (docs/results.md)
+STREAM_GROUPS = 3
 #: what a session holds whatever the frame size (either kind)
 SESSION_BASE = 4 << 20
 
