@@ -187,6 +187,43 @@ def test_stream_slots_on_sessions_of_their_own(stores):
     assert fit(total(queue_1), source, wanted, pair_sessions=True, **nvdec)[0] == queue_1  # 48 thr, lead 30
 
 
+class BenchShape:
+    """The benchmark's stream loader as the estimate sees it: 16 slots x 6 cameras of 1600x900,
+    every sample streaming, a session per (slot, camera)."""
+    fix_gop_size = 0
+    frame = 1600 * 900 * 3 // 2
+
+    def stream_pairs(self):
+        return 16 * 6
+
+    def batch_frame_bytes(self):
+        return 16 * 6 * self.frame
+
+    def kept_gop_bytes(self, lead):
+        return 16 * 6 * 30 * self.frame
+
+    def streams_only(self):
+        return True
+
+    def frame_bytes(self):
+        return self.frame
+
+
+def test_the_pairs_estimate_covers_what_pairs_held_on_a_gpu():
+    """Stream pairs at the benchmark's shape held up to 8,010 MiB on an H100 (docs/results.md,
+    code 0d46f3c), and a 7 GiB budget planned with the session alone counted was passed: the
+    estimate covers that peak, so that budget turns stream decoding off instead."""
+    from dali_gop.backends._nvdec import RING_FRAMES
+    source = BenchShape()
+    nvdec = dict(rgb_factor=1, staging=True, ring_frames=RING_FRAMES, gop_frames=30,
+                 session_bytes=lambda frames, sessions: session_bytes(source.frame, frames,
+                                                                      sessions))
+    paired = Choice(30, 2, True, threads=48, sessions="own", stream_sessions=True)
+    assert sum(estimate(source, paired, **nvdec).values()) >= 8010 * 2**20
+    chosen, _ = fit(7 * 2**30, source, paired, **nvdec)
+    assert not chosen.stream_decoding
+
+
 def test_the_default_budget_is_a_quarter_of_host_memory_and_never_refuses(stores, monkeypatch):
     """No memory_budget: a quarter of the memory the frames are kept in (host memory for cpu),
     which lowers what it must but never refuses: where nothing fits it warns and runs with the
