@@ -197,6 +197,8 @@ def test_no_gpu_says_so_before_making_data(tmp_path):
     (["pipelines.throughput", "--backend", "cpu", "--gpu_work"], ["--gpu_work"]),
     (["pipelines.throughput", "--backend", "cpu", "--stream_sessions"], ["--stream_sessions"]),
     (["pipelines.throughput", "--backend", "cpu", "--nvdec_sessions", "own"], ["--nvdec_sessions"]),
+    (["pipelines.throughput", "--stream_groups", "3"], ["--stream_groups", "--stream_sessions"]),
+    (["pipelines.throughput", "--stream_sessions", "--stream_groups", "0"], ["--stream_groups"]),
     (["pipelines.throughput", "--switch_interval", "0"], ["--switch_interval"]),
     (["pipelines.throughput", "--train_rows", "launch", "all"], ["invalid choice"]),
     (["pipelines.throughput.chart", "missing.json"], ["missing.json"]),
@@ -348,17 +350,20 @@ def test_gpu_work_is_told_a_batch_largest_first():
 
 
 def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
-    """--nvdec_sessions, --stream_sessions and --stream_priority set class defaults of the nvdec
-    backend and the CUDA driver; the loader process imports them afresh, so they go with it (else
-    it would run PyNvVideoCodec's sessions whatever the run asked for)."""
+    """--nvdec_sessions, --stream_sessions, --stream_groups and --stream_priority set defaults of
+    the nvdec backend and the CUDA driver; the loader process imports them afresh, so they go with
+    it (else it would run PyNvVideoCodec's sessions whatever the run asked for)."""
+    from dali_gop.backends import _nvdec
     from dali_gop.backends._cuda import CudaDriver
     from dali_gop.backends._nvdec import NvdecBackend
     from pipelines.throughput import train
     monkeypatch.setattr(NvdecBackend, "sessions", "own")
     monkeypatch.setattr(NvdecBackend, "stream_sessions", True)
+    monkeypatch.setattr(_nvdec, "STREAM_GROUPS", 5)
     monkeypatch.setattr(CudaDriver, "priority", "default")
     defaults = train.backend_defaults()
-    assert defaults == {"sessions": "own", "stream_sessions": True, "priority": "default"}
+    assert defaults == {"sessions": "own", "stream_sessions": True, "groups": 5,
+                        "priority": "default"}
     remote = train.LoaderProcess({}, None)
     assert remote._process._args[-1] == defaults
 

@@ -166,6 +166,10 @@ def parse_args(argv=None):
                              "camera, decoding a few frames ahead of the picks, in place of kept "
                              "GOPs (dali_gop.backends._stream_sessions; off by default, as it "
                              "is not yet at NVDEC's speed): in every loader of the run")
+    loader.add_argument("--stream_groups", type=int, default=None, metavar="N",
+                        help="with --stream_sessions: the groups each thread feeds its pairs in "
+                             "(default: the backend's, dali_gop.backends._nvdec.STREAM_GROUPS), "
+                             "in every loader of the run")
     loader.add_argument("--nvdec_sessions", choices=["pynvvideocodec", "own"], default=None,
                         help="nvdec: whose NVDEC sessions the decode threads hold (default: the "
                              "backend's: PyNvVideoCodec's where slots stream, else ours; own: "
@@ -234,6 +238,9 @@ def parse_args(argv=None):
     if (args.stream_sessions or args.nvdec_sessions) and args.backend != "nvdec":
         raise ConfigError("--stream_sessions and --nvdec_sessions are paths of the nvdec "
                           "backend: they need --backend nvdec")
+    if args.stream_groups is not None and not (args.stream_sessions and args.stream_groups > 0):
+        raise ConfigError(f"--stream_groups {args.stream_groups}: give a number of groups > 0, "
+                          "with --stream_sessions (the groups are the stream pairs')")
     if args.switch_interval is not None and not args.switch_interval > 0:
         raise ConfigError(f"--switch_interval must be > 0 seconds, not {args.switch_interval}")
     args.random_group_num = min(args.random_group_num, args.clips)
@@ -256,6 +263,9 @@ def main(argv=None) -> None:
             NvdecBackend.stream_sessions = True
         if args.nvdec_sessions:
             NvdecBackend.sessions = args.nvdec_sessions
+    if args.stream_groups:
+        from dali_gop.backends import _nvdec
+        _nvdec.STREAM_GROUPS = args.stream_groups
     if args.stream_priority:
         from dali_gop.backends._cuda import CudaDriver
         CudaDriver.priority = args.stream_priority

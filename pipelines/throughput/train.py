@@ -131,12 +131,13 @@ BACKEND_DEFAULTS = ("sessions", "stream_sessions")
 
 
 def backend_defaults() -> dict:
-    """This process's nvdec backend defaults and stream priority (--stream_priority): a spawned
-    process imports the backend afresh, so the run's must go with it."""
+    """This process's nvdec backend defaults, stream pairs' groups (--stream_groups) and stream
+    priority (--stream_priority): a spawned process imports the backend afresh, so the run's must
+    go with it."""
+    from dali_gop.backends import _nvdec
     from dali_gop.backends._cuda import CudaDriver
-    from dali_gop.backends._nvdec import NvdecBackend
-    return {**{name: getattr(NvdecBackend, name) for name in BACKEND_DEFAULTS},
-            "priority": CudaDriver.priority}
+    return {**{name: getattr(_nvdec.NvdecBackend, name) for name in BACKEND_DEFAULTS},
+            "groups": _nvdec.STREAM_GROUPS, "priority": CudaDriver.priority}
 
 
 def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> None:
@@ -145,10 +146,12 @@ def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> No
     import queue
 
     from dali_gop import make_loader     # first: it sets CUDA's work queues before CUDA starts
+    from dali_gop.backends import _nvdec
     from dali_gop.backends._cuda import CudaDriver
     from dali_gop.backends._nvdec import NvdecBackend
     defaults = dict(defaults)
     CudaDriver.priority = defaults.pop("priority", CudaDriver.priority)
+    _nvdec.STREAM_GROUPS = defaults.pop("groups", _nvdec.STREAM_GROUPS)
     for name, value in defaults.items():
         setattr(NvdecBackend, name, value)
     if device is not None:
