@@ -355,10 +355,9 @@ def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
     it (else it would run PyNvVideoCodec's sessions whatever the run asked for)."""
     from dali_gop.backends import _nvdec
     from dali_gop.backends._cuda import CudaDriver
-    from dali_gop.backends._nvdec import NvdecBackend
     from pipelines.throughput import train
-    monkeypatch.setattr(NvdecBackend, "sessions", "own")
-    monkeypatch.setattr(NvdecBackend, "stream_sessions", True)
+    monkeypatch.setattr(_nvdec.NvdecBackend, "sessions", "own")
+    monkeypatch.setattr(_nvdec.NvdecBackend, "stream_sessions", True)
     monkeypatch.setattr(_nvdec, "STREAM_GROUPS", 5)
     monkeypatch.setattr(CudaDriver, "priority", "default")
     defaults = train.backend_defaults()

@@ -52,6 +52,15 @@ def total(source, choice):
     return sum(estimate(source, choice, **CPU).values())
 
 
+def nvdec_options(source, **options) -> dict:
+    """``estimate``'s options as the nvdec backend gives them (``_loader._within``) for
+    ``source``'s frames, and ``options``."""
+    frame = source.frame_bytes()
+    return dict(rgb_factor=1, staging=True, gop_frames=source.longest_gop(),
+                session_bytes=lambda frames, sessions: session_bytes(frame, frames, sessions),
+                **options)
+
+
 def test_fit_lowers_the_lead_then_the_queue_then_turns_stream_decoding_off(stores):
     gop_root, _ = stores("h264")
     source = stream_source(gop_root, stream_lead=30)
@@ -130,9 +139,7 @@ def test_fit_turns_to_our_own_sessions_then_lowers_their_threads(stores, monkeyp
     # slots keep whole GOPs (the fixed-GOP path's way), not sessions of their own
     monkeypatch.setattr(_budget, "_pair_sessions", lambda source, choice: 0)
     frame = source.frame_bytes()
-    nvdec = dict(rgb_factor=1, staging=True,
-                 session_bytes=lambda frames, sessions: session_bytes(frame, frames, sessions),
-                 gop_frames=source.longest_gop())
+    nvdec = nvdec_options(source)
     wanted = Choice(30, 0, True, threads=48, sessions="pynvvideocodec")
 
     def total(choice):
@@ -163,8 +170,7 @@ def test_stream_slots_on_sessions_of_their_own(stores):
     gop_root, _ = stores("h264")
     source = stream_source(gop_root, stream_lead=30)
     frame, pairs = source.frame_bytes(), 3 * len(source.dataset.cameras)
-    nvdec = dict(rgb_factor=1, staging=True, ring_frames=4, gop_frames=source.longest_gop(),
-                 session_bytes=lambda frames, sessions: session_bytes(frame, frames, sessions))
+    nvdec = nvdec_options(source, ring_frames=4)
     wanted = Choice(30, 0, True, threads=48, sessions="pynvvideocodec")
     kept = replace(wanted, sessions="own", threads=FEW_THREADS, stream_lead=0)
     paired = replace(wanted, sessions="own", stream_sessions=True)
@@ -208,6 +214,9 @@ class BenchShape:
     def frame_bytes(self):
         return self.frame
 
+    def longest_gop(self):
+        return 30
+
 
 def test_the_pairs_estimate_covers_what_pairs_held_on_a_gpu():
     """Stream pairs at the benchmark's shape held up to 8,010 MiB on an H100 (docs/results.md,
@@ -215,9 +224,7 @@ def test_the_pairs_estimate_covers_what_pairs_held_on_a_gpu():
     estimate covers that peak, so that budget turns stream decoding off instead."""
     from dali_gop.backends._nvdec import RING_FRAMES
     source = BenchShape()
-    nvdec = dict(rgb_factor=1, staging=True, ring_frames=RING_FRAMES, gop_frames=30,
-                 session_bytes=lambda frames, sessions: session_bytes(source.frame, frames,
-                                                                      sessions))
+    nvdec = nvdec_options(source, ring_frames=RING_FRAMES)
     paired = Choice(30, 2, True, threads=48, sessions="own", stream_sessions=True)
     assert sum(estimate(source, paired, **nvdec).values()) >= 8010 * 2**20
     chosen, _ = fit(7 * 2**30, source, paired, **nvdec)

@@ -63,10 +63,10 @@ REORDER_FRAMES = 4     # frames a flush may output at once beyond a call's packe
 #: asks for, two more and one output surface, with NVDEC's buffers for each, in frames of its video
 #: (47.6 MiB each measured at 1600x900, at most 9.6 at 640x360: docs/results.md)
 OWN_SESSION_FRAMES = 24
-#: the same for a stream slot's camera (dali_gop.backends._stream_sessions), its ring aside: the
-#: session (no surfaces beyond the parser's minimum) and what else the loader holds per pair; its
-#: session alone is smaller, but with the session alone counted, pairs held more than the memory
-#: budget they were planned for, and this bounds what they held in the loader (docs/results.md)
+#: the same for a stream slot's camera (dali_gop.backends._stream_sessions), its ring aside: its
+#: session (no surfaces beyond the parser's minimum) and what else the loader holds for the pair.
+#: The session alone is smaller, but with only it counted, pairs held more than the memory budget
+#: they were planned for; this bounds what they held in the loader (docs/results.md)
 STREAM_SESSION_FRAMES = 27
 #: threads of the stream pairs, at most (fewer where there are fewer decode threads): every
 #: thread runs Python for each pass over its pairs, and the operator's thread waits for the GIL

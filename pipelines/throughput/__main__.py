@@ -258,14 +258,13 @@ def main(argv=None) -> None:
         set_context_waits(int(os.environ.get("LOCAL_RANK", 0)), args.context_waits)
     check_machine(args.backend)
     if args.stream_sessions or args.nvdec_sessions:   # the backend's own defaults, for the run
-        from dali_gop.backends._nvdec import NvdecBackend
-        if args.stream_sessions:
-            NvdecBackend.stream_sessions = True
-        if args.nvdec_sessions:
-            NvdecBackend.sessions = args.nvdec_sessions
-    if args.stream_groups:
         from dali_gop.backends import _nvdec
-        _nvdec.STREAM_GROUPS = args.stream_groups
+        if args.stream_sessions:
+            _nvdec.NvdecBackend.stream_sessions = True
+        if args.stream_groups:       # given only with --stream_sessions (parse_args)
+            _nvdec.STREAM_GROUPS = args.stream_groups
+        if args.nvdec_sessions:
+            _nvdec.NvdecBackend.sessions = args.nvdec_sessions
     if args.stream_priority:
         from dali_gop.backends._cuda import CudaDriver
         CudaDriver.priority = args.stream_priority

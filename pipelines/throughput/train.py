@@ -148,12 +148,11 @@ def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> No
     from dali_gop import make_loader     # first: it sets CUDA's work queues before CUDA starts
     from dali_gop.backends import _nvdec
     from dali_gop.backends._cuda import CudaDriver
-    from dali_gop.backends._nvdec import NvdecBackend
     defaults = dict(defaults)
     CudaDriver.priority = defaults.pop("priority", CudaDriver.priority)
     _nvdec.STREAM_GROUPS = defaults.pop("groups", _nvdec.STREAM_GROUPS)
     for name, value in defaults.items():
-        setattr(NvdecBackend, name, value)
+        setattr(_nvdec.NvdecBackend, name, value)
     if device is not None:
         import torch
         torch.cuda.set_device(device)
