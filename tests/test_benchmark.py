@@ -27,6 +27,7 @@ def train_details(scale: float) -> dict:
     return {"train": {"model_fps": 2000 * scale, "loader_fps": 9000 * scale,
                       "together_fps": 1900 * scale, "overlap": 1.05 * scale, "serial": 1.22,
                       "next_ms": 0.4, "model_on_core": 0.99, "together_on_core": 0.714,
+                      "loader_share": 0.43,
                       "model": {"layers": 3}, "pattern": "stream"}}
 
 
@@ -90,6 +91,17 @@ def test_train_table_shows_the_three_phases_and_the_overlap():
                         "| 99 / 71 | 70 | 30,000 |")
     without = make_report([rank_results(1.0)[:2]], device="NVIDIA H100", args=ARGS)
     assert format_train_table(without) == ""
+
+
+def test_train_line_says_what_torchs_allocator_did_beside_the_loader():
+    from pipelines.throughput.train import format_train
+    details = train_details(1.0)
+    assert "allocator" not in format_train(details)     # runs from before it was counted
+    details["train"]["allocator"] = {"num_device_alloc": 12, "num_device_free": 3,
+                                     "num_sync_all_streams": 3, "num_alloc_retries": 0}
+    line = format_train(details)
+    assert line.endswith("torch's allocator, together: 12 cudaMalloc, 3 cudaFree, "
+                         "3 syncs of all streams, 0 retries after running out")
 
 
 def budget_rows() -> list[Result]:

@@ -218,6 +218,20 @@ def loader_step(batches) -> int:
     return frames_in(frames)
 
 
+#: torch's caching-allocator counters (``torch.cuda.memory_stats``) a train row reports for its
+#: together phase, the process's, every thread's: a cudaFree or a sync of all streams waits for
+#: every kernel queued, the model's too, so any in a row's steady state is a suspect for its overlap
+ALLOCATOR_COUNTERS = {"num_device_alloc": "cudaMalloc", "num_device_free": "cudaFree",
+                      "num_sync_all_streams": "syncs of all streams",
+                      "num_alloc_retries": "retries after running out"}
+
+
+def allocator_counts(device: int) -> dict[str, int]:
+    import torch
+    stats = torch.cuda.memory_stats(device)
+    return {key: stats.get(key, 0) for key in ALLOCATOR_COUNTERS}
+
+
 #: the rows, by their --train_rows names
 TRAIN_ROWS = ("stream", "random", "launch", "item", "queued")
 QUEUED_STEPS = 2   # the extra random row's make_loader(queued_steps=...), without --queued_steps
@@ -321,6 +335,7 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
     # --profile: where the together phase's time goes, and how long each step waits in next()
     profiler = Profiler() if a.profile and not a.loader_process else None
     waits: list[float] = []
+    counts: dict[str, int] = {}
     if a.loader_process:
         opened = LoaderProcess(loader_arguments(b, pattern, "nvdec", batch_size, **loader_options),
                                device)
@@ -339,6 +354,7 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
 
         def profile_start() -> None:
             waits.clear()
+            counts.update(allocator_counts(device))
             if profiler:
                 profiler.start()
 
@@ -347,6 +363,7 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
         phases["together"] = timed_steps(together_step, a.train_warmup, a.train_steps, device,
                                          on_start=profile_start)
         profile = profiler.stop(waits) if profiler else None
+        allocator = {key: n - counts[key] for key, n in allocator_counts(device).items()}
     per_step = {name: t.seconds / a.train_steps for name, t in phases.items()}
     slower = max(per_step["model"], per_step["loader"])
     details = {f"{name}_fps": t.frames / t.seconds for name, t in phases.items()}
@@ -355,7 +372,7 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
                    loader_share=per_step["loader"] / per_step["model"],
                    serial=(per_step["model"] + per_step["loader"]) / slower,
                    model=asdict(model), pattern=pattern, batch_size=batch_size,
-                   next_ms=1e3 * sum(waits) / max(len(waits), 1),
+                   next_ms=1e3 * sum(waits) / max(len(waits), 1), allocator=allocator,
                    **{f"{name}_on_core": t.details["thread_cpu_s"] / t.seconds
                       for name, t in phases.items() if name != "loader"})
     if profile:
@@ -372,7 +389,16 @@ def format_train(details: dict) -> str:
             f"takes {t['loader_share']:.0%} of the model's time; together, next() took "
             f"{t['next_ms']:.1f} ms a step; the training thread was on a core "
             f"{t['model_on_core']:.0%} of the time alone, {t['together_on_core']:.0%} together" +
+            _format_allocator(t.get("allocator")) +
             (f"\n{format_profile(t['profile'])}" if "profile" in t else ""))
+
+
+def _format_allocator(allocator: dict | None) -> str:
+    """What torch's allocator did in the together phase ("" in runs from before it was counted)."""
+    if allocator is None:
+        return ""
+    return "; torch's allocator, together: " + ", ".join(
+        f"{allocator.get(key, 0):,} {name}" for key, name in ALLOCATOR_COUNTERS.items())
 
 
 def train_rows(b: Bench) -> list[Result]:
