@@ -137,6 +137,36 @@ def gpu_sleep_cycles(seconds: float) -> int:
     return int(cycles * seconds / (start.elapsed_time(end) / 1e3))
 
 
+def test_frames_stay_right_when_the_training_runs_far_ahead_of_the_gpu(loaders, store):
+    """DALI hands its outputs over without a copy. A training thread that queues work faster than
+    the GPU runs it drops each batch long before its kernels read it; the batch's memory must not
+    be written with a later batch meanwhile, or the step reads frames it was never given."""
+    import torch
+    gop_root, reference = store
+    loader = loaders(gop_root, pattern="stream", backend="nvdec", batch_size=BATCH, num_workers=4,
+                     shard_id=0, num_shards=1)
+    batches = iter(loader)
+    next(batches)
+    torch.cuda.synchronize()
+    cycles = gpu_sleep_cycles(0.05)
+    checked = []
+    started = time.perf_counter()
+    for _ in range(10):
+        batch = next(batches)
+        torch.cuda._sleep(cycles)      # the GPU falls a step further behind the thread
+        # read after the sleep, on the training's stream, once the thread has let the batch go
+        checked.append({k: v.clone() if v.is_cuda else v for k, v in batch.items()})
+        del batch
+    ahead = time.perf_counter() - started
+    torch.cuda.synchronize()
+    assert ahead < 0.25, f"the thread waited for the GPU ({ahead:.2f} s): nothing was tested"
+    for batch in checked:
+        batch_difference({k: v.cpu() for k, v in batch.items()}, loader, reference,
+                         lambda decoded, k: decoded["rgb24"][k],
+                         lambda diff: diff.max() <= RGB_TOLERANCE_MAX and
+                         diff.mean() <= RGB_TOLERANCE_MEAN)
+
+
 @pytest.mark.parametrize("queued_steps", [None, 1])
 def test_queued_steps_bound_how_far_the_training_runs_ahead_of_the_gpu(loaders, store,
                                                                        queued_steps):
