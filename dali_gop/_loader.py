@@ -367,7 +367,11 @@ def _hand_over(batch: dict, ready, device_id: int | None) -> dict:
         stream.wait_event(ready)
         for tensor in batch.values():
             if tensor.is_cuda:
-                # freed memory goes back to the fetch thread's stream: not before this one is done
+                # memory of torch's allocator (an iterator that copies DALI's outputs) goes back to
+                # the fetch thread's stream only once this one is done with it. DALI's own outputs,
+                # handed over without a copy, are DALI's to keep from reuse: a GPU test drops
+                # batches whose kernels are still queued and checks their frames
+                # (tests/test_gpu_overlap.py, the training far ahead of the GPU)
                 tensor.record_stream(stream)
     return batch
 

@@ -159,6 +159,7 @@ def test_frames_stay_right_when_the_training_runs_far_ahead_of_the_gpu(loaders, 
         del batch
     ahead = time.perf_counter() - started
     torch.cuda.synchronize()
+    print(f"10 steps of 0.05 s on the GPU queued in {ahead:.2f} s, each batch let go at once")
     assert ahead < 0.25, f"the thread waited for the GPU ({ahead:.2f} s): nothing was tested"
     for batch in checked:
         batch_difference({k: v.cpu() for k, v in batch.items()}, loader, reference,
