@@ -72,6 +72,16 @@ class PeakMemory(PeakSampler):
         return total - free
 
 
+def assert_frames_right(batches, loader, reference) -> None:
+    """Every frame of ``batches`` (copied on the training's stream after its step) within the GPU
+    tests' tolerance of FFmpeg's, and its own frame."""
+    for batch in batches:
+        batch_difference({k: v.cpu() for k, v in batch.items()}, loader, reference,
+                         lambda decoded, k: decoded["rgb24"][k],
+                         lambda diff: diff.max() <= RGB_TOLERANCE_MAX and
+                         diff.mean() <= RGB_TOLERANCE_MEAN)
+
+
 def test_the_loader_overlaps_a_training_step_on_the_default_stream(loaders, store):
     import torch
     gop_root, reference = store
@@ -118,11 +128,7 @@ def test_the_loader_overlaps_a_training_step_on_the_default_stream(loaders, stor
           f"above the {before / 2**20:.0f} MiB before the loader: peak {used / 2**20:.0f} MiB "
           "(loader, model and the fixed batch)")
     assert together_s / max(model_s, loader_s) <= 1.10
-    for batch in checked:
-        batch_difference({k: v.cpu() for k, v in batch.items()}, loader, reference,
-                         lambda decoded, k: decoded["rgb24"][k],
-                         lambda diff: diff.max() <= RGB_TOLERANCE_MAX and
-                         diff.mean() <= RGB_TOLERANCE_MEAN)
+    assert_frames_right(checked, loader, reference)
 
 
 def gpu_sleep_cycles(seconds: float) -> int:
@@ -161,11 +167,7 @@ def test_frames_stay_right_when_the_training_runs_far_ahead_of_the_gpu(loaders, 
     torch.cuda.synchronize()
     print(f"10 steps of 0.05 s on the GPU queued in {ahead:.2f} s, each batch let go at once")
     assert ahead < 0.25, f"the thread waited for the GPU ({ahead:.2f} s): nothing was tested"
-    for batch in checked:
-        batch_difference({k: v.cpu() for k, v in batch.items()}, loader, reference,
-                         lambda decoded, k: decoded["rgb24"][k],
-                         lambda diff: diff.max() <= RGB_TOLERANCE_MAX and
-                         diff.mean() <= RGB_TOLERANCE_MEAN)
+    assert_frames_right(checked, loader, reference)
 
 
 @pytest.mark.parametrize("queued_steps", [None, 1])
