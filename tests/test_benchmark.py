@@ -361,6 +361,37 @@ def test_gpu_work_is_told_a_batch_largest_first():
     assert "Memcpy DtoD" in lines[2]
 
 
+def test_a_phases_timeline_says_what_ran_on_the_trainings_stream_and_beside_it():
+    from pipelines.throughput.profile import Span, busiest_stream, timeline_account
+    # two steps of 50 us: the model's kernels on stream 7, the loader's on 20 and 21
+    spans = [Span(7, 0, 10, "conv"), Span(7, 12, 20, "relu"), Span(7, 50, 70, "conv"),
+             Span(20, 5, 15, "map"), Span(21, 14, 16, "map"), Span(20, 30, 40, "copy")]
+    assert busiest_stream(spans) == 7
+    t = timeline_account(spans, 7, steps=2, seconds=100e-6)
+    assert t["step_ms"] == pytest.approx(0.05)
+    assert t["model_busy_ms"] == pytest.approx(38 / 2e3)
+    assert t["model_operations"] == 1.5
+    assert t["loader_ms"] == pytest.approx(22 / 2e3)          # summed
+    assert t["loader_busy_ms"] == pytest.approx(21 / 2e3)     # 5-16 and 30-40
+    assert t["loader_beside_model_ms"] == pytest.approx(9 / 2e3)   # 5-10 and 12-16
+    assert list(t["loader_by_name"]) == ["map", "copy"]
+    assert t["loader_by_name"]["map"] == pytest.approx(12 / 2e3)
+
+
+def test_a_train_rows_timeline_line_sets_the_phases_side_by_side():
+    from pipelines.throughput.train import format_train
+    details = train_details(1.0)
+    phase = {"step_ms": 20.0, "model_busy_ms": 15.0, "model_operations": 40.0, "loader_ms": 2.5,
+             "loader_busy_ms": 2.0, "loader_beside_model_ms": 1.5,
+             "loader_by_name": {"ConvertNV12BLtoNV12": 1.0}}
+    details["train"]["gpu_timeline"] = {"model": dict(phase, loader_ms=0.0),
+                                        "together": dict(phase, step_ms=22.0)}
+    line = format_train(details).splitlines()[-1]
+    assert "model alone 20.00 ms, its stream running 15.00 ms (40 operations), waiting 5.00" in line
+    assert "together 22.00 ms, running 15.00 ms, waiting 7.00 ms" in line
+    assert "the loader's GPU work 2.50 ms" in line and "ConvertNV12BLtoNV12 1.00" in line
+
+
 def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
     """--nvdec_sessions, --stream_sessions, --stream_groups and --stream_priority set defaults of
     the nvdec backend and the CUDA driver; the loader process imports them afresh, so they go with

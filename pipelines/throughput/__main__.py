@@ -130,8 +130,11 @@ def parse_args(argv=None):
                              "in the train rows' together phase (and put it in the JSON)")
     parser.add_argument("--gpu_work", action="store_true",
                         help="print the device time that each loader row's batches took on the "
-                             "GPU, by kernel and copy (torch.profiler; the row's speed is then "
-                             "measured under the profiler)")
+                             "GPU, by kernel and copy, and for each train row how long the "
+                             "training's stream ran and waited, alone and beside the loader, "
+                             "and how much of the loader's GPU work ran beside the model's "
+                             "(torch.profiler; the rows' speeds are then measured under the "
+                             "profiler)")
     add_dataset_arguments(parser)
     loader = parser.add_argument_group("the loader")
     loader.add_argument("--group_num", type=int, default=16,

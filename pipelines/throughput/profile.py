@@ -6,6 +6,10 @@ thread does other work), how many batches the CPU stage had handed over at each 
 waiting per batch, how many decode runs were going at once, how long the training loop waited in
 ``next()``, how late a thread that sleeps 1 ms wakes (the GIL's hand-over latency), and the CPU
 time of this process's threads by group.
+
+``--gpu_work`` records instead what ran on the GPU (:class:`DeviceTimeline`): a loader row's
+device time by kernel and copy, and for a train row how long the training's stream ran and waited
+alone and beside the loader, and how much of the loader's GPU work ran beside the model's.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import collections
 import contextlib
 import threading
 import time
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -137,10 +142,37 @@ def format_profile(p: dict) -> str:
     ])
 
 
+@dataclass(frozen=True)
+class Span:
+    """One kernel, copy or memset on the GPU: its stream, and when it ran (us, CUPTI's clock)."""
+    stream: int
+    start_us: float
+    end_us: float
+    name: str
+
+
+class DeviceTimeline:
+    """What ran on the GPU between :meth:`start` and :meth:`stop`: every kernel, copy and memset
+    of this process, from every thread and stream, the driver's own (NVDEC's maps) and DALI's
+    included (CUPTI, through torch.profiler)."""
+
+    def start(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+        self._profile = profile(activities=[ProfilerActivity.CUDA])
+        self._profile.start()
+
+    def stop(self) -> list[Span]:
+        from torch.autograd import DeviceType
+        self._profile.stop()
+        return [Span(event.device_resource_id, event.time_range.start, event.time_range.end,
+                     event.name)
+                for event in self._profile.events() if event.device_type == DeviceType.CUDA]
+
+
 @contextlib.contextmanager
 def gpu_work(enabled: bool) -> Iterator[dict]:
     """``--gpu_work``: the device time of the kernels, copies and memsets that this process ran
-    inside the block, from every thread and stream (CUPTI, through torch.profiler), by name.
+    inside the block, from every thread and stream, by name.
 
     The loader's work on the GPU's SMs and memory is what a model beside it loses, whatever
     the streams' order: this says how much there is, and what it is."""
@@ -148,19 +180,88 @@ def gpu_work(enabled: bool) -> Iterator[dict]:
     if not enabled:
         yield found
         return
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        yield found
+    timeline = DeviceTimeline()
+    timeline.start()
+    yield found
+    found.update(work_by_name(timeline.stop()))
+
+
+def work_by_name(spans: list[Span]) -> dict:
     by_name: dict = collections.defaultdict(lambda: [0.0, 0])
-    for event in prof.events():
-        if event.device_type == DeviceType.CUDA:
-            by_name[event.name][0] += event.time_range.elapsed_us() / 1e3
-            by_name[event.name][1] += 1
-    found["device_ms"] = sum(ms for ms, _ in by_name.values())
-    found["operations"] = sum(calls for _, calls in by_name.values())
-    found["by_name"] = {name: {"ms": ms, "calls": calls} for name, (ms, calls) in
-                        sorted(by_name.items(), key=lambda kv: -kv[1][0])}
+    for span in spans:
+        by_name[span.name][0] += (span.end_us - span.start_us) / 1e3
+        by_name[span.name][1] += 1
+    return {"device_ms": sum(ms for ms, _ in by_name.values()),
+            "operations": sum(calls for _, calls in by_name.values()),
+            "by_name": {name: {"ms": ms, "calls": calls} for name, (ms, calls) in
+                        sorted(by_name.items(), key=lambda kv: -kv[1][0])}}
+
+
+def _merged(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[list[float]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end) for start, end in merged]
+
+
+def _overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """Time in both of two merged interval lists."""
+    total, i, j = 0.0, 0, 0
+    while i < len(a) and j < len(b):
+        total += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def busiest_stream(spans: list[Span]) -> int:
+    """The stream that ran the most device time: in the model-alone phase, the training's."""
+    time_on: dict = collections.Counter()
+    for span in spans:
+        time_on[span.stream] += span.end_us - span.start_us
+    return max(time_on, key=time_on.get)
+
+
+def timeline_account(spans: list[Span], training_stream: int, steps: int,
+                     seconds: float) -> dict:
+    """A phase's GPU timeline, in ms a step: how long the training's stream ran something
+    (``model_busy_ms``; the rest of the step it waited, for launches or for its inputs), how
+    much device time everything else took (the loader's, summed and as a union) and how much
+    of that ran while the training's stream was running too."""
+    def per_step(us: float) -> float:
+        return us / 1e3 / steps
+
+    model = _merged([(s.start_us, s.end_us) for s in spans if s.stream == training_stream])
+    others = [s for s in spans if s.stream != training_stream]
+    loader = _merged([(s.start_us, s.end_us) for s in others])
+    by_name = work_by_name(others)["by_name"]
+    return {"step_ms": 1e3 * seconds / steps,
+            "model_busy_ms": per_step(sum(end - start for start, end in model)),
+            "model_operations": sum(s.stream == training_stream for s in spans) / steps,
+            "loader_ms": per_step(sum(s.end_us - s.start_us for s in others)),
+            "loader_busy_ms": per_step(sum(end - start for start, end in loader)),
+            "loader_beside_model_ms": per_step(_overlap(model, loader)),
+            "loader_by_name": {name: v["ms"] / steps for name, v in list(by_name.items())[:4]}}
+
+
+def format_timeline(model: dict, together: dict) -> str:
+    """A train row's two traced phases, side by side."""
+    def idle(p: dict) -> float:
+        return p["step_ms"] - p["model_busy_ms"]
+    largest = ", ".join(f"{name[:48]} {ms:.2f}" for name, ms in
+                        together["loader_by_name"].items())
+    return (f"     GPU timeline a step (--gpu_work): model alone {model['step_ms']:.2f} ms, its "
+            f"stream running {model['model_busy_ms']:.2f} ms ({model['model_operations']:.0f} "
+            f"operations), waiting {idle(model):.2f} ms; together {together['step_ms']:.2f} ms, "
+            f"running {together['model_busy_ms']:.2f} ms, waiting {idle(together):.2f} ms; "
+            f"the loader's GPU work {together['loader_ms']:.2f} ms (something of it running "
+            f"{together['loader_busy_ms']:.2f} ms, {together['loader_beside_model_ms']:.2f} ms "
+            f"of that beside the model's); largest, ms: {largest}")
 
 
 def format_gpu_work(work: dict, batches: int, top: int = 8) -> str:

@@ -23,7 +23,11 @@ launch-bound model (``--launch_*``: many tiny layers, so the step is bound by ke
 Python, the thread that competes with DALI's for the GIL); stream with ``loss.item()`` after every
 step, as a logging loop does (the host waits for the GPU each step); and, unless
 ``--queued_steps`` sets it for every row, random again with ``make_loader(queued_steps=2)``. A
-row's peak device memory includes the model's and the fixed batch's.
+row's peak device memory includes the model's and the fixed batch's. With ``--gpu_work`` the
+model-alone and together phases are traced on the GPU: the line then says how long the training's
+stream ran and waited in a step, alone and together, and how much of the loader's GPU work ran
+beside the model's (a step longer together with the stream running longer is the loader's work
+taking the GPU from the model; with it waiting longer, the model's kernels came late).
 """
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ from dali_gop.format import read_index
 from pipelines.throughput.bench import Bench
 from pipelines.throughput.loader import endless, frames_in, loader_arguments, open_loader
 from pipelines.throughput.measure import RANDOM, STREAM, Result, Timed
-from pipelines.throughput.profile import Profiler, format_profile
+from pipelines.throughput.profile import (DeviceTimeline, Profiler, busiest_stream, format_profile,
+                                          format_timeline, timeline_account)
 
 
 @dataclass(frozen=True)
@@ -195,7 +200,8 @@ def timed_steps(step: Callable[[], int], warmup: int, steps: int, device: int,
                  {"thread_cpu_s": time.thread_time() - cpu})
 
 
-def model_alone(b: Bench, model: StepModel, batch_size: int, warmup: int, steps: int) -> Timed:
+def model_alone(b: Bench, model: StepModel, batch_size: int, warmup: int, steps: int,
+                on_start: Callable[[], None] = lambda: None) -> Timed:
     """Steps of ``model`` on one fixed batch already on the GPU (freed when done)."""
     import torch
     torch.cuda.set_device(b.device)
@@ -208,7 +214,7 @@ def model_alone(b: Bench, model: StepModel, batch_size: int, warmup: int, steps:
         step(fixed)
         return frames_in(fixed)
 
-    return timed_steps(model_step, warmup, steps, b.device)
+    return timed_steps(model_step, warmup, steps, b.device, on_start)
 
 
 def loader_step(batches) -> int:
@@ -330,7 +336,13 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
               **loader_options) -> Timed:
     """The three phases; the row is the together phase, the others go into ``details``."""
     a, device = b.args, b.device
-    phases = {"model": model_alone(b, model, batch_size, a.train_warmup, a.train_steps)}
+    # --gpu_work: the GPU's timeline of the model-alone and together phases
+    timeline = DeviceTimeline() if a.gpu_work else None
+    spans = {}
+    phases = {"model": model_alone(b, model, batch_size, a.train_warmup, a.train_steps,
+                                   timeline.start if timeline else lambda: None)}
+    if timeline:
+        spans["model"] = timeline.stop()
     step = TrainStep(model, device)
     # --profile: where the together phase's time goes, and how long each step waits in next()
     profiler = Profiler() if a.profile and not a.loader_process else None
@@ -357,11 +369,15 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
             counts.update(allocator_counts(device))
             if profiler:
                 profiler.start()
+            if timeline:
+                timeline.start()
 
         phases["loader"] = timed_steps(lambda: loader_step(batches), a.train_warmup,
                                        a.train_steps, device)
         phases["together"] = timed_steps(together_step, a.train_warmup, a.train_steps, device,
                                          on_start=profile_start)
+        if timeline:
+            spans["together"] = timeline.stop()
         profile = profiler.stop(waits) if profiler else None
         allocator = {key: n - counts[key] for key, n in allocator_counts(device).items()}
     per_step = {name: t.seconds / a.train_steps for name, t in phases.items()}
@@ -377,6 +393,11 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
                       for name, t in phases.items() if name != "loader"})
     if profile:
         details["profile"] = profile
+    if spans.get("model"):    # CUPTI saw the model's kernels
+        training = busiest_stream(spans["model"])
+        details["gpu_timeline"] = {name: timeline_account(spans[name], training, a.train_steps,
+                                                          phases[name].seconds)
+                                   for name in spans}
     together = phases["together"]
     return Timed(together.frames, together.started, together.ended, {"train": details})
 
@@ -390,7 +411,8 @@ def format_train(details: dict) -> str:
             f"{t['next_ms']:.1f} ms a step; the training thread was on a core "
             f"{t['model_on_core']:.0%} of the time alone, {t['together_on_core']:.0%} together" +
             _format_allocator(t.get("allocator")) +
-            (f"\n{format_profile(t['profile'])}" if "profile" in t else ""))
+            (f"\n{format_profile(t['profile'])}" if "profile" in t else "") +
+            (f"\n{format_timeline(**t['gpu_timeline'])}" if "gpu_timeline" in t else ""))
 
 
 def _format_allocator(allocator: dict | None) -> str:
