@@ -225,6 +225,10 @@ def parse_args(argv=None):
                        help="run each train row's loader in a process of its own, its frames "
                             "handed over as CUDA tensors (CUDA IPC): the training thread then "
                             "shares the GIL with none of the loader's threads")
+    train.add_argument("--train_side_stream", action="store_true",
+                       help="train on a stream of the model's own instead of torch's default "
+                            "stream (the control of issue 16: what is left beside the loader "
+                            "when the two share no stream)")
     train.add_argument("--train_steps", type=int, default=60, help="timed steps of each phase")
     train.add_argument("--train_warmup", type=int, default=10,
                        help="untimed steps before each phase")

@@ -58,11 +58,14 @@ class StepModel:
 
 class TrainStep:
     """One forward + backward + SGD step of a :class:`StepModel` on a uint8 frame batch
-    (..., H, W, 3), on the current stream."""
+    (..., H, W, 3), on the current stream, or with ``side_stream`` on a stream of its own that
+    first waits for the current one (issue 16's control: a model that does not share torch's
+    default stream with anything)."""
 
-    def __init__(self, model: StepModel, device: int):
+    def __init__(self, model: StepModel, device: int, side_stream: bool = False):
         import torch
         self.torch, self.model = torch, model
+        self.side = torch.cuda.Stream(device) if side_stream else None
         convs = [torch.nn.Conv2d(3, model.channels, 3, padding=1)] + [
             torch.nn.Conv2d(model.channels, model.channels, 3, padding=1)
             for _ in range(model.layers - 1)]
@@ -71,6 +74,13 @@ class TrainStep:
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=1e-4)
 
     def __call__(self, frames) -> None:
+        if self.side is None:
+            return self._step(frames)
+        self.side.wait_stream(self.torch.cuda.current_stream())
+        with self.torch.cuda.stream(self.side):
+            self._step(frames)
+
+    def _step(self, frames) -> None:
         torch = self.torch
         x = frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2).to(torch.bfloat16) / 255
         x = torch.nn.functional.interpolate(x, size=self.model.size, mode="bilinear",
@@ -205,7 +215,7 @@ def model_alone(b: Bench, model: StepModel, batch_size: int, warmup: int, steps:
     """Steps of ``model`` on one fixed batch already on the GPU (freed when done)."""
     import torch
     torch.cuda.set_device(b.device)
-    step = TrainStep(model, b.device)
+    step = TrainStep(model, b.device, b.args.train_side_stream)
     index = read_index(b.gops, b.rels[0])
     fixed = torch.randint(0, 256, (batch_size, len(b.cameras), 1, index.height, index.width, 3),
                           dtype=torch.uint8, device=f"cuda:{b.device}")
@@ -343,7 +353,7 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
                                    timeline.start if timeline else lambda: None)}
     if timeline:
         spans["model"], calls["model"] = timeline.stop(), timeline.host_calls
-    step = TrainStep(model, device)
+    step = TrainStep(model, device, a.train_side_stream)
     # --profile: where the together phase's time goes, and how long each step waits in next()
     profiler = Profiler() if a.profile and not a.loader_process else None
     waits: list[float] = []
@@ -443,10 +453,12 @@ def train_rows(b: Bench) -> list[Result]:
     if a.queued_steps is None:   # the same random row with the loader's bound on the run-ahead
         variants["queued"] = (f", queued_steps {QUEUED_STEPS}", RANDOM, a.random_group_num,
                               random_model, {"queued_steps": QUEUED_STEPS})
+    side = ", the model on a stream of its own" if a.train_side_stream else ""
     rows = []
     for name, (label, pattern, batch_size, step_model, options) in variants.items():
         if name not in wanted:
             continue
+        label += side
         row = b.measure(f"train {pattern}{label}",
                         lambda: train_run(b, pattern, batch_size, step_model, **options),
                         method=f"beside a training step{label}", access=pattern,
