@@ -390,18 +390,6 @@ def test_a_train_rows_timeline_line_sets_the_phases_side_by_side():
     assert "model alone 20.00 ms, its stream running 15.00 ms (40 operations), waiting 5.00" in line
     assert "together 22.00 ms, running 15.00 ms, waiting 7.00 ms" in line
     assert "the loader's GPU work 2.50 ms" in line and "ConvertNV12BLtoNV12 1.00" in line
-    assert "CUDA calls" not in line      # traced without the host's calls
-    details["train"]["gpu_timeline"]["model"]["host"] = {"cuda_calls": 1300.0, "cuda_call_ms": 4.0}
-    details["train"]["gpu_timeline"]["together"]["host"] = {"cuda_calls": 1310.0, "cuda_call_ms": 9.5}
-    line = format_train(details).splitlines()[-1]
-    assert line.endswith("the training's threads in CUDA calls: 4.00 ms (1300 calls) alone, "
-                         "9.50 ms (1310) together")
-
-
-def test_the_trainings_cuda_calls_are_those_of_its_own_threads():
-    from pipelines.throughput.profile import host_account
-    calls = {1: [(0.0, 3.0), (10.0, 12.0)], 2: [(0.0, 1000.0)], 3: [(5.0, 6.0)]}
-    assert host_account(calls, {1, 3}, steps=2) == {"cuda_calls": 1.5, "cuda_call_ms": 0.003}
 
 
 def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):

@@ -154,32 +154,19 @@ class Span:
 class DeviceTimeline:
     """What ran on the GPU between :meth:`start` and :meth:`stop`: every kernel, copy and memset
     of this process, from every thread and stream, the driver's own (NVDEC's maps) and DALI's
-    included (CUPTI, through torch.profiler). With ``host``, also each thread's CUDA API calls
-    (``host_calls``: thread -> [(start_us, end_us)]), which take longer when a driver lock is
-    contended."""
-
-    def __init__(self, host: bool = False):
-        self.host = host
-        self.host_calls: dict[int, list[tuple[float, float]]] = {}
+    included (CUPTI, through torch.profiler)."""
 
     def start(self) -> None:
         from torch.profiler import ProfilerActivity, profile
-        self._profile = profile(activities=[ProfilerActivity.CUDA] +
-                                ([ProfilerActivity.CPU] if self.host else []))
+        self._profile = profile(activities=[ProfilerActivity.CUDA])
         self._profile.start()
 
     def stop(self) -> list[Span]:
         from torch.autograd import DeviceType
         self._profile.stop()
-        events = self._profile.events()
-        self.host_calls = collections.defaultdict(list)
-        for event in events:
-            if event.device_type == DeviceType.CPU and event.name.startswith("cuda"):
-                self.host_calls[event.thread].append((event.time_range.start,
-                                                      event.time_range.end))
         return [Span(event.device_resource_id, event.time_range.start, event.time_range.end,
                      event.name)
-                for event in events if event.device_type == DeviceType.CUDA]
+                for event in self._profile.events() if event.device_type == DeviceType.CUDA]
 
 
 @contextlib.contextmanager
@@ -262,14 +249,6 @@ def timeline_account(spans: list[Span], training_stream: int, steps: int,
             "loader_by_name": {name: v["ms"] / steps for name, v in list(by_name.items())[:4]}}
 
 
-def host_account(calls: dict[int, list[tuple[float, float]]], threads: set[int],
-                 steps: int) -> dict:
-    """The CUDA API calls of ``threads`` (the training's: those that called CUDA with the model
-    alone), a step: how many, and how long they took."""
-    mine = [end - start for thread in threads for start, end in calls.get(thread, [])]
-    return {"cuda_calls": len(mine) / steps, "cuda_call_ms": sum(mine) / 1e3 / steps}
-
-
 def format_timeline(model: dict, together: dict) -> str:
     """A train row's two traced phases, side by side."""
     def idle(p: dict) -> float:
@@ -282,12 +261,7 @@ def format_timeline(model: dict, together: dict) -> str:
             f"running {together['model_busy_ms']:.2f} ms, waiting {idle(together):.2f} ms; "
             f"the loader's GPU work {together['loader_ms']:.2f} ms (something of it running "
             f"{together['loader_busy_ms']:.2f} ms, {together['loader_beside_model_ms']:.2f} ms "
-            f"of that beside the model's); largest, ms: {largest}" +
-            ("" if "host" not in together else
-             f"; the training's threads in CUDA calls: {model['host']['cuda_call_ms']:.2f} ms "
-             f"({model['host']['cuda_calls']:.0f} calls) alone, "
-             f"{together['host']['cuda_call_ms']:.2f} ms "
-             f"({together['host']['cuda_calls']:.0f}) together"))
+            f"of that beside the model's); largest, ms: {largest}")
 
 
 def format_gpu_work(work: dict, batches: int, top: int = 8) -> str:

@@ -40,7 +40,7 @@ from pipelines.throughput.bench import Bench
 from pipelines.throughput.loader import endless, frames_in, loader_arguments, open_loader
 from pipelines.throughput.measure import RANDOM, STREAM, Result, Timed
 from pipelines.throughput.profile import (DeviceTimeline, Profiler, busiest_stream, format_profile,
-                                          format_timeline, host_account, timeline_account)
+                                          format_timeline, timeline_account)
 
 
 @dataclass(frozen=True)
@@ -347,12 +347,12 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
     """The three phases; the row is the together phase, the others go into ``details``."""
     a, device = b.args, b.device
     # --gpu_work: the GPU's timeline of the model-alone and together phases
-    timeline = DeviceTimeline(host=True) if a.gpu_work else None
-    spans, calls = {}, {}
+    timeline = DeviceTimeline() if a.gpu_work else None
+    spans = {}
     phases = {"model": model_alone(b, model, batch_size, a.train_warmup, a.train_steps,
                                    timeline.start if timeline else lambda: None)}
     if timeline:
-        spans["model"], calls["model"] = timeline.stop(), timeline.host_calls
+        spans["model"] = timeline.stop()
     step = TrainStep(model, device, a.train_side_stream)
     # --profile: where the together phase's time goes, and how long each step waits in next()
     profiler = Profiler() if a.profile and not a.loader_process else None
@@ -387,7 +387,7 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
         phases["together"] = timed_steps(together_step, a.train_warmup, a.train_steps, device,
                                          on_start=profile_start)
         if timeline:
-            spans["together"], calls["together"] = timeline.stop(), timeline.host_calls
+            spans["together"] = timeline.stop()
         profile = profiler.stop(waits) if profiler else None
         allocator = {key: n - counts[key] for key, n in allocator_counts(device).items()}
     per_step = {name: t.seconds / a.train_steps for name, t in phases.items()}
@@ -405,12 +405,9 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
         details["profile"] = profile
     if spans.get("model"):    # CUPTI saw the model's kernels
         training = busiest_stream(spans["model"])
-        threads = set(calls["model"])
-        details["gpu_timeline"] = {
-            name: dict(timeline_account(spans[name], training, a.train_steps,
-                                        phases[name].seconds),
-                       host=host_account(calls[name], threads, a.train_steps))
-            for name in spans}
+        details["gpu_timeline"] = {name: timeline_account(spans[name], training, a.train_steps,
+                                                          phases[name].seconds)
+                                   for name in spans}
     together = phases["together"]
     return Timed(together.frames, together.started, together.ended, {"train": details})
 
