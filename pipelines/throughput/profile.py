@@ -182,8 +182,11 @@ def gpu_work(enabled: bool) -> Iterator[dict]:
         return
     timeline = DeviceTimeline()
     timeline.start()
-    yield found
-    found.update(work_by_name(timeline.stop()))
+    try:
+        yield found
+    finally:
+        spans = timeline.stop()
+    found.update(work_by_name(spans))
 
 
 def work_by_name(spans: list[Span]) -> dict:
