@@ -299,10 +299,13 @@ def sized(b: Bench, pattern: str, batch_size: int, model: StepModel) -> StepMode
     import torch
     a = b.args
     steps = max(a.train_steps // 3, 5)
+    # the loader is timed over as many steps as its row times it: stream slots decode their next
+    # GOPs only every GOP's length of batches, so fewer steps can miss that work and size the
+    # model for a loader faster than the row then meets
     with open_loader(b, pattern, "nvdec", batch_size) as loader:
         batches = endless(loader)
-        loader_seconds = timed_steps(lambda: loader_step(batches), a.train_warmup, steps,
-                                     b.device).seconds / steps
+        loader_seconds = timed_steps(lambda: loader_step(batches), a.train_warmup,
+                                     a.train_steps, b.device).seconds / a.train_steps
     calibrated: dict[int, list[tuple[float, int]]] = {}  # channels -> (seconds, peak bytes)
 
     def step_seconds(candidate: StepModel) -> tuple[float, float]:
