@@ -488,9 +488,9 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
             may wait for a batch, before :class:`dali_gop.errors.WorkerError` names the worker
             and what it was reading (a hung network file system).
         device_id: the GPU; default ``LOCAL_RANK`` or 0. Ignored by the cpu backend.
-        decode_threads: nvdec decode threads (default 48 where slots stream, on PyNvVideoCodec's
-            sessions; else 24 on sessions of our own, which map and copy only the frames a
-            sample wants, not every frame decoded on the way from its GOP start).
+        decode_threads: nvdec decode threads, each on an NVDEC session of our own (default 48
+            where slots stream; else 24: there they map and copy only the frames a sample
+            wants, not every frame decoded on the way from its GOP start).
         hooks: :class:`dali_gop.hooks.DecodeHook` objects the nvdec operator calls (measurement).
         index_file, fix_gop_size, persistent_index: the reference loader's options of the same
             names (a seed-shaped index file; bin names from the frame number without an index;
@@ -501,8 +501,9 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
             after the last one it had delivered (see :meth:`GopLoader.load_state_dict`).
         memory_budget: bytes, or a size such as ``"8GiB"``, for what the loader holds (on the GPU
             for nvdec: decoded frames and its NVDEC sessions; in host memory for cpu: decoded
-            frames): it turns to NVDEC sessions of its own (a fraction of PyNvVideoCodec's
-            memory; at most 24 decode threads), then lowers ``decode_threads`` to 16, then
+            frames): it lowers ``decode_threads`` (each holds an NVDEC session) eight at a time
+            to 16 (from PyNvVideoCodec's sessions, where a backend was given those, it turns to
+            ours first, at most 24), then
             ``stream_lead``, then ``decode_ahead``, then ``prefetch_queue_depth`` to 1, then
             ``decode_threads`` to 8, then turns stream decoding off (with a warning: much
             slower) until its estimate fits

@@ -292,13 +292,16 @@ def test_the_cpu_backend_stays_within_its_budget_in_resident_memory_over_an_epoc
 
 @pytest.mark.parametrize("streams, given, wanted", [
     (False, {}, ("own", 24)),                        # random, sequence, stream decoding off
-    (True, {}, ("pynvvideocodec", 48)),              # stream slots
+    (True, {}, ("own", 48)),                         # stream slots: whole GOPs
     (False, {"threads": 48}, ("own", 48)),           # decode_threads given: kept
     (False, {"sessions": "pynvvideocodec"}, ("pynvvideocodec", 48)),
     (True, {"sessions": "own", "threads": 8}, ("own", 8)),
 ])
-def test_auto_sessions_are_ours_where_samples_decode_from_their_gop_start(streams, given, wanted):
-    """Ours map and copy only the frames a sample wants; PyNvVideoCodec's every frame decoded."""
+def test_auto_sessions_are_ours_and_fewer_where_samples_decode_from_their_gop_start(streams, given,
+                                                                                     wanted):
+    """Ours hold no frames, and map and copy only the frames a sample wants (PyNvVideoCodec's
+    every frame decoded); where slots stream they decode whole GOPs on as many threads as
+    PyNvVideoCodec's did."""
     from dali_gop.backends._nvdec import NvdecBackend
     backend = NvdecBackend(**given)
     backend.settle(streams)

@@ -52,7 +52,7 @@ from dali_gop.backends._assemble import (DecodeError, Held, KeptGops, check_outp
 from dali_gop.hooks import DecodeHook, annotate, nested
 from dali_gop.plan import RELEASE_FRAMES, Plan, Segment, segment_names
 
-DEFAULT_THREADS = 48   # GOP-prefix decodes gained up to 48 threads (docs/results.md)
+DEFAULT_THREADS = 48   # where stream slots decode whole GOPs: it kept NVDEC busiest (docs/results.md)
 # Device memory of one NVDEC session beside its output buffers (decode surfaces and the decoder's
 # own), in frames of its video: PyNvVideoCodec sizes it, the caller cannot.
 SESSION_FRAMES = 30
@@ -1008,9 +1008,8 @@ class NvdecBackend(DecodeBackend):
     device = "gpu"
     decodes_ahead = True
     ring_frames = (RING_FRAMES, REORDER_RING_FRAMES)
-    #: whose NVDEC sessions the decode threads hold: PyNvVideoCodec's (the fastest at 48 threads),
-    #: "own" (a fraction of the memory: what a memory budget turns to first), or "auto" (see
-    #: :meth:`settle`)
+    #: whose NVDEC sessions the decode threads hold: "pynvvideocodec" (PyNvVideoCodec's), "own"
+    #: (ours: a fraction of the memory), or "auto" (see :meth:`settle`)
     sessions = "auto"
 
     def __init__(self, color: str = "RGB", threads: int | None = None,
@@ -1027,16 +1026,18 @@ class NvdecBackend(DecodeBackend):
         self.operators: list[NvdecBatchDecoder] = []
 
     def settle(self, streams: bool) -> None:
-        """What "auto" sessions are for a loader: PyNvVideoCodec's where slots stream (every
-        frame decoded is wanted, and theirs are the fastest at 48 threads), else ours, at most
-        :data:`OWN_THREADS` of them unless ``threads`` was given. Where each sample is decoded
-        from its GOP start, most frames decoded are not wanted: ours map and copy only those a
-        sample wants, PyNvVideoCodec's every one, and that copying is GPU time taken from the
-        model beside the loader (and the sessions' memory, a fraction of theirs)."""
+        """What "auto" sessions are for a loader: ours, :data:`DEFAULT_THREADS` of them where
+        slots stream (whole GOPs, every frame wanted), else at most :data:`OWN_THREADS` unless
+        ``threads`` was given. Ours hold the surfaces the video needs and no frames (a fraction
+        of PyNvVideoCodec's memory) and write each frame straight into the loader's, one copy
+        where PyNvVideoCodec's make two; where each sample is decoded from its GOP start they
+        map and copy only the frames it wants, and those copies are GPU time taken from the
+        model beside the loader. Where slots stream they decoded as fast as PyNvVideoCodec's
+        at 48 threads, in about 6 GB less (docs/results.md)."""
         if self.sessions != "auto":
             return
-        self.sessions = "pynvvideocodec" if streams else "own"
-        if self.sessions == "own" and not self._threads_given:
+        self.sessions = "own"
+        if not streams and not self._threads_given:
             self.threads = min(self.threads, OWN_THREADS)
 
     def session_bytes(self, frame_bytes: int, frames_per_call: int,

@@ -175,8 +175,8 @@ def parse_args(argv=None):
                              "in every loader of the run")
     loader.add_argument("--nvdec_sessions", choices=["pynvvideocodec", "own"], default=None,
                         help="nvdec: whose NVDEC sessions the decode threads hold (default: the "
-                             "backend's: PyNvVideoCodec's where slots stream, else ours; own: "
-                             "csrc/nvdec_session.c), in every loader of the run that no budget "
+                             "backend's: ours, csrc/nvdec_session.c; pynvvideocodec: "
+                             "PyNvVideoCodec's), in every loader of the run that no budget "
                              "changes")
     loader.add_argument("--switch_interval", type=float, default=None, metavar="SECONDS",
                         help="sys.setswitchinterval for the run (Python's default 0.005): how "
