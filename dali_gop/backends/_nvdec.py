@@ -1032,8 +1032,8 @@ class NvdecBackend(DecodeBackend):
         of PyNvVideoCodec's memory) and write each frame straight into the loader's, one copy
         where PyNvVideoCodec's make two; where each sample is decoded from its GOP start they
         map and copy only the frames it wants, and those copies are GPU time taken from the
-        model beside the loader. Where slots stream they decoded as fast as PyNvVideoCodec's
-        at 48 threads, in about 6 GB less (docs/results.md)."""
+        model beside the loader. Where slots stream, 48 of ours kept NVDEC as busy as 48 of
+        PyNvVideoCodec's (docs/results.md)."""
         if self.sessions != "auto":
             return
         self.sessions = "own"
