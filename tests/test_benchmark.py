@@ -104,6 +104,54 @@ def test_train_line_says_what_torchs_allocator_did_beside_the_loader():
                          "3 syncs of all streams, 0 retries after running out")
 
 
+def test_train_line_gives_both_timings_of_the_model_alone_and_ranks_keep_the_widest_drift():
+    from pipelines.throughput.train import format_train
+    details = train_details(1.0)
+    assert "before the loader" not in format_train(details)     # runs from before it was timed twice
+    details["train"].update(model_before_fps=1900.0, model_after_fps=2100.0, model_drift=0.1)
+    assert format_train(details).startswith(
+        "     model alone 2,000 (1,900 before the loader, 2,100 after it), loader alone 9,000")
+    other = train_details(1.0)
+    other["train"].update(model_before_fps=2000.0, model_after_fps=2000.0, model_drift=0.0)
+    rows = [rank_results(1.0), rank_results(1.0)]
+    rows[0][4].details, rows[1][4].details = details, other
+    train = combine(rows)[4].details["train"]
+    assert train["model_drift"] == 0.1
+    assert train["model_before_fps"] == 3900.0 and train["model_after_fps"] == 4100.0
+
+
+def test_a_train_row_is_judged_against_the_mean_of_its_model_alone_timings(monkeypatch):
+    """The model alone is timed before the loader and again after it; the row's ratio and the
+    loader's share use their mean."""
+    import argparse
+    import contextlib
+
+    from pipelines.throughput import train
+    from pipelines.throughput.measure import Timed
+    alone = iter([0.20, 0.30])          # seconds of 10 steps: 20 ms, then 30 ms a step
+    monkeypatch.setattr(train, "model_alone", lambda *args, **kw: Timed(
+        960, 0.0, next(alone), {"thread_cpu_s": 0.1}))
+    monkeypatch.setattr(train, "open_loader", lambda *args, **kw: contextlib.nullcontext(None))
+    monkeypatch.setattr(train, "endless", lambda loader: iter(()))
+    monkeypatch.setattr(train, "TrainStep", lambda *args: None)
+    monkeypatch.setattr(train, "allocator_counts", lambda device: {"num_device_free": 0})
+    phase = iter([0.15, 0.30])          # loader alone 15 ms, together 30 ms a step
+
+    def timed_steps(step, warmup, steps, device, on_start=lambda: None):
+        on_start()
+        return Timed(960, 0.0, next(phase), {"thread_cpu_s": 0.1})
+    monkeypatch.setattr(train, "timed_steps", timed_steps)
+    args = argparse.Namespace(gpu_work=False, train_warmup=1, train_steps=10, profile=False,
+                              loader_process=False, train_side_stream=False)
+    bench = argparse.Namespace(args=args, device=0)
+    t = train.train_run(bench, "stream", 16, train.StepModel(1, 64, (225, 400)))
+    t = t.details["train"]
+    assert t["model_ms_per_step"] == pytest.approx(25.0)
+    assert t["overlap"] == pytest.approx(30 / 25) and t["loader_share"] == pytest.approx(15 / 25)
+    assert (t["model_before_fps"], t["model_after_fps"]) == (pytest.approx(4800), pytest.approx(3200))
+    assert t["model_fps"] == pytest.approx(960 / 0.25) and t["model_drift"] == pytest.approx(0.4)
+
+
 def budget_rows() -> list[Result]:
     def row(access, given, budget, fps, peak, **settings):
         return Result(f"dali-gop {access}, budget {given} (nvdec)", fps, 960, 1.0, 2.0, peak,

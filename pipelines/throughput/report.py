@@ -14,14 +14,14 @@ from pipelines.throughput.measure import Result
 
 def _combine_details(details: list[dict]) -> dict:
     """Rank 0's details, with the train figures over all ranks: frames/s summed, the overlap
-    the worst rank's."""
+    (and the model alone's drift) the worst rank's."""
     out = dict(details[0])
     if "train" in out:
         train = dict(out["train"])
         for key in train:
             if key.endswith("_fps"):
                 train[key] = sum(d["train"][key] for d in details)
-            elif key in ("overlap", "serial"):
+            elif key in ("overlap", "serial", "model_drift"):
                 train[key] = max(d["train"][key] for d in details)
         out["train"] = train
     return out

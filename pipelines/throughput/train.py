@@ -2,14 +2,16 @@
 
 A stand-in model trains on torch's default stream of the loader's GPU (nvdec): a stack of 3x3
 convolutions with ReLU, bf16, on each batch's frames downsampled first (bilinear), forward +
-backward + SGD. Three phases, one process, one GPU, in this order:
+backward + SGD. Four phases, one process, one GPU, in this order:
 
   model alone    steps on one fixed batch already on the GPU, before the loader exists: the
                  training's own speed
   loader alone   batches of the loader, each touched (one element read back to the host)
   together       steps fed by the loader
+  model alone    again, once the loader is closed
 
-and ``overlap`` = time per step together / max(model alone, loader alone): 1.00 when the two
+and ``overlap`` = time per step together / max(model alone, loader alone), the model alone's
+time the mean of its two timings (the row says both): 1.00 when the two
 overlap perfectly, ``serial`` (their sum over that max) when they take turns. Rows: stream and
 random access with the model of ``--train_layers/--train_channels/--train_size`` (random with
 ``--random_train_layers``). Overlap is a fair question only of a model the loader can hide
@@ -347,7 +349,7 @@ def lightened(model: StepModel, step_seconds: Callable[[StepModel], tuple[float,
 
 def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
               **loader_options) -> Timed:
-    """The three phases; the row is the together phase, the others go into ``details``."""
+    """The four phases; the row is the together phase, the others go into ``details``."""
     a, device = b.args, b.device
     # --gpu_work: the GPU's timeline of the model-alone and together phases
     timeline = DeviceTimeline() if a.gpu_work else None
@@ -393,9 +395,18 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
             spans["together"] = timeline.stop()
         profile = profiler.stop(waits) if profiler else None
         allocator = {key: n - counts[key] for key, n in allocator_counts(device).items()}
+    # the model alone again, the loader gone: its speed alone can drift between runs and within
+    # one (the host's and the GPU's state), so the row is judged against both timings' mean and
+    # says how far apart they were
+    phases["model_after"] = model_alone(b, model, batch_size, a.train_warmup, a.train_steps)
     per_step = {name: t.seconds / a.train_steps for name, t in phases.items()}
+    before, after = per_step["model"], per_step.pop("model_after")
+    per_step["model"] = (before + after) / 2
     slower = max(per_step["model"], per_step["loader"])
     details = {f"{name}_fps": t.frames / t.seconds for name, t in phases.items()}
+    details.update(model_fps=phases["model"].frames / a.train_steps / per_step["model"],
+                   model_before_fps=details.pop("model_fps"),
+                   model_drift=abs(after - before) / per_step["model"])
     details.update({f"{name}_ms_per_step": 1e3 * s for name, s in per_step.items()})
     details.update(overlap=per_step["together"] / slower,
                    loader_share=per_step["loader"] / per_step["model"],
@@ -403,7 +414,7 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
                    model=asdict(model), pattern=pattern, batch_size=batch_size,
                    next_ms=1e3 * sum(waits) / max(len(waits), 1), allocator=allocator,
                    **{f"{name}_on_core": t.details["thread_cpu_s"] / t.seconds
-                      for name, t in phases.items() if name != "loader"})
+                      for name, t in phases.items() if name in ("model", "together")})
     if profile:
         details["profile"] = profile
     if spans.get("model"):    # CUPTI saw the model's kernels
@@ -417,7 +428,9 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
 
 def format_train(details: dict) -> str:
     t = details["train"]
-    return (f"     model alone {t['model_fps']:,.0f}, loader alone {t['loader_fps']:,.0f}, "
+    drift = (f" ({t['model_before_fps']:,.0f} before the loader, {t['model_after_fps']:,.0f} "
+             f"after it)" if "model_after_fps" in t else "")
+    return (f"     model alone {t['model_fps']:,.0f}{drift}, loader alone {t['loader_fps']:,.0f}, "
             f"together {t['together_fps']:,.0f} frames/s; together / max(model, loader) "
             f"{t['overlap']:.2f} (1.00: perfect overlap; {t['serial']:.2f}: serial); the loader "
             f"takes {t['loader_share']:.0%} of the model's time; together, next() took "
