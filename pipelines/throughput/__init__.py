@@ -19,8 +19,9 @@ measures these groups (``--skip`` leaves some out):
            random_shuffle=True, one frame per sample
   pynvc    PyNvVideoCodec on the mp4 files, demuxed at run time: each file decoded whole, and
            random frames through SimpleDecoder (it seeks to the keyframe and decodes forward)
-  train    the loader (nvdec) feeding a stand-in training step on the same GPU: model alone,
-           loader alone, together, and together / max(model, loader)
+  train    the loader (nvdec) feeding a stand-in training step on the same GPU: model alone
+           (before the loader and after it), loader alone, together, and together / max(model,
+           loader)
   budget   the loader (nvdec) within each of --budgets (make_loader's memory_budget): frames/s
            and the peak device memory it really took, for stream and random access
 
