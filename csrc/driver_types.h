@@ -32,5 +32,6 @@ typedef struct {
     size_t WidthInBytes, Height;
 } Copy2D;
 #define MEMORYTYPE_DEVICE 2
+#define MEMORYTYPE_UNIFIED 4
 
 #endif

@@ -228,7 +228,9 @@ static int copy_frame(Session *s, CUdeviceptr source, unsigned pitch, CUdevicept
        display height, which a dense NV12 frame has even: s->height was checked against it) */
     Copy2D copy;
     memset(&copy, 0, sizeof copy);
-    copy.srcMemoryType = copy.dstMemoryType = MEMORYTYPE_DEVICE;
+    copy.srcMemoryType = MEMORYTYPE_DEVICE;
+    /* unified: the target may be pinned host memory (stream slots' GOPs kept on the host) */
+    copy.dstMemoryType = MEMORYTYPE_UNIFIED;
     copy.srcPitch = pitch;
     copy.dstPitch = copy.WidthInBytes = (size_t)s->width;
     copy.srcDevice = source;

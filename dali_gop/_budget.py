@@ -5,7 +5,9 @@ samples decoded ahead (``decode_ahead``), the batches in flight, and on nvdec on
 decode thread (``decode_threads``): PyNvVideoCodec's, whose surfaces it sizes by the frame and
 whose output buffers hold the frames of one ``Decode`` call (a whole GOP), or our own, which hold
 the surfaces the video needs and no frames; where stream slots cannot keep GOPs, a session of
-ours per slot and camera (``stream_sessions``), and DALI's queue (``prefetch_queue_depth``).
+ours per slot and camera (``stream_sessions``), and DALI's queue (``prefetch_queue_depth``);
+stream slots' GOPs may be kept in pinned host memory instead (``kept_gops``), which the device's
+budget then does not count.
 ``make_loader(..., memory_budget=...)`` changes those options, the one that costs the least speed
 first, until the estimate fits, and refuses a budget that nothing fits, naming the least that
 would. The estimate counts frames the loader allocates, as ``GopLoader.memory()`` reports them,
@@ -60,6 +62,10 @@ FEWEST_THREADS = 8
 #: the budget it was chosen for and ran at a fraction of NVDEC's ceiling (docs/results.md); a
 #: budget then turns stream decoding off instead, which keeps it
 PAIR_SESSIONS_STEP = False
+#: whether a budget keeps stream slots' GOPs in pinned host memory (where the backend can) before
+#: it lowers ``stream_lead``: the lead is what keeps NVDEC busy, the host's memory is plentiful,
+#: and the picks' copies to the device take PCIe time, not the SMs'
+HOST_KEPT_STEP = True
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,8 @@ class Choice:
     ``sessions`` whose NVDEC sessions the threads hold ("pynvvideocodec" or "own",
     dali_gop.backends._nvdec), ``prefetch`` DALI's ``prefetch_queue_depth``, ``stream_sessions``
     whether each stream slot's camera has a session of ours in place of kept GOPs
-    (dali_gop.backends._stream_sessions)."""
+    (dali_gop.backends._stream_sessions), ``kept_gops`` where stream slots keep decoded GOPs
+    ("device" or "host"; "" where the backend does not choose)."""
     stream_lead: int
     decode_ahead: int
     stream_decoding: bool
@@ -76,6 +83,7 @@ class Choice:
     sessions: str = ""
     prefetch: int = 2
     stream_sessions: bool = False
+    kept_gops: str = ""
 
 
 def _pair_sessions(source, choice: Choice) -> int:
@@ -96,16 +104,21 @@ def estimate(source, choice: Choice, *, rgb_factor: int = 1, staging: bool = Tru
     converted and being handed over, per decode thread ``session_bytes(frames one Decode call
     outputs, sessions)``, a segment of at most
     ``gop_frames`` (the longest GOP) per call, and per stream pair with a session of its own
-    ``session_bytes(0, "stream")`` and a ring of ``ring_frames`` frames (where videos reorder)."""
+    ``session_bytes(0, "stream")`` and a ring of ``ring_frames`` frames (where videos reorder).
+    Device bytes (host bytes for cpu): GOPs kept on the host (``kept_gops`` "host") are not
+    counted, only the staging their picks are copied into."""
     batch = source.batch_frame_bytes()
     pairs = _pair_sessions(source, choice) if session_bytes is not None else 0
     kept = source.kept_gop_bytes(choice.stream_lead) if choice.stream_decoding and not pairs else 0
     streaming = kept or pairs
-    figures = {"kept_gops": kept * rgb_factor,
+    on_host = kept and choice.kept_gops == "host"
+    figures = {"kept_gops": 0 if on_host else kept * rgb_factor,
                # stream slots' samples are not decoded ahead
                "decoded_ahead": 0 if streaming else choice.decode_ahead * batch,
-               # frames picked from kept GOPs are converted where they lie, not staged
-               "staging": 2 * batch if staging and not (kept and source.streams_only()) else 0,
+               # frames picked from kept GOPs are converted where they lie, not staged; from
+               # GOPs kept on the host, a batch's picks are copied to the device first
+               "staging": 0 if not staging else batch if on_host and source.streams_only() else
+               0 if kept and source.streams_only() else 2 * batch,
                "batches": (choice.prefetch + 2) * batch * 2,
                "decoder_sessions": 0}
     # decode threads open a session at their first plain segment: none where every sample streams
@@ -123,7 +136,8 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True, pair_sessions:
     """The choice closest to ``wanted`` whose estimate fits ``budget``: our own NVDEC sessions
     for PyNvVideoCodec's (a fraction of the memory; at most :data:`OWN_THREADS` of them) first,
     then decode threads lowered :data:`THREAD_STEP` at a time to :data:`FEW_THREADS`, then
-    ``stream_lead`` (down to 0), then (``pair_sessions``, default :data:`PAIR_SESSIONS_STEP`) a
+    (:data:`HOST_KEPT_STEP`, where ``wanted.kept_gops`` is "device") stream slots' GOPs kept in
+    pinned host memory, then ``stream_lead`` (down to 0), then (``pair_sessions``, default :data:`PAIR_SESSIONS_STEP`) a
     session of its own for each stream slot's camera in place of kept GOPs, then
     ``decode_ahead``, then DALI's prefetch queue to 1, then threads to :data:`FEWEST_THREADS`,
     then stream decoding off (each sample decoded from its keyframe: slow, but nothing kept);
@@ -141,6 +155,7 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True, pair_sessions:
                    for threads in range(start.threads - THREAD_STEP, FEW_THREADS, -THREAD_STEP)]
     if start.threads > FEW_THREADS:
         candidates.append(replace(start, threads=FEW_THREADS))
+    threads_lowered = len(candidates)
     candidates += [replace(candidates[-1], stream_lead=lead)
                    for lead in range(wanted.stream_lead - 1, -1, -1)]
     if pair_sessions is None:
@@ -159,6 +174,11 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True, pair_sessions:
     lowest = candidates[-1]
     if lowest.stream_decoding:
         candidates.append(replace(lowest, stream_decoding=False))
+    if HOST_KEPT_STEP and wanted.kept_gops == "device":
+        # after the sessions and threads (they free memory at no cost in speed), before the
+        # lead; every later step keeps them on the host too
+        candidates[threads_lowered:] = [replace(c, kept_gops="host")
+                                        for c in candidates[threads_lowered - 1:]]
     for choice in candidates:
         if total(choice) <= budget:
             # what was lowered on the way and freed nothing (a lead where slots keep no GOPs)

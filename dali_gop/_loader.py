@@ -111,7 +111,8 @@ class GopLoader:
         lowered what it had to: ``stream_lead``, ``decode_ahead``, ``stream_decoding``,
         ``prefetch_queue_depth`` and (nvdec) ``decode_threads``, ``nvdec_sessions`` (whose NVDEC
         sessions the decode threads hold: "pynvvideocodec" or "own") and ``stream_sessions``
-        (each stream slot's camera on a session of its own, in place of kept GOPs)."""
+        (each stream slot's camera on a session of its own, in place of kept GOPs) and
+        ``kept_gops`` (where stream slots keep decoded GOPs: "device" or pinned "host" memory)."""
         source = self.source
         settings = dict(memory_budget=self._memory_budget, stream_lead=source.stream_lead,
                         decode_ahead=source.decode_ahead, stream_decoding=source.stream_decoding,
@@ -124,7 +125,8 @@ class GopLoader:
         (stream slots' GOPs), ``decoded_ahead`` (samples decoded before their batch), ``staging``
         (NV12 of the batches in flight), ``stream_rings`` (frames stream slots' own sessions
         displayed early); on the GPU for ``nvdec``, in host memory for ``cpu`` (which
-        keeps GOPs only). Counted where the loader allocates, since this pipeline was built; NVDEC's
+        keeps GOPs only). With ``settings["kept_gops"]`` "host", nvdec's stream slots keep their
+        GOPs in pinned host memory: ``kept_gops_host``, in a pool of ``pinned_host`` bytes. Counted where the loader allocates, since this pipeline was built; NVDEC's
         own surfaces, DALI's buffers and the allocator's cache are not included."""
         total: dict[str, dict[str, int]] = {}
         for operator in self._run.operators:
@@ -414,7 +416,7 @@ def _within(budget: int, source: GopSource, dataset, access, source_options: dic
                ring_frames=decoder.ring_frames[source.reorders()])
     wanted = Choice(source.stream_lead, source.decode_ahead, source.stream_decoding,
                     decoder.threads, decoder.sessions, prefetch_queue_depth,
-                    decoder.stream_sessions)
+                    decoder.stream_sessions, decoder.kept_gops or "")
     choice, held = fit(budget, source, wanted, strict, **how)
     if choice == wanted:
         return source, prefetch_queue_depth
@@ -430,6 +432,8 @@ def _within(budget: int, source: GopSource, dataset, access, source_options: dic
                       UserWarning, stacklevel=3)
     decoder.threads, decoder.sessions = choice.threads, choice.sessions
     decoder.stream_sessions = choice.stream_sessions
+    if decoder.kept_gops:
+        decoder.kept_gops = choice.kept_gops
     source_options.update(stream_lead=choice.stream_lead, decode_ahead=choice.decode_ahead,
                           stream_decoding=choice.stream_decoding)
     return GopSource(dataset, access, **source_options), choice.prefetch
@@ -503,8 +507,8 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
             for nvdec: decoded frames and its NVDEC sessions; in host memory for cpu: decoded
             frames): it lowers ``decode_threads`` (each holds an NVDEC session) eight at a time
             to 16 (from PyNvVideoCodec's sessions, where a backend was given those, it turns to
-            ours first, at most 24), then
-            ``stream_lead``, then ``decode_ahead``, then ``prefetch_queue_depth`` to 1, then
+            ours first, at most 24), then (nvdec) keeps stream slots' decoded GOPs in pinned
+            host memory (the picks of each batch copied to the GPU), then ``stream_lead``, then ``decode_ahead``, then ``prefetch_queue_depth`` to 1, then
             ``decode_threads`` to 8, then turns stream decoding off (with a warning: much
             slower) until its estimate fits
             (``dali_gop._budget``; :attr:`GopLoader.settings` says what it chose), and refuses a
@@ -569,10 +573,10 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
                                                strict)
     if decoder.threads:    # settled and fitted: the same for the pipelines a resume builds
         options.update(threads=decoder.threads, sessions=decoder.sessions,
-                       stream_sessions=decoder.stream_sessions)
+                       stream_sessions=decoder.stream_sessions, kept_gops=decoder.kept_gops)
     dataset.check_one_size(source.store.video_info, resize)
     decoder.check_videos(source.store, dataset.videos())
-    if decoder.device == "gpu" and memory_budget is None:
+    if decoder.device == "gpu" and memory_budget is None and decoder.kept_gops != "host":
         _warn_if_kept_gops_crowd_the_gpu(source.kept_gop_bytes(), device_id)
     run_options = dict(last_batch_policy=last_batch_policy, batch_size=batch_size,
                        num_workers=num_workers, device_id=device_id, num_threads=num_threads,

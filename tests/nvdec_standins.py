@@ -169,7 +169,8 @@ def install(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: None, raising=False)
     empty = torch.empty
-    monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: empty(*a, **k))
+    monkeypatch.setattr(torch, "empty",
+                        lambda *a, device=None, pin_memory=False, **k: empty(*a, **k))
     monkeypatch.setattr(python_function_plugin, "current_dali_stream", lambda: 0, raising=False)
 
     monkeypatch.setattr(nvdec, "CudaDriver", StandInDriver)

@@ -231,6 +231,31 @@ def test_the_pairs_estimate_covers_what_pairs_held_on_a_gpu():
     assert not chosen.stream_decoding
 
 
+def test_a_budget_keeps_stream_slots_gops_on_the_host_before_it_lowers_their_lead():
+    """At the benchmark's stream shape, GOPs kept on the device do not fit 6 GiB even at 16 decode
+    threads; kept in pinned host memory they leave the device's budget (the picks of a batch are
+    staged there), so the lead and all 48 threads stay. A backend that cannot keep them on the
+    host (``kept_gops`` "") lowers the lead as before."""
+    from dali_gop.backends._nvdec import RING_FRAMES
+    source = BenchShape()
+    nvdec = nvdec_options(source, ring_frames=RING_FRAMES)
+    wanted = Choice(30, 2, True, threads=48, sessions="own", kept_gops="device")
+
+    def total(choice):
+        return sum(estimate(source, choice, **nvdec).values())
+    assert total(replace(wanted, threads=FEW_THREADS)) > 6 * 2**30
+    chosen, held = fit(6 * 2**30, source, wanted, **nvdec)
+    assert chosen == replace(wanted, kept_gops="host")
+    assert "kept_gops" not in held and held["staging"] == source.batch_frame_bytes()
+    assert sum(held.values()) <= 6 * 2**30
+    monkeypatch = pytest.MonkeyPatch()
+    with monkeypatch.context() as patched:
+        patched.setattr(_budget, "HOST_KEPT_STEP", False)
+        assert fit(6 * 2**30, source, wanted, strict=False, **nvdec)[0].kept_gops == "device"
+    assert fit(6 * 2**30, source, replace(wanted, kept_gops=""), strict=False,
+               **nvdec)[0].kept_gops == ""
+
+
 def test_the_default_budget_is_a_quarter_of_host_memory_and_never_refuses(stores, monkeypatch):
     """No memory_budget: a quarter of the memory the frames are kept in (host memory for cpu),
     which lowers what it must but never refuses: where nothing fits it warns and runs with the

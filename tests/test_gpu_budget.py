@@ -3,9 +3,9 @@ the device's free memory (mem_get_info, all allocators and NVDEC's own surfaces)
 budget, and the frames are those of the loader without one.
 
 8 (stream; random: 4, one per clip) samples x 3 cameras of 640x360 HEVC, within a budget the
-loader without one goes past: the budget must lower the decode threads (each holds an NVDEC
-session), and for stream also the lead; a loader whose estimate left the sessions out kept all 48
-and went past it.
+loader without one goes past: random access must lower the decode threads (each holds an NVDEC
+session; a loader whose estimate left the sessions out kept all 48 and went past it), stream
+slots keep their GOPs in pinned host memory, at their full lead (which the budget lowered before).
 """
 from __future__ import annotations
 
@@ -60,10 +60,13 @@ def test_the_loader_stays_within_its_budget_on_the_device(loaders, store, patter
     bounded, chosen, peak = run(loaders, gop_root, pattern, memory_budget=budget)
     print(f"{pattern}: {wanted} -> {chosen}: peak {peak / 2**20:,.0f} MiB within "
           f"{budget / 2**20:,.0f} MiB")
-    # our own sessions (stream: one per slot and camera), or fewer decode threads
+    # our own sessions, fewer decode threads, or stream slots' GOPs on the host
     assert chosen["nvdec_sessions"] != wanted["nvdec_sessions"] or \
-        chosen["decode_threads"] < wanted["decode_threads"], "the budget changed nothing"
+        chosen["decode_threads"] < wanted["decode_threads"] or \
+        chosen["kept_gops"] != wanted["kept_gops"], "the budget changed nothing"
     assert chosen["stream_decoding"] == wanted["stream_decoding"]
+    if pattern == "stream":
+        assert (chosen["kept_gops"], chosen["stream_lead"]) == ("host", wanted["stream_lead"])
     assert peak <= budget, f"{peak / 2**20:,.0f} MiB in use above the start, budget " \
                            f"{budget / 2**20:,.0f} MiB"
     for (clips, frames, a), (clips_b, frames_b, b) in zip(unbounded, bounded):

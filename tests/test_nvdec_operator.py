@@ -60,17 +60,21 @@ def operator_batches(gop_root, pattern, batch_size, epochs=2, decode_ahead=0, me
 @pytest.mark.parametrize("pattern, options", [("stream", {}), ("random", {}),
                                               ("sequence", dict(length=3, stride=2))])
 @pytest.mark.parametrize("decode_ahead", [0, 2])
-@pytest.mark.parametrize("sessions", ["own", "pynvvideocodec", "stream", "stream-at-once"])
+@pytest.mark.parametrize("sessions", ["own", "pynvvideocodec", "stream", "stream-at-once",
+                                      "host"])
 def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pattern, options,
                                                   decode_ahead, sessions):
     """Every frame, on both backends' videos and every pattern, with and without decoding ahead,
-    on our own NVDEC sessions, on PyNvVideoCodec's, and ("stream") with a session of its own for
-    each stream slot's camera, a pair per call or ("stream-at-once") a thread's pairs in one."""
+    on our own NVDEC sessions, on PyNvVideoCodec's, with ("stream") a session of its own for
+    each stream slot's camera, a pair per call or ("stream-at-once") a thread's pairs in one,
+    and ("host") on ours with stream slots' GOPs kept in pinned host memory."""
     from dali_gop.backends import _nvdec
     from nvdec_standins import install
     install(monkeypatch)
     monkeypatch.setattr(_nvdec, "STREAM_AT_ONCE", sessions == "stream-at-once")
-    sessions = "stream" if sessions.startswith("stream") else sessions
+    kept_gops = "host" if sessions == "host" else "device"
+    sessions = "stream" if sessions.startswith("stream") else \
+        "own" if sessions == "host" else sessions
     gop_root, reference = stores(name)
     clips, cameras = list(Dataset.open(gop_root).clips), Dataset.open(gop_root).cameras
     checked = kept = 0
@@ -79,7 +83,8 @@ def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pat
                                           memory=memory,
                                           operator_options=dict(
                                               sessions="own" if sessions == "stream" else sessions,
-                                              stream_sessions=sessions == "stream"),
+                                              stream_sessions=sessions == "stream",
+                                              kept_gops=kept_gops),
                                           **options):
         for (_, plan, frame_idx, clip, _), sample in zip(batch, frames):
             kept += Plan.from_array(plan).kept_key >= 0
@@ -98,8 +103,8 @@ def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pat
     nv12_frame = 96 * 160 * 3 // 2
     staging = memory.get("staging", {"now": 0, "peak": 0})
     assert staging["now"] == 0 and staging["peak"] <= 3 * 2 * 3 * nv12_frame * 2
-    if pattern == "random":
-        assert staging["peak"] > 0
+    if pattern == "random" or (pattern == "stream" and kept_gops == "host"):
+        assert staging["peak"] > 0      # GOPs kept on the host: each batch's picks staged
     elif pattern == "stream" and sessions != "stream":
         assert staging["peak"] == 0
     if pattern == "stream" and sessions == "stream":
@@ -113,7 +118,11 @@ def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pat
         assert 0 < memory["stream_rings"]["peak"] <= most
         assert sum(again for _, again in pairs) <= len(pairs)
     elif pattern == "stream":
-        assert 0 < memory["kept_gops"]["peak"] <= 3 * 2 * 3 * 10 * nv12_frame
+        kind = "kept_gops_host" if kept_gops == "host" else "kept_gops"
+        assert 0 < memory[kind]["peak"] <= 3 * 2 * 3 * 10 * nv12_frame
+        assert ("kept_gops" in memory) == (kept_gops == "device")
+        if kept_gops == "host":       # the pool, whole slabs, and nothing of it left at close
+            assert memory["pinned_host"]["peak"] >= memory["kept_gops_host"]["peak"]
     if decode_ahead and pattern == "random":
         assert memory["decoded_ahead"]["peak"] > 0
 
@@ -216,6 +225,44 @@ def test_a_kept_gop_lets_go_of_the_chunks_its_slot_has_passed(monkeypatch):
     freed = kept.let_go_below(step, gop, gop.count, DecodedGop.release_below)
     assert len(freed) == 1 and gop.kept_bytes() == 2 * 12      # the short last chunk stays
     assert held.now["kept_gops"] == 2 * 12
+
+
+def test_gops_kept_on_the_host_take_whole_chunks_of_a_pool_that_takes_them_back(monkeypatch):
+    """A GOP kept on the host takes whole chunks of pinned slabs (a short last chunk too, so that
+    every chunk fits any GOP of the size); a chunk let go or of a GOP dropped goes back to the
+    pool and is taken again before the pool pins more; the pool's slabs are counted."""
+    from dali_gop.backends._assemble import Held
+    from dali_gop.backends._nvdec import DecodedGop, PinnedChunks
+    from nvdec_standins import install
+    install(monkeypatch)
+    size = DecodedGop.CHUNK_FRAMES
+    held = Held()
+    pool = PinnedChunks(held)
+    gop = DecodedGop("clip/cam0.mp4/gop.0.12.bin", 2 * size + 2, (3, 4))
+    gop.allocate(pool)
+    assert gop.on_host and len(gop.chunks) == 3 and len(set(gop.pointers)) == gop.count
+    slab = held.now["pinned_host"]
+    assert slab >= PinnedChunks.SLAB_CHUNKS * size * 12 and slab & (slab - 1) == 0
+    assert gop.kept_bytes() == gop.count * 12
+    first = gop.chunks[0].data_ptr()
+    freed = gop.release_below(size)
+    assert [c.data_ptr() for c in freed] == [first]
+    other = DecodedGop("clip/cam1.mp4/gop.0.12.bin", size, (3, 4))
+    other.allocate(pool)
+    assert other.chunks[0].data_ptr() != first     # still held by the batch that let it go
+    del freed
+    again = DecodedGop("clip/cam1.mp4/gop.12.12.bin", size, (3, 4))
+    again.allocate(pool)
+    assert again.chunks[0].data_ptr() == first     # back in the pool: taken before the rest
+    dropped = {c.data_ptr() for c in gop.chunks if c is not None}
+    del gop
+    more = [DecodedGop(f"clip/cam2.mp4/gop.{i}.5.bin", size, (3, 4)) for i in range(2)]
+    for g in more:
+        g.allocate(pool)
+    assert {g.chunks[0].data_ptr() for g in more} == dropped   # the dropped GOP's, first
+    assert held.now["pinned_host"] == slab
+    pool.clear()
+    assert held.now["pinned_host"] == 0
 
 
 def test_a_lane_serves_queued_picks_before_the_rest_of_its_pass(monkeypatch):

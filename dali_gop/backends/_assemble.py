@@ -37,10 +37,12 @@ class KeptGops:
     counted in ``held``.
     """
 
-    def __init__(self, held: Held | None = None, size_of: Callable[[Any], int] = lambda kept: 0):
+    def __init__(self, held: Held | None = None, size_of: Callable[[Any], int] = lambda kept: 0,
+                 kind: str = "kept_gops"):
         self._kept: dict[tuple[int, int], dict[tuple[int, int], Any]] = {}
         self._held = held or Held()
         self._size_of = size_of
+        self._kind = kind     # what ``held`` counts them as ("kept_gops_host": pinned host memory)
 
     def step(self, camera: int, step: StreamStep, decode: Callable[[StreamSend], Any]) -> Any:
         """The kept GOP this step picks from (after taking in the step's sends)."""
@@ -50,7 +52,7 @@ class KeptGops:
             kept.clear()
         for send in step.sends:
             made = kept[(send.video_key, send.gop_start)] = decode(send)
-            self._held.add("kept_gops", self._size_of(made))
+            self._held.add(self._kind, self._size_of(made))
         key = (step.video_key, step.gop_start)
         if key not in kept:
             raise DecodeError(f"stream slot {step.slot}, camera {camera}: GOP {step.gop_start} of "
@@ -71,12 +73,12 @@ class KeptGops:
             return []
         before = self._size_of(kept)
         freed = let_go(kept, low)
-        self._held.add("kept_gops", self._size_of(kept) - before)
+        self._held.add(self._kind, self._size_of(kept) - before)
         return freed
 
     def _drop(self, gops) -> None:
         for gop in gops:
-            self._held.add("kept_gops", -self._size_of(gop))
+            self._held.add(self._kind, -self._size_of(gop))
 
     def clear(self) -> None:
         """Let every kept GOP go (the loader closes)."""

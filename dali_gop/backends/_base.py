@@ -26,6 +26,10 @@ class DecodeBackend(ABC):
     # video that reorders frames)
     stream_sessions: bool = False
     ring_frames: tuple[int, int] = (0, 0)
+    # where stream slots keep their decoded GOPs: "device", or "host" (pinned host memory, the
+    # picks copied to the device each batch): None where the backend can keep them on the device
+    # only, or on the host only (cpu)
+    kept_gops: str | None = None
 
     def __init__(self, color: str = "RGB", color_matrix: str | None = None):
         if color not in ("RGB", "BGR"):
@@ -52,7 +56,7 @@ class DecodeBackend(ABC):
         if not self.threads:
             return {}
         return {"decode_threads": self.threads, "nvdec_sessions": self.sessions,
-                "stream_sessions": self.stream_sessions}
+                "stream_sessions": self.stream_sessions, "kept_gops": self.kept_gops}
 
     def settle(self, streams: bool) -> None:
         """Called before :meth:`bind` with whether any sample streams (stream slots): a backend

@@ -42,7 +42,8 @@ class CudaDriver:
     def __init__(self, hold_gil: bool):
         lib = (ctypes.PyDLL if hold_gil else ctypes.CDLL)("libcuda.so.1")
         u64, ptr, size = ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t
-        self._memcpy = self._bind(lib.cuMemcpyDtoDAsync_v2, u64, u64, size, ptr)
+        # unified: either side may be pinned host memory (stream slots' GOPs kept on the host)
+        self._memcpy = self._bind(lib.cuMemcpyAsync, u64, u64, size, ptr)
         self._wait = self._bind(lib.cuStreamWaitEvent, ptr, ptr, ctypes.c_uint)
         self._create = self._bind(lib.cuEventCreate, ctypes.POINTER(ptr), ctypes.c_uint)
         self._record = self._bind(lib.cuEventRecord, ptr, ptr)
@@ -74,11 +75,13 @@ class CudaDriver:
             raise DecodeError(f"{call} failed with CUDA error {status}")
 
     def copy(self, destination: int, source: int, nbytes: int, stream: int) -> None:
-        self._check(self._memcpy(destination, source, nbytes, stream), "cuMemcpyDtoDAsync")
+        self._check(self._memcpy(destination, source, nbytes, stream), "cuMemcpyAsync")
 
     def copy_many(self, destinations: Sequence[int], sources: Sequence[int],
                   sizes: Sequence[int], stream: int, device: int) -> None:
-        """Device-to-device copies on ``stream``: one driver call where the driver has batches."""
+        """Copies on ``stream`` between device memory and pinned host memory (the driver tells
+        them apart by address): one driver call where the driver has batches (its location hints
+        apply to managed memory only)."""
         count = len(destinations)
         if count == 1 or self._batch is None:
             for destination, source, nbytes in zip(destinations, sources, sizes):

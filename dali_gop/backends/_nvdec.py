@@ -344,12 +344,71 @@ class _ThreadDecoders:
     decoders: dict = field(default_factory=dict)
 
 
+class PinnedChunks:
+    """Pinned host memory for the chunks of GOPs kept on the host (the backend's ``kept_gops``
+    "host"): slabs carved into chunks of one size each, a chunk back in the pool once nothing
+    refers to it (:class:`PinnedChunk`), as torch's allocator takes back a device block.
+
+    Reuse is ordered as the device chunks' is: chunks are taken only on DALI's thread, while a
+    batch is scheduled, and the decodes that write them wait for an event DALI's stream records
+    after that, so behind every read of a chunk let go before (reads are DALI's stream's copies
+    of picked frames). Slabs stay until :meth:`clear`: pinning memory takes milliseconds."""
+
+    #: chunks a slab holds, about: torch's pinned allocator rounds a request up to a power of two,
+    #: so a slab is that power of two, filled with as many chunks as fit
+    SLAB_CHUNKS = 16
+
+    def __init__(self, held: Held):
+        self._free: dict[int, collections.deque] = collections.defaultdict(collections.deque)
+        self._slabs: list = []
+        self._held = held
+
+    def take(self, nbytes: int) -> "PinnedChunk":
+        free = self._free[nbytes]
+        if not free:
+            self._grow(nbytes)
+        return PinnedChunk(self, nbytes, free.pop())
+
+    def give_back(self, nbytes: int, pointer: int) -> None:
+        self._free[nbytes].append(pointer)     # a deque: safe from any thread's garbage
+
+    def _grow(self, nbytes: int) -> None:
+        import torch
+        slab_bytes = 1 << (nbytes * self.SLAB_CHUNKS - 1).bit_length()
+        count = slab_bytes // nbytes
+        slab = torch.empty(count * nbytes, dtype=torch.uint8, pin_memory=True)
+        self._slabs.append(slab)
+        self._held.add("pinned_host", slab_bytes)
+        self._free[nbytes].extend(slab.data_ptr() + i * nbytes for i in range(count))
+
+    def clear(self) -> None:
+        self._free.clear()
+        self._slabs.clear()
+        self._held.add("pinned_host", -self._held.now["pinned_host"])
+
+
+class PinnedChunk:
+    """A chunk of :class:`PinnedChunks`, back in its pool when dropped."""
+
+    __slots__ = ("_pool", "_nbytes", "_pointer")
+
+    def __init__(self, pool: PinnedChunks, nbytes: int, pointer: int):
+        self._pool, self._nbytes, self._pointer = pool, nbytes, pointer
+
+    def data_ptr(self) -> int:
+        return self._pointer
+
+    def __del__(self):
+        self._pool.give_back(self._nbytes, self._pointer)
+
+
 class DecodedGop:
     """A whole GOP a stream slot will pick from, decoded once by a pool thread while earlier batches
-    go by, into NV12 chunks of :attr:`CHUNK_FRAMES` frames ((frames, H*3/2, W) each). A slot's
-    picks of a kept GOP move forward (:class:`dali_gop.plan.StreamStep`), so the chunks below a
-    pick are let go (:meth:`release_below`): a slot then holds about one GOP, not the one it picks
-    from and the next one whole."""
+    go by, into NV12 chunks of :attr:`CHUNK_FRAMES` frames ((frames, H*3/2, W) each), on the
+    device or in pinned host memory. A slot's picks of a kept GOP move forward
+    (:class:`dali_gop.plan.StreamStep`), so the chunks below a pick are let go
+    (:meth:`release_below`): a slot then holds about one GOP, not the one it picks from and the
+    next one whole."""
 
     CHUNK_FRAMES = RELEASE_FRAMES
 
@@ -360,19 +419,25 @@ class DecodedGop:
         self.frame_bytes = math.prod(self.frame_shape)
         self.chunks: list = []               # allocated on DALI's stream (:meth:`allocate`)
         self.pointers: tuple[int, ...] = ()  # of each frame, for the pool thread's copies
+        self.on_host = False                 # chunks of pinned host memory
         self.released = 0                    # leading chunks let go
         self.future: Future | None = None    # -> CUDA event recorded after the last frame's copy
         self._ready_for: int | None = None   # the consumer stream that already waits for it
 
-    def allocate(self) -> None:
-        """The chunks, on the current stream."""
+    def allocate(self, pinned: PinnedChunks | None = None) -> None:
+        """The chunks, on the current stream, or of ``pinned`` where given."""
         import torch
         size = self.CHUNK_FRAMES
-        self.chunks = [torch.empty((min(size, self.count - first), *self.frame_shape),
-                                   dtype=torch.uint8, device="cuda")
-                       for first in range(0, self.count, size)]
+        counts = [min(size, self.count - first) for first in range(0, self.count, size)]
+        self.on_host = pinned is not None
+        if self.on_host:   # whole chunks, so that every chunk of the pool fits every GOP's
+            self.chunks = [pinned.take(size * self.frame_bytes) for _ in counts]
+        else:
+            self.chunks = [torch.empty((frames, *self.frame_shape), dtype=torch.uint8,
+                                       device="cuda") for frames in counts]
         self.pointers = tuple(chunk.data_ptr() + i * self.frame_bytes
-                              for chunk in self.chunks for i in range(chunk.shape[0]))
+                              for chunk, frames in zip(self.chunks, counts)
+                              for i in range(frames))
 
     def kept_bytes(self) -> int:
         return (self.count - min(self.released * self.CHUNK_FRAMES, self.count)) * self.frame_bytes
@@ -442,6 +507,7 @@ class _Job:
     futures: list = field(default_factory=list)
     stream_picks: list = field(default_factory=list)  # (DecodedGop, position, (sample, frame))
     picked: dict = field(default_factory=dict)        # (sample, frame) -> NV12 in a kept GOP
+    host_picked: dict = field(default_factory=dict)   # (sample, frame) -> bytes, kept on the host
     pair_picks: list = field(default_factory=list)    # _PairPicks
     pair_futures: list = field(default_factory=list)  # -> an event after their copies
     released: list = field(default_factory=list)      # chunks let go, alive until it is done
@@ -472,7 +538,8 @@ class NvdecBatchDecoder:
 
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
                  hooks: Sequence[DecodeHook] = (), colors: VideoColors | None = None,
-                 sessions: str = "pynvvideocodec", stream_sessions: bool = False):
+                 sessions: str = "pynvvideocodec", stream_sessions: bool = False,
+                 kept_gops: str = "device"):
         self.hooks = tuple(hooks)
         self.stash = stash
         self.sessions = sessions
@@ -482,7 +549,11 @@ class NvdecBatchDecoder:
         self.threads = threads
         self._dali_streams: dict[int, object] = {}
         self.held = Held()
-        self.kept = KeptGops(self.held, lambda gop: gop.kept_bytes())
+        # stream slots' GOPs in pinned host memory ("host"), each batch's picks copied to the
+        # device: what they hold leaves the device, for PCIe traffic of twice the frames
+        self._pinned = PinnedChunks(self.held) if kept_gops == "host" else None
+        self.kept = KeptGops(self.held, lambda gop: gop.kept_bytes(),
+                             "kept_gops_host" if self._pinned else "kept_gops")
         self.pairs: dict[tuple[int, int], StreamPair] = {}
         self._lanes: list[_Lane] = []         # threads of the stream pairs
         self._device_id = 0
@@ -502,7 +573,8 @@ class NvdecBatchDecoder:
             sum(pair.session is not None for pair in list(self.pairs.values()))
 
     def memory(self) -> dict[str, dict[str, int]]:
-        """Device bytes of frames this operator holds, by kind, now and at peak (:class:`Held`);
+        """Bytes of frames this operator holds, by kind, now and at peak (:class:`Held`): on the
+        device, but for "kept_gops_host" and "pinned_host" (its pool) in pinned host memory.
         NVDEC's own surfaces and DALI's buffers are not among them."""
         return self.held.report()
 
@@ -550,6 +622,8 @@ class NvdecBatchDecoder:
         self.kept.clear()
         self.ahead.clear()
         self._pending.clear()
+        if self._pinned is not None:
+            self._pinned.clear()
         self.held.clear()
 
     def _submit(self, fn, *args, lane: int | None = None) -> Future:
@@ -607,6 +681,7 @@ class NvdecBatchDecoder:
         (its sample's staging, or the kept GOP a stream slot picked it from): one kernel for the
         frames of each conversion, into one tensor when the samples agree in shape."""
         import torch
+        from_host = self._from_host(job, dali_stream, device_id)  # alive until converted
         if len(set(job.shapes)) == 1:
             block = torch.empty((len(job.shapes), *job.shapes[0], 3), dtype=torch.uint8,
                                 device="cuda")
@@ -630,7 +705,29 @@ class NvdecBatchDecoder:
         for (conversion, height, width), (sources, destinations) in groups.items():
             convert_frames(sources, destinations, height, width, conversion, self.bgr,
                            outputs[0].device, copy)
+        del from_host
         return outputs
+
+    def _from_host(self, job: _Job, dali_stream: int, device_id: int):
+        """The batch's picks of GOPs kept on the host, copied on the current (DALI's) stream into
+        one device block, which :attr:`_Job.picked` then points into; the block (None where
+        there are none), counted as staging."""
+        import torch
+        if not job.host_picked:
+            return None
+        keys = list(job.host_picked)
+        sizes = [job.host_picked[key] for key in keys]
+        block = torch.empty(sum(sizes), dtype=torch.uint8, device="cuda")
+        job.staging_bytes += block.numel()
+        self.held.add("staging", block.numel())
+        destinations, at = [], block.data_ptr()
+        for nbytes in sizes:
+            destinations.append(at)
+            at += nbytes
+        self._driver.copy_many(destinations, [job.picked[key] for key in keys], sizes,
+                               dali_stream, device_id)
+        job.picked.update(zip(keys, destinations))
+        return block
 
     def _finish(self, job: _Job, dali_stream: int) -> None:
         """Make DALI's stream wait for the batch's decodes (the stream pairs' copies among them)
@@ -652,6 +749,8 @@ class NvdecBatchDecoder:
                 continue
             try:
                 job.picked[frame] = gop.source(position, dali_stream, self._driver)
+                if gop.on_host:
+                    job.host_picked[frame] = gop.frame_bytes
             except Exception as e:
                 failed.add(gop)
                 errors.append(e)
@@ -712,7 +811,7 @@ class NvdecBatchDecoder:
             # the GOPs too: one allocator pool (DALI's stream) for everything the operator holds,
             # not one per decode thread, each caching blocks only that thread can reuse
             for gop, _, _ in sends:
-                gop.allocate()
+                gop.allocate(self._pinned)
         allocated = DriverEvent(self._driver, dali_stream.cuda_stream)
         tasks.sort(key=lambda t: -t[1].size)     # longest first: the batch ends sooner
         job.futures += [self._submit(self._decode_segment, *t, device_id, allocated)
@@ -1011,13 +1110,19 @@ class NvdecBackend(DecodeBackend):
     #: whose NVDEC sessions the decode threads hold: "pynvvideocodec" (PyNvVideoCodec's), "own"
     #: (ours: a fraction of the memory), or "auto" (see :meth:`settle`)
     sessions = "auto"
+    kept_gops = "device"
 
     def __init__(self, color: str = "RGB", threads: int | None = None,
                  hooks: Sequence[DecodeHook] = (), color_matrix: str | None = None,
-                 sessions: str | None = None, stream_sessions: bool | None = None):
+                 sessions: str | None = None, stream_sessions: bool | None = None,
+                 kept_gops: str | None = None):
         super().__init__(color, color_matrix)
         if stream_sessions is not None:   # else the class's (False: stream slots keep GOPs)
             self.stream_sessions = stream_sessions
+        if kept_gops is not None:         # else the class's ("device")
+            if kept_gops not in ("device", "host"):
+                raise ValueError(f"kept_gops must be 'device' or 'host', not {kept_gops!r}")
+            self.kept_gops = kept_gops
         if sessions is not None:          # else the class's ("auto")
             self.sessions = sessions
         self.threads = DEFAULT_THREADS if threads is None else threads
@@ -1050,7 +1155,8 @@ class NvdecBackend(DecodeBackend):
         stash = BitstreamStash()
         operator = NvdecBatchDecoder(stash, self.color, self.threads, hooks=self.hooks,
                                      colors=self.colors, sessions=self.sessions,
-                                     stream_sessions=self.stream_sessions)
+                                     stream_sessions=self.stream_sessions,
+                                     kept_gops=self.kept_gops)
         self.operators.append(operator)
         tokens = fn.python_function(data, plan, function=stash.put, batch_processing=True)
         # no stream sync before each call: the operator orders all its GPU work on DALI's stream

@@ -169,6 +169,11 @@ def parse_args(argv=None):
                              "camera, decoding a few frames ahead of the picks, in place of kept "
                              "GOPs (dali_gop.backends._stream_sessions; off by default, as it "
                              "is not yet at NVDEC's speed): in every loader of the run")
+    loader.add_argument("--kept_gops", choices=["device", "host"], default=None,
+                        help="nvdec: where stream slots keep their decoded GOPs (default: the "
+                             "backend's, the device, unless a memory budget moves them; host: "
+                             "pinned host memory, each batch's picks copied to the device), in "
+                             "every loader of the run that no budget changes")
     loader.add_argument("--stream_groups", type=int, default=None, metavar="N",
                         help="with --stream_sessions: the groups each thread feeds its pairs in "
                              "(default: the backend's, dali_gop.backends._nvdec.STREAM_GROUPS), "
@@ -242,9 +247,10 @@ def parse_args(argv=None):
         raise ConfigError("--profile hooks the nvdec operator: it needs --backend nvdec")
     if args.gpu_work and args.backend != "nvdec":
         raise ConfigError("--gpu_work measures the GPU's work: it needs --backend nvdec")
-    if (args.stream_sessions or args.nvdec_sessions) and args.backend != "nvdec":
-        raise ConfigError("--stream_sessions and --nvdec_sessions are paths of the nvdec "
-                          "backend: they need --backend nvdec")
+    if (args.stream_sessions or args.nvdec_sessions or args.kept_gops) and \
+            args.backend != "nvdec":
+        raise ConfigError("--stream_sessions, --nvdec_sessions and --kept_gops are paths of the "
+                          "nvdec backend: they need --backend nvdec")
     if args.stream_groups is not None and not (args.stream_sessions and args.stream_groups > 0):
         raise ConfigError(f"--stream_groups {args.stream_groups}: give a number of groups > 0, "
                           "with --stream_sessions (the groups are the stream pairs')")
@@ -264,7 +270,7 @@ def main(argv=None) -> None:
     if gpu and args.context_waits:
         set_context_waits(int(os.environ.get("LOCAL_RANK", 0)), args.context_waits)
     check_machine(args.backend)
-    if args.stream_sessions or args.nvdec_sessions:   # the backend's own defaults, for the run
+    if args.stream_sessions or args.nvdec_sessions or args.kept_gops:   # the run's defaults
         from dali_gop.backends import _nvdec
         if args.stream_sessions:
             _nvdec.NvdecBackend.stream_sessions = True
@@ -272,6 +278,8 @@ def main(argv=None) -> None:
             _nvdec.STREAM_GROUPS = args.stream_groups
         if args.nvdec_sessions:
             _nvdec.NvdecBackend.sessions = args.nvdec_sessions
+        if args.kept_gops:
+            _nvdec.NvdecBackend.kept_gops = args.kept_gops
     if args.stream_priority:
         from dali_gop.backends._cuda import CudaDriver
         CudaDriver.priority = args.stream_priority

@@ -91,6 +91,8 @@ def loader_run(b: Bench, pattern: str, backend: str, batch_size: int, warmup: in
         if work:
             details["gpu_work"] = dict(work, batches=batches)
         details["settings"] = loader.settings
+        details["held_peak_mib"] = {kind: round(held["peak"] / 2**20, 1)
+                                    for kind, held in loader.memory().items()}
     return Timed(frames, started, ended, details)
 
 
@@ -137,6 +139,11 @@ def _say_settings(b: Bench, row: Result) -> None:
         chosen = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "memory_budget")
         within = "no memory budget" if budget is None else f"memory_budget {budget / 2**30:.1f} GiB"
         print(f"     ran with {chosen} ({within})", flush=True)
+        host = {kind: mib for kind, mib in row.details.get("held_peak_mib", {}).items()
+                if kind.endswith("_host")}
+        if host:
+            print("     host memory at its peak: " +
+                  ", ".join(f"{kind} {mib:,.0f} MiB" for kind, mib in host.items()), flush=True)
 
 
 def _profiled(b: Bench, name: str, run, **options) -> Result:

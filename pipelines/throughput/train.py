@@ -143,8 +143,9 @@ class LoaderProcess:
         self._process.join()
 
 
-#: the nvdec backend's class defaults that --nvdec_sessions and --stream_sessions set for a run
-BACKEND_DEFAULTS = ("sessions", "stream_sessions")
+#: the nvdec backend's class defaults that --nvdec_sessions, --stream_sessions and --kept_gops
+#: set for a run
+BACKEND_DEFAULTS = ("sessions", "stream_sessions", "kept_gops")
 
 
 def backend_defaults() -> dict:
