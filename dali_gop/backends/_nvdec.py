@@ -552,6 +552,7 @@ class NvdecBatchDecoder:
         # stream slots' GOPs in pinned host memory ("host"), each batch's picks copied to the
         # device: what they hold leaves the device, for PCIe traffic of twice the frames
         self._pinned = PinnedChunks(self.held) if kept_gops == "host" else None
+        self._picks_staging = None        # their picks on the device (:meth:`_from_host`)
         self.kept = KeptGops(self.held, lambda gop: gop.kept_bytes(),
                              "kept_gops_host" if self._pinned else "kept_gops")
         self.pairs: dict[tuple[int, int], StreamPair] = {}
@@ -624,6 +625,7 @@ class NvdecBatchDecoder:
         self._pending.clear()
         if self._pinned is not None:
             self._pinned.clear()
+        self._picks_staging = None
         self.held.clear()
 
     def _submit(self, fn, *args, lane: int | None = None) -> Future:
@@ -711,15 +713,21 @@ class NvdecBatchDecoder:
     def _from_host(self, job: _Job, dali_stream: int, device_id: int):
         """The batch's picks of GOPs kept on the host, copied on the current (DALI's) stream into
         one device block, which :attr:`_Job.picked` then points into; the block (None where
-        there are none), counted as staging."""
+        there are none). The block stays for the next batch (``picks_staging``): DALI's stream
+        orders its reuse, and a block of its own size taken from the allocator every batch split
+        the cached blocks of the batches' outputs, which then took more memory."""
         import torch
         if not job.host_picked:
             return None
         keys = list(job.host_picked)
         sizes = [job.host_picked[key] for key in keys]
-        block = torch.empty(sum(sizes), dtype=torch.uint8, device="cuda")
-        job.staging_bytes += block.numel()
-        self.held.add("staging", block.numel())
+        block = self._picks_staging
+        if block is None or block.numel() < sum(sizes):
+            if block is not None:
+                self.held.add("picks_staging", -block.numel())
+            block = self._picks_staging = torch.empty(sum(sizes), dtype=torch.uint8,
+                                                      device="cuda")
+            self.held.add("picks_staging", block.numel())
         destinations, at = [], block.data_ptr()
         for nbytes in sizes:
             destinations.append(at)
