@@ -137,8 +137,9 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True, pair_sessions:
     for PyNvVideoCodec's (a fraction of the memory; at most :data:`OWN_THREADS` of them) first,
     then decode threads lowered :data:`THREAD_STEP` at a time to :data:`FEW_THREADS`, then
     (:data:`HOST_KEPT_STEP`, where ``wanted.kept_gops`` is "device") stream slots' GOPs kept in
-    pinned host memory, then ``stream_lead`` (down to 0), then (``pair_sessions``, default :data:`PAIR_SESSIONS_STEP`) a
-    session of its own for each stream slot's camera in place of kept GOPs, then
+    pinned host memory, then ``stream_lead`` (down to 0), then (``pair_sessions``, default
+    :data:`PAIR_SESSIONS_STEP`) a session of its own for each stream slot's camera in place of
+    kept GOPs, then
     ``decode_ahead``, then DALI's prefetch queue to 1, then threads to :data:`FEWEST_THREADS`,
     then stream decoding off (each sample decoded from its keyframe: slow, but nothing kept);
     decode threads and the lead are then raised back where they still fit. ConfigError when even

@@ -126,8 +126,10 @@ class GopLoader:
         (NV12 of the batches in flight), ``stream_rings`` (frames stream slots' own sessions
         displayed early); on the GPU for ``nvdec``, in host memory for ``cpu`` (which
         keeps GOPs only). With ``settings["kept_gops"]`` "host", nvdec's stream slots keep their
-        GOPs in pinned host memory: ``kept_gops_host``, in a pool of ``pinned_host`` bytes. Counted where the loader allocates, since this pipeline was built; NVDEC's
-        own surfaces, DALI's buffers and the allocator's cache are not included."""
+        GOPs in pinned host memory (``kept_gops_host``, in a pool of ``pinned_host`` bytes), and
+        each batch's picks of them are copied into one device block (``picks_staging``).
+        Counted where the loader allocates, since this pipeline was built; NVDEC's own surfaces,
+        DALI's buffers and the allocator's cache are not included."""
         total: dict[str, dict[str, int]] = {}
         for operator in self._run.operators:
             for kind, figures in operator.memory().items():
@@ -508,8 +510,9 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
             frames): it lowers ``decode_threads`` (each holds an NVDEC session) eight at a time
             to 16 (from PyNvVideoCodec's sessions, where a backend was given those, it turns to
             ours first, at most 24), then (nvdec) keeps stream slots' decoded GOPs in pinned
-            host memory (the picks of each batch copied to the GPU), then ``stream_lead``, then ``decode_ahead``, then ``prefetch_queue_depth`` to 1, then
-            ``decode_threads`` to 8, then turns stream decoding off (with a warning: much
+            host memory (the picks of each batch copied to the GPU), then ``stream_lead``, then
+            ``decode_ahead``, then ``prefetch_queue_depth`` to 1, then ``decode_threads`` to 8,
+            then turns stream decoding off (with a warning: much
             slower) until its estimate fits
             (``dali_gop._budget``; :attr:`GopLoader.settings` says what it chose), and refuses a
             budget nothing fits, naming the least that would. Default
