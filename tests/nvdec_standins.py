@@ -108,6 +108,9 @@ class _NoOp:
     def wait_event(self, event):
         pass
 
+    def synchronize(self):
+        pass
+
     def record(self, stream=None):
         pass
 

@@ -267,6 +267,26 @@ def test_gops_kept_on_the_host_take_whole_chunks_of_a_pool_that_takes_them_back(
     assert held.now["pinned_host"] == 0
 
 
+def test_close_waits_for_copies_into_pinned_chunks_before_it_lets_the_pool_go(monkeypatch,
+                                                                             stores):
+    """torch's pinned cache hands a freed slab to the next pinned allocation at once, whoever
+    makes it: a loader that keeps GOPs on the host waits at close for what its decode threads
+    queued (their copies into chunks) before it drops the pool; one that keeps them on the
+    device does not wait."""
+    import nvdec_standins
+    waited = []
+    monkeypatch.setattr(nvdec_standins._NoOp, "synchronize", lambda self: waited.append(1),
+                        raising=False)
+    nvdec_standins.install(monkeypatch)
+    gop_root, _ = stores("h264")
+    for kept_gops in ("device", "host"):
+        waited.clear()
+        batches = operator_batches(gop_root, "stream", 3, epochs=1,
+                                   operator_options=dict(sessions="own", kept_gops=kept_gops))
+        assert sum(1 for _ in batches) > 0
+        assert bool(waited) == (kept_gops == "host"), kept_gops
+
+
 def test_a_lane_serves_queued_picks_before_the_rest_of_its_pass(monkeypatch):
     """Between picks a lane decodes ahead for its pairs, a pair at a time; picks queued meanwhile
     wait for one pair's call, not for a pass over all of them, and the pass goes on after them

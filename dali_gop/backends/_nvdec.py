@@ -613,6 +613,10 @@ class NvdecBatchDecoder:
                 for decoder in state.decoders.values():
                     decoder.close()
                 state.decoders.clear()
+                if self._pinned is not None:
+                    # its copies into pinned chunks end before the pool lets them go: torch's
+                    # pinned cache would hand them out at once, to anyone
+                    state.stream.synchronize()
                 # its thread is gone; what it queued still runs to its end
                 self._pool_driver.destroy_stream(state.stream.cuda_stream, state.device_id)
             self._thread_decoders.clear()
