@@ -112,13 +112,18 @@ def estimate(source, choice: Choice, *, rgb_factor: int = 1, staging: bool = Tru
     kept = source.kept_gop_bytes(choice.stream_lead) if choice.stream_decoding and not pairs else 0
     streaming = kept or pairs
     on_host = kept and choice.kept_gops == "host"
+    if not staging:
+        staged = 0
+    elif kept and source.streams_only():
+        # frames picked from kept GOPs are converted where they lie, not staged; from GOPs kept
+        # on the host, a batch's picks are copied into one device block first
+        staged = batch if on_host else 0
+    else:
+        staged = 2 * batch
     figures = {"kept_gops": 0 if on_host else kept * rgb_factor,
                # stream slots' samples are not decoded ahead
                "decoded_ahead": 0 if streaming else choice.decode_ahead * batch,
-               # frames picked from kept GOPs are converted where they lie, not staged; from
-               # GOPs kept on the host, a batch's picks are copied to the device first
-               "staging": 0 if not staging else batch if on_host and source.streams_only() else
-               0 if kept and source.streams_only() else 2 * batch,
+               "staging": staged,
                "batches": (choice.prefetch + 2) * batch * 2,
                "decoder_sessions": 0}
     # decode threads open a session at their first plain segment: none where every sample streams

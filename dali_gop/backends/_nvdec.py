@@ -687,7 +687,7 @@ class NvdecBatchDecoder:
         (its sample's staging, or the kept GOP a stream slot picked it from): one kernel for the
         frames of each conversion, into one tensor when the samples agree in shape."""
         import torch
-        from_host = self._from_host(job, dali_stream, device_id)  # alive until converted
+        self._from_host(job, dali_stream, device_id)
         if len(set(job.shapes)) == 1:
             block = torch.empty((len(job.shapes), *job.shapes[0], 3), dtype=torch.uint8,
                                 device="cuda")
@@ -711,26 +711,25 @@ class NvdecBatchDecoder:
         for (conversion, height, width), (sources, destinations) in groups.items():
             convert_frames(sources, destinations, height, width, conversion, self.bgr,
                            outputs[0].device, copy)
-        del from_host
         return outputs
 
-    def _from_host(self, job: _Job, dali_stream: int, device_id: int):
+    def _from_host(self, job: _Job, dali_stream: int, device_id: int) -> None:
         """The batch's picks of GOPs kept on the host, copied on the current (DALI's) stream into
-        one device block, which :attr:`_Job.picked` then points into; the block (None where
-        there are none). The block stays for the next batch (``picks_staging``): DALI's stream
-        orders its reuse, and a block of its own size taken from the allocator every batch split
-        the cached blocks of the batches' outputs, which then took more memory."""
+        one device block, which :attr:`_Job.picked` then points into. The block stays for the
+        next batches (``picks_staging``), whose copies DALI's stream orders behind this batch's
+        reads, so the allocator is not asked for a block of another size beside the outputs'
+        every batch."""
         import torch
         if not job.host_picked:
-            return None
+            return
         keys = list(job.host_picked)
         sizes = [job.host_picked[key] for key in keys]
+        needed = sum(sizes)
         block = self._picks_staging
-        if block is None or block.numel() < sum(sizes):
+        if block is None or block.numel() < needed:
             if block is not None:
                 self.held.add("picks_staging", -block.numel())
-            block = self._picks_staging = torch.empty(sum(sizes), dtype=torch.uint8,
-                                                      device="cuda")
+            block = self._picks_staging = torch.empty(needed, dtype=torch.uint8, device="cuda")
             self.held.add("picks_staging", block.numel())
         destinations, at = [], block.data_ptr()
         for nbytes in sizes:
@@ -739,7 +738,6 @@ class NvdecBatchDecoder:
         self._driver.copy_many(destinations, [job.picked[key] for key in keys], sizes,
                                dali_stream, device_id)
         job.picked.update(zip(keys, destinations))
-        return block
 
     def _finish(self, job: _Job, dali_stream: int) -> None:
         """Make DALI's stream wait for the batch's decodes (the stream pairs' copies among them)

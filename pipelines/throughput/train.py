@@ -405,8 +405,8 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
     per_step["model"] = (before + after) / 2
     slower = max(per_step["model"], per_step["loader"])
     details = {f"{name}_fps": t.frames / t.seconds for name, t in phases.items()}
+    details["model_before_fps"] = details["model_fps"]
     details.update(model_fps=phases["model"].frames / a.train_steps / per_step["model"],
-                   model_before_fps=details.pop("model_fps"),
                    model_drift=abs(after - before) / per_step["model"])
     details.update({f"{name}_ms_per_step": 1e3 * s for name, s in per_step.items()})
     details.update(overlap=per_step["together"] / slower,
