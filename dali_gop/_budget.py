@@ -119,7 +119,8 @@ def estimate(source, choice: Choice, *, rgb_factor: int = 1, staging: bool = Tru
         # on the host, a batch's picks are copied into one device block first
         staged = batch if on_host else 0
     else:
-        staged = 2 * batch
+        # two batches in flight, and the picks' block where some samples stream from the host
+        staged = 2 * batch + (batch if on_host else 0)
     figures = {"kept_gops": 0 if on_host else kept * rgb_factor,
                # stream slots' samples are not decoded ahead
                "decoded_ahead": 0 if streaming else choice.decode_ahead * batch,

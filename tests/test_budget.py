@@ -248,6 +248,11 @@ def test_a_budget_keeps_stream_slots_gops_on_the_host_before_it_lowers_their_lea
     assert chosen == replace(wanted, kept_gops="host")
     assert "kept_gops" not in held and held["staging"] == source.batch_frame_bytes()
     assert sum(held.values()) <= 6 * 2**30
+    # where some samples are decoded plainly too (windows across GOPs), their staging and the
+    # picks' block both
+    mixed = type("Mixed", (BenchShape,), {"streams_only": lambda self: False})()
+    assert estimate(mixed, replace(wanted, kept_gops="host"), **nvdec)["staging"] == \
+        3 * mixed.batch_frame_bytes()
     monkeypatch = pytest.MonkeyPatch()
     with monkeypatch.context() as patched:
         patched.setattr(_budget, "HOST_KEPT_STEP", False)
