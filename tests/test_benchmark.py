@@ -442,8 +442,8 @@ def test_a_train_rows_timeline_line_sets_the_phases_side_by_side():
 
 def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
     """--nvdec_sessions, --stream_sessions, --kept_gops, --stream_groups and --stream_priority set
-    defaults of the nvdec backend and the CUDA driver; the loader process imports them afresh, so they go with
-    it (else it would run the backend's own defaults whatever the run asked for)."""
+    defaults of the nvdec backend and the CUDA driver; the loader process imports them afresh, so
+    they go with it (else it would run the backend's own defaults whatever the run asked for)."""
     from dali_gop.backends import _nvdec
     from dali_gop.backends._cuda import CudaDriver
     from pipelines.throughput import train
