@@ -352,8 +352,7 @@ class PinnedChunks:
     Reuse is ordered as the device chunks' is: chunks are taken only on DALI's thread, while a
     batch is scheduled, and the decodes that write them wait for an event DALI's stream records
     after that, so behind every read of a chunk let go before (reads are the copies of picked
-    frames, on DALI's stream or on a stream DALI's stream waits for in the batch's turn). Slabs
-    stay until :meth:`clear`: pinning memory takes milliseconds."""
+    frames, on DALI's stream or on a stream DALI's stream waits for in the batch's turn). Slabs stay until :meth:`clear`: pinning memory takes milliseconds."""
 
     #: chunks a slab holds, about: torch's pinned allocator rounds a request up to a power of two,
     #: so a slab is that power of two, filled with as many chunks as fit
