@@ -106,7 +106,7 @@ def estimate(source, choice: Choice, *, rgb_factor: int = 1, staging: bool = Tru
     ``gop_frames`` (the longest GOP) per call, and per stream pair with a session of its own
     ``session_bytes(0, "stream")`` and a ring of ``ring_frames`` frames (where videos reorder).
     Device bytes (host bytes for cpu): GOPs kept on the host (``kept_gops`` "host") are not
-    counted, only the two blocks their picks are copied into."""
+    counted, only the staging their picks are copied into."""
     batch = source.batch_frame_bytes()
     pairs = _pair_sessions(source, choice) if session_bytes is not None else 0
     kept = source.kept_gop_bytes(choice.stream_lead) if choice.stream_decoding and not pairs else 0
@@ -116,11 +116,11 @@ def estimate(source, choice: Choice, *, rgb_factor: int = 1, staging: bool = Tru
         staged = 0
     elif kept and source.streams_only():
         # frames picked from kept GOPs are converted where they lie, not staged; from GOPs kept
-        # on the host, a batch's picks are copied into a device block first, of two in turn
-        staged = 2 * batch if on_host else 0
+        # on the host, a batch's picks are copied into one device block first
+        staged = batch if on_host else 0
     else:
-        # two batches in flight, and the picks' two blocks where some samples stream from the host
-        staged = 2 * batch + (2 * batch if on_host else 0)
+        # two batches in flight, and the picks' block where some samples stream from the host
+        staged = 2 * batch + (batch if on_host else 0)
     figures = {"kept_gops": 0 if on_host else kept * rgb_factor,
                # stream slots' samples are not decoded ahead
                "decoded_ahead": 0 if streaming else choice.decode_ahead * batch,

@@ -127,7 +127,7 @@ class GopLoader:
         displayed early); on the GPU for ``nvdec``, in host memory for ``cpu`` (which
         keeps GOPs only). With ``settings["kept_gops"]`` "host", nvdec's stream slots keep their
         GOPs in pinned host memory (``kept_gops_host``, in a pool of ``pinned_host`` bytes), and
-        each batch's picks of them are copied into one of two device blocks (``picks_staging``).
+        each batch's picks of them are copied into one device block (``picks_staging``).
         Counted where the loader allocates, since this pipeline was built; NVDEC's own surfaces,
         DALI's buffers and the allocator's cache are not included."""
         total: dict[str, dict[str, int]] = {}

@@ -234,7 +234,7 @@ def test_the_pairs_estimate_covers_what_pairs_held_on_a_gpu():
 def test_a_budget_keeps_stream_slots_gops_on_the_host_before_it_lowers_their_lead():
     """At the benchmark's stream shape, GOPs kept on the device do not fit 6 GiB even at 16 decode
     threads; kept in pinned host memory they leave the device's budget (the picks of a batch are
-    staged there, in two blocks), so the lead and all 48 threads stay. A backend that cannot keep them on the
+    staged there), so the lead and all 48 threads stay. A backend that cannot keep them on the
     host (``kept_gops`` "") lowers the lead as before."""
     from dali_gop.backends._nvdec import RING_FRAMES
     source = BenchShape()
@@ -246,13 +246,13 @@ def test_a_budget_keeps_stream_slots_gops_on_the_host_before_it_lowers_their_lea
     assert total(replace(wanted, threads=FEW_THREADS)) > 6 * 2**30
     chosen, held = fit(6 * 2**30, source, wanted, **nvdec)
     assert chosen == replace(wanted, kept_gops="host")
-    assert "kept_gops" not in held and held["staging"] == 2 * source.batch_frame_bytes()
+    assert "kept_gops" not in held and held["staging"] == source.batch_frame_bytes()
     assert sum(held.values()) <= 6 * 2**30
     # where some samples are decoded plainly too (windows across GOPs), their staging and the
-    # picks' blocks both
+    # picks' block both
     mixed = type("Mixed", (BenchShape,), {"streams_only": lambda self: False})()
     assert estimate(mixed, replace(wanted, kept_gops="host"), **nvdec)["staging"] == \
-        4 * mixed.batch_frame_bytes()
+        3 * mixed.batch_frame_bytes()
     monkeypatch = pytest.MonkeyPatch()
     with monkeypatch.context() as patched:
         patched.setattr(_budget, "HOST_KEPT_STEP", False)

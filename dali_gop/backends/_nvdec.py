@@ -351,8 +351,8 @@ class PinnedChunks:
 
     Reuse is ordered as the device chunks' is: chunks are taken only on DALI's thread, while a
     batch is scheduled, and the decodes that write them wait for an event DALI's stream records
-    after that, so behind every read of a chunk let go before (reads are the copies of picked
-    frames, on DALI's stream or on a stream DALI's stream waits for in the batch's turn). Slabs stay until :meth:`clear`: pinning memory takes milliseconds."""
+    after that, so behind every read of a chunk let go before (reads are DALI's stream's copies
+    of picked frames). Slabs stay until :meth:`clear`: pinning memory takes milliseconds."""
 
     #: chunks a slab holds, about: torch's pinned allocator rounds a request up to a power of two,
     #: so a slab is that power of two, filled with as many chunks as fit
@@ -508,10 +508,6 @@ class _Job:
     stream_picks: list = field(default_factory=list)  # (DecodedGop, position, (sample, frame))
     picked: dict = field(default_factory=dict)        # (sample, frame) -> NV12 in a kept GOP
     host_picked: dict = field(default_factory=dict)   # (sample, frame) -> bytes, kept on the host
-    index: int = 0                                    # batches started before it
-    copied_ahead: object = None   # DriverEvent after its picks of host GOPs copied a batch ahead
-    layout: dict | None = None    # (sample, frame) -> (offset, bytes) in its picks' device block
-    layout_bytes: int = 0
     pair_picks: list = field(default_factory=list)    # _PairPicks
     pair_futures: list = field(default_factory=list)  # -> an event after their copies
     released: list = field(default_factory=list)      # chunks let go, alive until it is done
@@ -556,12 +552,7 @@ class NvdecBatchDecoder:
         # stream slots' GOPs in pinned host memory ("host"), each batch's picks copied to the
         # device: what they hold leaves the device, for PCIe traffic of twice the frames
         self._pinned = PinnedChunks(self.held) if kept_gops == "host" else None
-        # their picks on the device (:meth:`_from_host`): a block for each of two batches in turn
-        # and, per block, an event after its last batch's conversion, for the copies ahead
-        self._picks_blocks: list = [None, None]
-        self._picks_read: list = [None, None]
-        self._copy_stream: int | None = None
-        self._started = 0                 # batches scheduled (:attr:`_Job.index`)
+        self._picks_staging = None        # their picks on the device (:meth:`_from_host`)
         self.kept = KeptGops(self.held, lambda gop: gop.kept_bytes(),
                              "kept_gops_host" if self._pinned else "kept_gops")
         self.pairs: dict[tuple[int, int], StreamPair] = {}
@@ -636,15 +627,9 @@ class NvdecBatchDecoder:
         self.kept.clear()
         self.ahead.clear()
         self._pending.clear()
-        if self._copy_stream is not None:
-            # its copies out of pinned chunks end before the pool lets them go, as above
-            import torch
-            torch.cuda.ExternalStream(self._copy_stream, device=self._device_id).synchronize()
-            self._driver.destroy_stream(self._copy_stream, self._device_id)
-            self._copy_stream = None
         if self._pinned is not None:
             self._pinned.clear()
-        self._picks_blocks, self._picks_read = [None, None], [None, None]
+        self._picks_staging = None
         self.held.clear()
 
     def _submit(self, fn, *args, lane: int | None = None) -> Future:
@@ -693,10 +678,6 @@ class NvdecBatchDecoder:
                 self._finish(job, handle)
                 with torch.cuda.stream(dali_stream):
                     outputs = self._to_rgb(job, handle, device_id)
-                if job.layout:      # its block's last reads, for the copies ahead into it
-                    self._picks_read[job.index % 2] = DriverEvent(self._driver, handle)
-                if self._pending:
-                    self._copy_ahead(self._pending[0], device_id)
         finally:
             self.held.add("staging", -job.staging_bytes)
         return [to_dlpack(out) for out in outputs]
@@ -732,79 +713,31 @@ class NvdecBatchDecoder:
                            outputs[0].device, copy)
         return outputs
 
-    def _host_layout(self, job: _Job) -> tuple[dict, int]:
-        """Where each of the batch's picks of GOPs kept on the host lies in its device block
-        (``{(sample, frame): (offset, bytes)}``), and the bytes the block needs."""
-        if job.layout is None:
-            job.layout, at = {}, 0
-            for gop, _, frame in job.stream_picks:
-                if gop.on_host:
-                    job.layout[frame] = (at, gop.frame_bytes)
-                    at += gop.frame_bytes
-            job.layout_bytes = at
-        return job.layout, job.layout_bytes
-
     def _from_host(self, job: _Job, dali_stream: int, device_id: int) -> None:
-        """The batch's picks of GOPs kept on the host that were not copied ahead
-        (:meth:`_copy_ahead`), copied on the current (DALI's) stream into the batch's device
-        block, which :attr:`_Job.picked` then points into. Batches take two blocks in turn and
-        keep them (``picks_staging``): the allocator is not asked for a block of another size
-        beside the outputs' every batch, and the next batch's copies can run while this batch's
-        frames are converted."""
+        """The batch's picks of GOPs kept on the host, copied on the current (DALI's) stream into
+        one device block, which :attr:`_Job.picked` then points into. The block stays for the
+        next batches (``picks_staging``), whose copies DALI's stream orders behind this batch's
+        reads, so the allocator is not asked for a block of another size beside the outputs'
+        every batch."""
         import torch
         if not job.host_picked:
             return
-        layout, needed = self._host_layout(job)
-        which = job.index % 2
-        block = self._picks_blocks[which]
+        keys = list(job.host_picked)
+        sizes = [job.host_picked[key] for key in keys]
+        needed = sum(sizes)
+        block = self._picks_staging
         if block is None or block.numel() < needed:
             if block is not None:
                 self.held.add("picks_staging", -block.numel())
-            block = self._picks_blocks[which] = torch.empty(needed, dtype=torch.uint8,
-                                                            device="cuda")
+            block = self._picks_staging = torch.empty(needed, dtype=torch.uint8, device="cuda")
             self.held.add("picks_staging", block.numel())
-        keys = list(job.host_picked)
-        destinations = [block.data_ptr() + layout[key][0] for key in keys]
-        self._driver.copy_many(destinations, [job.picked[key] for key in keys],
-                               [layout[key][1] for key in keys], dali_stream, device_id)
+        destinations, at = [], block.data_ptr()
+        for nbytes in sizes:
+            destinations.append(at)
+            at += nbytes
+        self._driver.copy_many(destinations, [job.picked[key] for key in keys], sizes,
+                               dali_stream, device_id)
         job.picked.update(zip(keys, destinations))
-
-    def _copy_ahead(self, job: _Job, device_id: int) -> None:
-        """Copy the next batch's picks of GOPs kept on the host into its block now, on a stream
-        of their own, rather than on DALI's stream in its turn, where the copies would come after
-        its operator call and before its conversion: they then run while this batch's frames are
-        converted and handed over. Only picks of GOPs already decoded are copied, behind the
-        conversion that last read the block (its event); the rest are copied in turn. DALI's
-        stream waits for these copies in the batch's :meth:`_finish`; until then the batch keeps
-        every chunk they read (its GOPs, :attr:`_Job.released`)."""
-        if self._pinned is None or job.copied_ahead is not None:
-            return
-        layout, needed = self._host_layout(job)
-        block = self._picks_blocks[job.index % 2]
-        if not layout or block is None or block.numel() < needed:
-            return                  # a block grows in its turn, on DALI's stream
-        ready, decodes = [], {}
-        for gop, position, frame in job.stream_picks:
-            future = gop.future
-            if not gop.on_host or future is None or not future.done() or future.exception():
-                continue
-            decodes[id(gop)] = future.result().cuda_event
-            ready.append((frame, gop.pointers[position]))
-        if not ready:
-            return
-        if self._copy_stream is None:
-            self._copy_stream = self._driver.new_stream(device_id)
-        stream = self._copy_stream
-        last_read = self._picks_read[job.index % 2]
-        if last_read is not None:
-            self._driver.wait(stream, last_read.handle)
-        for event in decodes.values():
-            self._driver.wait(stream, event)
-        destinations = [block.data_ptr() + layout[frame][0] for frame, _ in ready]
-        self._driver.copy_many(destinations, [source for _, source in ready],
-                               [layout[frame][1] for frame, _ in ready], stream, device_id)
-        job.copied_ahead = DriverEvent(self._driver, stream)
-        job.picked.update((frame, at) for (frame, _), at in zip(ready, destinations))
 
     def _finish(self, job: _Job, dali_stream: int) -> None:
         """Make DALI's stream wait for the batch's decodes (the stream pairs' copies among them)
@@ -821,10 +754,8 @@ class NvdecBatchDecoder:
             except Exception as e:
                 errors.append(e)
         failed: set[DecodedGop] = set()
-        if job.copied_ahead is not None:
-            self._driver.wait(dali_stream, job.copied_ahead.handle)
         for gop, position, frame in job.stream_picks:
-            if gop in failed or frame in job.picked:    # copied ahead
+            if gop in failed:
                 continue
             try:
                 job.picked[frame] = gop.source(position, dali_stream, self._driver)
@@ -844,8 +775,7 @@ class NvdecBatchDecoder:
         decoded = [Plan.from_array(p) for p in plans]
         names = [segment_names(d, p.names_offset) for d, p in zip(datas, decoded)]
         job = _Job([p.shape for p in plans], [None] * len(plans), [None] * len(plans),
-                   [None] * len(plans), index=self._started)
-        self._started += 1
+                   [None] * len(plans))
         now = [i for i, plan in enumerate(decoded) if plan.kept_key < 0]
         ahead = [i for i, plan in enumerate(decoded) if plan.ahead_key >= 0]
         for i, plan in enumerate(decoded):
