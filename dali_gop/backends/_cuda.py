@@ -12,11 +12,12 @@ class CudaDriver:
     """The CUDA driver calls the operator makes itself, through ctypes, on raw device pointers.
 
     Two flavours, because the GIL is what runs short. DALI's thread keeps the GIL across its calls
-    (``hold_gil``: ``ctypes.PyDLL``): every hand-over costs it a re-acquisition of 1-2 ms while
-    dozens of decode threads want the GIL (docs/results.md). Decode threads drop it
-    (``ctypes.CDLL``): a driver call can wait for the context's locks while other threads' NVDEC
-    work holds them, and every Python thread would wait with it. ``torch.from_dlpack`` on a
-    PyNvVideoCodec frame costs ~190 us; a raw copy from its plane pointer ~1 us of CPU.
+    (``hold_gil``: ``ctypes.PyDLL``): every hand-over would cost it a re-acquisition, which takes
+    long while dozens of decode threads want the GIL. Decode threads drop it (``ctypes.CDLL``): a
+    driver call can wait for the context's locks while other threads' NVDEC work holds them, and
+    every Python thread would wait with it. Raw copies from a frame's plane pointer, not
+    ``torch.from_dlpack`` on a PyNvVideoCodec frame: the wrapping costs far more CPU than the
+    copy.
     """
 
     #: the priority of the loader's streams: "high" (the device's greatest) or "default". The

@@ -61,7 +61,7 @@ REORDER_FRAMES = 4     # frames a flush may output at once beyond a call's packe
 
 #: Device memory of one of our own sessions (csrc/nvdec_session.c): the decode surfaces the parser
 #: asks for, two more and one output surface, with NVDEC's buffers for each, in frames of its video
-#: (47.6 MiB each measured at 1600x900, at most 9.6 at 640x360: docs/results.md)
+#: (a bound on what sessions were measured to hold: docs/results.md)
 OWN_SESSION_FRAMES = 24
 #: the same for a stream slot's camera (dali_gop.backends._stream_sessions), its ring aside: its
 #: session (no surfaces beyond the parser's minimum) and what else the loader holds for the pair.
@@ -255,8 +255,8 @@ class BitstreamStash:
 class _DecodePool:
     """Daemon threads running (function, args) jobs in submission order.
 
-    ``ThreadPoolExecutor.submit`` costs DALI's thread ~0.2 ms (its idle semaphore and thread-count
-    checks contend with the workers); a ``queue.SimpleQueue`` put costs microseconds.
+    Not ``ThreadPoolExecutor``: its ``submit`` costs DALI's thread far more (its idle semaphore and
+    thread-count checks contend with the workers) than a ``queue.SimpleQueue`` put.
     """
 
     def __init__(self, threads: int, name: str):
