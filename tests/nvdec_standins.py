@@ -142,6 +142,9 @@ class StandInDriver(CudaDriver):
     def record(self, stream):
         return 0
 
+    def done(self, event):
+        return True
+
     def destroy(self, event):
         pass
 

@@ -3,6 +3,8 @@ batches fed as DALI feeds them, the CPU stage one batch ahead, over two epochs s
 carry GOPs across the boundary. The GPU tests check the same operator on NVDEC."""
 from __future__ import annotations
 
+import collections
+
 from dataclasses import replace
 
 import numpy as np
@@ -232,7 +234,8 @@ def test_a_kept_gop_lets_go_of_the_chunks_its_slot_has_passed(monkeypatch):
 def test_gops_kept_on_the_host_take_whole_chunks_of_a_pool_that_takes_them_back(monkeypatch):
     """A GOP kept on the host takes whole chunks of pinned slabs (a short last chunk too, so that
     every chunk fits any GOP of the size); a chunk let go or of a GOP dropped goes back to the
-    pool and is taken again before the pool pins more; the pool's slabs are counted."""
+    pool with the event after the latest reads, and is taken again, oldest first, after the
+    fresh ones; the pool's slabs are counted."""
     from dali_gop.backends._assemble import Held
     from dali_gop.backends._nvdec import DecodedGop, PinnedChunks
     from nvdec_standins import install
@@ -243,28 +246,158 @@ def test_gops_kept_on_the_host_take_whole_chunks_of_a_pool_that_takes_them_back(
     gop = DecodedGop("clip/cam0.mp4/gop.0.12.bin", 2 * size + 2, (3, 4))
     gop.allocate(pool)
     assert gop.on_host and len(gop.chunks) == 3 and len(set(gop.pointers)) == gop.count
+    assert all(c.after is None for c in gop.chunks)          # fresh: nothing to wait for
     slab = held.now["pinned_host"]
     assert slab >= PinnedChunks.SLAB_CHUNKS * size * 12 and slab & (slab - 1) == 0
+    count = slab // (size * 12)
     assert gop.kept_bytes() == gop.count * 12
     first = gop.chunks[0].data_ptr()
     freed = gop.release_below(size)
     assert [c.data_ptr() for c in freed] == [first]
-    other = DecodedGop("clip/cam1.mp4/gop.0.12.bin", size, (3, 4))
-    other.allocate(pool)
-    assert other.chunks[0].data_ptr() != first     # still held by the batch that let it go
-    del freed
-    again = DecodedGop("clip/cam1.mp4/gop.12.12.bin", size, (3, 4))
+    pool.reads = reads = object()
+    del freed                                   # the batch that let it go is done with it
+    rest = [DecodedGop(f"clip/cam1.mp4/gop.{i}.5.bin", size, (3, 4)) for i in range(count - 3)]
+    for g in rest:
+        g.allocate(pool)
+    assert first not in {g.chunks[0].data_ptr() for g in rest}   # fresh chunks first
+    again = DecodedGop("clip/cam1.mp4/gop.99.5.bin", size, (3, 4))
     again.allocate(pool)
-    assert again.chunks[0].data_ptr() == first     # back in the pool: taken before the rest
+    assert again.chunks[0].data_ptr() == first and again.chunks[0].after is reads
     dropped = {c.data_ptr() for c in gop.chunks if c is not None}
     del gop
     more = [DecodedGop(f"clip/cam2.mp4/gop.{i}.5.bin", size, (3, 4)) for i in range(2)]
     for g in more:
         g.allocate(pool)
-    assert {g.chunks[0].data_ptr() for g in more} == dropped   # the dropped GOP's, first
+    assert {g.chunks[0].data_ptr() for g in more} == dropped   # the dropped GOP's, next
     assert held.now["pinned_host"] == slab
     pool.clear()
     assert held.now["pinned_host"] == 0
+
+
+def test_the_pinned_pool_pins_more_rather_than_hand_out_a_chunk_still_being_read(monkeypatch):
+    """While the oldest chunk given back is still being read (its event not passed) and few are
+    free, the pool pins another slab and hands out its chunks; once the reads are done, the
+    chunk is taken again, and the pool stops growing."""
+    from dali_gop.backends._assemble import Held
+    from dali_gop.backends._nvdec import DecodedGop, PinnedChunks
+    from nvdec_standins import StandInDriver, install
+    install(monkeypatch)
+    passed = set()
+
+    class Driver(StandInDriver):
+        def done(self, event):
+            return event in passed
+
+    class Event:
+        def __init__(self, handle):
+            self.handle = handle
+
+    size = DecodedGop.CHUNK_FRAMES
+    held = Held()
+    pool = PinnedChunks(held)
+    pool.driver = Driver()
+    gops = [DecodedGop(f"clip/cam0.mp4/gop.{i}.5.bin", size, (3, 4)) for i in range(2)]
+    for g in gops:
+        g.allocate(pool)
+    slab = held.now["pinned_host"]
+    count = slab // (size * 12)
+    pool.reads = Event(1)
+    read = gops[0].chunks[0].data_ptr()
+    del gops[0]                                 # back, its reads queued before event 1
+    fresh = [DecodedGop(f"clip/cam1.mp4/gop.{i}.5.bin", size, (3, 4)) for i in range(count - 2)]
+    for g in fresh:
+        g.allocate(pool)                        # the slab's fresh chunks: no new slab
+    assert held.now["pinned_host"] == slab
+    busy = DecodedGop("clip/cam2.mp4/gop.0.5.bin", size, (3, 4))
+    busy.allocate(pool)                         # only the chunk being read is free
+    assert held.now["pinned_host"] == 2 * slab and busy.chunks[0].data_ptr() != read
+    assert busy.chunks[0].after is None
+    passed.add(1)
+    for i in range(count):                      # the new slab's fresh chunks, then the one read
+        g = DecodedGop(f"clip/cam3.mp4/gop.{i}.5.bin", size, (3, 4))
+        g.allocate(pool)
+        fresh.append(g)
+    assert g.chunks[0].data_ptr() == read and g.chunks[0].after.handle == 1
+    assert held.now["pinned_host"] == 2 * slab
+    pool.clear()
+
+
+def test_a_gop_kept_on_the_host_waits_for_the_reads_of_its_chunks_and_nothing_else(monkeypatch,
+                                                                                   stores):
+    """Every chunk of the pinned pool goes back with an event recorded after every copy that
+    read it, and the decode that writes it again waits for that event first; the decodes of
+    GOPs kept on the host wait for no other event (DALI's stream's work queued before them).
+    The operator runs on this thread, as on DALI's; the decodes on the pool's."""
+    import threading
+
+    import nvdec_standins
+    from dali_gop.backends import _nvdec
+    nvdec_standins.install(monkeypatch)
+    log, lock, counter = [], threading.Lock(), [0]
+    spans = {}        # chunk pointer -> bytes
+
+    class Driver(nvdec_standins.StandInDriver):
+        def copy(self, destination, source, nbytes, stream):
+            with lock:
+                log.append(("copy", threading.get_ident(), destination, source, nbytes))
+            super().copy(destination, source, nbytes, stream)
+
+        def record(self, stream):
+            with lock:
+                counter[0] += 1
+                log.append(("record", counter[0]))
+                return counter[0]
+
+        def wait(self, stream, event):
+            with lock:
+                log.append(("wait", threading.get_ident(), event))
+
+    class Session(nvdec_standins.StandInSession):
+        def decode(self, data, targets, frame_shape, end_of_stream=True):
+            with lock:     # its copies into the targets (a memmove here), after its waits
+                log.extend(("copy", threading.get_ident(), pointer, 0, 0) for _, pointer in targets)
+            return super().decode(data, targets, frame_shape, end_of_stream)
+
+    monkeypatch.setattr(_nvdec, "CudaDriver", Driver)
+    monkeypatch.setattr(_nvdec, "NvdecSession", Session)
+    give_back = _nvdec.PinnedChunks.give_back
+
+    def logged_give_back(pool, nbytes, pointer):
+        with lock:
+            spans[pointer] = nbytes
+            log.append(("back", pointer, pool.reads.handle if pool.reads else None))
+        give_back(pool, nbytes, pointer)
+    monkeypatch.setattr(_nvdec.PinnedChunks, "give_back", logged_give_back)
+    monkeypatch.setattr(_nvdec.PinnedChunks, "SLAB_CHUNKS", 1)   # small slabs: chunks reused
+    gop_root, _ = stores("h264")
+    batches = operator_batches(gop_root, "stream", 3, epochs=3,
+                               operator_options=dict(sessions="own", kept_gops="host"))
+    assert sum(1 for _ in batches) > 0
+    backs = [entry for entry in log if entry[0] == "back"]
+    assert any(event is not None for _, _, event in backs)
+    recorded_at = {entry[1]: i for i, entry in enumerate(log) if entry[0] == "record"}
+    waited = collections.defaultdict(set)     # thread -> events it waited for so far
+    pending = {}                              # chunk -> the event its next writes wait for
+    rewritten = 0                             # copies into a chunk read before
+    for i, entry in enumerate(log):
+        if entry[0] == "wait":
+            waited[entry[1]].add(entry[2])
+        elif entry[0] == "back":
+            _, pointer, event = entry
+            span = range(pointer, pointer + spans[pointer])
+            reads = [k for k, e in enumerate(log[:i]) if e[0] == "copy" and e[3] in span]
+            if reads:       # every read of the chunk before its event
+                assert event is not None and recorded_at[event] > max(reads), pointer
+            pending[pointer] = event
+        elif entry[0] == "copy":
+            for pointer, event in pending.items():
+                if event is not None and pointer <= entry[2] < pointer + spans[pointer]:
+                    assert event in waited[entry[1]], (pointer, event)   # written after it
+                    rewritten += 1
+    assert rewritten
+    decoders_waited = {entry[2] for entry in log
+                       if entry[0] == "wait" and entry[1] != threading.get_ident()}
+    assert decoders_waited and decoders_waited <= {event for _, _, event in backs}
 
 
 def test_close_waits_for_copies_into_pinned_chunks_before_it_lets_the_pool_go(monkeypatch,

@@ -27,6 +27,7 @@ class CudaDriver:
     priority = "high"
 
     _EVENT_DISABLE_TIMING = 2
+    _NOT_READY = 600
     _STREAM_NON_BLOCKING = 1
     _LOCATION_DEVICE = 1
     _ACCESS_ORDER_STREAM = 1
@@ -49,6 +50,7 @@ class CudaDriver:
         self._create = self._bind(lib.cuEventCreate, ctypes.POINTER(ptr), ctypes.c_uint)
         self._record = self._bind(lib.cuEventRecord, ptr, ptr)
         self._destroy = self._bind(lib.cuEventDestroy_v2, ptr)
+        self._query = self._bind(lib.cuEventQuery, ptr)
         self._device = self._bind(lib.cuDeviceGet, ctypes.POINTER(ctypes.c_int), ctypes.c_int)
         self._retain = self._bind(lib.cuDevicePrimaryCtxRetain, ctypes.POINTER(ptr), ctypes.c_int)
         self._release = self._bind(lib.cuDevicePrimaryCtxRelease_v2, ctypes.c_int)
@@ -104,6 +106,14 @@ class CudaDriver:
     def wait(self, stream: int, event: int) -> None:
         """``stream`` waits for ``event`` (a CUevent, e.g. ``torch.cuda.Event.cuda_event``)."""
         self._check(self._wait(stream, event, 0), "cuStreamWaitEvent")
+
+    def done(self, event: int) -> bool:
+        """Whether the GPU has passed ``event``; asks, never waits."""
+        status = self._query(event)
+        if status == self._NOT_READY:
+            return False
+        self._check(status, "cuEventQuery")
+        return True
 
     def record(self, stream: int) -> int:
         """A new event recorded on ``stream``; :meth:`destroy` it once no one waits for it."""

@@ -347,12 +347,15 @@ class _ThreadDecoders:
 class PinnedChunks:
     """Pinned host memory for the chunks of GOPs kept on the host (the backend's ``kept_gops``
     "host"): slabs carved into chunks of one size each, a chunk back in the pool once nothing
-    refers to it (:class:`PinnedChunk`), as torch's allocator takes back a device block.
+    refers to it (:class:`PinnedChunk`).
 
-    Reuse is ordered as the device chunks' is: chunks are taken only on DALI's thread, while a
-    batch is scheduled, and the decodes that write them wait for an event DALI's stream records
-    after that, so behind every read of a chunk let go before (reads are DALI's stream's copies
-    of picked frames). Slabs stay until :meth:`clear`: pinning memory takes milliseconds."""
+    A chunk's reads are DALI's stream's copies of picked frames, and a chunk comes back with
+    :attr:`reads`, an event DALI's stream records after the latest of them: a decode writing a
+    chunk waits for that event alone, not for everything queued on DALI's stream (as the device
+    chunks, stream-ordered by torch's allocator, must). Chunks are taken oldest first, and while
+    the oldest is still being read the pool pins another slab: a decode thread then waits on
+    neither, where it would otherwise block at its first frame until DALI's stream caught up.
+    Slabs stay until :meth:`clear`: pinning memory takes milliseconds."""
 
     #: chunks a slab holds, about: torch's pinned allocator rounds a request up to a power of two,
     #: so a slab is that power of two, filled with as many chunks as fit
@@ -362,15 +365,28 @@ class PinnedChunks:
         self._free: dict[int, collections.deque] = collections.defaultdict(collections.deque)
         self._slabs: list = []
         self._held = held
+        #: DALI's thread's CudaDriver, which asks whether a chunk's reads are done (None: no one
+        #: asks, and a chunk being read is taken as it comes)
+        self.driver: CudaDriver | None = None
+        #: DriverEvent after the latest reads of chunks queued on DALI's stream (None: none yet)
+        self.reads = None
 
     def take(self, nbytes: int) -> "PinnedChunk":
+        """A chunk of ``nbytes``; its ``after`` is the event its writes must wait for (None: none).
+        Taken on DALI's thread only."""
         free = self._free[nbytes]
-        if not free:
+        if not free or (len(free) < self.SLAB_CHUNKS and not self._done(free[0][1])):
             self._grow(nbytes)
-        return PinnedChunk(self, nbytes, free.pop())
+        pointer, after = free.popleft()
+        return PinnedChunk(self, nbytes, pointer, after)
+
+    def _done(self, event) -> bool:
+        return event is None or self.driver is None or self.driver.done(event.handle)
 
     def give_back(self, nbytes: int, pointer: int) -> None:
-        self._free[nbytes].append(pointer)     # a deque: safe from any thread's garbage
+        # a deque: safe from any thread's garbage; every read of the chunk was queued before
+        # ``reads`` was recorded, since the batches that read it hold it until then
+        self._free[nbytes].append((pointer, self.reads))
 
     def _grow(self, nbytes: int) -> None:
         import torch
@@ -379,21 +395,25 @@ class PinnedChunks:
         slab = torch.empty(count * nbytes, dtype=torch.uint8, pin_memory=True)
         self._slabs.append(slab)
         self._held.add("pinned_host", slab_bytes)
-        self._free[nbytes].extend(slab.data_ptr() + i * nbytes for i in range(count))
+        # fresh chunks first: nothing reads them
+        self._free[nbytes].extendleft((slab.data_ptr() + i * nbytes, None)
+                                      for i in reversed(range(count)))
 
     def clear(self) -> None:
         self._free.clear()
         self._slabs.clear()
+        self.reads = None
         self._held.add("pinned_host", -self._held.now["pinned_host"])
 
 
 class PinnedChunk:
-    """A chunk of :class:`PinnedChunks`, back in its pool when dropped."""
+    """A chunk of :class:`PinnedChunks`, back in its pool when dropped; ``after``: the event after
+    its last reads, or None."""
 
-    __slots__ = ("_pool", "_nbytes", "_pointer")
+    __slots__ = ("_pool", "_nbytes", "_pointer", "after")
 
-    def __init__(self, pool: PinnedChunks, nbytes: int, pointer: int):
-        self._pool, self._nbytes, self._pointer = pool, nbytes, pointer
+    def __init__(self, pool: PinnedChunks, nbytes: int, pointer: int, after=None):
+        self._pool, self._nbytes, self._pointer, self.after = pool, nbytes, pointer, after
 
     def data_ptr(self) -> int:
         return self._pointer
@@ -658,6 +678,8 @@ class NvdecBatchDecoder:
 
         if self._driver is None:
             self._driver, self._pool_driver = CudaDriver(hold_gil=True), CudaDriver(hold_gil=False)
+            if self._pinned is not None:
+                self._pinned.driver = self._driver
         shapes = [tuple(from_dlpack(t).shape) for t in plan_tokens]
         device_id = torch.cuda.current_device()
         handle = python_function_plugin.current_dali_stream()
@@ -737,6 +759,7 @@ class NvdecBatchDecoder:
             at += nbytes
         self._driver.copy_many(destinations, [job.picked[key] for key in keys], sizes,
                                dali_stream, device_id)
+        self._pinned.reads = DriverEvent(self._driver, dali_stream)
         job.picked.update(zip(keys, destinations))
 
     def _finish(self, job: _Job, dali_stream: int) -> None:
@@ -824,7 +847,7 @@ class NvdecBatchDecoder:
                 gop.allocate(self._pinned)
         allocated = DriverEvent(self._driver, dali_stream.cuda_stream)
         tasks.sort(key=lambda t: -t[1].size)     # longest first: the batch ends sooner
-        job.futures += [self._submit(self._decode_segment, *t, device_id, allocated)
+        job.futures += [self._submit(self._decode_segment, *t, device_id, [allocated])
                         for t in tasks]
         lanes = collections.defaultdict(list)
         for picks in job.pair_picks:
@@ -834,11 +857,15 @@ class NvdecBatchDecoder:
             job.pair_futures.append(self._submit(self._pick_pairs, items, device_id, allocated,
                                                  lane=lane))
         for gop, data, segment in sends:    # after this batch's own segments: needed later
+            # chunks of the pinned pool wait for their own last reads; the device's, for
+            # everything DALI's stream queued before their allocation
+            after = {id(c.after): c.after for c in gop.chunks if c.after is not None} \
+                if gop.on_host else {0: allocated}
             gop.future = self._submit(self._decode_gop, gop, data, segment, device_id,
-                                      allocated)
+                                      list(after.values()))
         for key, out, mine, conversions in ahead_tasks:  # needed last
             self.ahead[key] = _Decoded(out, [self._submit(self._decode_segment, *t, device_id,
-                                                          allocated) for t in mine], conversions)
+                                                          [allocated]) for t in mine], conversions)
             self.held.add("decoded_ahead", out.numel())
         return job
 
@@ -924,13 +951,16 @@ class NvdecBatchDecoder:
         return [torch.empty(shape, dtype=torch.uint8, device="cuda") for shape in shapes]
 
     def _run_decoder(self, segment: Segment, name: str, data, targets: list[tuple[int, int]],
-                     frame_shape, device_id: int, allocated: DriverEvent, whole_gop: bool = False):
+                     frame_shape, device_id: int, after: Sequence[DriverEvent],
+                     whole_gop: bool = False):
         """Pool thread: decode a segment from its keyframe on the thread's decoder, copying output
-        ``position`` to ``pointer`` for each of ``targets``; flush; return an event after it all."""
+        ``position`` to ``pointer`` for each of ``targets``, once the events ``after`` are passed
+        (the targets' earlier reads); flush; return an event after it all."""
         import torch
         state = self._thread_state(device_id)
         stream = state.stream.cuda_stream
-        self._pool_driver.wait(stream, allocated.handle)
+        for event in after:
+            self._pool_driver.wait(stream, event.handle)
         decoder = self._decoder(state, segment.codec, device_id)
         try:
             with self._hooked("decode", name, whole_gop):
@@ -1075,18 +1105,18 @@ class NvdecBatchDecoder:
         return True
 
     def _decode_segment(self, data, segment: Segment, name: str, targets, frame_shape,
-                        device_id: int, allocated: DriverEvent):
+                        device_id: int, after: Sequence[DriverEvent]):
         """Pool thread: decode a GOP prefix, copying each wanted output to its pointers
         (``targets``: (position, pointer) pairs into output tensors)."""
-        return self._run_decoder(segment, name, data, targets, frame_shape, device_id, allocated)
+        return self._run_decoder(segment, name, data, targets, frame_shape, device_id, after)
 
     def _decode_gop(self, gop: DecodedGop, data, segment: Segment, device_id: int,
-                    allocated: DriverEvent):
-        """Pool thread: decode a whole GOP into a stream slot's GOP chunks (allocated on DALI's
-        stream, which copies frames out of them last: their blocks are reused only after that).
+                    after: Sequence[DriverEvent]):
+        """Pool thread: decode a whole GOP into a stream slot's GOP chunks, after ``after``: the
+        last reads of what its chunks held before (DALI's stream's copies of picked frames).
         A GOP's bin may decode one frame of the next GOP: not kept."""
         return self._run_decoder(segment, gop.name, data, list(enumerate(gop.pointers)),
-                                 gop.frame_shape, device_id, allocated, whole_gop=True)
+                                 gop.frame_shape, device_id, after, whole_gop=True)
 
 
 class _PairIO:
