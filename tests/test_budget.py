@@ -231,6 +231,28 @@ def test_the_pairs_estimate_covers_what_pairs_held_on_a_gpu():
     assert not chosen.stream_decoding
 
 
+def test_the_host_kept_estimate_covers_what_that_path_held_on_a_gpu():
+    """Stream slots with GOPs on the host, at the benchmark's shape, peaked at up to 2,235 MiB
+    with 8 threads, DALI's queue at 1 and nothing decoded ahead, which is how a 2 GiB budget had
+    planned them (it was passed), and at up to 4,538 MiB with 48 threads and the queue at 2
+    (docs/results.md, H100 runs at 6ddbf5d, f05b82e and ccee00b): the estimate covers both
+    peaks, and a 2 GiB budget no longer plans that configuration."""
+    from dali_gop.backends._nvdec import RING_FRAMES
+    source = BenchShape()
+    nvdec = nvdec_options(source, ring_frames=RING_FRAMES)
+    wanted = Choice(30, 2, True, threads=48, sessions="own", kept_gops="device")
+    small = Choice(30, 0, True, threads=FEWEST_THREADS, sessions="own", prefetch=1,
+                   kept_gops="host")
+
+    def total(choice):
+        return sum(estimate(source, choice, **nvdec).values())
+    assert total(small) >= 2235 * 2**20
+    assert total(replace(wanted, kept_gops="host")) >= 4538 * 2**20
+    chosen, held = fit(2 * 2**30, source, wanted, strict=False, **nvdec)
+    assert chosen != small and sum(held.values()) <= 2 * 2**30
+    assert fit(6 * 2**30, source, wanted, **nvdec)[0] == replace(wanted, kept_gops="host")
+
+
 def test_a_budget_keeps_stream_slots_gops_on_the_host_before_it_lowers_their_lead():
     """At the benchmark's stream shape, GOPs kept on the device do not fit 6 GiB even at 16 decode
     threads; kept in pinned host memory they leave the device's budget (the picks of a batch are
