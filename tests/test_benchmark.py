@@ -515,3 +515,44 @@ def test_timed_steps_say_how_long_the_calling_thread_was_on_a_core(monkeypatch):
     assert busy.frames == idle.frames == 5
     assert busy.details["thread_cpu_s"] / busy.seconds > 0.8
     assert idle.details["thread_cpu_s"] / idle.seconds < 0.2
+
+
+def test_budget_rows_are_timed_as_the_loader_rows_of_their_access(monkeypatch):
+    """A stream budget row runs the loader's stream timing (an untimed epoch, then
+    --stream_epochs), so that it compares with the loader's stream row and the issue's target;
+    a random one, --warmup then --random_batches; a refused budget is a line, not a row."""
+    import argparse
+
+    from dali_gop.errors import ConfigError
+    from pipelines.throughput import loader
+    calls = []
+
+    def run(b, access, backend, group, *, profiler=None, memory_budget=None, **timing):
+        if memory_budget == "1B":
+            raise ConfigError("memory_budget 1B is less than this loader needs")
+        calls.append((access, memory_budget, timing))
+        return Timed(10, 0.0, 1.0, {"settings": {"memory_budget": None}})
+
+    monkeypatch.setattr(loader, "loader_run", run)
+    args = argparse.Namespace(backend="nvdec", group_num=16, random_group_num=8, warmup=12,
+                              random_batches=60, stream_epochs=3, budgets=["1B", "6GiB", "none"],
+                              profile=False)
+
+    class Bench:
+        rank = 0
+
+        def __init__(self):
+            self.args = args
+
+        def measure(self, name, workload, **options):
+            timed = workload()
+            return Result(name, 10.0, timed.frames, 1.0, 1.0, None, details=timed.details,
+                          **{k: v for k, v in options.items() if k in ("method", "access")})
+
+    rows = loader.budget_rows(Bench())
+    assert [r.details["budget"] for r in rows] == ["6GiB", "none"] * 2
+    assert calls == [
+        ("stream", "6GiB", dict(warmup=None, batches=None, epochs=3)),
+        ("stream", None, dict(warmup=None, batches=None, epochs=3)),
+        ("random", "6GiB", dict(warmup=12, batches=60)),
+        ("random", None, dict(warmup=12, batches=60))]

@@ -149,7 +149,8 @@ def parse_args(argv=None):
     loader.add_argument("--warmup", type=int, default=None,
                         help="untimed loader batches first (default: max(2 x workers, 8))")
     loader.add_argument("--stream_epochs", type=int, default=3,
-                        help="timed epochs of dali-gop stream, after one untimed epoch")
+                        help="timed epochs of dali-gop stream (its budget rows too), after one "
+                             "untimed epoch")
     loader.add_argument("--budgets", nargs="+", default=["2GiB", "4GiB", "8GiB", "16GiB", "none"],
                         metavar="SIZE", help="budget rows: make_loader's memory_budget for each "
                                              "(none: no budget)")
@@ -189,7 +190,8 @@ def parse_args(argv=None):
                              "go, for the question whether the loader's threads and the training "
                              "thread take turns at it")
     loader.add_argument("--random_batches", type=int, default=60,
-                        help="timed batches: dali-gop random and stream without stream decoding")
+                        help="timed batches: dali-gop random (its budget rows too) and stream "
+                             "without stream decoding")
     raw = parser.add_argument_group("the ceiling and the baselines")
     raw.add_argument("--threads", type=int, nargs="+", default=[8, 16],
                      help="decode threads of the NVDEC ceiling (the largest: PyNvVideoCodec)")
