@@ -11,8 +11,8 @@ budget then does not count.
 ``make_loader(..., memory_budget=...)`` changes those options, the one that costs the least speed
 first, until the estimate fits, and refuses a budget that nothing fits, naming the least that
 would. The estimate counts frames the loader allocates, as ``GopLoader.memory()`` reports them,
-DALI's queue of finished batches and the sessions; the allocator's cache is outside it, but where
-GOPs are kept on the host, whose peak measured above the rest.
+DALI's queue of finished batches and the sessions. The allocator's cache is outside it, except
+where GOPs are kept on the host: there the peak was measured above the rest, and that is counted.
 """
 from __future__ import annotations
 

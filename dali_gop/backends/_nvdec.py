@@ -459,6 +459,14 @@ class DecodedGop:
                               for chunk, frames in zip(self.chunks, counts)
                               for i in range(frames))
 
+    def writes_after(self, allocated: DriverEvent) -> list:
+        """The events the decode into the chunks waits for: on the host, each chunk's last reads
+        (once each event); on the device, ``allocated``, after everything DALI's stream queued
+        before the chunks were allocated, which is how torch's allocator orders their reuse."""
+        if not self.on_host:
+            return [allocated]
+        return list({id(c.after): c.after for c in self.chunks if c.after is not None}.values())
+
     def kept_bytes(self) -> int:
         return (self.count - min(self.released * self.CHUNK_FRAMES, self.count)) * self.frame_bytes
 
@@ -857,12 +865,8 @@ class NvdecBatchDecoder:
             job.pair_futures.append(self._submit(self._pick_pairs, items, device_id, allocated,
                                                  lane=lane))
         for gop, data, segment in sends:    # after this batch's own segments: needed later
-            # chunks of the pinned pool wait for their own last reads; the device's, for
-            # everything DALI's stream queued before their allocation
-            after = {id(c.after): c.after for c in gop.chunks if c.after is not None} \
-                if gop.on_host else {0: allocated}
             gop.future = self._submit(self._decode_gop, gop, data, segment, device_id,
-                                      list(after.values()))
+                                      gop.writes_after(allocated))
         for key, out, mine, conversions in ahead_tasks:  # needed last
             self.ahead[key] = _Decoded(out, [self._submit(self._decode_segment, *t, device_id,
                                                           [allocated]) for t in mine], conversions)
