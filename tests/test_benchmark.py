@@ -441,7 +441,8 @@ def test_a_train_rows_timeline_line_sets_the_phases_side_by_side():
 
 
 def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
-    """--nvdec_sessions, --stream_sessions, --kept_gops, --stream_groups and --stream_priority set
+    """--nvdec_sessions, --stream_sessions, --kept_gops, --device_head, --stream_groups and
+    --stream_priority set
     defaults of the nvdec backend and the CUDA driver; the loader process imports them afresh, so
     they go with it (else it would run the backend's own defaults whatever the run asked for)."""
     from dali_gop.backends import _nvdec
@@ -450,11 +451,12 @@ def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
     monkeypatch.setattr(_nvdec.NvdecBackend, "sessions", "own")
     monkeypatch.setattr(_nvdec.NvdecBackend, "stream_sessions", True)
     monkeypatch.setattr(_nvdec.NvdecBackend, "kept_gops", "host")
+    monkeypatch.setattr(_nvdec.NvdecBackend, "device_head", 10)
     monkeypatch.setattr(_nvdec, "STREAM_GROUPS", 5)
     monkeypatch.setattr(CudaDriver, "priority", "default")
     defaults = train.backend_defaults()
     assert defaults == {"sessions": "own", "stream_sessions": True, "kept_gops": "host",
-                        "groups": 5, "priority": "default"}
+                        "device_head": 10, "groups": 5, "priority": "default"}
     remote = train.LoaderProcess({}, None)
     assert remote._process._args[-1] == defaults
 
@@ -556,3 +558,39 @@ def test_budget_rows_are_timed_as_the_loader_rows_of_their_access(monkeypatch):
         ("stream", None, dict(warmup=None, batches=None, epochs=3)),
         ("random", "6GiB", dict(warmup=12, batches=60)),
         ("random", None, dict(warmup=12, batches=60))]
+
+
+def test_the_loader_group_runs_the_rows_asked_for(monkeypatch):
+    """--loader_rows: each of stream, random and stream order without stream decoding runs only
+    where asked for, with its own timing."""
+    import argparse
+
+    from pipelines.throughput import loader
+    calls = []
+
+    def run(b, access, backend, group, warmup=None, batches=None, *, profiler=None,
+            stream_decoding=True, epochs=None):
+        calls.append((access, stream_decoding))
+        return Timed(10, 0.0, 1.0, {"settings": {"memory_budget": None}})
+
+    monkeypatch.setattr(loader, "loader_run", run)
+    monkeypatch.setattr(loader, "stream_decode_ratio", lambda b, group: 1.0)
+    monkeypatch.setattr(loader, "mean_decode_depth", lambda b, group: 15.0)
+
+    class Bench:
+        rank = 0
+
+        def __init__(self, rows):
+            self.args = argparse.Namespace(backend="nvdec", group_num=16, random_group_num=8,
+                                           warmup=12, random_batches=60, stream_epochs=3,
+                                           profile=False, loader_rows=rows)
+
+        def measure(self, name, workload, **options):
+            timed = workload()
+            return Result(name, 10.0, timed.frames, 1.0, 1.0, None, details=timed.details)
+
+    names = [r.name for r in loader.loader_rows(Bench(["stream"]))]
+    assert names == ["dali-gop stream (nvdec)"] and calls == [("stream", True)]
+    calls.clear()
+    rows = loader.loader_rows(Bench(list(loader.LOADER_ROWS)))
+    assert len(rows) == 3 and calls == [("stream", True), ("random", True), ("stream", False)]

@@ -160,29 +160,45 @@ def _profiled(b: Bench, name: str, run, **options) -> Result:
     return result
 
 
+#: the loader group's rows (--loader_rows)
+LOADER_ROWS = ("stream", "random", "no_stream")
+
+
 def loader_rows(b: Bench) -> list[Result]:
     """The --backend's stream and random rows as a user gets them (the default memory budget
     included), and stream order without stream decoding."""
     a, backend = b.args, b.args.backend
     method = f"dali-gop ({backend})"
-    depth = mean_decode_depth(b, a.random_group_num)
+    rows = []
+    if "stream" in a.loader_rows:
+        rows.append(_stream_row(b, method))
+    if "random" in a.loader_rows:
+        depth = mean_decode_depth(b, a.random_group_num)
+        random = _profiled(b, f"dali-gop random ({backend})",
+                           lambda p: loader_run(b, RANDOM, backend, a.random_group_num, a.warmup,
+                                                a.random_batches, profiler=p),
+                           method=method, access=RANDOM, note=f"mean decode depth {depth:.1f}")
+        random.details["mean_decode_depth"] = depth
+        rows.append(random)
+    if "no_stream" in a.loader_rows:
+        rows.append(b.measure(f"dali-gop stream, no stream decoding ({backend})",
+                              lambda: loader_run(b, STREAM, backend, a.random_group_num,
+                                                 a.warmup, a.random_batches,
+                                                 stream_decoding=False),
+                              method=f"{method}, no stream decoding",
+                              note="each frame decoded from its GOP start"))
+    return rows
+
+
+def _stream_row(b: Bench, method: str) -> Result:
+    a, backend = b.args, b.args.backend
     ratio = stream_decode_ratio(b, a.group_num)
     stream = _profiled(b, f"dali-gop stream ({backend})",
                        lambda p: loader_run(b, STREAM, backend, a.group_num, None, None,
                                             epochs=a.stream_epochs, profiler=p),
                        method=method, note=f"{ratio:.2f} frames decoded a frame delivered")
     stream.details["stream_decode_ratio"] = ratio
-    random = _profiled(b, f"dali-gop random ({backend})",
-                       lambda p: loader_run(b, RANDOM, backend, a.random_group_num, a.warmup,
-                                            a.random_batches, profiler=p),
-                       method=method, access=RANDOM, note=f"mean decode depth {depth:.1f}")
-    random.details["mean_decode_depth"] = depth
-    no_stream = b.measure(f"dali-gop stream, no stream decoding ({backend})",
-                          lambda: loader_run(b, STREAM, backend, a.random_group_num, a.warmup,
-                                             a.random_batches, stream_decoding=False),
-                          method=f"{method}, no stream decoding",
-                          note="each frame decoded from its GOP start")
-    return [stream, random, no_stream]
+    return stream
 
 
 def budget_rows(b: Bench) -> list[Result]:
