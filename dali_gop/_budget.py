@@ -76,8 +76,7 @@ class Choice:
     dali_gop.backends._nvdec), ``prefetch`` DALI's ``prefetch_queue_depth``, ``stream_sessions``
     whether each stream slot's camera has a session of ours in place of kept GOPs
     (dali_gop.backends._stream_sessions), ``kept_gops`` where stream slots keep decoded GOPs
-    ("device" or "host"; "" where the backend does not choose), ``device_head`` the first frames
-    of each GOP kept on the host that stay on the device."""
+    ("device" or "host"; "" where the backend does not choose)."""
     stream_lead: int
     decode_ahead: int
     stream_decoding: bool
@@ -86,7 +85,6 @@ class Choice:
     prefetch: int = 2
     stream_sessions: bool = False
     kept_gops: str = ""
-    device_head: int = 0
 
 
 def _pair_sessions(source, choice: Choice) -> int:
@@ -109,8 +107,7 @@ def estimate(source, choice: Choice, *, rgb_factor: int = 1, staging: bool = Tru
     ``gop_frames`` (the longest GOP) per call, and per stream pair with a session of its own
     ``session_bytes(0, "stream")`` and a ring of ``ring_frames`` frames (where videos reorder).
     Device bytes (host bytes for cpu): GOPs kept on the host (``kept_gops`` "host") are not
-    counted but for their first ``device_head`` frames, only the staging their picks are copied
-    into, and the allocators' cache beside it."""
+    counted, only the staging their picks are copied into, and the allocators' cache beside it."""
     batch = source.batch_frame_bytes()
     pairs = _pair_sessions(source, choice) if session_bytes is not None else 0
     kept = source.kept_gop_bytes(choice.stream_lead) if choice.stream_decoding and not pairs else 0
@@ -125,9 +122,7 @@ def estimate(source, choice: Choice, *, rgb_factor: int = 1, staging: bool = Tru
     else:
         # two batches in flight, and the picks' block where some samples stream from the host
         staged = 2 * batch + (batch if on_host else 0)
-    head = source.kept_head_bytes(choice.device_head, choice.stream_lead) \
-        if on_host and choice.device_head else 0
-    figures = {"kept_gops": head if on_host else kept * rgb_factor,
+    figures = {"kept_gops": 0 if on_host else kept * rgb_factor,
                # stream slots' samples are not decoded ahead
                "decoded_ahead": 0 if streaming else choice.decode_ahead * batch,
                "staging": staged,

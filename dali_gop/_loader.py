@@ -112,9 +112,7 @@ class GopLoader:
         ``prefetch_queue_depth`` and (nvdec) ``decode_threads``, ``nvdec_sessions`` (whose NVDEC
         sessions the decode threads hold: "pynvvideocodec" or "own") and ``stream_sessions``
         (each stream slot's camera on a session of its own, in place of kept GOPs) and
-        ``kept_gops`` (where stream slots keep decoded GOPs: "device" or pinned "host" memory)
-        and ``device_head`` (with "host": the first frames of each kept GOP that stay on the
-        device)."""
+        ``kept_gops`` (where stream slots keep decoded GOPs: "device" or pinned "host" memory)."""
         source = self.source
         settings = dict(memory_budget=self._memory_budget, stream_lead=source.stream_lead,
                         decode_ahead=source.decode_ahead, stream_decoding=source.stream_decoding,
@@ -128,9 +126,8 @@ class GopLoader:
         (NV12 of the batches in flight), ``stream_rings`` (frames stream slots' own sessions
         displayed early); on the GPU for ``nvdec``, in host memory for ``cpu`` (which
         keeps GOPs only). With ``settings["kept_gops"]`` "host", nvdec's stream slots keep their
-        GOPs in pinned host memory (``kept_gops_host``, in a pool of ``pinned_host`` bytes), but
-        for the first ``settings["device_head"]`` frames of each (``kept_gops``), and each batch's
-        picks of them are copied into one device block (``picks_staging``).
+        GOPs in pinned host memory (``kept_gops_host``, in a pool of ``pinned_host`` bytes), and
+        each batch's picks of them are copied into one device block (``picks_staging``).
         Counted where the loader allocates, since this pipeline was built; NVDEC's own surfaces,
         DALI's buffers and the allocator's cache are not included."""
         total: dict[str, dict[str, int]] = {}
@@ -421,7 +418,7 @@ def _within(budget: int, source: GopSource, dataset, access, source_options: dic
                ring_frames=decoder.ring_frames[source.reorders()])
     wanted = Choice(source.stream_lead, source.decode_ahead, source.stream_decoding,
                     decoder.threads, decoder.sessions, prefetch_queue_depth,
-                    decoder.stream_sessions, decoder.kept_gops or "", decoder.device_head)
+                    decoder.stream_sessions, decoder.kept_gops or "")
     choice, held = fit(budget, source, wanted, strict, **how)
     if choice == wanted:
         return source, prefetch_queue_depth
@@ -438,7 +435,7 @@ def _within(budget: int, source: GopSource, dataset, access, source_options: dic
     decoder.threads, decoder.sessions = choice.threads, choice.sessions
     decoder.stream_sessions = choice.stream_sessions
     if decoder.kept_gops:
-        decoder.kept_gops, decoder.device_head = choice.kept_gops, choice.device_head
+        decoder.kept_gops = choice.kept_gops
     source_options.update(stream_lead=choice.stream_lead, decode_ahead=choice.decode_ahead,
                           stream_decoding=choice.stream_decoding)
     return GopSource(dataset, access, **source_options), choice.prefetch
@@ -579,8 +576,7 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
                                                strict)
     if decoder.threads:    # settled and fitted: the same for the pipelines a resume builds
         options.update(threads=decoder.threads, sessions=decoder.sessions,
-                       stream_sessions=decoder.stream_sessions, kept_gops=decoder.kept_gops,
-                       device_head=decoder.device_head)
+                       stream_sessions=decoder.stream_sessions, kept_gops=decoder.kept_gops)
     dataset.check_one_size(source.store.video_info, resize)
     decoder.check_videos(source.store, dataset.videos())
     if decoder.device == "gpu" and memory_budget is None and decoder.kept_gops != "host":

@@ -12,7 +12,7 @@ import numpy as np
 from dali_gop._dataset import Dataset
 from dali_gop.patterns import AccessPattern, SampleSpec
 from dali_gop.plan import RELEASE_FRAMES
-from dali_gop.schedule import DecodeAhead, StreamWindows, sample_key, slot_lead
+from dali_gop.schedule import DecodeAhead, StreamWindows, sample_key
 from dali_gop._store import GopStore, ReadRequest
 
 #: what the callback returns, in this order (DALI's external_source with num_outputs=len(...))
@@ -125,36 +125,6 @@ class GopSource:
             run = RELEASE_FRAMES * index.width * index.height * 3 // 2
             per_slot += -(-frames // RELEASE_FRAMES) * _allocated(run)
         return self.batch_size * per_slot
-
-    def kept_head_bytes(self, head: int, stream_lead: int | None = None) -> int:
-        """At most how many bytes of decoded frames stream slots keep on the device where only the
-        first ``head`` frames of each kept GOP stay there (the nvdec backend's ``device_head``,
-        whole runs of :data:`dali_gop.plan.RELEASE_FRAMES`), at ``stream_lead`` (default: this
-        source's); never more than :meth:`kept_gop_bytes`.
-
-        A GOP's head is kept from the step that sends it, the slot's lead before its first pick,
-        until the slot's picks pass it; a GOP's first pick comes at least its shortest GOP's
-        frames of picks after the one before (frame by frame: single-frame samples), so a slot
-        keeps at most ceil((lead + head + 1) / shortest) heads at once, the step in flight
-        counted. Samples of several frames get :meth:`kept_gop_bytes`."""
-        lead = self.stream_lead if stream_lead is None else stream_lead
-        whole = self.kept_gop_bytes(lead)
-        if not head or not whole:
-            return 0
-        first = self.samples(0)[:self.batch_size]
-        if first[0].frames[-1] != first[0].frames[0]:
-            return whole
-        clip = next(iter(self.dataset.clips))
-        runs = -(-head // RELEASE_FRAMES)
-        total = 0
-        for camera in self.dataset.cameras:
-            index = self.store.index(f"{clip}/{camera}")
-            counts = [g.count for g in index.gops]
-            shortest = min(counts[:-1] or counts)
-            run = _allocated(RELEASE_FRAMES * index.width * index.height * 3 // 2)
-            total += sum(-(-(slot_lead(lead, slot, self.batch_size) + runs * RELEASE_FRAMES + 1) // shortest)
-                         for slot in range(self.batch_size)) * runs * run
-        return min(total, whole)
 
     def stream_pairs(self) -> int:
         """The (stream slot, camera) pairs of a batch: 0 where no sample streams."""

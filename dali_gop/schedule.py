@@ -64,11 +64,6 @@ class SlotStep:
     firsts: tuple[int, ...] = ()
 
 
-def slot_lead(lead: int, slot: int, batch_size: int) -> int:
-    """:meth:`StreamWindows.slot_lead` at ``lead`` for batches of ``batch_size`` slots."""
-    return lead - slot * lead // (2 * batch_size)
-
-
 class StreamWindows:
     """Which GOPs each (stream slot, camera) sends, keeps and releases.
 
@@ -106,7 +101,7 @@ class StreamWindows:
         half of it for the last slot. Slots whose GOP boundaries fall on the same steps (clips of
         equal length, fixed GOPs: the usual case) would otherwise all send in one batch, and the
         decoder would get its work in bursts of batch size x cameras GOPs, idle between them."""
-        return slot_lead(self.lead, slot, self.batch_size)
+        return self.lead - slot * self.lead // (2 * self.batch_size)
 
     def step(self, epoch: int, position: int, camera: str) -> Optional[SlotStep]:
         """What the sample at ``position`` of ``epoch`` does for ``camera``; None: decode it

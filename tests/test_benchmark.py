@@ -441,8 +441,7 @@ def test_a_train_rows_timeline_line_sets_the_phases_side_by_side():
 
 
 def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
-    """--nvdec_sessions, --stream_sessions, --kept_gops, --device_head, --stream_groups and
-    --stream_priority set
+    """--nvdec_sessions, --stream_sessions, --kept_gops, --stream_groups and --stream_priority set
     defaults of the nvdec backend and the CUDA driver; the loader process imports them afresh, so
     they go with it (else it would run the backend's own defaults whatever the run asked for)."""
     from dali_gop.backends import _nvdec
@@ -451,12 +450,11 @@ def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
     monkeypatch.setattr(_nvdec.NvdecBackend, "sessions", "own")
     monkeypatch.setattr(_nvdec.NvdecBackend, "stream_sessions", True)
     monkeypatch.setattr(_nvdec.NvdecBackend, "kept_gops", "host")
-    monkeypatch.setattr(_nvdec.NvdecBackend, "device_head", 10)
     monkeypatch.setattr(_nvdec, "STREAM_GROUPS", 5)
     monkeypatch.setattr(CudaDriver, "priority", "default")
     defaults = train.backend_defaults()
     assert defaults == {"sessions": "own", "stream_sessions": True, "kept_gops": "host",
-                        "device_head": 10, "groups": 5, "priority": "default"}
+                        "groups": 5, "priority": "default"}
     remote = train.LoaderProcess({}, None)
     assert remote._process._args[-1] == defaults
 

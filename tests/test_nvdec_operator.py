@@ -63,22 +63,20 @@ def operator_batches(gop_root, pattern, batch_size, epochs=2, decode_ahead=0, me
                                               ("sequence", dict(length=3, stride=2))])
 @pytest.mark.parametrize("decode_ahead", [0, 2])
 @pytest.mark.parametrize("sessions", ["own", "pynvvideocodec", "stream", "stream-at-once",
-                                      "host", "host-head"])
+                                      "host"])
 def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pattern, options,
                                                   decode_ahead, sessions):
     """Every frame, on both backends' videos and every pattern, with and without decoding ahead,
     on our own NVDEC sessions, on PyNvVideoCodec's, with ("stream") a session of its own for
     each stream slot's camera, a pair per call or ("stream-at-once") a thread's pairs in one,
-    ("host") on ours with stream slots' GOPs kept in pinned host memory, and ("host-head") so
-    but for the first chunk of each, on the device."""
+    and ("host") on ours with stream slots' GOPs kept in pinned host memory."""
     from dali_gop.backends import _nvdec
     from nvdec_standins import install
     install(monkeypatch)
     monkeypatch.setattr(_nvdec, "STREAM_AT_ONCE", sessions == "stream-at-once")
-    head = _nvdec.DecodedGop.CHUNK_FRAMES if sessions == "host-head" else 0
-    kept_gops = "host" if sessions.startswith("host") else "device"
+    kept_gops = "host" if sessions == "host" else "device"
     sessions = "stream" if sessions.startswith("stream") else \
-        "own" if kept_gops == "host" else sessions
+        "own" if sessions == "host" else sessions
     gop_root, reference = stores(name)
     clips, cameras = list(Dataset.open(gop_root).clips), Dataset.open(gop_root).cameras
     checked = kept = 0
@@ -88,7 +86,7 @@ def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pat
                                           operator_options=dict(
                                               sessions="own" if sessions == "stream" else sessions,
                                               stream_sessions=sessions == "stream",
-                                              kept_gops=kept_gops, device_head=head),
+                                              kept_gops=kept_gops),
                                           **options):
         for (_, plan, frame_idx, clip, _), sample in zip(batch, frames):
             kept += Plan.from_array(plan).kept_key >= 0
@@ -126,7 +124,7 @@ def test_operator_copies_every_frame_to_its_place(monkeypatch, stores, name, pat
     elif pattern == "stream":
         kind = "kept_gops_host" if kept_gops == "host" else "kept_gops"
         assert 0 < memory[kind]["peak"] <= 3 * 2 * 3 * 10 * nv12_frame
-        assert ("kept_gops" in memory) == (kept_gops == "device" or head > 0)
+        assert ("kept_gops" in memory) == (kept_gops == "device")
         if kept_gops == "host":       # the pool, whole slabs, and nothing of it left at close
             assert memory["pinned_host"]["peak"] >= memory["kept_gops_host"]["peak"]
     if decode_ahead and pattern == "random":
@@ -245,9 +243,9 @@ def test_gops_kept_on_the_host_take_whole_chunks_of_a_pool_that_takes_them_back(
     size = DecodedGop.CHUNK_FRAMES
     held = Held()
     pool = PinnedChunks(held)
-    gop = DecodedGop("clip/cam0.mp4/gop.0.12.bin", 2 * size + 2, (3, 4), 0)
+    gop = DecodedGop("clip/cam0.mp4/gop.0.12.bin", 2 * size + 2, (3, 4))
     gop.allocate(pool)
-    assert gop.host_from == 0 and len(gop.chunks) == 3 and len(set(gop.pointers)) == gop.count
+    assert gop.on_host and len(gop.chunks) == 3 and len(set(gop.pointers)) == gop.count
     assert all(c.after is None for c in gop.chunks)          # fresh: nothing to wait for
     slab = held.now["pinned_host"]
     assert slab >= PinnedChunks.SLAB_CHUNKS * size * 12 and slab & (slab - 1) == 0
@@ -258,16 +256,16 @@ def test_gops_kept_on_the_host_take_whole_chunks_of_a_pool_that_takes_them_back(
     assert [c.data_ptr() for c in freed] == [first]
     pool.reads = reads = object()
     del freed                                   # the batch that let it go is done with it
-    rest = [DecodedGop(f"clip/cam1.mp4/gop.{i}.5.bin", size, (3, 4), 0) for i in range(count - 3)]
+    rest = [DecodedGop(f"clip/cam1.mp4/gop.{i}.5.bin", size, (3, 4)) for i in range(count - 3)]
     for g in rest:
         g.allocate(pool)
     assert first not in {g.chunks[0].data_ptr() for g in rest}   # fresh chunks first
-    again = DecodedGop("clip/cam1.mp4/gop.99.5.bin", size, (3, 4), 0)
+    again = DecodedGop("clip/cam1.mp4/gop.99.5.bin", size, (3, 4))
     again.allocate(pool)
     assert again.chunks[0].data_ptr() == first and again.chunks[0].after is reads
     dropped = {c.data_ptr() for c in gop.chunks if c is not None}
     del gop
-    more = [DecodedGop(f"clip/cam2.mp4/gop.{i}.5.bin", size, (3, 4), 0) for i in range(2)]
+    more = [DecodedGop(f"clip/cam2.mp4/gop.{i}.5.bin", size, (3, 4)) for i in range(2)]
     for g in more:
         g.allocate(pool)
     assert {g.chunks[0].data_ptr() for g in more} == dropped   # the dropped GOP's, next
@@ -298,7 +296,7 @@ def test_the_pinned_pool_pins_more_rather_than_hand_out_a_chunk_still_being_read
     held = Held()
     pool = PinnedChunks(held)
     pool.driver = Driver()
-    gops = [DecodedGop(f"clip/cam0.mp4/gop.{i}.5.bin", size, (3, 4), 0) for i in range(2)]
+    gops = [DecodedGop(f"clip/cam0.mp4/gop.{i}.5.bin", size, (3, 4)) for i in range(2)]
     for g in gops:
         g.allocate(pool)
     slab = held.now["pinned_host"]
@@ -306,84 +304,22 @@ def test_the_pinned_pool_pins_more_rather_than_hand_out_a_chunk_still_being_read
     pool.reads = Event(1)
     read = gops[0].chunks[0].data_ptr()
     del gops[0]                                 # back, its reads queued before event 1
-    fresh = [DecodedGop(f"clip/cam1.mp4/gop.{i}.5.bin", size, (3, 4), 0) for i in range(count - 2)]
+    fresh = [DecodedGop(f"clip/cam1.mp4/gop.{i}.5.bin", size, (3, 4)) for i in range(count - 2)]
     for g in fresh:
         g.allocate(pool)                        # the slab's fresh chunks: no new slab
     assert held.now["pinned_host"] == slab
-    busy = DecodedGop("clip/cam2.mp4/gop.0.5.bin", size, (3, 4), 0)
+    busy = DecodedGop("clip/cam2.mp4/gop.0.5.bin", size, (3, 4))
     busy.allocate(pool)                         # only the chunk being read is free
     assert held.now["pinned_host"] == 2 * slab and busy.chunks[0].data_ptr() != read
     assert busy.chunks[0].after is None
     passed.add(1)
     for i in range(count):                      # the new slab's fresh chunks, then the one read
-        g = DecodedGop(f"clip/cam3.mp4/gop.{i}.5.bin", size, (3, 4), 0)
+        g = DecodedGop(f"clip/cam3.mp4/gop.{i}.5.bin", size, (3, 4))
         g.allocate(pool)
         fresh.append(g)
     assert g.chunks[0].data_ptr() == read and g.chunks[0].after.handle == 1
     assert held.now["pinned_host"] == 2 * slab
     pool.clear()
-
-
-def test_a_gop_kept_on_the_host_can_keep_its_first_chunks_on_the_device(monkeypatch):
-    """With ``device_chunks``, a GOP's first chunks are device tensors and the rest come from the
-    pinned pool: picks say where they lie, memory is counted by where it lies, the decode waits
-    for the device chunks' allocation and for the pinned chunks' last reads, and host chunks
-    without the pool are refused."""
-    from dali_gop.backends._assemble import Held
-    from dali_gop.backends._nvdec import DecodedGop, PinnedChunks
-    from nvdec_standins import install
-    install(monkeypatch)
-    size = DecodedGop.CHUNK_FRAMES
-    pool = PinnedChunks(Held())
-    gop = DecodedGop("clip/cam0.mp4/gop.0.12.bin", 2 * size + 2, (3, 4), 1)
-    gop.allocate(pool)
-    assert isinstance(gop.chunks[0], torch.Tensor) and gop.host_from == 1
-    assert [gop.on_host(p) for p in (0, size - 1, size, gop.count - 1)] == [False, False, True,
-                                                                          True]
-    assert len(set(gop.pointers)) == gop.count
-    assert gop.kept_by_kind() == {"kept_gops": size * 12, "kept_gops_host": (size + 2) * 12}
-    allocated, reads = object(), type("Event", (), {})()
-    assert gop.writes_after(allocated) == [allocated]          # fresh pinned chunks: no reads
-    gop.chunks[2].after = reads
-    assert gop.writes_after(allocated) == [allocated, reads]
-    gop.release_below(size)
-    assert gop.kept_by_kind() == {"kept_gops_host": (size + 2) * 12}
-    whole = DecodedGop("clip/cam0.mp4/gop.0.3.bin", 3, (3, 4), 4)   # more than it has: all
-    whole.allocate()
-    assert whole.host_from == 1 and not whole.on_host(2) and whole.writes_after(allocated) == \
-        [allocated]
-    with pytest.raises(ValueError, match="pinned pool"):
-        DecodedGop("clip/cam0.mp4/gop.0.12.bin", 12, (3, 4), 1).allocate()
-
-
-@pytest.mark.parametrize("name", DATASETS)
-@pytest.mark.parametrize("head", [5, 10])
-def test_gop_heads_on_the_device_stay_within_their_estimate(monkeypatch, stores, name, head):
-    """Stream slots with GOPs on the host and their first ``head`` frames on the device, over
-    three epochs: every frame right, and what the device holds of kept GOPs at its peak within
-    the source's estimate (``kept_head_bytes``), which is less than whole GOPs' on the device;
-    the rest lies on the host."""
-    from dali_gop.backends._nvdec import DecodedGop
-    from nvdec_standins import install
-    install(monkeypatch)
-    gop_root, reference = stores(name)
-    dataset = Dataset.open(gop_root)
-    clips, cameras = list(dataset.clips), dataset.cameras
-    memory: dict = {}
-    for batch, frames in operator_batches(gop_root, "stream", 3, epochs=3, memory=memory,
-                                          operator_options=dict(sessions="own", kept_gops="host",
-                                                                device_head=head)):
-        for (_, _, frame_idx, clip, _), sample in zip(batch, frames):
-            for c, camera in enumerate(cameras):
-                rgb = reference[f"{clips[int(clip[0])]}/{camera}"]["rgb24"]
-                for t, k in enumerate(frame_idx):
-                    assert np.array_equal(sample[c, t].numpy(), rgb[k]), (camera, int(k))
-    source = GopSource(dataset, pattern_from_name("stream"), batch_size=3, stream_lead=3)
-    bound = source.kept_head_bytes(head)
-    assert 0 < memory["kept_gops"]["peak"] <= bound < source.kept_gop_bytes()
-    longest = source.longest_gop()
-    assert ("kept_gops_host" in memory) == (longest > -(-head // DecodedGop.CHUNK_FRAMES) *
-                                            DecodedGop.CHUNK_FRAMES)
 
 
 def test_a_gop_kept_on_the_host_waits_for_the_reads_of_its_chunks_and_nothing_else(monkeypatch,

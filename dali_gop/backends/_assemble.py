@@ -34,26 +34,15 @@ class KeptGops:
 
     A backend calls :meth:`step` for every stream request, in batch order; ``decode`` turns a sent
     GOP into whatever the backend keeps (frames, or a pending decode), of ``size_of(kept)`` bytes,
-    counted in ``held`` as ``kind``, or by kind where ``size_of`` gives a dict (a GOP partly in
-    device and partly in pinned host memory: "kept_gops", "kept_gops_host").
+    counted in ``held``.
     """
 
-    def __init__(self, held: Held | None = None,
-                 size_of: Callable[[Any], int | dict[str, int]] = lambda kept: 0,
+    def __init__(self, held: Held | None = None, size_of: Callable[[Any], int] = lambda kept: 0,
                  kind: str = "kept_gops"):
         self._kept: dict[tuple[int, int], dict[tuple[int, int], Any]] = {}
         self._held = held or Held()
         self._size_of = size_of
-        self._kind = kind
-
-    def _sizes(self, kept: Any) -> dict[str, int]:
-        size = self._size_of(kept)
-        return size if isinstance(size, dict) else {self._kind: size}
-
-    def _count(self, before: dict[str, int], after: dict[str, int]) -> None:
-        for kind in {**before, **after}:
-            if after.get(kind, 0) != before.get(kind, 0):
-                self._held.add(kind, after.get(kind, 0) - before.get(kind, 0))
+        self._kind = kind     # what ``held`` counts them as ("kept_gops_host": pinned host memory)
 
     def step(self, camera: int, step: StreamStep, decode: Callable[[StreamSend], Any]) -> Any:
         """The kept GOP this step picks from (after taking in the step's sends)."""
@@ -63,7 +52,7 @@ class KeptGops:
             kept.clear()
         for send in step.sends:
             made = kept[(send.video_key, send.gop_start)] = decode(send)
-            self._count({}, self._sizes(made))
+            self._held.add(self._kind, self._size_of(made))
         key = (step.video_key, step.gop_start)
         if key not in kept:
             raise DecodeError(f"stream slot {step.slot}, camera {camera}: GOP {step.gop_start} of "
@@ -82,14 +71,14 @@ class KeptGops:
         Nothing where the step released the whole GOP."""
         if step.release:
             return []
-        before = self._sizes(kept)
+        before = self._size_of(kept)
         freed = let_go(kept, low)
-        self._count(before, self._sizes(kept))
+        self._held.add(self._kind, self._size_of(kept) - before)
         return freed
 
     def _drop(self, gops) -> None:
         for gop in gops:
-            self._count(self._sizes(gop), {})
+            self._held.add(self._kind, -self._size_of(gop))
 
     def clear(self) -> None:
         """Let every kept GOP go (the loader closes)."""

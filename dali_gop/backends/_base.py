@@ -30,8 +30,6 @@ class DecodeBackend(ABC):
     # picks copied to the device each batch): None where the backend can keep them on the device
     # only, or on the host only (cpu)
     kept_gops: str | None = None
-    # with kept_gops "host", the first frames of each kept GOP that stay on the device
-    device_head: int = 0
 
     def __init__(self, color: str = "RGB", color_matrix: str | None = None):
         if color not in ("RGB", "BGR"):
@@ -58,8 +56,7 @@ class DecodeBackend(ABC):
         if not self.threads:
             return {}
         return {"decode_threads": self.threads, "nvdec_sessions": self.sessions,
-                "stream_sessions": self.stream_sessions, "kept_gops": self.kept_gops,
-                "device_head": self.device_head}
+                "stream_sessions": self.stream_sessions, "kept_gops": self.kept_gops}
 
     def settle(self, streams: bool) -> None:
         """Called before :meth:`bind` with whether any sample streams (stream slots): a backend

@@ -425,68 +425,50 @@ class PinnedChunk:
 class DecodedGop:
     """A whole GOP a stream slot will pick from, decoded once by a pool thread while earlier batches
     go by, into NV12 chunks of :attr:`CHUNK_FRAMES` frames ((frames, H*3/2, W) each), on the
-    device or in pinned host memory, or its first chunks on the device and the rest on the host
-    (:meth:`allocate`). A slot's picks of a kept GOP move forward
+    device or in pinned host memory. A slot's picks of a kept GOP move forward
     (:class:`dali_gop.plan.StreamStep`), so the chunks below a pick are let go
     (:meth:`release_below`): a slot then holds about one GOP, not the one it picks from and the
     next one whole."""
 
     CHUNK_FRAMES = RELEASE_FRAMES
 
-    def __init__(self, name: str, count: int, frame_shape: tuple[int, ...],
-                 device_chunks: int | None = None):
+    def __init__(self, name: str, count: int, frame_shape: tuple[int, ...]):
         self.name = name
         self.count = count
         self.frame_shape = tuple(frame_shape)
         self.frame_bytes = math.prod(self.frame_shape)
         self.chunks: list = []               # allocated on DALI's stream (:meth:`allocate`)
         self.pointers: tuple[int, ...] = ()  # of each frame, for the pool thread's copies
-        chunks = -(-count // self.CHUNK_FRAMES)
-        # chunks from this one on are pinned host memory: the first ``device_chunks`` stay on the
-        # device (None: all), so that the frames a slot picks first cross PCIe neither way
-        self.host_from = chunks if device_chunks is None else min(device_chunks, chunks)
+        self.on_host = False                 # chunks of pinned host memory
         self.released = 0                    # leading chunks let go
         self.future: Future | None = None    # -> CUDA event recorded after the last frame's copy
         self._ready_for: int | None = None   # the consumer stream that already waits for it
 
     def allocate(self, pinned: PinnedChunks | None = None) -> None:
-        """The chunks: on the device on the current stream, from :attr:`host_from` on of
-        ``pinned``."""
+        """The chunks, on the current stream, or of ``pinned`` where given."""
         import torch
         size = self.CHUNK_FRAMES
         counts = [min(size, self.count - first) for first in range(0, self.count, size)]
-        if pinned is None and self.host_from < len(counts):
-            raise ValueError(f"{self.name}: chunks kept on the host need the pinned pool")
-        self.chunks = [torch.empty((frames, *self.frame_shape), dtype=torch.uint8, device="cuda")
-                       for frames in counts[:self.host_from]]
-        # whole chunks on the host, so that every chunk of the pool fits every GOP's
-        self.chunks += [pinned.take(size * self.frame_bytes) for _ in counts[self.host_from:]]
+        self.on_host = pinned is not None
+        if self.on_host:   # whole chunks, so that every chunk of the pool fits every GOP's
+            self.chunks = [pinned.take(size * self.frame_bytes) for _ in counts]
+        else:
+            self.chunks = [torch.empty((frames, *self.frame_shape), dtype=torch.uint8,
+                                       device="cuda") for frames in counts]
         self.pointers = tuple(chunk.data_ptr() + i * self.frame_bytes
                               for chunk, frames in zip(self.chunks, counts)
                               for i in range(frames))
 
-    def on_host(self, position: int) -> bool:
-        """Whether frame ``position`` lies in pinned host memory."""
-        return position // self.CHUNK_FRAMES >= self.host_from
-
     def writes_after(self, allocated: DriverEvent) -> list:
-        """The events the decode into the chunks waits for: for chunks on the host, each one's
-        last reads (once each event); for chunks on the device, ``allocated``, after everything
-        DALI's stream queued before they were allocated, which is how torch's allocator orders
-        their reuse."""
-        host = {id(c.after): c.after for c in self.chunks[self.host_from:] if c.after is not None}
-        return ([allocated] if self.host_from else []) + list(host.values())
+        """The events the decode into the chunks waits for: on the host, each chunk's last reads
+        (once each event); on the device, ``allocated``, after everything DALI's stream queued
+        before the chunks were allocated, which is how torch's allocator orders their reuse."""
+        if not self.on_host:
+            return [allocated]
+        return list({id(c.after): c.after for c in self.chunks if c.after is not None}.values())
 
     def kept_bytes(self) -> int:
         return (self.count - min(self.released * self.CHUNK_FRAMES, self.count)) * self.frame_bytes
-
-    def kept_by_kind(self) -> dict[str, int]:
-        """:meth:`kept_bytes` split into what lies on the device ("kept_gops") and in pinned host
-        memory ("kept_gops_host"), the kinds that are not empty."""
-        on_device = max(0, min(self.host_from * self.CHUNK_FRAMES, self.count) -
-                        self.released * self.CHUNK_FRAMES) * self.frame_bytes
-        kinds = {"kept_gops": on_device, "kept_gops_host": self.kept_bytes() - on_device}
-        return {kind: nbytes for kind, nbytes in kinds.items() if nbytes}
 
     def check_pick(self, position: int, frame_shape: tuple[int, ...]) -> int:
         """``position`` for a sample of frames ``frame_shape``, checked: a raw copy must never
@@ -585,7 +567,7 @@ class NvdecBatchDecoder:
     def __init__(self, stash: BitstreamStash, color: str = "RGB", threads: int = DEFAULT_THREADS,
                  hooks: Sequence[DecodeHook] = (), colors: VideoColors | None = None,
                  sessions: str = "pynvvideocodec", stream_sessions: bool = False,
-                 kept_gops: str = "device", device_head: int = 0):
+                 kept_gops: str = "device"):
         self.hooks = tuple(hooks)
         self.stash = stash
         self.sessions = sessions
@@ -599,9 +581,8 @@ class NvdecBatchDecoder:
         # device: what they hold leaves the device, for PCIe traffic of twice the frames
         self._pinned = PinnedChunks(self.held) if kept_gops == "host" else None
         self._picks_staging = None        # their picks on the device (:meth:`_from_host`)
-        # the first frames of each, on the device all the same: they cross PCIe neither way
-        self._device_chunks = -(-device_head // DecodedGop.CHUNK_FRAMES) if self._pinned else None
-        self.kept = KeptGops(self.held, lambda gop: gop.kept_by_kind())
+        self.kept = KeptGops(self.held, lambda gop: gop.kept_bytes(),
+                             "kept_gops_host" if self._pinned else "kept_gops")
         self.pairs: dict[tuple[int, int], StreamPair] = {}
         self._lanes: list[_Lane] = []         # threads of the stream pairs
         self._device_id = 0
@@ -809,7 +790,7 @@ class NvdecBatchDecoder:
                 continue
             try:
                 job.picked[frame] = gop.source(position, dali_stream, self._driver)
-                if gop.on_host(position):
+                if gop.on_host:
                     job.host_picked[frame] = gop.frame_bytes
             except Exception as e:
                 failed.add(gop)
@@ -920,8 +901,7 @@ class NvdecBatchDecoder:
                     sent.append((SentGop.of(name_list[send.segment], data, segment, frame_shape),
                                  send.first))
                     return sent[-1][0]
-                gop = DecodedGop(name_list[send.segment], segment.num_outputs, frame_shape,
-                                 self._device_chunks)
+                gop = DecodedGop(name_list[send.segment], segment.num_outputs, frame_shape)
                 sends.append((gop, data, segment))
                 return gop
             try:
@@ -1175,14 +1155,11 @@ class NvdecBackend(DecodeBackend):
     #: (ours: a fraction of the memory), or "auto" (see :meth:`settle`)
     sessions = "auto"
     kept_gops = "device"
-    #: with ``kept_gops`` "host", the first frames of each kept GOP that stay on the device
-    #: (rounded up to whole chunks of :attr:`DecodedGop.CHUNK_FRAMES`)
-    device_head = 0
 
     def __init__(self, color: str = "RGB", threads: int | None = None,
                  hooks: Sequence[DecodeHook] = (), color_matrix: str | None = None,
                  sessions: str | None = None, stream_sessions: bool | None = None,
-                 kept_gops: str | None = None, device_head: int | None = None):
+                 kept_gops: str | None = None):
         super().__init__(color, color_matrix)
         if stream_sessions is not None:   # else the class's (False: stream slots keep GOPs)
             self.stream_sessions = stream_sessions
@@ -1190,12 +1167,6 @@ class NvdecBackend(DecodeBackend):
             if kept_gops not in ("device", "host"):
                 raise ValueError(f"kept_gops must be 'device' or 'host', not {kept_gops!r}")
             self.kept_gops = kept_gops
-        if device_head is not None:       # else the class's (0)
-            if isinstance(device_head, bool) or not isinstance(device_head, int) or \
-                    device_head < 0:
-                raise ValueError(f"device_head must be a number of frames >= 0, not "
-                                 f"{device_head!r}")
-            self.device_head = device_head
         if sessions is not None:          # else the class's ("auto")
             self.sessions = sessions
         self.threads = DEFAULT_THREADS if threads is None else threads
@@ -1229,7 +1200,7 @@ class NvdecBackend(DecodeBackend):
         operator = NvdecBatchDecoder(stash, self.color, self.threads, hooks=self.hooks,
                                      colors=self.colors, sessions=self.sessions,
                                      stream_sessions=self.stream_sessions,
-                                     kept_gops=self.kept_gops, device_head=self.device_head)
+                                     kept_gops=self.kept_gops)
         self.operators.append(operator)
         tokens = fn.python_function(data, plan, function=stash.put, batch_processing=True)
         # no stream sync before each call: the operator orders all its GPU work on DALI's stream

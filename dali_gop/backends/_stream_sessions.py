@@ -60,8 +60,8 @@ class SentGop:
                    tuple(itertools.accumulate(segment.packet_sizes)), segment.num_outputs,
                    segment.codec, tuple(frame_shape))
 
-    def kept_by_kind(self) -> dict[str, int]:
-        return {}     # no frames: a pair's ring holds them
+    def kept_bytes(self) -> int:
+        return 0      # nothing on the device
 
     def check_shape(self, frame_shape: Sequence[int]) -> None:
         if tuple(frame_shape) != self.frame_shape:

@@ -175,10 +175,6 @@ def parse_args(argv=None):
                              "backend's, the device, unless a memory budget moves them; host: "
                              "pinned host memory, each batch's picks copied to the device), in "
                              "every loader of the run that no budget changes")
-    loader.add_argument("--device_head", type=int, default=None, metavar="FRAMES",
-                        help="nvdec, with GOPs kept on the host: the first FRAMES frames of each "
-                             "stay on the device (default: the backend's, 0), in every loader of "
-                             "the run that no budget changes")
     loader.add_argument("--stream_groups", type=int, default=None, metavar="N",
                         help="with --stream_sessions: the groups each thread feeds its pairs in "
                              "(default: the backend's, dali_gop.backends._nvdec.STREAM_GROUPS), "
@@ -256,12 +252,10 @@ def parse_args(argv=None):
         raise ConfigError("--profile hooks the nvdec operator: it needs --backend nvdec")
     if args.gpu_work and args.backend != "nvdec":
         raise ConfigError("--gpu_work measures the GPU's work: it needs --backend nvdec")
-    if (args.stream_sessions or args.nvdec_sessions or args.kept_gops or
-            args.device_head is not None) and args.backend != "nvdec":
-        raise ConfigError("--stream_sessions, --nvdec_sessions, --kept_gops and --device_head are "
-                          "paths of the nvdec backend: they need --backend nvdec")
-    if args.device_head is not None and args.device_head < 0:
-        raise ConfigError(f"--device_head {args.device_head}: give a number of frames >= 0")
+    if (args.stream_sessions or args.nvdec_sessions or args.kept_gops) and \
+            args.backend != "nvdec":
+        raise ConfigError("--stream_sessions, --nvdec_sessions and --kept_gops are paths of the "
+                          "nvdec backend: they need --backend nvdec")
     if args.stream_groups is not None and not (args.stream_sessions and args.stream_groups > 0):
         raise ConfigError(f"--stream_groups {args.stream_groups}: give a number of groups > 0, "
                           "with --stream_sessions (the groups are the stream pairs')")
@@ -281,8 +275,7 @@ def main(argv=None) -> None:
     if gpu and args.context_waits:
         set_context_waits(int(os.environ.get("LOCAL_RANK", 0)), args.context_waits)
     check_machine(args.backend)
-    if args.stream_sessions or args.nvdec_sessions or args.kept_gops or \
-            args.device_head is not None:   # the run's defaults
+    if args.stream_sessions or args.nvdec_sessions or args.kept_gops:   # the run's defaults
         from dali_gop.backends import _nvdec
         if args.stream_sessions:
             _nvdec.NvdecBackend.stream_sessions = True
@@ -292,8 +285,6 @@ def main(argv=None) -> None:
             _nvdec.NvdecBackend.sessions = args.nvdec_sessions
         if args.kept_gops:
             _nvdec.NvdecBackend.kept_gops = args.kept_gops
-        if args.device_head is not None:
-            _nvdec.NvdecBackend.device_head = args.device_head
     if args.stream_priority:
         from dali_gop.backends._cuda import CudaDriver
         CudaDriver.priority = args.stream_priority

@@ -143,9 +143,9 @@ class LoaderProcess:
         self._process.join()
 
 
-#: the nvdec backend's class defaults that --nvdec_sessions, --stream_sessions, --kept_gops and
-#: --device_head set for a run
-BACKEND_DEFAULTS = ("sessions", "stream_sessions", "kept_gops", "device_head")
+#: the nvdec backend's class defaults that --nvdec_sessions, --stream_sessions and --kept_gops
+#: set for a run
+BACKEND_DEFAULTS = ("sessions", "stream_sessions", "kept_gops")
 
 
 def backend_defaults() -> dict:
