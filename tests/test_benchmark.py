@@ -519,8 +519,10 @@ def test_timed_steps_say_how_long_the_calling_thread_was_on_a_core(monkeypatch):
 
 def test_budget_rows_are_timed_as_the_loader_rows_of_their_access(monkeypatch):
     """A stream budget row runs the loader's stream timing (an untimed epoch, then
-    --stream_epochs), so that it compares with the loader's stream row and the issue's target;
-    a random one, --warmup then --random_batches; a refused budget is a line, not a row."""
+    --stream_epochs), so that it compares with the loader's stream row and the issue's target,
+    unless its plan turns stream decoding off (then --warmup and --random_batches, as stream order
+    without it); a random one, --warmup then --random_batches; a refused budget is a line, not a
+    row."""
     import argparse
 
     from dali_gop.errors import ConfigError
@@ -551,9 +553,10 @@ def test_budget_rows_are_timed_as_the_loader_rows_of_their_access(monkeypatch):
 
     rows = loader.budget_rows(Bench())
     assert [r.details["budget"] for r in rows] == ["6GiB", "none"] * 2
+    streaming = dict(warmup=None, batches=None, epochs=3, not_streaming=(12, 60))
     assert calls == [
-        ("stream", "6GiB", dict(warmup=None, batches=None, epochs=3)),
-        ("stream", None, dict(warmup=None, batches=None, epochs=3)),
+        ("stream", "6GiB", streaming),
+        ("stream", None, streaming),
         ("random", "6GiB", dict(warmup=12, batches=60)),
         ("random", None, dict(warmup=12, batches=60))]
 
@@ -592,3 +595,42 @@ def test_the_loader_group_runs_the_rows_asked_for(monkeypatch):
     calls.clear()
     rows = loader.loader_rows(Bench(list(loader.LOADER_ROWS)))
     assert len(rows) == 3 and calls == [("stream", True), ("random", True), ("stream", False)]
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_a_run_without_stream_decoding_takes_the_timing_given_for_it(monkeypatch, streaming):
+    """loader_run's ``not_streaming``: where the loader's plan turned stream decoding off, its
+    (warmup, batches) replace whole epochs; a streaming loader keeps them."""
+    import argparse
+    import contextlib
+
+    from pipelines.throughput import loader
+    served = []
+
+    class Loader:
+        settings = {"stream_decoding": streaming}
+
+        def __len__(self):
+            return 100
+
+        def memory(self):
+            return {}
+
+    @contextlib.contextmanager
+    def open_loader(*args, **options):
+        yield Loader()
+
+    def endless(_):
+        while True:
+            served.append(1)
+            yield {"frames": None}
+
+    monkeypatch.setattr(loader, "open_loader", open_loader)
+    monkeypatch.setattr(loader, "endless", endless)
+    monkeypatch.setattr(loader, "finished", lambda frames: None)
+    monkeypatch.setattr(loader, "frames_in", lambda frames: 1)
+    b = type("B", (), {"args": argparse.Namespace(gpu_work=False)})()
+    timed = loader.loader_run(b, "stream", "nvdec", 16, None, None, epochs=3,
+                              not_streaming=(12, 60))
+    assert timed.frames == (300 if streaming else 60)
+    assert len(served) == (400 if streaming else 72)

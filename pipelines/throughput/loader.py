@@ -66,11 +66,14 @@ def finished(frames) -> None:
 
 def loader_run(b: Bench, pattern: str, backend: str, batch_size: int, warmup: int | None,
                batches: int | None, *, epochs: int = 1, profiler: Profiler | None = None,
-               **options) -> Timed:
+               not_streaming: tuple[int, int] | None = None, **options) -> Timed:
     """``warmup`` batches (None: one epoch), then ``batches`` timed ones (None: ``epochs`` whole
-    epochs), crossing epochs if need be."""
+    epochs), crossing epochs if need be; (warmup, batches) ``not_streaming`` instead where the
+    loader runs without stream decoding (a memory budget turned it off)."""
     with open_loader(b, pattern, backend, batch_size, hooks=[profiler] if profiler else [],
                      **options) as loader:
+        if not_streaming and not loader.settings["stream_decoding"]:
+            warmup, batches = not_streaming
         warmup = len(loader) if warmup is None else warmup
         batches = epochs * len(loader) if batches is None else batches
         stream = endless(loader)
@@ -204,12 +207,16 @@ def _stream_row(b: Bench, method: str) -> Result:
 def budget_rows(b: Bench) -> list[Result]:
     """Stream and random access within each of ``--budgets`` (``make_loader(memory_budget=...)``):
     frames/s against the budget, and the peak device memory each row really took. Each row is
-    timed as the loader row of its access is (stream: ``--stream_epochs`` after an untimed one),
-    so that a budget's row compares with the target and with the loader's own. A budget the
-    loader refuses is said in a line, not measured."""
+    timed as the loader row of its access is (stream: ``--stream_epochs`` after an untimed one;
+    a stream budget that turns stream decoding off, as stream order without it is), so that a
+    budget's row compares with the target and with the loader's own. A budget the loader refuses
+    is said in a line, not measured."""
     a, backend = b.args, b.args.backend
     rows = []
-    timing = {STREAM: dict(warmup=None, batches=None, epochs=a.stream_epochs),
+    # a stream plan without stream decoding decodes each frame from its GOP start: it is timed
+    # as the random rows are, where whole epochs would take minutes at its speed
+    timing = {STREAM: dict(warmup=None, batches=None, epochs=a.stream_epochs,
+                           not_streaming=(a.warmup, a.random_batches)),
               RANDOM: dict(warmup=a.warmup, batches=a.random_batches)}
     for access, group in ((STREAM, a.group_num), (RANDOM, a.random_group_num)):
         for given in a.budgets:
