@@ -563,15 +563,15 @@ def test_budget_rows_are_timed_as_the_loader_rows_of_their_access(monkeypatch):
 
 def test_the_loader_group_runs_the_rows_asked_for(monkeypatch):
     """--loader_rows: each of stream, random and stream order without stream decoding runs only
-    where asked for, with its own timing."""
+    where asked for, with its own timing (the budget rows' of the same access)."""
     import argparse
 
     from pipelines.throughput import loader
-    calls = []
+    calls, timings = [], []
 
-    def run(b, access, backend, group, warmup=None, batches=None, *, profiler=None,
-            stream_decoding=True, epochs=None):
+    def run(b, access, backend, group, *, profiler=None, stream_decoding=True, **timing):
         calls.append((access, stream_decoding))
+        timings.append(timing)
         return Timed(10, 0.0, 1.0, {"settings": {"memory_budget": None}})
 
     monkeypatch.setattr(loader, "loader_run", run)
@@ -595,6 +595,9 @@ def test_the_loader_group_runs_the_rows_asked_for(monkeypatch):
     calls.clear()
     rows = loader.loader_rows(Bench(list(loader.LOADER_ROWS)))
     assert len(rows) == 3 and calls == [("stream", True), ("random", True), ("stream", False)]
+    random = dict(warmup=12, batches=60)
+    assert timings[1:] == [dict(warmup=None, batches=None, epochs=3, not_streaming=(12, 60)),
+                           random, random]
 
 
 @pytest.mark.parametrize("streaming", [True, False])

@@ -167,41 +167,47 @@ def _profiled(b: Bench, name: str, run, **options) -> Result:
 LOADER_ROWS = ("stream", "random", "no_stream")
 
 
+def _timing(a) -> dict:
+    """loader_run's timing for each access, the same in the loader's rows and the budget rows, so
+    that they compare: stream ``--stream_epochs`` after an untimed one, random ``--warmup`` then
+    ``--random_batches``. A stream plan without stream decoding (a memory budget turned it off)
+    decodes each frame from its GOP start: it is timed as the random rows are, where whole epochs
+    would take minutes at its speed."""
+    return {STREAM: dict(warmup=None, batches=None, epochs=a.stream_epochs,
+                         not_streaming=(a.warmup, a.random_batches)),
+            RANDOM: dict(warmup=a.warmup, batches=a.random_batches)}
+
+
 def loader_rows(b: Bench) -> list[Result]:
     """The --backend's stream and random rows as a user gets them (the default memory budget
-    included), and stream order without stream decoding."""
+    included), and stream order without stream decoding: those of ``--loader_rows``."""
     a, backend = b.args, b.args.backend
     method = f"dali-gop ({backend})"
+    timing = _timing(a)
     rows = []
     if "stream" in a.loader_rows:
-        rows.append(_stream_row(b, method))
+        ratio = stream_decode_ratio(b, a.group_num)
+        stream = _profiled(b, f"dali-gop stream ({backend})",
+                           lambda p: loader_run(b, STREAM, backend, a.group_num, **timing[STREAM],
+                                                profiler=p),
+                           method=method, note=f"{ratio:.2f} frames decoded a frame delivered")
+        stream.details["stream_decode_ratio"] = ratio
+        rows.append(stream)
     if "random" in a.loader_rows:
         depth = mean_decode_depth(b, a.random_group_num)
         random = _profiled(b, f"dali-gop random ({backend})",
-                           lambda p: loader_run(b, RANDOM, backend, a.random_group_num, a.warmup,
-                                                a.random_batches, profiler=p),
+                           lambda p: loader_run(b, RANDOM, backend, a.random_group_num,
+                                                **timing[RANDOM], profiler=p),
                            method=method, access=RANDOM, note=f"mean decode depth {depth:.1f}")
         random.details["mean_decode_depth"] = depth
         rows.append(random)
     if "no_stream" in a.loader_rows:
         rows.append(b.measure(f"dali-gop stream, no stream decoding ({backend})",
                               lambda: loader_run(b, STREAM, backend, a.random_group_num,
-                                                 a.warmup, a.random_batches,
-                                                 stream_decoding=False),
+                                                 **timing[RANDOM], stream_decoding=False),
                               method=f"{method}, no stream decoding",
                               note="each frame decoded from its GOP start"))
     return rows
-
-
-def _stream_row(b: Bench, method: str) -> Result:
-    a, backend = b.args, b.args.backend
-    ratio = stream_decode_ratio(b, a.group_num)
-    stream = _profiled(b, f"dali-gop stream ({backend})",
-                       lambda p: loader_run(b, STREAM, backend, a.group_num, None, None,
-                                            epochs=a.stream_epochs, profiler=p),
-                       method=method, note=f"{ratio:.2f} frames decoded a frame delivered")
-    stream.details["stream_decode_ratio"] = ratio
-    return stream
 
 
 def budget_rows(b: Bench) -> list[Result]:
@@ -213,11 +219,7 @@ def budget_rows(b: Bench) -> list[Result]:
     is said in a line, not measured."""
     a, backend = b.args, b.args.backend
     rows = []
-    # a stream plan without stream decoding decodes each frame from its GOP start: it is timed
-    # as the random rows are, where whole epochs would take minutes at its speed
-    timing = {STREAM: dict(warmup=None, batches=None, epochs=a.stream_epochs,
-                           not_streaming=(a.warmup, a.random_batches)),
-              RANDOM: dict(warmup=a.warmup, batches=a.random_batches)}
+    timing = _timing(a)
     for access, group in ((STREAM, a.group_num), (RANDOM, a.random_group_num)):
         for given in a.budgets:
             budget = None if given.lower() == "none" else given
