@@ -67,6 +67,13 @@ PAIR_SESSIONS_STEP = False
 #: it lowers ``stream_lead``: the lead is what keeps NVDEC busy, the host's memory is plentiful,
 #: and the picks' copies to the device take PCIe time, not the SMs'
 HOST_KEPT_STEP = True
+#: where a budget keeps the GOPs of slots that only stream on the host, the decode threads it plans
+#: (at most) and how many times the wanted ``stream_lead``: with GOPs on the host, 16 threads at
+#: twice the lead kept pace with 48 at the lead, on a third less device memory and CPU
+#: (docs/results.md); the lead's frames cost pinned host memory, so it is doubled only where they
+#: fit the ``host_limit`` that :func:`fit` is given
+HOST_THREADS = FEW_THREADS
+HOST_LEAD_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -144,7 +151,7 @@ def estimate(source, choice: Choice, *, rgb_factor: int = 1, staging: bool = Tru
 
 
 def fit(budget: int, source, wanted: Choice, strict: bool = True, pair_sessions: bool | None = None,
-        **estimate_options) -> tuple[Choice, dict[str, int]]:
+        host_limit: int | None = None, **estimate_options) -> tuple[Choice, dict[str, int]]:
     """The choice closest to ``wanted`` whose estimate fits ``budget``: our own NVDEC sessions
     for PyNvVideoCodec's (a fraction of the memory; at most :data:`OWN_THREADS` of them) first,
     then decode threads lowered :data:`THREAD_STEP` at a time to :data:`FEW_THREADS`, then
@@ -154,7 +161,10 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True, pair_sessions:
     kept GOPs, then
     ``decode_ahead``, then DALI's prefetch queue to 1, then threads to :data:`FEWEST_THREADS`,
     then stream decoding off (each sample decoded from its keyframe: slow, but nothing kept);
-    decode threads and the lead are then raised back where they still fit. ConfigError when even
+    decode threads and the lead are then raised back where they still fit. Where the choice keeps
+    GOPs on the host and every sample streams, it then takes :data:`HOST_THREADS` threads at most
+    and :data:`HOST_LEAD_FACTOR` times the wanted lead, where those kept frames fit
+    ``host_limit`` (bytes of pinned host memory; None: no limit). ConfigError when even
     that does not fit, with the least budget that would."""
     def total(choice: Choice) -> int:
         return sum(estimate(source, choice, **estimate_options).values())
@@ -203,6 +213,7 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True, pair_sessions:
                 more = replace(choice, **{option: value})
                 if getattr(choice, option) < value and total(more) <= budget:
                     choice = more
+            choice = _on_the_host(choice, source, host_limit)
             return choice, estimate(source, choice, **estimate_options)
     least = total(candidates[-1])
     if not strict:
@@ -213,6 +224,21 @@ def fit(budget: int, source, wanted: Choice, strict: bool = True, pair_sessions:
                       f"{len(source.dataset.cameras)} cameras, decode_ahead=0, "
                       f"stream_decoding=False{threads}): raise it to at least that, or lower batch_size "
                       "or the cameras served")
+
+
+def _on_the_host(choice: Choice, source, host_limit: int | None) -> Choice:
+    """``choice`` with :data:`HOST_THREADS` and a longer lead where it keeps the GOPs of slots
+    that only stream in pinned host memory. Neither passes the device's budget: fewer threads
+    hold fewer sessions, and the lead's frames are kept on the host."""
+    if choice.kept_gops != "host" or not choice.stream_decoding or not source.streams_only():
+        return choice
+    if choice.threads > HOST_THREADS:
+        choice = replace(choice, threads=HOST_THREADS)
+    longer = choice.stream_lead * HOST_LEAD_FACTOR
+    if longer > choice.stream_lead and (host_limit is None or
+                                        source.kept_gop_bytes(longer) <= host_limit):
+        choice = replace(choice, stream_lead=longer)
+    return choice
 
 
 def _size(nbytes: int) -> str:

@@ -403,6 +403,17 @@ def _default_budget(decoder, device_id: int | None) -> int:
     return int(DEFAULT_SHARE * total)
 
 
+def _host_share(decoder) -> int | None:
+    """The pinned host memory a budget may plan for kept GOPs beyond what it must:
+    :data:`DEFAULT_SHARE` of the host's memory, split between the GPUs it serves (a process each,
+    as a node's training runs); None for a backend that keeps frames in host memory anyway."""
+    if decoder.device != "gpu":
+        return None
+    import torch
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(DEFAULT_SHARE * host) // max(torch.cuda.device_count(), 1)
+
+
 def _within(budget: int, source: GopSource, dataset, access, source_options: dict, decoder,
             prefetch_queue_depth: int, strict: bool = True) -> tuple[GopSource, int]:
     """``source``, or one with options lowered until the loader's estimate fits ``budget``
@@ -419,7 +430,7 @@ def _within(budget: int, source: GopSource, dataset, access, source_options: dic
     wanted = Choice(source.stream_lead, source.decode_ahead, source.stream_decoding,
                     decoder.threads, decoder.sessions, prefetch_queue_depth,
                     decoder.stream_sessions, decoder.kept_gops or "")
-    choice, held = fit(budget, source, wanted, strict, **how)
+    choice, held = fit(budget, source, wanted, strict, host_limit=_host_share(decoder), **how)
     if choice == wanted:
         return source, prefetch_queue_depth
     if sum(held.values()) > budget:
@@ -513,7 +524,9 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
             host memory (the picks of each batch copied to the GPU), then ``stream_lead``, then
             ``decode_ahead``, then ``prefetch_queue_depth`` to 1, then ``decode_threads`` to 8,
             then turns stream decoding off (with a warning: much
-            slower) until its estimate fits
+            slower) until its estimate fits. Where it keeps the GOPs of slots that only stream
+            on the host, it runs 16 decode threads at most and doubles ``stream_lead`` (where
+            those frames fit a quarter of the host's memory, shared by its GPUs)
             (``dali_gop._budget``; :attr:`GopLoader.settings` says what it chose), and refuses a
             budget nothing fits, naming the least that would. Default
             ``"auto"``: a quarter of the memory frames are kept in (the GPU's for nvdec and dali,

@@ -206,7 +206,7 @@ class BenchShape:
         return 16 * 6 * self.frame
 
     def kept_gop_bytes(self, lead):
-        return 16 * 6 * 30 * self.frame
+        return 16 * 6 * max(30, lead) * self.frame
 
     def streams_only(self):
         return True
@@ -250,7 +250,8 @@ def test_the_host_kept_estimate_covers_what_that_path_held_on_a_gpu():
     assert total(replace(wanted, kept_gops="host")) >= 4538 * 2**20
     chosen, held = fit(2 * 2**30, source, wanted, strict=False, **nvdec)
     assert chosen != small and sum(held.values()) <= 2 * 2**30
-    assert fit(6 * 2**30, source, wanted, **nvdec)[0] == replace(wanted, kept_gops="host")
+    assert fit(6 * 2**30, source, wanted, **nvdec)[0] == replace(
+        wanted, kept_gops="host", threads=_budget.HOST_THREADS, stream_lead=60)
 
 
 def test_a_budget_keeps_stream_slots_gops_on_the_host_before_it_lowers_their_lead():
@@ -267,7 +268,8 @@ def test_a_budget_keeps_stream_slots_gops_on_the_host_before_it_lowers_their_lea
         return sum(estimate(source, choice, **nvdec).values())
     assert total(replace(wanted, threads=FEW_THREADS)) > 6 * 2**30
     chosen, held = fit(6 * 2**30, source, wanted, **nvdec)
-    assert chosen == replace(wanted, kept_gops="host")
+    assert chosen == replace(wanted, kept_gops="host", threads=_budget.HOST_THREADS,
+                             stream_lead=60)
     assert "kept_gops" not in held and held["staging"] == source.batch_frame_bytes()
     assert sum(held.values()) <= 6 * 2**30
     # where some samples are decoded plainly too (windows across GOPs), their staging and the
@@ -281,6 +283,34 @@ def test_a_budget_keeps_stream_slots_gops_on_the_host_before_it_lowers_their_lea
         assert fit(6 * 2**30, source, wanted, strict=False, **nvdec)[0].kept_gops == "device"
     assert fit(6 * 2**30, source, replace(wanted, kept_gops=""), strict=False,
                **nvdec)[0].kept_gops == ""
+
+
+def test_gops_kept_on_the_host_run_on_fewer_threads_at_twice_the_lead_where_the_host_has_room():
+    """Where a budget keeps the GOPs of slots that only stream on the host: at most 16 decode
+    threads and twice the wanted lead, the frames of that lead in pinned host memory only while
+    they fit ``host_limit``; slots whose samples are also decoded plainly (windows across GOPs)
+    keep their threads and lead, as does a budget that keeps GOPs on the device."""
+    from dali_gop.backends._nvdec import RING_FRAMES
+    source = BenchShape()
+    nvdec = nvdec_options(source, ring_frames=RING_FRAMES)
+    wanted = Choice(30, 2, True, threads=48, sessions="own", kept_gops="device")
+    host = replace(wanted, kept_gops="host", threads=_budget.HOST_THREADS)
+    roomy = source.kept_gop_bytes(60)
+    for budget in (4, 6, 8):
+        chosen, held = fit(budget * 2**30, source, wanted, host_limit=roomy, **nvdec)
+        assert chosen == replace(host, stream_lead=60), budget
+        assert sum(held.values()) <= budget * 2**30
+    # the host has no room for twice the lead: fewer threads, the lead as wanted
+    assert fit(6 * 2**30, source, wanted, host_limit=roomy - 1, **nvdec)[0] == host
+    # fewer threads wanted than the host path's: not raised; lead 0 stays 0
+    few = replace(wanted, threads=8, stream_lead=0)
+    assert fit(6 * 2**30, source, few, **nvdec)[0] == replace(few, kept_gops="host")
+    # samples also decoded plainly: those need the threads
+    mixed = type("Mixed", (BenchShape,), {"streams_only": lambda self: False})()
+    assert fit(6 * 2**30, mixed, wanted, **nvdec_options(mixed, ring_frames=RING_FRAMES))[0] == \
+        replace(wanted, kept_gops="host")
+    # room on the device for the GOPs: nothing changes
+    assert fit(64 * 2**30, source, wanted, **nvdec)[0] == wanted
 
 
 def test_the_default_budget_is_a_quarter_of_host_memory_and_never_refuses(stores, monkeypatch):
