@@ -44,6 +44,12 @@ class DecodeHook:
         yield
 
     @contextlib.contextmanager
+    def wait(self) -> Iterator[None]:
+        """Within :meth:`finish`: DALI's thread waiting until the pool threads have queued the
+        batch's decodes, the GOPs its stream slots pick from included."""
+        yield
+
+    @contextlib.contextmanager
     def decode(self, name: str, gop: bool) -> Iterator[None]:
         """One decoder run on a pool thread: a GOP prefix, or a whole GOP for a stream slot
         (``gop``); ``name`` is the bin."""

@@ -210,13 +210,16 @@ def test_profiler_is_a_decode_hook_that_summarizes_the_timed_part():
             with profiler.decode("clip/cam.mp4/gop.0.30.bin", gop=True):
                 time.sleep(0.002)
             with profiler.finish():
-                pass
+                with profiler.wait():
+                    time.sleep(0.001)
     summary = profiler.stop([0.001, 0.002, 0.003])
     assert json.loads(json.dumps(summary))
+    assert 1 <= summary["wait_ms"]["mean"] <= summary["finish_ms"]["mean"]
     assert summary["batches"] == 3 and summary["stashed_at_call"] == {1: 1, 2: 2}
     assert summary["operator_call_ms"]["mean"] >= 2 and summary["decodes_at_once"] > 0
     assert "nvdec pool" in summary["cpu_cores_by_thread"]   # decode() ran on this thread
     assert "operator call" in format_profile(summary)
+    assert "waiting for decodes: mean" in format_profile(summary)
 
 
 def test_chart_is_a_png_with_the_train_and_budget_panels(tmp_path):

@@ -159,6 +159,55 @@ def test_bgr_and_another_matrix_convert_the_same_nv12(monkeypatch, stores, patte
             assert torch.equal(a.flip(-1), b)
 
 
+def test_hooks_see_each_batch_its_planning_its_finish_and_within_it_the_wait(monkeypatch, stores):
+    """A hook's methods wrap the operator's work in order: each batch's call, its planning, its
+    finish and, within the finish, DALI's thread waiting for the batch's decodes; the decodes on
+    the pool threads (a whole GOP where a stream slot keeps it)."""
+    import contextlib
+    import threading
+
+    from dali_gop.hooks import DecodeHook
+    from nvdec_standins import install
+    install(monkeypatch)
+
+    class Recorder(DecodeHook):
+        def __init__(self):
+            self.seen, self._lock = [], threading.Lock()
+
+        @contextlib.contextmanager
+        def _mark(self, name):
+            with self._lock:
+                self.seen.append(f"{name}(")
+            yield
+            with self._lock:
+                self.seen.append(f"){name}")
+
+        def batch(self, stashed):
+            return self._mark("batch")
+
+        def schedule(self):
+            return self._mark("schedule")
+
+        def finish(self):
+            return self._mark("finish")
+
+        def wait(self):
+            return self._mark("wait")
+
+        def decode(self, name, gop):
+            return self._mark("gop" if gop else "segment")
+
+    recorder = Recorder()
+    gop_root, _ = stores("h264")
+    batches = list(operator_batches(gop_root, "stream", 3, epochs=1,
+                                    operator_options=dict(hooks=[recorder], sessions="own")))
+    calls = [e for e in recorder.seen if e.rstrip("(").lstrip(")") in ("batch", "schedule",
+                                                                          "finish", "wait")]
+    assert calls == ["batch(", "schedule(", ")schedule", "finish(", "wait(", ")wait", ")finish",
+                     ")batch"] * len(batches)
+    assert "gop(" in recorder.seen
+
+
 def test_a_batch_out_of_step_with_the_stash_is_refused(monkeypatch, stores):
     from torch.utils.dlpack import to_dlpack
 

@@ -705,7 +705,8 @@ class NvdecBatchDecoder:
                               "of step); rebuild the pipeline")
         try:
             with self._hooked("finish"):
-                self._finish(job, handle)
+                with self._hooked("wait"):
+                    self._finish(job, handle)
                 with torch.cuda.stream(dali_stream):
                     outputs = self._to_rgb(job, handle, device_id)
         finally:

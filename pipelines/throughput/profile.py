@@ -3,7 +3,8 @@ nvdec operator calls around its work, so nothing of the library is patched.
 
 Over a row's timed part it records DALI's operator calls (and the gaps between them, when DALI's
 thread does other work), how many batches the CPU stage had handed over at each call, planning and
-waiting per batch, how many decode runs were going at once, how long the training loop waited in
+waiting per batch (of finishing, how long it waited for the batch's decodes), how many decode
+runs were going at once, how long the training loop waited in
 ``next()``, how late a thread that sleeps 1 ms wakes (the GIL's hand-over latency), and the CPU
 time of this process's threads by group.
 
@@ -60,7 +61,7 @@ class Profiler(DecodeHook):
     @staticmethod
     def _no_spans() -> dict:
         # every kind up front: threads append to these lists, none creates one
-        return {kind: [] for kind in ("batch", "schedule", "finish", "decode")}
+        return {kind: [] for kind in ("batch", "schedule", "finish", "wait", "decode")}
 
     @contextlib.contextmanager
     def _span(self, kind: str, extra: int = 0) -> Iterator[None]:
@@ -79,6 +80,9 @@ class Profiler(DecodeHook):
 
     def finish(self):
         return self._span("finish")
+
+    def wait(self):
+        return self._span("wait")
 
     def decode(self, name: str, gop: bool):
         self.pool_threads.add(threading.get_native_id())
@@ -112,6 +116,7 @@ class Profiler(DecodeHook):
             "stashed_at_call": dict(sorted(collections.Counter(x for *_, x in calls).items())),
             "schedule_ms": _ms([end - start for start, end, _ in self.spans["schedule"]]),
             "finish_ms": _ms([end - start for start, end, _ in self.spans["finish"]]),
+            "wait_ms": _ms([end - start for start, end, _ in self.spans["wait"]]),
             "decodes_at_once": sum(end - max(start, self._started)
                                    for start, end, _ in self.spans["decode"]) / wall,
             "gil_late_ms": _ms(late),
@@ -136,8 +141,9 @@ def format_profile(p: dict) -> str:
         f"     {p['batches']} batches, {p['ms_per_batch']:.1f} ms each; next(): {ms(p['next_ms'])}",
         f"     operator call: {ms(p['operator_call_ms'])}; gap to the next call: "
         f"{ms(p['gap_to_next_call_ms'])}; batches stashed at the call: {p['stashed_at_call']}",
-        f"     schedule: {ms(p['schedule_ms'])}; finish: {ms(p['finish_ms'])}; decode runs at "
-        f"once: {p['decodes_at_once']:.1f}",
+        f"     schedule: {ms(p['schedule_ms'])}; finish: {ms(p['finish_ms'])}, of which waiting "
+        f"for decodes: {ms(p.get('wait_ms', {}))}; decode runs at once: "
+        f"{p['decodes_at_once']:.1f}",
         f"     GIL probe wakes late by: {ms(p['gil_late_ms'])}; CPU cores by thread: {cores}",
     ])
 
