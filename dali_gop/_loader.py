@@ -405,13 +405,15 @@ def _default_budget(decoder, device_id: int | None) -> int:
 
 def _host_share(decoder) -> int | None:
     """The pinned host memory a budget may plan for kept GOPs beyond what it must:
-    :data:`DEFAULT_SHARE` of the host's memory, split between the GPUs it serves (a process each,
-    as a node's training runs); None for a backend that keeps frames in host memory anyway."""
+    :data:`DEFAULT_SHARE` of the host's memory, split between the processes of this node
+    (torchrun's ``LOCAL_WORLD_SIZE``; else one a visible GPU); None for a backend that keeps
+    frames in host memory anyway."""
     if decoder.device != "gpu":
         return None
     import torch
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return int(DEFAULT_SHARE * host) // max(torch.cuda.device_count(), 1)
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE") or 0) or torch.cuda.device_count()
+    return int(DEFAULT_SHARE * host) // max(processes, 1)
 
 
 def _within(budget: int, source: GopSource, dataset, access, source_options: dict, decoder,
@@ -526,7 +528,7 @@ def make_loader(gop_root: str | os.PathLike, pattern: str | AccessPattern = "str
             then turns stream decoding off (with a warning: much
             slower) until its estimate fits. Where it keeps the GOPs of slots that only stream
             on the host, it runs 16 decode threads at most and doubles ``stream_lead`` (where
-            those frames fit a quarter of the host's memory, shared by its GPUs)
+            those frames fit a quarter of the host's memory, shared by its processes)
             (``dali_gop._budget``; :attr:`GopLoader.settings` says what it chose), and refuses a
             budget nothing fits, naming the least that would. Default
             ``"auto"``: a quarter of the memory frames are kept in (the GPU's for nvdec and dali,

@@ -313,6 +313,29 @@ def test_gops_kept_on_the_host_run_on_fewer_threads_at_twice_the_lead_where_the_
     assert fit(64 * 2**30, source, wanted, **nvdec)[0] == wanted
 
 
+def test_the_host_share_for_a_longer_lead_is_split_between_the_nodes_processes(monkeypatch):
+    """The pinned host memory a budget may give a longer lead: a quarter of the host's, split
+    between torchrun's processes on this node, else between the visible GPUs; none to plan for
+    the cpu backend, whose frames are in host memory anyway."""
+    import os
+    import types
+
+    import torch
+
+    from dali_gop import _loader
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    gpu = types.SimpleNamespace(device="gpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert _loader._host_share(gpu) == int(0.25 * host) // 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert _loader._host_share(gpu) == int(0.25 * host) // 8
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert _loader._host_share(gpu) == int(0.25 * host)
+    assert _loader._host_share(types.SimpleNamespace(device="cpu")) is None
+
+
 def test_the_default_budget_is_a_quarter_of_host_memory_and_never_refuses(stores, monkeypatch):
     """No memory_budget: a quarter of the memory the frames are kept in (host memory for cpu),
     which lowers what it must but never refuses: where nothing fits it warns and runs with the
