@@ -393,13 +393,18 @@ def _warn_if_kept_gops_crowd_the_gpu(kept: int, device_id: int, total: int | Non
                       "or use stream_decoding=False", UserWarning, stacklevel=3)
 
 
+def _host_memory() -> int:
+    """Bytes of the host's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def _default_budget(decoder, device_id: int | None) -> int:
     """:data:`DEFAULT_SHARE` of the memory the backend keeps frames in: the GPU's, or the host's."""
     if decoder.device == "gpu":
         import torch
         total = torch.cuda.get_device_properties(device_id).total_memory
     else:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        total = _host_memory()
     return int(DEFAULT_SHARE * total)
 
 
@@ -411,9 +416,8 @@ def _host_share(decoder) -> int | None:
     if decoder.device != "gpu":
         return None
     import torch
-    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     processes = int(os.environ.get("LOCAL_WORLD_SIZE") or 0) or torch.cuda.device_count()
-    return int(DEFAULT_SHARE * host) // max(processes, 1)
+    return int(DEFAULT_SHARE * _host_memory()) // max(processes, 1)
 
 
 def _within(budget: int, source: GopSource, dataset, access, source_options: dict, decoder,

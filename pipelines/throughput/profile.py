@@ -107,16 +107,19 @@ class Profiler(DecodeHook):
             group = "nvdec pool" if tid in self.pool_threads else "main" if tid == main else name
             cpu[group] += seconds - self._cpu.get(tid, (name, 0.0))[1]
         calls = self.spans["batch"]
+
+        def lasted(kind: str) -> dict:
+            return _ms([end - start for start, end, _ in self.spans[kind]])
         return {
             "batches": len(waits),
             "ms_per_batch": 1e3 * wall / max(len(waits), 1),
             "next_ms": _ms(waits),
-            "operator_call_ms": _ms([end - start for start, end, _ in calls]),
+            "operator_call_ms": lasted("batch"),
             "gap_to_next_call_ms": _ms([b[0] - a[1] for a, b in zip(calls, calls[1:])]),
             "stashed_at_call": dict(sorted(collections.Counter(x for *_, x in calls).items())),
-            "schedule_ms": _ms([end - start for start, end, _ in self.spans["schedule"]]),
-            "finish_ms": _ms([end - start for start, end, _ in self.spans["finish"]]),
-            "wait_ms": _ms([end - start for start, end, _ in self.spans["wait"]]),
+            "schedule_ms": lasted("schedule"),
+            "finish_ms": lasted("finish"),
+            "wait_ms": lasted("wait"),
             "decodes_at_once": sum(end - max(start, self._started)
                                    for start, end, _ in self.spans["decode"]) / wall,
             "gil_late_ms": _ms(late),
@@ -142,7 +145,7 @@ def format_profile(p: dict) -> str:
         f"     operator call: {ms(p['operator_call_ms'])}; gap to the next call: "
         f"{ms(p['gap_to_next_call_ms'])}; batches stashed at the call: {p['stashed_at_call']}",
         f"     schedule: {ms(p['schedule_ms'])}; finish: {ms(p['finish_ms'])}, of which waiting "
-        f"for decodes: {ms(p.get('wait_ms', {}))}; decode runs at once: "
+        f"for decodes: {ms(p['wait_ms'])}; decode runs at once: "
         f"{p['decodes_at_once']:.1f}",
         f"     GIL probe wakes late by: {ms(p['gil_late_ms'])}; CPU cores by thread: {cores}",
     ])
