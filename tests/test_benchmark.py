@@ -640,3 +640,15 @@ def test_a_run_without_stream_decoding_takes_the_timing_given_for_it(monkeypatch
                               not_streaming=(12, 60))
     assert timed.frames == (300 if streaming else 60)
     assert len(served) == (400 if streaming else 72)
+
+
+@pytest.mark.parametrize("given, expected", [([], None), (["--prefetch_queue_depth", "3"], 3)])
+def test_prefetch_queue_depth_reaches_make_loader(tmp_path, given, expected):
+    """--prefetch_queue_depth is make_loader's (absent: make_loader's default), for the A/B rows
+    of DALI's queue of finished batches."""
+    from pipelines.throughput.__main__ import parse_args
+    from pipelines.throughput.bench import Bench
+    from pipelines.throughput.loader import loader_arguments
+    b = Bench(parse_args(["--data", str(tmp_path), *given]), tmp_path / "v", tmp_path / "g")
+    arguments = loader_arguments(b, "stream", "nvdec", 16)
+    assert arguments.get("prefetch_queue_depth") == expected

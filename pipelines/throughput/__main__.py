@@ -146,6 +146,9 @@ def parse_args(argv=None):
                         help="nvdec decode threads (default: make_loader's)")
     loader.add_argument("--stream_lead", type=int, default=30, help="make_loader's stream_lead")
     loader.add_argument("--decode_ahead", type=int, default=2, help="make_loader's decode_ahead")
+    loader.add_argument("--prefetch_queue_depth", type=int, default=None,
+                        help="make_loader's prefetch_queue_depth (DALI's queue of finished "
+                             "batches; default: make_loader's, 2; a memory budget may lower it)")
     loader.add_argument("--warmup", type=int, default=None,
                         help="untimed loader batches first (default: max(2 x workers, 8))")
     loader.add_argument("--stream_epochs", type=int, default=3,

@@ -39,6 +39,8 @@ def loader_arguments(b: Bench, pattern: str, backend: str, batch_size: int, *, h
     if backend == "nvdec":
         options.update(hooks=hooks, decode_threads=a.decode_threads)
         options.setdefault("queued_steps", a.queued_steps)
+    if a.prefetch_queue_depth is not None:
+        options.setdefault("prefetch_queue_depth", a.prefetch_queue_depth)
     if a.memory_budget is not None:     # the budget rows give theirs
         options.setdefault("memory_budget",
                            None if a.memory_budget.lower() == "none" else a.memory_budget)
