@@ -6,7 +6,8 @@ backward + SGD. Four phases, one process, one GPU, in this order:
 
   model alone    steps on one fixed batch already on the GPU, before the loader exists: the
                  training's own speed
-  loader alone   batches of the loader, each touched (one element read back to the host)
+  loader alone   batches of the loader, each touched (one element read back to the host),
+                 once what a fresh loader decodes ahead is spent (:func:`loader_warmup`)
   together       steps fed by the loader
   model alone    again, once the loader is closed
 
@@ -230,6 +231,25 @@ def model_alone(b: Bench, model: StepModel, batch_size: int, warmup: int, steps:
     return timed_steps(model_step, warmup, steps, b.device, on_start)
 
 
+def loader_warmup(a, settings: dict | None, pattern: str) -> int:
+    """Untimed batches before the loader alone is timed: ``--train_warmup``, and where stream
+    slots decode ahead, twice (``stream_lead`` + a GOP) more. A fresh loader's first sends cover
+    every GOP within the lead, and NVDEC decodes them while the pipeline starts; timed from
+    there, the loader serves that store at the pace of DALI's thread, above NVDEC's (a stream
+    row's "loader alone" was seen above the ceiling), and a model sized on it is too light. The
+    store drains at least half a batch a batch while DALI's thread runs at least twice NVDEC's
+    pace, so twice its depth is past it; with a slower thread the store hides less. ``settings``:
+    the loader's (None, a loader in a process of its own: the longest lead a budget plans)."""
+    from dali_gop._budget import HOST_LEAD_FACTOR
+    if pattern != "stream":
+        return a.train_warmup
+    if settings is None:
+        lead, streaming = HOST_LEAD_FACTOR * a.stream_lead, True
+    else:
+        lead, streaming = settings["stream_lead"], settings["stream_decoding"]
+    return a.train_warmup + (2 * (lead + a.gop) if streaming else 0)
+
+
 def loader_step(batches) -> int:
     """A loader batch, touched: one element read back to the host."""
     frames = next(batches)["frames"]
@@ -307,7 +327,8 @@ def sized(b: Bench, pattern: str, batch_size: int, model: StepModel) -> StepMode
     # model for a loader faster than the row then meets
     with open_loader(b, pattern, "nvdec", batch_size) as loader:
         batches = endless(loader)
-        loader_seconds = timed_steps(lambda: loader_step(batches), a.train_warmup,
+        loader_seconds = timed_steps(lambda: loader_step(batches),
+                                     loader_warmup(a, loader.settings, pattern),
                                      a.train_steps, b.device).seconds / a.train_steps
     calibrated: dict[int, list[tuple[float, int]]] = {}  # channels -> (seconds, peak bytes)
 
@@ -388,8 +409,9 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
             if timeline:
                 timeline.start()
 
-        phases["loader"] = timed_steps(lambda: loader_step(batches), a.train_warmup,
-                                       a.train_steps, device)
+        phases["loader"] = timed_steps(lambda: loader_step(batches),
+                                       loader_warmup(a, getattr(loader, "settings", None),
+                                                     pattern), a.train_steps, device)
         phases["together"] = timed_steps(together_step, a.train_warmup, a.train_steps, device,
                                          on_start=profile_start)
         if timeline:
