@@ -83,6 +83,10 @@ typedef struct {
     CUcontext context;
     CUstream stream;
     unsigned extra_surfaces;
+    /* nvdec_session_decode: a frame's surface goes back before the next frame is mapped (or at
+       the call's end), not at once: the parser then queues the next picture on NVDEC while the
+       frame's copies run, where a sync at once holds it back until they are done */
+    int unmap_late;
     CUvideoparser parser;
     CUvideodecoder decoder;
     CUVIDEOFORMAT format;       /* of the decoder made */
@@ -279,7 +283,7 @@ static int CUDAAPI on_display(void *user, CUVIDPARSERDISPINFO *shown) {
         s->deferred++;
         return 1;
     }
-    return deliver(s, shown, first, s->cursor, 1);
+    return deliver(s, shown, first, s->cursor, !s->unmap_late);
 }
 
 /* Map a displayed frame, copy it to pointers[first:last], unmap it: after a sync now, or else
@@ -320,9 +324,10 @@ static void report(char *error, int size, const char *message) {
         snprintf(error, (size_t)size, "%s", message);
 }
 
-/* A session on the current CUDA context, copying on ``stream``; NULL and ``error`` on failure. */
+/* A session on the current CUDA context, copying on ``stream``; NULL and ``error`` on failure.
+ * ``unmap_late``: see Session. */
 void *nvdec_session_create(int codec, unsigned long long stream, unsigned extra_surfaces,
-                           unsigned display_delay, char *error, int error_size) {
+                           unsigned display_delay, int unmap_late, char *error, int error_size) {
     pthread_once(&api_once, load_api);
     if (api.error[0]) {
         report(error, error_size, api.error);
@@ -340,6 +345,7 @@ void *nvdec_session_create(int codec, unsigned long long stream, unsigned extra_
     }
     s->stream = (CUstream)(size_t)stream;
     s->extra_surfaces = extra_surfaces;
+    s->unmap_late = unmap_late;
     CUVIDPARSERPARAMS params;
     memset(&params, 0, sizeof params);
     params.CodecType = (cudaVideoCodec)codec;
@@ -414,6 +420,7 @@ long long nvdec_session_decode(void *session, const unsigned char *data, unsigne
         set_targets(s, positions, pointers, targets, width, height);
         parse(s, data, size, end_of_stream);
     }
+    release(s);    /* the last frame mapped (unmap_late): every copy done on return */
     long long outputs = finish(s, end_of_stream);
     double spent = now() - started;
     s->in_calls += spent;

@@ -48,6 +48,14 @@ void fake_driver_counts(long long *out) {
     out[2] += syncs;
 }
 
+/* pictures a decoder was given while a frame of it was mapped (libnvcuvid's): a session that
+ * gives a frame back only before the next map lets the parser queue pictures meanwhile */
+static long long decoded_while_mapped;
+
+long long fake_decoded_while_mapped(void) {
+    return decoded_while_mapped;
+}
+
 CUresult cuvidCreateVideoParser(CUvideoparser *out, CUVIDPARSERPARAMS *params) {
     Parser *p = calloc(1, sizeof *p);
     p->params = *params;
@@ -92,6 +100,11 @@ CUresult cuvidDestroyDecoder(CUvideodecoder decoder) {
 CUresult cuvidDecodePicture(CUvideodecoder decoder, CUVIDPICPARAMS *picture) {
     Decoder *d = decoder;
     unsigned char *s = d->surfaces[picture->CurrPicIdx];
+    for (unsigned i = 0; i < d->outputs; i++)
+        if (d->mapped[i]) {
+            decoded_while_mapped++;
+            break;
+        }
     /* the parser passes the picture's display index and status in fields this fake has no use
        for: each parser's pictures then go to their own decoder, with several sessions at once */
     int display = d->display_of[picture->CurrPicIdx] = picture->PicWidthInMbs;

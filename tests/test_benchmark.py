@@ -450,10 +450,11 @@ def test_a_train_rows_timeline_line_sets_the_phases_side_by_side():
 
 
 def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
-    """--nvdec_sessions, --stream_sessions, --kept_gops, --stream_groups and --stream_priority set
-    defaults of the nvdec backend and the CUDA driver; the loader process imports them afresh, so
-    they go with it (else it would run the backend's own defaults whatever the run asked for)."""
-    from dali_gop.backends import _nvdec
+    """--nvdec_sessions, --stream_sessions, --kept_gops, --stream_groups, --stream_priority,
+    --display_delay and --unmap_late set defaults of the nvdec backend, the CUDA driver and our
+    sessions; the loader process imports them afresh, so they go with it (else it would run the
+    backend's own defaults whatever the run asked for)."""
+    from dali_gop.backends import _nvdec, _nvdec_session
     from dali_gop.backends._cuda import CudaDriver
     from pipelines.throughput import train
     monkeypatch.setattr(_nvdec.NvdecBackend, "sessions", "own")
@@ -461,9 +462,12 @@ def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
     monkeypatch.setattr(_nvdec.NvdecBackend, "kept_gops", "host")
     monkeypatch.setattr(_nvdec, "STREAM_GROUPS", 5)
     monkeypatch.setattr(CudaDriver, "priority", "default")
+    monkeypatch.setattr(_nvdec_session, "DISPLAY_DELAY", 1)
+    monkeypatch.setattr(_nvdec_session, "UNMAP_LATE", True)
     defaults = train.backend_defaults()
     assert defaults == {"sessions": "own", "stream_sessions": True, "kept_gops": "host",
-                        "groups": 5, "priority": "default"}
+                        "groups": 5, "priority": "default", "display_delay": 1,
+                        "unmap_late": True}
     remote = train.LoaderProcess({}, None)
     assert remote._process._args[-1] == defaults
 

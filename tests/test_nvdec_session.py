@@ -99,6 +99,26 @@ if case == "order":
     assert times["longest_call"] >= times["longest_picture"] >= 0, times
     session.clear_times()
     assert not any(session.times().values())
+elif case in ("late", "at-once"):
+    # unmap_late: a frame's surface goes back before the next map or at the call's end, so the
+    # parser queues pictures while one is mapped; the frames and the counts are those of "order"
+    import dali_gop.backends._nvdec_session as ns
+    ns.UNMAP_LATE = case == "late"     # read when a session is made
+    session.close()
+    session = NvdecSession("hevc", 0)
+    extra = np.full((h * 3 // 2, w), 7, np.uint8)
+    targets = [(p, frames[p].ctypes.data) for p in range(6)] + [(2, extra.ctypes.data)]
+    assert session.decode(stream([0, 3, 1, 2, 5, 4]), targets, (h * 3 // 2, w)) == 6
+    for p in range(6):
+        assert np.array_equal(frames[p], expected(p, w, h)), p
+    assert np.array_equal(extra, expected(2, w, h))
+    # the last frame wanted is the call's last picture: it is copied before the call returns
+    assert session.decode(stream([0, 1, 2]), [(2, frames[6].ctypes.data)], (h * 3 // 2, w)) == 3
+    assert np.array_equal(frames[6], expected(2, w, h))
+    assert counts() == [6 + 1, 7 + 1, 6 + 1], counts()
+    meanwhile = ctypes.CDLL("libnvcuvid.so.1").fake_decoded_while_mapped
+    meanwhile.restype = ctypes.c_longlong
+    assert (meanwhile() > 0) == (case == "late"), meanwhile()
 elif case == "size":
     try:
         session.decode(stream([0, 1]), [(0, frames[0].ctypes.data)], (30 * 3 // 2, 40))
@@ -221,6 +241,15 @@ def test_each_output_goes_to_its_pointers_as_dense_nv12(fake_driver):
     back after the sync that waits for its copies (the stand-in's copies happen at the sync, and
     an unmapped surface is overwritten: a frame given back early is wrong)."""
     run_session(fake_driver, "order")    # and the session's own times of its calls
+
+
+@pytest.mark.parametrize("case", ["late", "at-once"])
+def test_a_frame_given_back_late_lets_the_parser_queue_pictures_meanwhile(fake_driver, case):
+    """``UNMAP_LATE``: each frame's surface goes back before the next frame is mapped, or at the
+    call's end, not right after its copies are queued: the parser queues the next pictures while
+    it is mapped (the stand-in counts them), and every frame is right and copied when the call
+    returns, the last one too. Off, no picture is queued while a frame is mapped."""
+    run_session(fake_driver, case)
 
 
 def test_sessions_fed_in_one_call_each_get_their_own_frames(fake_driver):

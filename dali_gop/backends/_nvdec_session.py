@@ -25,6 +25,10 @@ from dali_gop.backends._assemble import DecodeError
 EXTRA_SURFACES = 2
 #: the parser displays each frame as soon as display order allows
 DISPLAY_DELAY = 0
+#: ``decode``: a frame's surface goes back before the next frame is mapped (or at the call's end)
+#: instead of at once, so that the parser queues the next picture while the frame's copies run
+#: (off: not yet measured against the default on a GPU; the benchmark's ``--unmap_late``)
+UNMAP_LATE = False
 #: cudaVideoCodec values of nvcuvid.h
 CODECS = {"h264": 4, "hevc": 8}
 
@@ -48,8 +52,8 @@ def _load():
     if _library is None:
         lib = ctypes.CDLL(str(library_path()))   # CDLL: every call drops the GIL
         u64, i64, ptr, text = ctypes.c_ulonglong, ctypes.c_longlong, ctypes.c_void_p, ctypes.c_char_p
-        lib.nvdec_session_create.argtypes = [ctypes.c_int, u64, ctypes.c_uint, ctypes.c_uint, text,
-                                             ctypes.c_int]
+        lib.nvdec_session_create.argtypes = [ctypes.c_int, u64, ctypes.c_uint, ctypes.c_uint,
+                                             ctypes.c_int, text, ctypes.c_int]
         lib.nvdec_session_create.restype = ptr
         lib.nvdec_session_decode.argtypes = [ptr, ptr, u64, ctypes.c_int, ptr, ptr, ctypes.c_int,
                                              ctypes.c_int, ctypes.c_int, text, ctypes.c_int]
@@ -83,14 +87,18 @@ class NvdecSession:
     """One parser + decoder for one codec, on the calling thread's current CUDA context, copying on
     ``stream``; use it from one thread at a time."""
 
-    def __init__(self, codec: str, stream: int, extra_surfaces: int = EXTRA_SURFACES,
-                 display_delay: int = DISPLAY_DELAY):
+    def __init__(self, codec: str, stream: int, extra_surfaces: int | None = None,
+                 display_delay: int | None = None, unmap_late: bool | None = None):
+        """None: the module's :data:`EXTRA_SURFACES`, :data:`DISPLAY_DELAY`, :data:`UNMAP_LATE`
+        as they are now (a run may set them)."""
         self._handle = None
         self._flight: Submitted | None = None    # its packet parsed, its frames not yet copied
         self._lib = _load()
         error = ctypes.create_string_buffer(_ERROR_BYTES)
-        self._handle = self._lib.nvdec_session_create(CODECS[codec], stream, extra_surfaces,
-                                                      display_delay, error, _ERROR_BYTES)
+        self._handle = self._lib.nvdec_session_create(
+            CODECS[codec], stream, EXTRA_SURFACES if extra_surfaces is None else extra_surfaces,
+            DISPLAY_DELAY if display_delay is None else display_delay,
+            int(UNMAP_LATE if unmap_late is None else unmap_late), error, _ERROR_BYTES)
         if not self._handle:
             raise DecodeError(f"NVDEC: {error.value.decode(errors='replace')}")
 

@@ -187,6 +187,17 @@ def parse_args(argv=None):
                              "backend's: ours, csrc/nvdec_session.c; pynvvideocodec: "
                              "PyNvVideoCodec's), in every loader of the run that no budget "
                              "changes")
+    loader.add_argument("--unmap_late", action="store_true",
+                        help="nvdec: our sessions give a frame's surface back before the next "
+                             "frame is mapped instead of right after its copies, so the parser "
+                             "queues the next picture meanwhile "
+                             "(dali_gop.backends._nvdec_session.UNMAP_LATE), in every session "
+                             "of ours in the run, the ceiling's too")
+    loader.add_argument("--display_delay", type=int, default=None, metavar="N",
+                        help="nvdec: the parser of our sessions displays a frame N pictures late, "
+                             "so that NVDEC has the next ones while it is copied (default: "
+                             "dali_gop.backends._nvdec_session.DISPLAY_DELAY), in every session "
+                             "of ours in the run, the ceiling's too")
     loader.add_argument("--switch_interval", type=float, default=None, metavar="SECONDS",
                         help="sys.setswitchinterval for the run (Python's default 0.005): how "
                              "long a thread waits for the GIL before it asks the holder to let "
@@ -291,6 +302,11 @@ def main(argv=None) -> None:
     if args.stream_priority:
         from dali_gop.backends._cuda import CudaDriver
         CudaDriver.priority = args.stream_priority
+    if args.unmap_late or args.display_delay is not None:
+        from dali_gop.backends import _nvdec_session
+        _nvdec_session.UNMAP_LATE = _nvdec_session.UNMAP_LATE or args.unmap_late
+        if args.display_delay is not None:
+            _nvdec_session.DISPLAY_DELAY = args.display_delay
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
     rank, world, local_rank = init_distributed(gpu)

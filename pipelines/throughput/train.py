@@ -150,13 +150,16 @@ BACKEND_DEFAULTS = ("sessions", "stream_sessions", "kept_gops")
 
 
 def backend_defaults() -> dict:
-    """This process's nvdec backend defaults, stream pairs' groups (--stream_groups) and stream
-    priority (--stream_priority): a spawned process imports the backend afresh, so the run's must
-    go with it."""
-    from dali_gop.backends import _nvdec
+    """This process's nvdec backend defaults, stream pairs' groups (--stream_groups), stream
+    priority (--stream_priority) and our sessions' display delay and late unmap
+    (--display_delay, --unmap_late): a spawned process imports the backend afresh, so the run's
+    must go with it."""
+    from dali_gop.backends import _nvdec, _nvdec_session
     from dali_gop.backends._cuda import CudaDriver
     return {**{name: getattr(_nvdec.NvdecBackend, name) for name in BACKEND_DEFAULTS},
-            "groups": _nvdec.STREAM_GROUPS, "priority": CudaDriver.priority}
+            "groups": _nvdec.STREAM_GROUPS, "priority": CudaDriver.priority,
+            "display_delay": _nvdec_session.DISPLAY_DELAY,
+            "unmap_late": _nvdec_session.UNMAP_LATE}
 
 
 def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> None:
@@ -165,11 +168,13 @@ def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> No
     import queue
 
     from dali_gop import make_loader     # first: it sets CUDA's work queues before CUDA starts
-    from dali_gop.backends import _nvdec
+    from dali_gop.backends import _nvdec, _nvdec_session
     from dali_gop.backends._cuda import CudaDriver
     defaults = dict(defaults)
     CudaDriver.priority = defaults.pop("priority", CudaDriver.priority)
     _nvdec.STREAM_GROUPS = defaults.pop("groups", _nvdec.STREAM_GROUPS)
+    _nvdec_session.DISPLAY_DELAY = defaults.pop("display_delay", _nvdec_session.DISPLAY_DELAY)
+    _nvdec_session.UNMAP_LATE = defaults.pop("unmap_late", _nvdec_session.UNMAP_LATE)
     for name, value in defaults.items():
         setattr(_nvdec.NvdecBackend, name, value)
     if device is not None:
