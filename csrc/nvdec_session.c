@@ -85,7 +85,8 @@ typedef struct {
     unsigned extra_surfaces;
     /* nvdec_session_decode: a frame's surface goes back before the next frame is mapped (or at
        the call's end), not at once: the parser then queues the next picture on NVDEC while the
-       frame's copies run, where a sync at once holds it back until they are done */
+       frame's copies run, where a sync at once holds it back until they are done (the map's
+       own read of the picture is still waited for at once: deliver's settle) */
     int unmap_late;
     CUvideoparser parser;
     CUvideodecoder decoder;
@@ -244,7 +245,8 @@ static int copy_frame(Session *s, CUdeviceptr source, unsigned pitch, CUdevicept
     return status ? fail(s, "cuMemcpy2DAsync failed with CUDA error %d", status) : 1;
 }
 
-static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last, int unmap_now);
+static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last, int unmap_now,
+                   int settle);
 
 static int CUDAAPI on_display(void *user, CUVIDPARSERDISPINFO *shown) {
     Session *s = user;
@@ -283,13 +285,15 @@ static int CUDAAPI on_display(void *user, CUVIDPARSERDISPINFO *shown) {
         s->deferred++;
         return 1;
     }
-    return deliver(s, shown, first, s->cursor, !s->unmap_late);
+    return deliver(s, shown, first, s->cursor, !s->unmap_late, s->unmap_late);
 }
 
 /* Map a displayed frame, copy it to pointers[first:last], unmap it: after a sync now, or else
  * (a call of several sessions) after one sync for them all at the call's end, or before the
- * session's next frame is mapped (release). */
-static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last, int unmap_now) {
+ * session's next frame is mapped (release). ``settle``: the map's own work is waited for before
+ * the copies are queued (unmap_late). */
+static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last, int unmap_now,
+                   int settle) {
     if (!release(s))
         return 0;
     CUVIDPROCPARAMS process;
@@ -313,6 +317,14 @@ static int deliver(Session *s, CUVIDPARSERDISPINFO *shown, int first, int last, 
     /* the surface goes back to the decoder when unmapped: not before the copies have read it */
     s->mapped = 1;
     s->mapped_frame = source;
+    if (settle) {
+        /* the map's post-processing reads the picture's decode surface on the stream, and once
+           this callback returns the parser may decode a later picture into that surface: the
+           read is waited for here, the copies out of the mapped frame are not */
+        CUresult settled = sync_stream(s);
+        if (settled)
+            return unmap(s, settled);
+    }
     int ok = 1;
     for (int i = first; ok && i < last; i++)
         ok = copy_frame(s, source, pitch, s->pointers[i]);
@@ -470,7 +482,7 @@ void nvdec_sessions_collect(int count, void **sessions, const int *ends, long lo
     for (int i = 0; i < count; i++) {
         Session *s = sessions[i];
         for (int k = 0; k < s->deferred && !s->failed; k++)
-            deliver(s, &s->pending[k].shown, s->pending[k].first, s->pending[k].last, 0);
+            deliver(s, &s->pending[k].shown, s->pending[k].first, s->pending[k].last, 0, 0);
         s->deferred = 0;
     }
     for (int i = 0; i < count; i++) {

@@ -13,10 +13,14 @@
  * picture: luma byte (row, column) = display + row + column, chroma = 128 + display + row.
  *
  * As on a GPU, a map post-processes the picture into one of the decoder's output surfaces (an
- * error where all are mapped), an unmap gives that surface back (here it is overwritten at once,
- * as the next map would), and copies are queued on their stream, done only at its sync: a frame
- * unmapped before the sync that waits for its copies reaches its pointer wrong.
+ * error where all are mapped) on its output stream, done only at that stream's sync; an unmap
+ * gives that surface back (here it is overwritten at once, as the next map would); copies are
+ * queued on their stream, done only at its sync: a frame unmapped before the sync that waits for
+ * its copies reaches its pointer wrong. The parser decodes into its decode surfaces in turn, so a
+ * picture's surface is written again a surfaces' count of pictures later: a map whose
+ * post-processing is still queued by then reads the later picture.
  * fake_driver_counts() tells the maps, copies and syncs made so far. */
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +34,7 @@
 typedef struct {
     CUVIDPARSERPARAMS params;
     int shown, decoded[256], statuses[256], count;   /* this stream's pictures, by display */
+    int surfaces;                                     /* the decoder's, from the sequence callback */
     int surface_of[256];
 } Parser;
 
@@ -41,6 +46,21 @@ typedef struct {
 
 /* each library's own count (libnvcuvid's maps, libcuda's copies and syncs): out[0..2] */
 static long long maps, copies, syncs;
+
+/* libcuda's stream queue (below): work done at the stream's sync. Each library built from this
+ * file has its own queue, so a map queues its post-processing on libcuda's. */
+int fake_enqueue(const Copy2D *copy, CUstream stream);
+
+static int cuda_enqueue(const Copy2D *copy, CUstream stream) {
+    static int (*queue)(const Copy2D *, CUstream);
+    if (!queue) {
+        void *cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+        queue = cuda ? (int (*)(const Copy2D *, CUstream))dlsym(cuda, "fake_enqueue") : NULL;
+        if (!queue)
+            return 1;
+    }
+    return queue(copy, stream);
+}
 
 void fake_driver_counts(long long *out) {
     out[0] += maps;
@@ -125,12 +145,17 @@ CUresult cuvidGetDecodeStatus(CUvideodecoder decoder, int index, CUVIDGETDECODES
 CUresult cuvidMapVideoFrame64(CUvideodecoder decoder, int index, unsigned long long *pointer,
                               unsigned int *pitch, CUVIDPROCPARAMS *params) {
     Decoder *d = decoder;
-    size_t bytes = (size_t)d->pitch * d->surface_height * 3 / 2;
-    (void)params;
     for (unsigned i = 0; i < d->outputs; i++)
         if (!d->mapped[i]) {
+            Copy2D post;    /* the post-processing, on the output stream */
+            memset(&post, 0, sizeof post);
+            post.srcDevice = (CUdeviceptr)(size_t)d->surfaces[index];
+            post.dstDevice = (CUdeviceptr)(size_t)d->output[i];
+            post.srcPitch = post.dstPitch = post.WidthInBytes = d->pitch;
+            post.Height = (size_t)d->surface_height * 3 / 2;
+            if (cuda_enqueue(&post, params->output_stream))
+                return 2;   /* CUDA_ERROR_OUT_OF_MEMORY */
             d->mapped[i] = 1;
-            memcpy(d->output[i], d->surfaces[index], bytes);
             *pointer = (unsigned long long)(size_t)d->output[i];
             *pitch = d->pitch;
             maps++;
@@ -187,8 +212,9 @@ CUresult cuvidParseVideoData(CUvideoparser parser, CUVIDSOURCEDATAPACKET *packet
             int surfaces = p->params.pfnSequenceCallback(p->params.pUserData, &format);
             if (surfaces <= 0)
                 return 0;    /* the driver's parser goes on; the client reports its error */
+            p->surfaces = surfaces < SURFACES ? surfaces : SURFACES;
         } else if (r[0] == 'P') {
-            int display = r[1], index = p->count++ % SURFACES;
+            int display = r[1], index = p->count++ % (p->surfaces ? p->surfaces : SURFACES);
             p->surface_of[display] = index;
             CUVIDPICPARAMS *picture = calloc(1, sizeof *picture);
             picture->CurrPicIdx = index;
@@ -214,11 +240,17 @@ CUresult cuvidParseVideoData(CUvideoparser parser, CUVIDSOURCEDATAPACKET *packet
 static struct { Copy2D copy; CUstream stream; } queued[QUEUED];
 static int queued_count;
 
-CUresult cuMemcpy2DAsync_v2(const Copy2D *copy, CUstream stream) {
+int fake_enqueue(const Copy2D *copy, CUstream stream) {
     if (queued_count == QUEUED)
-        return 2;   /* CUDA_ERROR_OUT_OF_MEMORY */
+        return 1;
     queued[queued_count].copy = *copy;
     queued[queued_count++].stream = stream;
+    return 0;
+}
+
+CUresult cuMemcpy2DAsync_v2(const Copy2D *copy, CUstream stream) {
+    if (fake_enqueue(copy, stream))
+        return 2;   /* CUDA_ERROR_OUT_OF_MEMORY */
     copies++;
     return 0;
 }
