@@ -302,9 +302,10 @@ def main(argv=None) -> None:
     if args.stream_priority:
         from dali_gop.backends._cuda import CudaDriver
         CudaDriver.priority = args.stream_priority
-    if args.unmap_late or args.display_delay is not None:
+    if args.unmap_late or args.display_delay is not None:   # our sessions', read as each is made
         from dali_gop.backends import _nvdec_session
-        _nvdec_session.UNMAP_LATE = _nvdec_session.UNMAP_LATE or args.unmap_late
+        if args.unmap_late:
+            _nvdec_session.UNMAP_LATE = True
         if args.display_delay is not None:
             _nvdec_session.DISPLAY_DELAY = args.display_delay
     if args.switch_interval is not None:
