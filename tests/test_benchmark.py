@@ -451,9 +451,10 @@ def test_a_train_rows_timeline_line_sets_the_phases_side_by_side():
 
 def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
     """--nvdec_sessions, --stream_sessions, --kept_gops, --stream_groups, --stream_priority,
-    --display_delay and --unmap_late set defaults of the nvdec backend, the CUDA driver and our
-    sessions; the loader process imports them afresh, so they go with it (else it would run the
-    backend's own defaults whatever the run asked for)."""
+    --display_delay, --unmap_late and --host_threads set defaults of the nvdec backend, the CUDA
+    driver, our sessions and the budget; the loader process imports them afresh, so they go with
+    it (else it would run the library's own defaults whatever the run asked for)."""
+    from dali_gop import _budget
     from dali_gop.backends import _nvdec, _nvdec_session
     from dali_gop.backends._cuda import CudaDriver
     from pipelines.throughput import train
@@ -464,10 +465,11 @@ def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
     monkeypatch.setattr(CudaDriver, "priority", "default")
     monkeypatch.setattr(_nvdec_session, "DISPLAY_DELAY", 1)
     monkeypatch.setattr(_nvdec_session, "UNMAP_LATE", True)
+    monkeypatch.setattr(_budget, "HOST_THREADS", 24)
     defaults = train.backend_defaults()
     assert defaults == {"sessions": "own", "stream_sessions": True, "kept_gops": "host",
                         "groups": 5, "priority": "default", "display_delay": 1,
-                        "unmap_late": True}
+                        "unmap_late": True, "host_threads": 24}
     remote = train.LoaderProcess({}, None)
     assert remote._process._args[-1] == defaults
 
@@ -682,3 +684,23 @@ def test_the_loader_alone_is_timed_once_a_fresh_loaders_decodes_ahead_are_spent(
     from pipelines.throughput.train import loader_warmup
     a = argparse.Namespace(train_warmup=10, stream_lead=30, gop=30)
     assert loader_warmup(a, settings, pattern) == warmup
+
+
+@pytest.mark.parametrize("given, threads", [([], 16), (["--host_threads", "24"], 24)])
+def test_host_threads_are_what_a_budget_plans_for_gops_on_the_host(monkeypatch, tmp_path, given,
+                                                                   threads):
+    """--host_threads sets the most decode threads a budget plans where it keeps stream slots'
+    GOPs on the host (the benchmark's set within 6 GiB), for the A/B rows of that plan; without
+    it, the library's."""
+    from dali_gop import _budget
+    from dali_gop.backends._nvdec import RING_FRAMES
+    from pipelines.throughput.__main__ import parse_args, set_run_defaults
+    from test_budget import BenchShape, nvdec_options
+    monkeypatch.setattr(_budget, "HOST_THREADS", _budget.HOST_THREADS)
+    set_run_defaults(parse_args(["--data", str(tmp_path), *given]))
+    source = BenchShape()
+    wanted = _budget.Choice(30, 2, True, threads=48, sessions="own", kept_gops="device")
+    chosen, held = _budget.fit(6 * 2**30, source, wanted,
+                               **nvdec_options(source, ring_frames=RING_FRAMES))
+    assert (chosen.kept_gops, chosen.threads) == ("host", threads)
+    assert sum(held.values()) <= 6 * 2**30

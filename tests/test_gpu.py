@@ -155,6 +155,31 @@ def test_stream_decoding_equals_decoding_from_the_gop_start(loaders, stores, nam
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("name", ["hevc-bframes-open-gop", "h264-bframes-open-gop"])
+@pytest.mark.parametrize("pattern, kept", [("stream", "device"), ("stream", "host"),
+                                           ("random", None), (SequencePattern(4, stride=2), None)],
+                         ids=["stream", "stream-gops-on-the-host", "random", "sequence"])
+def test_frames_given_back_late_are_the_frames_given_back_at_once(loaders, stores, name, pattern,
+                                                                   kept, monkeypatch):
+    """Our sessions' late unmap (``UNMAP_LATE``: a frame's surface goes back at the next map, so
+    the parser queues pictures while its copies run) gives the eager path's frames bit for bit,
+    over epochs whose stream slots carry GOPs across their boundaries."""
+    from dali_gop.backends import _nvdec_session
+    from dali_gop.backends._nvdec import NvdecBackend
+    gop_root, _ = stores(name)
+    if kept:
+        monkeypatch.setattr(NvdecBackend, "kept_gops", kept)
+    epochs = []
+    for late in (False, True):
+        monkeypatch.setattr(_nvdec_session, "UNMAP_LATE", late)
+        loader = loaders(gop_root, pattern=pattern, backend="nvdec", batch_size=3, num_workers=2,
+                         shard_id=0, num_shards=1, memory_budget=None, seed=5)
+        epochs.append([b["frames"].cpu().numpy() for _ in range(2) for b in loader])
+    assert len(epochs[0]) == len(epochs[1]) > 0
+    for k, (a, b) in enumerate(zip(*epochs)):
+        assert np.array_equal(a, b), f"{name} {pattern}: batch {k} differs with UNMAP_LATE"
+
+
 def test_bgr_is_rgb_reversed_on_the_gpu(loaders, stores):
     gop_root, _ = stores("hevc")
     rgb, bgr = (next(iter(loaders(gop_root, pattern="random", backend="nvdec", batch_size=3,

@@ -198,6 +198,10 @@ def parse_args(argv=None):
                              "so that NVDEC has the next ones while it is copied (default: "
                              "dali_gop.backends._nvdec_session.DISPLAY_DELAY), in every session "
                              "of ours in the run, the ceiling's too")
+    loader.add_argument("--host_threads", type=int, default=None, metavar="N",
+                        help="nvdec: the most decode threads a memory budget plans where it keeps "
+                             "stream slots' GOPs on the host (default: "
+                             "dali_gop._budget.HOST_THREADS), in every loader of the run")
     loader.add_argument("--switch_interval", type=float, default=None, metavar="SECONDS",
                         help="sys.setswitchinterval for the run (Python's default 0.005): how "
                              "long a thread waits for the GIL before it asks the holder to let "
@@ -273,6 +277,8 @@ def parse_args(argv=None):
     if args.stream_groups is not None and not (args.stream_sessions and args.stream_groups > 0):
         raise ConfigError(f"--stream_groups {args.stream_groups}: give a number of groups > 0, "
                           "with --stream_sessions (the groups are the stream pairs')")
+    if args.host_threads is not None and args.host_threads < 1:
+        raise ConfigError(f"--host_threads must be at least 1, not {args.host_threads}")
     if args.switch_interval is not None and not args.switch_interval > 0:
         raise ConfigError(f"--switch_interval must be > 0 seconds, not {args.switch_interval}")
     args.random_group_num = min(args.random_group_num, args.clips)
@@ -282,14 +288,11 @@ def parse_args(argv=None):
 
 
 # -- the run ---------------------------------------------------------------------------------------
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    started = time.perf_counter()
-    gpu = args.backend != "cpu"
-    if gpu and args.context_waits:
-        set_context_waits(int(os.environ.get("LOCAL_RANK", 0)), args.context_waits)
-    check_machine(args.backend)
-    if args.stream_sessions or args.nvdec_sessions or args.kept_gops:   # the run's defaults
+def set_run_defaults(args) -> None:
+    """The process-wide settings that the run's A/B options change: the library's defaults, read
+    by each loader and each session of ours as it is made (a --loader_process takes them along),
+    and Python's switch interval."""
+    if args.stream_sessions or args.nvdec_sessions or args.kept_gops:
         from dali_gop.backends import _nvdec
         if args.stream_sessions:
             _nvdec.NvdecBackend.stream_sessions = True
@@ -310,6 +313,19 @@ def main(argv=None) -> None:
             _nvdec_session.DISPLAY_DELAY = args.display_delay
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
+    if args.host_threads is not None:
+        from dali_gop import _budget
+        _budget.HOST_THREADS = args.host_threads
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    gpu = args.backend != "cpu"
+    if gpu and args.context_waits:
+        set_context_waits(int(os.environ.get("LOCAL_RANK", 0)), args.context_waits)
+    check_machine(args.backend)
+    set_run_defaults(args)
     rank, world, local_rank = init_distributed(gpu)
     videos, gops = dataset_paths(args)
     b = Bench(args, videos, gops, rank, world, local_rank if gpu else None)

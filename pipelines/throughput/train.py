@@ -151,15 +151,17 @@ BACKEND_DEFAULTS = ("sessions", "stream_sessions", "kept_gops")
 
 def backend_defaults() -> dict:
     """This process's nvdec backend defaults, stream pairs' groups (--stream_groups), stream
-    priority (--stream_priority) and our sessions' display delay and late unmap
-    (--display_delay, --unmap_late): a spawned process imports the backend afresh, so the run's
-    must go with it."""
+    priority (--stream_priority), our sessions' display delay and late unmap
+    (--display_delay, --unmap_late) and the budget's threads for GOPs on the host
+    (--host_threads): a spawned process imports the library afresh, so the run's must go with
+    it."""
+    from dali_gop import _budget
     from dali_gop.backends import _nvdec, _nvdec_session
     from dali_gop.backends._cuda import CudaDriver
     return {**{name: getattr(_nvdec.NvdecBackend, name) for name in BACKEND_DEFAULTS},
             "groups": _nvdec.STREAM_GROUPS, "priority": CudaDriver.priority,
             "display_delay": _nvdec_session.DISPLAY_DELAY,
-            "unmap_late": _nvdec_session.UNMAP_LATE}
+            "unmap_late": _nvdec_session.UNMAP_LATE, "host_threads": _budget.HOST_THREADS}
 
 
 def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> None:
@@ -168,6 +170,7 @@ def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> No
     import queue
 
     from dali_gop import make_loader     # first: it sets CUDA's work queues before CUDA starts
+    from dali_gop import _budget
     from dali_gop.backends import _nvdec, _nvdec_session
     from dali_gop.backends._cuda import CudaDriver
     defaults = dict(defaults)
@@ -175,6 +178,7 @@ def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> No
     _nvdec.STREAM_GROUPS = defaults.pop("groups", _nvdec.STREAM_GROUPS)
     _nvdec_session.DISPLAY_DELAY = defaults.pop("display_delay", _nvdec_session.DISPLAY_DELAY)
     _nvdec_session.UNMAP_LATE = defaults.pop("unmap_late", _nvdec_session.UNMAP_LATE)
+    _budget.HOST_THREADS = defaults.pop("host_threads", _budget.HOST_THREADS)
     for name, value in defaults.items():
         setattr(_nvdec.NvdecBackend, name, value)
     if device is not None:
