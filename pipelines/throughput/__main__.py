@@ -23,7 +23,7 @@ from pipelines.throughput.measure import Result
 from pipelines.throughput.reader import reader_rows
 from pipelines.throughput.report import (format_budget_table, format_table, format_train_table,
                                          make_report, targets, write_outputs)
-from pipelines.throughput.train import TRAIN_ROWS, train_rows
+from pipelines.throughput.train import TRAIN_ROWS, set_backend_defaults, train_rows
 from preprocess.runner import preprocess
 
 GROUPS: dict[str, tuple[Callable[[Bench], list[Result]], bool]] = {
@@ -289,33 +289,17 @@ def parse_args(argv=None):
 
 # -- the run ---------------------------------------------------------------------------------------
 def set_run_defaults(args) -> None:
-    """The process-wide settings that the run's A/B options change: the library's defaults, read
-    by each loader and each session of ours as it is made (a --loader_process takes them along),
-    and Python's switch interval."""
-    if args.stream_sessions or args.nvdec_sessions or args.kept_gops:
-        from dali_gop.backends import _nvdec
-        if args.stream_sessions:
-            _nvdec.NvdecBackend.stream_sessions = True
-        if args.stream_groups:       # given only with --stream_sessions (parse_args)
-            _nvdec.STREAM_GROUPS = args.stream_groups
-        if args.nvdec_sessions:
-            _nvdec.NvdecBackend.sessions = args.nvdec_sessions
-        if args.kept_gops:
-            _nvdec.NvdecBackend.kept_gops = args.kept_gops
-    if args.stream_priority:
-        from dali_gop.backends._cuda import CudaDriver
-        CudaDriver.priority = args.stream_priority
-    if args.unmap_late or args.display_delay is not None:   # our sessions', read as each is made
-        from dali_gop.backends import _nvdec_session
-        if args.unmap_late:
-            _nvdec_session.UNMAP_LATE = True
-        if args.display_delay is not None:
-            _nvdec_session.DISPLAY_DELAY = args.display_delay
+    """The process-wide settings that the run's A/B options change: the library's defaults
+    (``train.RUN_DEFAULTS``; a --loader_process takes them along) and Python's switch
+    interval."""
+    given = {"stream_sessions": args.stream_sessions or None,
+             "groups": args.stream_groups,      # given only with --stream_sessions (parse_args)
+             "sessions": args.nvdec_sessions, "kept_gops": args.kept_gops,
+             "priority": args.stream_priority, "unmap_late": args.unmap_late or None,
+             "display_delay": args.display_delay, "host_threads": args.host_threads}
+    set_backend_defaults({name: value for name, value in given.items() if value is not None})
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
-    if args.host_threads is not None:
-        from dali_gop import _budget
-        _budget.HOST_THREADS = args.host_threads
 
 
 def main(argv=None) -> None:

@@ -144,24 +144,41 @@ class LoaderProcess:
         self._process.join()
 
 
-#: the nvdec backend's class defaults that --nvdec_sessions, --stream_sessions and --kept_gops
-#: set for a run
-BACKEND_DEFAULTS = ("sessions", "stream_sessions", "kept_gops")
+#: the library's defaults that the run's A/B options set (__main__.set_run_defaults), by name:
+#: (module, attribute), read by each loader and each session of ours as it is made
+RUN_DEFAULTS = {
+    "sessions": ("dali_gop.backends._nvdec", "NvdecBackend.sessions"),            # --nvdec_sessions
+    "stream_sessions": ("dali_gop.backends._nvdec", "NvdecBackend.stream_sessions"),
+    "kept_gops": ("dali_gop.backends._nvdec", "NvdecBackend.kept_gops"),
+    "groups": ("dali_gop.backends._nvdec", "STREAM_GROUPS"),                     # --stream_groups
+    "priority": ("dali_gop.backends._cuda", "CudaDriver.priority"),             # --stream_priority
+    "display_delay": ("dali_gop.backends._nvdec_session", "DISPLAY_DELAY"),
+    "unmap_late": ("dali_gop.backends._nvdec_session", "UNMAP_LATE"),
+    "host_threads": ("dali_gop._budget", "HOST_THREADS"),
+}
+
+
+def _default_owner(name: str) -> tuple[object, str]:
+    """The object that holds the run default ``name``, and its attribute."""
+    import importlib
+    module, path = RUN_DEFAULTS[name]
+    owner = importlib.import_module(module)
+    *classes, attribute = path.split(".")
+    for cls in classes:
+        owner = getattr(owner, cls)
+    return owner, attribute
 
 
 def backend_defaults() -> dict:
-    """This process's nvdec backend defaults, stream pairs' groups (--stream_groups), stream
-    priority (--stream_priority), our sessions' display delay and late unmap
-    (--display_delay, --unmap_late) and the budget's threads for GOPs on the host
-    (--host_threads): a spawned process imports the library afresh, so the run's must go with
-    it."""
-    from dali_gop import _budget
-    from dali_gop.backends import _nvdec, _nvdec_session
-    from dali_gop.backends._cuda import CudaDriver
-    return {**{name: getattr(_nvdec.NvdecBackend, name) for name in BACKEND_DEFAULTS},
-            "groups": _nvdec.STREAM_GROUPS, "priority": CudaDriver.priority,
-            "display_delay": _nvdec_session.DISPLAY_DELAY,
-            "unmap_late": _nvdec_session.UNMAP_LATE, "host_threads": _budget.HOST_THREADS}
+    """This process's values of :data:`RUN_DEFAULTS`: a spawned process imports the library
+    afresh, so the run's must go with it."""
+    return {name: getattr(*_default_owner(name)) for name in RUN_DEFAULTS}
+
+
+def set_backend_defaults(values: dict) -> None:
+    """Set :data:`RUN_DEFAULTS` by name, in this process."""
+    for name, value in values.items():
+        setattr(*_default_owner(name), value)
 
 
 def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> None:
@@ -170,17 +187,7 @@ def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> No
     import queue
 
     from dali_gop import make_loader     # first: it sets CUDA's work queues before CUDA starts
-    from dali_gop import _budget
-    from dali_gop.backends import _nvdec, _nvdec_session
-    from dali_gop.backends._cuda import CudaDriver
-    defaults = dict(defaults)
-    CudaDriver.priority = defaults.pop("priority", CudaDriver.priority)
-    _nvdec.STREAM_GROUPS = defaults.pop("groups", _nvdec.STREAM_GROUPS)
-    _nvdec_session.DISPLAY_DELAY = defaults.pop("display_delay", _nvdec_session.DISPLAY_DELAY)
-    _nvdec_session.UNMAP_LATE = defaults.pop("unmap_late", _nvdec_session.UNMAP_LATE)
-    _budget.HOST_THREADS = defaults.pop("host_threads", _budget.HOST_THREADS)
-    for name, value in defaults.items():
-        setattr(_nvdec.NvdecBackend, name, value)
+    set_backend_defaults(defaults)
     if device is not None:
         import torch
         torch.cuda.set_device(device)
