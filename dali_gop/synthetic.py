@@ -23,6 +23,7 @@ import bisect
 import concurrent.futures
 import functools
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -416,7 +417,10 @@ def make_dataset(
         for cam, path in _progress(todo, len(todo), progress):
             encode(path, camera=cam)
     elif todo:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+        # spawned, not forked, as preprocess's workers are (see preprocess.runner)
+        with concurrent.futures.ProcessPoolExecutor(
+                max_workers=min(workers, len(todo)),
+                mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(encode, path, camera=cam) for cam, path in todo]
             for future in _progress(concurrent.futures.as_completed(futures), len(futures), progress):
                 future.result()

@@ -1,6 +1,8 @@
 """Preprocess a whole dataset: find videos, split them over processes, report, write the manifest."""
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.util
 import os
 import signal
 import sys
@@ -162,7 +164,10 @@ def preprocess(video_root: str | os.PathLike, gop_root: str | os.PathLike, *, wo
         bar.write(f"note: {len(skipped_links)} directory link(s) not followed, as they lead where "
                   f"the walk has been or will be (loops, second names): {skipped_links[0]}"
                   f"{', ...' if len(skipped_links) > 1 else ''}", file=sys.stderr)
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
+    # spawned, not forked: a fork copies the locks that the caller's other threads hold at that
+    # instant (a loader's, DALI's, a notebook's), and a worker that takes one waits forever
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
+                               mp_context=multiprocessing.get_context("spawn"))
     futures: dict = {}
     reported = set()
 
@@ -221,6 +226,9 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
 
     def second_interrupt(*_) -> None:
         kill_all()
+        # the pool's named semaphores, unlinked as a normal exit would: os._exit skips that, and
+        # the resource tracker would then warn of each as leaked after the line below
+        multiprocessing.util._run_finalizers(0)
         sys.stderr.write("\ninterrupted again: stopped at once\n")   # the bar has no newline
         sys.stderr.flush()
         os._exit(130)

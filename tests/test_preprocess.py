@@ -285,27 +285,18 @@ def test_a_killed_writers_temp_file_is_removed_and_a_live_ones_kept(tmp_path):
 
 
 # Ctrl-C. Every fsync sleeps (a slow disk), so a run of the 9 videos lasts long enough to be
-# interrupted midway. STUCK makes the workers ignore the SIGTERM that stops them (as if stuck in a
-# system call), and GRACE overrides how long the main process waits before killing them.
-SLOW_RUN = """
-import os, runpy, signal, time
-import preprocess.runner as runner
-_fsync = os.fsync
-os.fsync = lambda fd: (time.sleep(0.25), _fsync(fd))[1]
-if os.environ.get("STUCK"):
-    runner._worker_stop = lambda *_: signal.signal(signal.SIGTERM, signal.SIG_IGN)
-runner.STOP_GRACE_S = float(os.environ.get("GRACE", runner.STOP_GRACE_S))
-runpy.run_module("preprocess", run_name="__main__", alter_sys=True)
-"""
+# interrupted midway (tests/slow_preprocess.py, which also sets STUCK and GRACE)
+SLOW_RUN = (str(ROOT / "tests" / "slow_preprocess.py"),)
 
 
 def interrupted_run(videos: Path, gops: Path, interrupts: int, **env) -> tuple[float, str, int]:
     """Start a slow run in its own process group, wait until a video is done, then press Ctrl-C
     ``interrupts`` times (0.3 s apart) as a terminal does: SIGINT to the whole group. Returns
     the seconds from the first SIGINT to the exit, stderr and the exit status."""
-    command = preprocess_cli(videos, gops, "--workers", "2", program=("-c", SLOW_RUN))
+    command = preprocess_cli(videos, gops, "--workers", "2", program=SLOW_RUN)
     proc = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "FSYNC_DELAY": "0.25", **env})
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not finished_indexes(gops):

@@ -198,15 +198,13 @@ def test_same_size_corruption_is_repaired_only_by_force(videos, clean, gops):
 
 # == preprocess: concurrent runs, a full disk, SIGKILL ========================================
 
-# every fsync takes 10 ms more: a slow disk, so that two runs overlap and kill points spread
-# over the whole run (on this machine the 4 videos otherwise take 20 ms after a 130 ms start-up)
-SLOW_DISK = ("import os, runpy, time; _fsync = os.fsync; "
-             "os.fsync = lambda fd: (time.sleep(0.01), _fsync(fd))[1]; "
-             "runpy.run_module('preprocess', run_name='__main__', alter_sys=True)")
+# tests/slow_preprocess.py: every fsync takes 10 ms more, a slow disk, so that two runs overlap
+# and kill points spread over the whole run
+SLOW_DISK = str(ROOT / "tests" / "slow_preprocess.py")
 
 
 def preprocess_cmd(videos: Path, gops: Path, workers: int = 1, slow: bool = False) -> list[str]:
-    program = ["-c", SLOW_DISK] if slow else ["-m", "preprocess"]
+    program = [SLOW_DISK] if slow else ["-m", "preprocess"]
     return [sys.executable, *program, "--video-root", str(videos), "--gop-root", str(gops),
             "--workers", str(workers), "--no-progress"]
 
@@ -292,6 +290,53 @@ def test_sigkill_at_random_points_then_rerun_matches_a_clean_run(videos, clean, 
         assert not leftovers(gops)
         assert tree(gops) == tree(clean), f"trial {trial}"
     assert min(states) < CLIPS * CAMERAS, "no kill landed before the end of the run"
+
+
+# == called from a process whose other threads hold locks =====================================
+
+@pytest.mark.parametrize("pool", ["preprocess", "make_dataset"])
+def test_workers_do_not_inherit_the_locks_that_the_callers_threads_hold(pool, tmp_path,
+                                                                        monkeypatch):
+    """preprocess and make_dataset called where other threads hold locks at that instant (a
+    loader's, DALI's, a notebook's): a forked worker has a copy of each such lock, held by nobody
+    that will let it go, and waits forever on the first it takes. CI hung so when a test made a
+    store beside DALI's threads. Here each worker's first step takes a lock this process holds."""
+    import multiprocessing
+    import threading
+
+    from dali_gop import synthetic
+    from dali_gop.synthetic import make_dataset
+    from preprocess import runner
+    videos = tmp_path / "v"
+    if pool == "preprocess":
+        make_video(videos / "clip000" / "cam0.mp4", frames=8, gop=4, **SMALL)
+    module, name = (runner, "write_video") if pool == "preprocess" else (synthetic, "render_frame")
+    step, held = getattr(module, name), threading.Lock()
+
+    def after_the_held_lock(*args, **kwargs):
+        with held:
+            return step(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, after_the_held_lock)
+    done = {}
+
+    def call() -> None:
+        if pool == "preprocess":
+            done["result"] = preprocess(videos, tmp_path / "g", workers=2, progress=False).ok
+        else:
+            done["result"] = len(make_dataset(videos, clips=1, cameras=2, frames=8, gop=4,
+                                              workers=2, **SMALL))
+    held.acquire()
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(60)
+    if caller.is_alive():
+        for worker in multiprocessing.active_children():
+            worker.kill()
+        held.release()
+        pytest.fail(f"{pool}'s workers waited 60 s on a lock held in the calling process")
+    held.release()
+    assert done["result"] == (True if pool == "preprocess" else 2)
 
 
 # == fuzzing the writer's readers =============================================================
