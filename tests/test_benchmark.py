@@ -528,7 +528,8 @@ def test_timed_steps_say_how_long_the_calling_thread_was_on_a_core(monkeypatch):
     busy = timed_steps(computes, 1, 5, 0)
     idle = timed_steps(waits, 1, 5, 0)
     assert busy.frames == idle.frames == 5
-    assert busy.details["thread_cpu_s"] / busy.seconds > 0.8
+    # not near 1: on a loaded machine (CI's two cores) a computing thread also waits for a core
+    assert busy.details["thread_cpu_s"] / busy.seconds > 0.5
     assert idle.details["thread_cpu_s"] / idle.seconds < 0.2
 
 
