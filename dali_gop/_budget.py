@@ -68,11 +68,11 @@ PAIR_SESSIONS_STEP = False
 #: and the picks' copies to the device take PCIe time, not the SMs'
 HOST_KEPT_STEP = True
 #: where a budget keeps the GOPs of slots that only stream on the host, the decode threads it plans
-#: (at most) and how many times the wanted ``stream_lead``: with GOPs on the host, 16 threads at
-#: twice the lead kept pace with 48 at the lead, on less device memory and CPU (fewer sessions;
-#: docs/results.md); the lead's frames cost pinned host memory, so it is doubled only where they
-#: fit the ``host_limit`` that :func:`fit` is given
-HOST_THREADS = FEW_THREADS
+#: (at most) and how many times the wanted ``stream_lead``: with GOPs on the host, fewer threads at
+#: twice the lead kept pace with 48 at the lead, on less device memory and CPU (fewer sessions),
+#: and 24 kept NVDEC busier than 16 (docs/results.md); the lead's frames cost pinned host memory,
+#: so it is doubled only where they fit the ``host_limit`` that :func:`fit` is given
+HOST_THREADS = OWN_THREADS
 HOST_LEAD_FACTOR = 2
 
 

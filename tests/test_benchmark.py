@@ -687,7 +687,7 @@ def test_the_loader_alone_is_timed_once_a_fresh_loaders_decodes_ahead_are_spent(
     assert loader_warmup(a, settings, pattern) == warmup
 
 
-@pytest.mark.parametrize("given, threads", [([], 16), (["--host_threads", "24"], 24)])
+@pytest.mark.parametrize("given, threads", [([], 24), (["--host_threads", "16"], 16)])
 def test_host_threads_are_what_a_budget_plans_for_gops_on_the_host(monkeypatch, tmp_path, given,
                                                                    threads):
     """--host_threads sets the most decode threads a budget plans where it keeps stream slots'

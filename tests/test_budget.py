@@ -286,19 +286,22 @@ def test_a_budget_keeps_stream_slots_gops_on_the_host_before_it_lowers_their_lea
 
 
 def test_gops_kept_on_the_host_run_on_fewer_threads_at_twice_the_lead_where_the_host_has_room():
-    """Where a budget keeps the GOPs of slots that only stream on the host: at most 16 decode
-    threads and twice the wanted lead, the frames of that lead in pinned host memory only while
-    they fit ``host_limit``; slots whose samples are also decoded plainly (windows across GOPs)
-    keep their threads and lead, as does a budget that keeps GOPs on the device."""
+    """Where a budget keeps the GOPs of slots that only stream on the host: at most
+    ``HOST_THREADS`` decode threads (fewer where the budget has no room for their sessions) and
+    twice the wanted lead, the frames of that lead in pinned host memory only while they fit
+    ``host_limit``; slots whose samples are also decoded plainly (windows across GOPs) keep their
+    threads and lead, as does a budget that keeps GOPs on the device."""
     from dali_gop.backends._nvdec import RING_FRAMES
     source = BenchShape()
     nvdec = nvdec_options(source, ring_frames=RING_FRAMES)
     wanted = Choice(30, 2, True, threads=48, sessions="own", kept_gops="device")
     host = replace(wanted, kept_gops="host", threads=_budget.HOST_THREADS)
     roomy = source.kept_gop_bytes(60)
-    for budget in (4, 6, 8):
+    assert _budget.HOST_THREADS > _budget.FEW_THREADS
+    for budget, threads in ((4, _budget.FEW_THREADS), (6, _budget.HOST_THREADS),
+                            (8, _budget.HOST_THREADS)):
         chosen, held = fit(budget * 2**30, source, wanted, host_limit=roomy, **nvdec)
-        assert chosen == replace(host, stream_lead=60), budget
+        assert chosen == replace(host, threads=threads, stream_lead=60), budget
         assert sum(held.values()) <= budget * 2**30
     # the host has no room for twice the lead: fewer threads, the lead as wanted
     assert fit(6 * 2**30, source, wanted, host_limit=roomy - 1, **nvdec)[0] == host
