@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dali_gop._spawn import main_module_hidden
+
 # pid, busy, reads done, since (CLOCK_MONOTONIC: one clock for all processes of the machine),
 # epoch, position
 _RECORD = struct.Struct("<qqqdqq")
@@ -259,13 +261,8 @@ def main_module_not_rerun(callback):
         with _bootstrap_reported():
             yield Spawn(main_imported=main is not None)
         return
-    saved = {name: main.__dict__[name] for name in ("__spec__", "__file__") if name in main.__dict__}
-    main.__spec__ = None
-    main.__dict__.pop("__file__", None)
-    try:
+    with main_module_hidden():
         yield Spawn(main_imported=False)
-    finally:
-        main.__dict__.update(saved)
 
 
 def spawned_bootstrap() -> bool:

@@ -23,7 +23,6 @@ import bisect
 import concurrent.futures
 import functools
 import math
-import multiprocessing
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -33,6 +32,8 @@ from pathlib import Path
 import av
 import numpy as np
 from av.video.frame import PictureType
+
+from dali_gop._spawn import main_module_hidden, process_pool
 
 __all__ = ["render_frame", "read_frame_number", "make_video", "make_dataset", "main"]
 
@@ -417,11 +418,9 @@ def make_dataset(
         for cam, path in _progress(todo, len(todo), progress):
             encode(path, camera=cam)
     elif todo:
-        # spawned, not forked, as preprocess's workers are (see preprocess.runner)
-        with concurrent.futures.ProcessPoolExecutor(
-                max_workers=min(workers, len(todo)),
-                mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(encode, path, camera=cam) for cam, path in todo]
+        with process_pool(min(workers, len(todo))) as pool:
+            with main_module_hidden():
+                futures = [pool.submit(encode, path, camera=cam) for cam, path in todo]
             for future in _progress(concurrent.futures.as_completed(futures), len(futures), progress):
                 future.result()
     return sorted(path for _, path in videos)

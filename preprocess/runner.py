@@ -1,7 +1,6 @@
 """Preprocess a whole dataset: find videos, split them over processes, report, write the manifest."""
 from __future__ import annotations
 
-import multiprocessing
 import multiprocessing.util
 import os
 import signal
@@ -15,6 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dali_gop import format as fmt
+from dali_gop._spawn import main_module_hidden, process_pool
 from dali_gop.errors import ConfigError
 from preprocess import verify as check
 from preprocess.writer import READ_ONLY_ERRNOS, VideoResult, printable, write_video
@@ -164,10 +164,7 @@ def preprocess(video_root: str | os.PathLike, gop_root: str | os.PathLike, *, wo
         bar.write(f"note: {len(skipped_links)} directory link(s) not followed, as they lead where "
                   f"the walk has been or will be (loops, second names): {skipped_links[0]}"
                   f"{', ...' if len(skipped_links) > 1 else ''}", file=sys.stderr)
-    # spawned, not forked: a fork copies the locks that the caller's other threads hold at that
-    # instant (a loader's, DALI's, a notebook's), and a worker that takes one waits forever
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
-                               mp_context=multiprocessing.get_context("spawn"))
+    pool = process_pool(workers, initializer=_worker_init)
     futures: dict = {}
     reported = set()
 
@@ -186,8 +183,9 @@ def preprocess(video_root: str | os.PathLike, gop_root: str | os.PathLike, *, wo
             bar.write(f"NOTE {printable(result.rel)}: {result.note}", file=sys.stderr)
 
     try:
-        futures = {pool.submit(_process_one, str(video_root), str(gop_root), rel, force,
-                               verify): rel for rel in videos}
+        with main_module_hidden():
+            futures = {pool.submit(_process_one, str(video_root), str(gop_root), rel, force,
+                                   verify): rel for rel in videos}
         for future in as_completed(futures):
             report(future)
     except KeyboardInterrupt:

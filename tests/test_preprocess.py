@@ -284,6 +284,28 @@ def test_a_killed_writers_temp_file_is_removed_and_a_live_ones_kept(tmp_path):
     assert path.read_bytes() == b"{}"
 
 
+def test_a_script_without_a_main_guard_or_read_from_stdin_makes_and_preprocesses_videos(tmp_path):
+    """The workers are spawned, and do not re-run the calling script: one that calls make_dataset
+    and preprocess at module level (no ``if __name__ == "__main__":``, as a notebook turned into
+    a script) runs once, from a file and from stdin."""
+    videos, gops = tmp_path / "v", tmp_path / "g"
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+              "from dali_gop.synthetic import make_dataset\n"
+              "from preprocess.runner import preprocess\n"
+              f"make_dataset({str(videos)!r}, clips=1, cameras=2, frames=8, gop=4, workers=2)\n"
+              f"summary = preprocess({str(videos)!r}, {str(gops)!r}, workers=2, progress=False)\n"
+              "print(summary.counts())\n")
+    (tmp_path / "script.py").write_text(script)
+    for command, given in (([sys.executable, "script.py"], None), ([sys.executable, "-"], script)):
+        shutil.rmtree(videos, ignore_errors=True)
+        shutil.rmtree(gops, ignore_errors=True)
+        done = subprocess.run(command, input=given, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "2 written, 0 up to date, 0 failed", done.stdout
+        assert "Traceback" not in done.stderr
+
+
 # Ctrl-C. Every fsync sleeps (a slow disk), so a run of the 9 videos lasts long enough to be
 # interrupted midway (tests/slow_preprocess.py, which also sets STUCK and GRACE)
 SLOW_RUN = (str(ROOT / "tests" / "slow_preprocess.py"),)
