@@ -36,8 +36,22 @@ def main_module_hidden():
         main.__dict__.update(saved)
 
 
+_SPAWN = multiprocessing.get_context("spawn")
+
+
+class _MainHiddenProcess(_SPAWN.Process):
+    """A spawned process that is started with ``__main__`` hidden."""
+
+    def start(self) -> None:
+        with main_module_hidden():
+            super().start()
+
+
+class _MainHiddenContext(type(_SPAWN)):
+    Process = _MainHiddenProcess
+
+
 def process_pool(workers: int, **options) -> ProcessPoolExecutor:
-    """A pool of at most ``workers`` spawned processes. It starts them as work is submitted:
-    submit inside :func:`main_module_hidden` where the tasks need nothing of ``__main__``."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               **options)
+    """A pool of at most ``workers`` spawned processes, each started with ``__main__`` hidden
+    (whenever the pool starts it): for tasks that need nothing of the caller's script."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=_MainHiddenContext(), **options)

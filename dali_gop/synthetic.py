@@ -33,7 +33,7 @@ import av
 import numpy as np
 from av.video.frame import PictureType
 
-from dali_gop._spawn import main_module_hidden, process_pool
+from dali_gop._spawn import process_pool
 
 __all__ = ["render_frame", "read_frame_number", "make_video", "make_dataset", "main"]
 
@@ -419,8 +419,7 @@ def make_dataset(
             encode(path, camera=cam)
     elif todo:
         with process_pool(min(workers, len(todo))) as pool:
-            with main_module_hidden():
-                futures = [pool.submit(encode, path, camera=cam) for cam, path in todo]
+            futures = [pool.submit(encode, path, camera=cam) for cam, path in todo]
             for future in _progress(concurrent.futures.as_completed(futures), len(futures), progress):
                 future.result()
     return sorted(path for _, path in videos)

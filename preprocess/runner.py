@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dali_gop import format as fmt
-from dali_gop._spawn import main_module_hidden, process_pool
+from dali_gop._spawn import process_pool
 from dali_gop.errors import ConfigError
 from preprocess import verify as check
 from preprocess.writer import READ_ONLY_ERRNOS, VideoResult, printable, write_video
@@ -183,9 +183,8 @@ def preprocess(video_root: str | os.PathLike, gop_root: str | os.PathLike, *, wo
             bar.write(f"NOTE {printable(result.rel)}: {result.note}", file=sys.stderr)
 
     try:
-        with main_module_hidden():
-            futures = {pool.submit(_process_one, str(video_root), str(gop_root), rel, force,
-                                   verify): rel for rel in videos}
+        futures = {pool.submit(_process_one, str(video_root), str(gop_root), rel, force,
+                               verify): rel for rel in videos}
         for future in as_completed(futures):
             report(future)
     except KeyboardInterrupt:
