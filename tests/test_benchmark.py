@@ -27,6 +27,7 @@ def train_details(scale: float) -> dict:
     return {"train": {"model_fps": 2000 * scale, "loader_fps": 9000 * scale,
                       "together_fps": 1900 * scale, "overlap": 1.05 * scale, "serial": 1.22,
                       "next_ms": 0.4, "model_on_core": 0.99, "together_on_core": 0.714,
+                      "model_waiting_for_core": 0.01, "together_waiting_for_core": 0.25,
                       "loader_share": 0.43,
                       "model": {"layers": 3}, "pattern": "stream"}}
 
@@ -88,7 +89,7 @@ def test_train_table_shows_the_three_phases_and_the_overlap():
     lines = format_train_table(report).splitlines()
     assert len(lines) == 3 and "together / max(model, loader)" in lines[0]
     assert lines[2] == ("| train stream: 3 conv layers | 2,000 | 9,000 | 1,900 | 1.05 | 1.22 | 0.4 "
-                        "| 99 / 71 | 70 | 30,000 |")
+                        "| 99 / 71 | 1 / 25 | 70 | 30,000 |")
     without = make_report([rank_results(1.0)[:2]], device="NVIDIA H100", args=ARGS)
     assert format_train_table(without) == ""
 
@@ -97,6 +98,7 @@ def test_train_line_says_what_torchs_allocator_did_beside_the_loader():
     from pipelines.throughput.train import format_train
     details = train_details(1.0)
     assert "allocator" not in format_train(details)     # runs from before it was counted
+    assert "; waiting for a core 1% / 25%, sleeps a step 0.0 / 0.0" in format_train(details)
     details["train"]["allocator"] = {"num_device_alloc": 12, "num_device_free": 3,
                                      "num_sync_all_streams": 3, "num_alloc_retries": 0}
     line = format_train(details)
@@ -269,6 +271,7 @@ def test_no_gpu_says_so_before_making_data(tmp_path):
     (["pipelines.throughput", "--stream_groups", "3"], ["--stream_groups", "--stream_sessions"]),
     (["pipelines.throughput", "--stream_sessions", "--stream_groups", "0"], ["--stream_groups"]),
     (["pipelines.throughput", "--switch_interval", "0"], ["--switch_interval"]),
+    (["pipelines.throughput", "--decode_nice", "20"], ["--decode_nice", "0 to 19"]),
     (["pipelines.throughput", "--train_rows", "launch", "all"], ["invalid choice"]),
     (["pipelines.throughput.chart", "missing.json"], ["missing.json"]),
     (["pipelines.throughput.chart", "README.md"], ["README.md", "not a results file"]),
@@ -451,7 +454,7 @@ def test_a_train_rows_timeline_line_sets_the_phases_side_by_side():
 
 def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
     """--nvdec_sessions, --stream_sessions, --kept_gops, --stream_groups, --stream_priority,
-    --display_delay, --unmap_late and --host_threads set defaults of the nvdec backend, the CUDA
+    --display_delay, --unmap_late, --host_threads and --decode_nice set defaults of the nvdec backend, the CUDA
     driver, our sessions and the budget; the loader process imports them afresh, so they go with
     it (else it would run the library's own defaults whatever the run asked for)."""
     from dali_gop import _budget
@@ -466,10 +469,11 @@ def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
     monkeypatch.setattr(_nvdec_session, "DISPLAY_DELAY", 1)
     monkeypatch.setattr(_nvdec_session, "UNMAP_LATE", True)
     monkeypatch.setattr(_budget, "HOST_THREADS", 24)
+    monkeypatch.setattr(_nvdec, "DECODE_NICE", 10)
     defaults = train.backend_defaults()
     assert defaults == {"sessions": "own", "stream_sessions": True, "kept_gops": "host",
                         "groups": 5, "priority": "default", "display_delay": 1,
-                        "unmap_late": True, "host_threads": 24}
+                        "unmap_late": True, "host_threads": 24, "decode_nice": 10}
     remote = train.LoaderProcess({}, None)
     assert remote._process._args[-1] == defaults
 
@@ -531,6 +535,40 @@ def test_timed_steps_say_how_long_the_calling_thread_was_on_a_core(monkeypatch):
     # not near 1: on a loaded machine (CI's two cores) a computing thread also waits for a core
     assert busy.details["thread_cpu_s"] / busy.seconds > 0.5
     assert idle.details["thread_cpu_s"] / idle.seconds < 0.2
+    # a thread that waits for something gives its core up each step
+    assert idle.details["thread_sleeps"] >= 5
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self/schedstat"),
+                    reason="the kernel keeps no run delay here")
+def test_timed_steps_say_how_long_the_calling_thread_waited_for_a_core(monkeypatch):
+    """Beside the loader, a training thread off its core either waits for one (the loader's
+    threads take it) or sleeps (a lock, the GPU): the rows tell the two apart. A computing thread
+    with twice as many busy processes as cores waits for a core a good part of its time."""
+    import torch
+
+    from pipelines.throughput.train import thread_shares, timed_steps
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+
+    def computes() -> int:
+        ended = time.thread_time() + 0.02
+        while time.thread_time() < ended:
+            pass
+        return 1
+
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(2 * os.cpu_count())]
+    try:
+        crowded = timed_steps(computes, 1, 10, 0)
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    shares = thread_shares("together", crowded, 10)
+    assert shares["together_waiting_for_core"] > 0.2
+    assert shares["together_on_core"] + shares["together_waiting_for_core"] == \
+        pytest.approx(1.0, abs=0.15)
+    assert shares["together_preempted_per_step"] > 0
 
 
 def test_budget_rows_are_timed_as_the_loader_rows_of_their_access(monkeypatch):

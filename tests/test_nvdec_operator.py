@@ -585,3 +585,33 @@ def test_a_lane_queues_a_group_on_nvdec_before_it_waits_for_the_group_fed_last(m
                    ("submit", [1, 4]), ("collect", [0, 3]),
                    ("submit", [2, 5]), ("collect", [1, 4])]
     operator.close()
+
+
+@pytest.mark.parametrize("nice", [0, 5])
+def test_decode_threads_run_the_given_nice_steps_below_the_thread_that_made_them(monkeypatch,
+                                                                                  nice):
+    """DECODE_NICE (the benchmark's --decode_nice): every decode thread, lanes too, lowers its own
+    priority as it starts, so that a training thread that wants the same core gets it first; the
+    thread that made them, and the process, keep theirs."""
+    import os
+    import threading
+
+    from dali_gop.backends import _nvdec
+    monkeypatch.setattr(_nvdec, "DECODE_NICE", nice)
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    if base + nice > 19:
+        pytest.skip("this process already runs at the lowest priority")
+
+    def own_nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    pool = _nvdec._DecodePool(3, "test-decode")
+    lane = _nvdec._Lane("test-lane", ahead=lambda lane: False, land=lambda lane: False)
+    try:
+        seen = [pool.submit(own_nice).result(timeout=10) for _ in range(6)]
+        seen.append(lane.submit(own_nice).result(timeout=10))
+    finally:
+        pool.shutdown()
+        lane.shutdown()
+    assert set(seen) == {base + nice}
+    assert own_nice() == base

@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import os
 import queue
 import threading
 from concurrent.futures import Future
@@ -82,6 +83,11 @@ STREAM_AT_ONCE = True
 #: the loader's stream row on pairs ran faster with three than with two on average over runs of
 #: both taking turns on one machine, though single runs overlap (docs/results.md)
 STREAM_GROUPS = 3
+#: nice steps the decode threads run below the thread that made them (0: the same priority):
+#: where they and a training thread want the same cores, the OS gives the training thread its
+#: core first; an A/B of the benchmark (``--decode_nice``) until a training step beside the
+#: loader shows what it does
+DECODE_NICE = 0
 #: what a session holds whatever the frame size (either kind)
 SESSION_BASE = 4 << 20
 
@@ -261,7 +267,7 @@ class _DecodePool:
 
     def __init__(self, threads: int, name: str):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
+        self._threads = [threading.Thread(target=self._run, name=f"{name}_{i}", daemon=True)
                          for i in range(threads)]
         for thread in self._threads:
             thread.start()
@@ -270,6 +276,10 @@ class _DecodePool:
         future: Future = Future()
         self._queue.put((future, fn, args))
         return future
+
+    def _run(self) -> None:
+        lower_priority(DECODE_NICE)
+        self._work()
 
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
@@ -288,6 +298,18 @@ class _DecodePool:
             self._queue.put(None)
         for thread in self._threads:
             thread.join()
+
+
+def lower_priority(steps: int) -> None:
+    """The calling thread ``steps`` nice steps below where it is (Linux: a thread's own nice value;
+    raising it needs no privilege); nothing where the OS will not."""
+    if steps <= 0:
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + steps)
+    except OSError:
+        pass
 
 
 def _run_job(job) -> None:

@@ -202,6 +202,11 @@ def parse_args(argv=None):
                         help="nvdec: the most decode threads a memory budget plans where it keeps "
                              "stream slots' GOPs on the host (default: "
                              "dali_gop._budget.HOST_THREADS), in every loader of the run")
+    loader.add_argument("--decode_nice", type=int, default=None, metavar="N",
+                        help="nvdec: the decode threads run N nice steps below the thread that "
+                             "made them, so that the OS gives a training thread its core first "
+                             "(default: dali_gop.backends._nvdec.DECODE_NICE), in every loader "
+                             "of the run")
     loader.add_argument("--switch_interval", type=float, default=None, metavar="SECONDS",
                         help="sys.setswitchinterval for the run (Python's default 0.005): how "
                              "long a thread waits for the GIL before it asks the holder to let "
@@ -277,6 +282,8 @@ def parse_args(argv=None):
     if args.stream_groups is not None and not (args.stream_sessions and args.stream_groups > 0):
         raise ConfigError(f"--stream_groups {args.stream_groups}: give a number of groups > 0, "
                           "with --stream_sessions (the groups are the stream pairs')")
+    if args.decode_nice is not None and not 0 <= args.decode_nice <= 19:
+        raise ConfigError(f"--decode_nice must be 0 to 19, not {args.decode_nice}")
     if args.host_threads is not None and args.host_threads < 1:
         raise ConfigError(f"--host_threads must be at least 1, not {args.host_threads}")
     if args.switch_interval is not None and not args.switch_interval > 0:
@@ -296,7 +303,8 @@ def set_run_defaults(args) -> None:
              "groups": args.stream_groups,      # given only with --stream_sessions (parse_args)
              "sessions": args.nvdec_sessions, "kept_gops": args.kept_gops,
              "priority": args.stream_priority, "unmap_late": args.unmap_late or None,
-             "display_delay": args.display_delay, "host_threads": args.host_threads}
+             "display_delay": args.display_delay, "host_threads": args.host_threads,
+             "decode_nice": args.decode_nice}
     set_backend_defaults({name: value for name, value in given.items() if value is not None})
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)

@@ -14,13 +14,14 @@ one of its parts at a time, beside the same step (the row's model: many tiny con
   device, on the thread's stream), to set beside ``own`` (best with ``--fps``).
 
 For each variant and thread count it prints the step alone, the step beside it, their ratio, the
-frames/s the decoding threads made meanwhile, the process's CPU cores and the share of the wall
-time the training thread ran on a core (a training thread that waits for a core launches late).
+frames/s the decoding threads made meanwhile, the process's CPU cores, and the share of the wall
+time the training thread ran on a core and waited for one, and how often a step it slept or was
+preempted (a training thread that waits for a core, or sleeps on a lock, launches late).
 ``--sched`` sets how the CUDA context waits for the GPU, for the whole run: CUDA's own choice
 (auto: spin, with one context on a machine of several cores), spin, yield or blocking sync.
 
     python -m pipelines.throughput.launch_probe GOP_ROOT [--variants own nomap copy pynvc]
-        [--threads 8 24] [--fps N] [--sync] [--sched auto|spin|yield|blocking]
+        [--threads 8 24] [--fps N] [--sync] [--sched auto|spin|yield|blocking] [--nice N]
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from dali_gop.backends._cuda import CONTEXT_WAITS, set_context_waits
 from pipelines.throughput.decode import ThreadDecoders, read_bins
-from pipelines.throughput.train import StepModel, TrainStep, timed_steps
+from pipelines.throughput.train import StepModel, TrainStep, thread_shares, timed_steps
 
 BATCH = (16, 6)
 
@@ -43,12 +44,15 @@ def pause(frames: int, rate: float | None, elapsed: float) -> float:
 
 
 def _decode_endlessly(variant: str, bins: list, device: int, stop: threading.Event,
-                      frames: list, slot: int, rate: float | None = None) -> None:
+                      frames: list, slot: int, rate: float | None = None, nice: int = 0) -> None:
     """One background thread: ``variant``'s work until ``stop``, at ``rate`` frames/s at most
-    (None: as fast as it goes); ``frames[slot]`` counts frames decoded."""
+    (None: as fast as it goes), ``nice`` steps below the training thread's priority;
+    ``frames[slot]`` counts frames decoded."""
     import torch
 
     from dali_gop.backends import NvdecSession, create_decoder, packet
+    from dali_gop.backends._nvdec import lower_priority
+    lower_priority(nice)
     decoders = ThreadDecoders(device)
 
     i = slot
@@ -85,9 +89,9 @@ def _decode_endlessly(variant: str, bins: list, device: int, stop: threading.Eve
 
 
 def step_seconds(step, fixed, steps: int, warmup: int,
-                 device: int) -> tuple[float, float, float]:
+                 device: int) -> tuple[float, float, dict]:
     """Seconds a step (the train rows' :func:`timed_steps`); the process's CPU cores and the
-    training thread's share of a core meanwhile."""
+    training thread's shares meanwhile (:func:`thread_shares`, named "step")."""
     cpu: list[float] = []
 
     def one() -> int:
@@ -98,7 +102,7 @@ def step_seconds(step, fixed, steps: int, warmup: int,
                         on_start=lambda: cpu.append(time.process_time()))
     wall = timed.seconds
     return (wall / steps, (time.process_time() - cpu[0]) / wall,
-            timed.details["thread_cpu_s"] / wall)
+            thread_shares("step", timed, steps))
 
 
 def main(argv=None) -> None:
@@ -116,6 +120,9 @@ def main(argv=None) -> None:
     p.add_argument("--fps", type=float, default=None,
                    help="decode at this many frames/s in all (default: as fast as NVDEC goes), "
                         "as a loader does at the pace of the model beside it")
+    p.add_argument("--nice", type=int, default=0,
+                   help="the decoding threads run this many nice steps below the training thread "
+                        "(the loader's DECODE_NICE, the benchmark's --decode_nice)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
     args = p.parse_args(argv)
@@ -138,13 +145,17 @@ def main(argv=None) -> None:
                           device=f"cuda:{device}")
     print(f"# {torch.cuda.get_device_name(device)}; {model.describe()}; batch {BATCH[0]}x"
           f"{BATCH[1]} of {height}x{width}; {len(bins)} bins of {len(videos)} videos; context "
-          f"waits: {args.sched}", flush=True)
+          f"waits: {args.sched}; decoding threads {args.nice} nice steps below", flush=True)
 
     def report(what: str, measured) -> float:
         seconds, cores, training = measured
+        waits = (f", waiting for a core {training['step_waiting_for_core']:.0%}, sleeps "
+                 f"{training.get('step_sleeps_per_step', 0):.1f} and preempted "
+                 f"{training.get('step_preempted_per_step', 0):.1f} a step"
+                 if "step_waiting_for_core" in training else "")
         print(f"{what}: {seconds * 1e3:.2f} ms a step; {cores:.1f} CPU cores, the training "
-              f"thread on a core {training:.0%} of the time [{time.perf_counter() - opened:.0f} s]",
-              flush=True)
+              f"thread on a core {training['step_on_core']:.0%} of the time{waits} "
+              f"[{time.perf_counter() - opened:.0f} s]", flush=True)
         return seconds
 
     alone = report("alone", step_seconds(step, fixed, args.steps, args.warmup, device))
@@ -153,7 +164,8 @@ def main(argv=None) -> None:
             stop, frames = threading.Event(), [0] * threads
             workers = [threading.Thread(target=_decode_endlessly,
                                         args=(variant, bins, device, stop, frames, k,
-                                              args.fps / threads if args.fps else None),
+                                              args.fps / threads if args.fps else None,
+                                              args.nice),
                                         daemon=True)
                        for k in range(threads)]
             for worker in workers:

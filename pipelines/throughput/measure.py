@@ -92,6 +92,43 @@ def thread_cpu_seconds() -> dict[int, tuple[str, float]]:
     return out
 
 
+
+@dataclass(frozen=True)
+class ThreadClock:
+    """Where the calling thread's time went so far, by the kernel's count: on a core
+    (``cpu_s``), runnable but waiting for a core (``runqueue_s``: schedstat's run delay), and how
+    often it left its core by itself (``sleeps``: a lock, a sync, I/O) or had it taken
+    (``preempted``). A training thread slowed beside the loader either waits for a core (the
+    loader's threads take it: their priority would help) or sleeps more (a lock or the GPU:
+    fewer calls would). None where the kernel keeps no such count."""
+    cpu_s: float
+    runqueue_s: float | None
+    sleeps: int | None
+    preempted: int | None
+
+    @classmethod
+    def now(cls) -> "ThreadClock":
+        runqueue = sleeps = preempted = None
+        try:
+            with open("/proc/thread-self/schedstat") as f:
+                runqueue = int(f.read().split()[1]) / 1e9
+            with open("/proc/thread-self/status") as f:
+                counts = dict(line.split(":", 1) for line in f if "ctxt_switches" in line)
+            sleeps = int(counts["voluntary_ctxt_switches"])
+            preempted = int(counts["nonvoluntary_ctxt_switches"])
+        except (OSError, IndexError, KeyError, ValueError):
+            pass
+        return cls(time.thread_time(), runqueue, sleeps, preempted)
+
+    def since(self, earlier: "ThreadClock") -> dict:
+        """This clock minus ``earlier`` (the same thread's), as a timed part's details:
+        ``thread_cpu_s``, ``thread_runqueue_s``, ``thread_sleeps``, ``thread_preempted``."""
+        def delta(name):
+            a, b = getattr(self, name), getattr(earlier, name)
+            return None if a is None or b is None else a - b
+        return {f"thread_{name}": delta(name)
+                for name in ("cpu_s", "runqueue_s", "sleeps", "preempted")}
+
 # -- GPU samplers ----------------------------------------------------------------------------------
 class Sampler:
     """Calls ``read()`` every SAMPLE_SECONDS in a thread, keeping (time, value) pairs."""

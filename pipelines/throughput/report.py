@@ -99,21 +99,23 @@ def format_train_table(report: dict) -> str:
     head = ["beside a training step", "model alone frames/s", "loader alone frames/s",
             "together frames/s", "together / max(model, loader)", "serial would be",
             "together: next() ms a step", "training thread on a core %, alone / together",
-            "NVDEC busy %", "peak GPU MiB"]
+            "training thread waiting for a core %, alone / together", "NVDEC busy %",
+            "peak GPU MiB"]
     return _markdown(head, [
         [f"{r['name']}: {r['note']}", _number(t["model_fps"]), _number(t["loader_fps"]),
          _number(t["together_fps"]), _number(t["overlap"], 2), _number(t["serial"], 2),
-         _number(t.get("next_ms"), 1), _on_core(t), _number(r.get("nvdec_busy")),
+         _number(t.get("next_ms"), 1), _alone_together(t, "on_core"),
+         _alone_together(t, "waiting_for_core"), _number(r.get("nvdec_busy")),
          _number(r["peak_gpu_mib"])]
         for r in rows for t in [r["details"]["train"]]])
 
 
-def _on_core(train: dict) -> str:
-    """The training thread's CPU time over the wall time, alone / beside the loader ("" in runs
-    from before it was measured)."""
-    if "model_on_core" not in train:
+def _alone_together(train: dict, share: str) -> str:
+    """A share of the training thread's wall time (on a core, waiting for one), alone / beside
+    the loader ("" in runs from before it was measured)."""
+    if f"model_{share}" not in train:
         return ""
-    return f"{100 * train['model_on_core']:.0f} / {100 * train['together_on_core']:.0f}"
+    return f"{100 * train[f'model_{share}']:.0f} / {100 * train[f'together_{share}']:.0f}"
 
 
 def format_budget_table(report: dict) -> str:

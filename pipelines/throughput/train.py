@@ -41,7 +41,7 @@ from typing import Callable, Iterator
 from dali_gop.format import read_index
 from pipelines.throughput.bench import Bench
 from pipelines.throughput.loader import endless, frames_in, loader_arguments, open_loader
-from pipelines.throughput.measure import RANDOM, STREAM, Result, Timed
+from pipelines.throughput.measure import RANDOM, STREAM, Result, ThreadClock, Timed
 from pipelines.throughput.profile import (DeviceTimeline, Profiler, busiest_stream, format_profile,
                                           format_timeline, timeline_account)
 
@@ -155,6 +155,7 @@ RUN_DEFAULTS = {
     "display_delay": ("dali_gop.backends._nvdec_session", "DISPLAY_DELAY"),
     "unmap_late": ("dali_gop.backends._nvdec_session", "UNMAP_LATE"),
     "host_threads": ("dali_gop._budget", "HOST_THREADS"),
+    "decode_nice": ("dali_gop.backends._nvdec", "DECODE_NICE"),
 }
 
 
@@ -215,19 +216,18 @@ def _serve(arguments: dict, device: int | None, out, stop, defaults: dict) -> No
 def timed_steps(step: Callable[[], int], warmup: int, steps: int, device: int,
                 on_start: Callable[[], None] = lambda: None) -> Timed:
     """``warmup`` untimed calls, then ``steps`` timed (``on_start()`` first); ``step()`` returns
-    the frames it used. ``details["thread_cpu_s"]``: the calling thread's CPU time in the timed
-    part (a thread that launches kernels and gets less than the wall time waited for a core or
-    a lock)."""
+    the frames it used. ``details``: where the calling thread's time went in the timed part
+    (:meth:`ThreadClock.since`: a thread that launches kernels and is on a core less than the
+    wall time waited for a core, or slept on a lock or the GPU)."""
     import torch
     for _ in range(warmup):
         step()
     torch.cuda.synchronize(device)
     on_start()
-    started, cpu = time.perf_counter(), time.thread_time()
+    started, clock = time.perf_counter(), ThreadClock.now()
     frames = sum(step() for _ in range(steps))
     torch.cuda.synchronize(device)
-    return Timed(frames, started, time.perf_counter(),
-                 {"thread_cpu_s": time.thread_time() - cpu})
+    return Timed(frames, started, time.perf_counter(), ThreadClock.now().since(clock))
 
 
 def model_alone(b: Bench, model: StepModel, batch_size: int, warmup: int, steps: int,
@@ -452,8 +452,8 @@ def train_run(b: Bench, pattern: str, batch_size: int, model: StepModel,
                    serial=(per_step["model"] + per_step["loader"]) / slower,
                    model=asdict(model), pattern=pattern, batch_size=batch_size,
                    next_ms=1e3 * sum(waits) / max(len(waits), 1), allocator=allocator,
-                   **{f"{name}_on_core": t.details["thread_cpu_s"] / t.seconds
-                      for name, t in phases.items() if name in ("model", "together")})
+                   **{key: value for name in ("model", "together")
+                      for key, value in thread_shares(name, phases[name], a.train_steps).items()})
     if profile:
         details["profile"] = profile
     if spans.get("model"):    # CUPTI saw the model's kernels
@@ -475,9 +475,37 @@ def format_train(details: dict) -> str:
             f"takes {t['loader_share']:.0%} of the model's time; together, next() took "
             f"{t['next_ms']:.1f} ms a step; the training thread was on a core "
             f"{t['model_on_core']:.0%} of the time alone, {t['together_on_core']:.0%} together" +
+            _format_waits(t) +
             _format_allocator(t.get("allocator")) +
             (f"\n{format_profile(t['profile'])}" if "profile" in t else "") +
             (f"\n{format_timeline(**t['gpu_timeline'])}" if "gpu_timeline" in t else ""))
+
+
+def thread_shares(name: str, timed: Timed, steps: int) -> dict:
+    """A phase's training thread, as its row says it: ``{name}_on_core`` and
+    ``{name}_waiting_for_core`` (shares of the wall time), ``{name}_sleeps_per_step`` and
+    ``{name}_preempted_per_step``; a count the kernel did not keep is left out."""
+    d = timed.details
+    shares = {f"{name}_on_core": d["thread_cpu_s"] / timed.seconds}
+    if d.get("thread_runqueue_s") is not None:
+        shares[f"{name}_waiting_for_core"] = d["thread_runqueue_s"] / timed.seconds
+    for count in ("sleeps", "preempted"):
+        if d.get(f"thread_{count}") is not None:
+            shares[f"{name}_{count}_per_step"] = d[f"thread_{count}"] / steps
+    return shares
+
+
+def _format_waits(train: dict) -> str:
+    """Where the training thread was when not on a core, alone and together ("" in runs from
+    before it was counted)."""
+    if "model_waiting_for_core" not in train:
+        return ""
+    return (f"; waiting for a core {train['model_waiting_for_core']:.0%} / "
+            f"{train['together_waiting_for_core']:.0%}, sleeps a step "
+            f"{train.get('model_sleeps_per_step', 0):.1f} / "
+            f"{train.get('together_sleeps_per_step', 0):.1f}, preempted a step "
+            f"{train.get('model_preempted_per_step', 0):.1f} / "
+            f"{train.get('together_preempted_per_step', 0):.1f}")
 
 
 def _format_allocator(allocator: dict | None) -> str:
