@@ -511,6 +511,14 @@ def test_the_launch_probe_decodes_at_a_loaders_pace(frames, rate, elapsed, wait)
     assert pause(frames, rate, elapsed) == pytest.approx(wait)
 
 
+def computing_step() -> int:
+    """A training step that only computes, for 20 ms of its thread's CPU time."""
+    ended = time.thread_time() + 0.02
+    while time.thread_time() < ended:
+        pass
+    return 1
+
+
 def test_timed_steps_say_how_long_the_calling_thread_was_on_a_core(monkeypatch):
     """The train rows' on-core share: a step that computes keeps its thread on a core, a step that
     waits (for a lock, a core, the GPU without spinning) does not."""
@@ -519,17 +527,11 @@ def test_timed_steps_say_how_long_the_calling_thread_was_on_a_core(monkeypatch):
     from pipelines.throughput.train import timed_steps
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
 
-    def computes() -> int:
-        ended = time.thread_time() + 0.02
-        while time.thread_time() < ended:
-            pass
-        return 1
-
     def waits() -> int:
         time.sleep(0.02)
         return 1
 
-    busy = timed_steps(computes, 1, 5, 0)
+    busy = timed_steps(computing_step, 1, 5, 0)
     idle = timed_steps(waits, 1, 5, 0)
     assert busy.frames == idle.frames == 5
     # not near 1: on a loaded machine (CI's two cores) a computing thread also waits for a core
@@ -550,16 +552,10 @@ def test_timed_steps_say_how_long_the_calling_thread_waited_for_a_core(monkeypat
     from pipelines.throughput.train import thread_shares, timed_steps
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
 
-    def computes() -> int:
-        ended = time.thread_time() + 0.02
-        while time.thread_time() < ended:
-            pass
-        return 1
-
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
             for _ in range(2 * os.cpu_count())]
     try:
-        crowded = timed_steps(computes, 1, 10, 0)
+        crowded = timed_steps(computing_step, 1, 10, 0)
     finally:
         for process in busy:
             process.kill()
