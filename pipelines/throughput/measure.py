@@ -92,7 +92,6 @@ def thread_cpu_seconds() -> dict[int, tuple[str, float]]:
     return out
 
 
-
 @dataclass(frozen=True)
 class ThreadClock:
     """Where the calling thread's time went so far, by the kernel's count: on a core
@@ -128,6 +127,7 @@ class ThreadClock:
             return None if a is None or b is None else a - b
         return {f"thread_{name}": delta(name)
                 for name in ("cpu_s", "runqueue_s", "sleeps", "preempted")}
+
 
 # -- GPU samplers ----------------------------------------------------------------------------------
 class Sampler:
