@@ -552,14 +552,17 @@ def test_timed_steps_say_how_long_the_calling_thread_waited_for_a_core(monkeypat
     from pipelines.throughput.train import thread_shares, timed_steps
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
 
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-            for _ in range(2 * os.cpu_count())]
+    busy = [subprocess.Popen([sys.executable, "-c", "print(flush=True)\nwhile True: pass"],
+                             stdout=subprocess.PIPE)
+            for _ in range(2 * len(os.sched_getaffinity(0)))]
     try:
+        for process in busy:       # each is computing before the steps are timed
+            process.stdout.readline()
         crowded = timed_steps(computing_step, 1, 10, 0)
     finally:
         for process in busy:
             process.kill()
-            process.wait()
+            process.communicate()
     shares = thread_shares("together", crowded, 10)
     assert shares["together_waiting_for_core"] > 0.2
     assert shares["together_on_core"] + shares["together_waiting_for_core"] == \
