@@ -28,6 +28,8 @@ def train_details(scale: float) -> dict:
                       "together_fps": 1900 * scale, "overlap": 1.05 * scale, "serial": 1.22,
                       "next_ms": 0.4, "model_on_core": 0.99, "together_on_core": 0.714,
                       "model_waiting_for_core": 0.01, "together_waiting_for_core": 0.25,
+                      "model_sleeps_per_step": 0.5, "together_sleeps_per_step": 12.0,
+                      "model_preempted_per_step": 0.0, "together_preempted_per_step": 3.0,
                       "loader_share": 0.43,
                       "model": {"layers": 3}, "pattern": "stream"}}
 
@@ -98,7 +100,8 @@ def test_train_line_says_what_torchs_allocator_did_beside_the_loader():
     from pipelines.throughput.train import format_train
     details = train_details(1.0)
     assert "allocator" not in format_train(details)     # runs from before it was counted
-    assert "; waiting for a core 1% / 25%, sleeps a step 0.0 / 0.0" in format_train(details)
+    assert ("; waiting for a core 1% / 25%, sleeps a step 0.5 / 12.0, preempted a step 0.0 / 3.0"
+            in format_train(details))
     details["train"]["allocator"] = {"num_device_alloc": 12, "num_device_free": 3,
                                      "num_sync_all_streams": 3, "num_alloc_retries": 0}
     line = format_train(details)
@@ -454,9 +457,10 @@ def test_a_train_rows_timeline_line_sets_the_phases_side_by_side():
 
 def test_loader_process_takes_the_runs_backend_defaults(monkeypatch):
     """--nvdec_sessions, --stream_sessions, --kept_gops, --stream_groups, --stream_priority,
-    --display_delay, --unmap_late, --host_threads and --decode_nice set defaults of the nvdec backend, the CUDA
-    driver, our sessions and the budget; the loader process imports them afresh, so they go with
-    it (else it would run the library's own defaults whatever the run asked for)."""
+    --display_delay, --unmap_late, --host_threads and --decode_nice set defaults of the nvdec
+    backend, the CUDA driver, our sessions and the budget; the loader process imports them afresh,
+    so they go with it (else it would run the library's own defaults whatever the run asked
+    for)."""
     from dali_gop import _budget
     from dali_gop.backends import _nvdec, _nvdec_session
     from dali_gop.backends._cuda import CudaDriver

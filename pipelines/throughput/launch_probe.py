@@ -150,8 +150,8 @@ def main(argv=None) -> None:
     def report(what: str, measured) -> float:
         seconds, cores, training = measured
         waits = (f", waiting for a core {training['step_waiting_for_core']:.0%}, sleeps "
-                 f"{training.get('step_sleeps_per_step', 0):.1f} and preempted "
-                 f"{training.get('step_preempted_per_step', 0):.1f} a step"
+                 f"{training['step_sleeps_per_step']:.1f} and preempted "
+                 f"{training['step_preempted_per_step']:.1f} a step"
                  if "step_waiting_for_core" in training else "")
         print(f"{what}: {seconds * 1e3:.2f} ms a step; {cores:.1f} CPU cores, the training "
               f"thread on a core {training['step_on_core']:.0%} of the time{waits} "

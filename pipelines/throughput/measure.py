@@ -99,7 +99,7 @@ class ThreadClock:
     often it left its core by itself (``sleeps``: a lock, a sync, I/O) or had it taken
     (``preempted``). A training thread slowed beside the loader either waits for a core (the
     loader's threads take it: their priority would help) or sleeps more (a lock or the GPU:
-    fewer calls would). None where the kernel keeps no such count."""
+    fewer calls would). The kernel's three counts are all None where it does not keep them."""
     cpu_s: float
     runqueue_s: float | None
     sleeps: int | None
@@ -107,17 +107,17 @@ class ThreadClock:
 
     @classmethod
     def now(cls) -> "ThreadClock":
-        runqueue = sleeps = preempted = None
+        counts = (None, None, None)
         try:
             with open("/proc/thread-self/schedstat") as f:
                 runqueue = int(f.read().split()[1]) / 1e9
             with open("/proc/thread-self/status") as f:
-                counts = dict(line.split(":", 1) for line in f if "ctxt_switches" in line)
-            sleeps = int(counts["voluntary_ctxt_switches"])
-            preempted = int(counts["nonvoluntary_ctxt_switches"])
+                switches = dict(line.split(":", 1) for line in f if "ctxt_switches" in line)
+            counts = (runqueue, int(switches["voluntary_ctxt_switches"]),
+                      int(switches["nonvoluntary_ctxt_switches"]))
         except (OSError, IndexError, KeyError, ValueError):
             pass
-        return cls(time.thread_time(), runqueue, sleeps, preempted)
+        return cls(time.thread_time(), *counts)
 
     def since(self, earlier: "ThreadClock") -> dict:
         """This clock minus ``earlier`` (the same thread's), as a timed part's details:

@@ -484,14 +484,13 @@ def format_train(details: dict) -> str:
 def thread_shares(name: str, timed: Timed, steps: int) -> dict:
     """A phase's training thread, as its row says it: ``{name}_on_core`` and
     ``{name}_waiting_for_core`` (shares of the wall time), ``{name}_sleeps_per_step`` and
-    ``{name}_preempted_per_step``; a count the kernel did not keep is left out."""
+    ``{name}_preempted_per_step``; the last three only where the kernel keeps its counts."""
     d = timed.details
     shares = {f"{name}_on_core": d["thread_cpu_s"] / timed.seconds}
-    if d.get("thread_runqueue_s") is not None:
-        shares[f"{name}_waiting_for_core"] = d["thread_runqueue_s"] / timed.seconds
-    for count in ("sleeps", "preempted"):
-        if d.get(f"thread_{count}") is not None:
-            shares[f"{name}_{count}_per_step"] = d[f"thread_{count}"] / steps
+    if d.get("thread_runqueue_s") is not None:  # ThreadClock: all of the kernel's counts, or none
+        shares.update({f"{name}_waiting_for_core": d["thread_runqueue_s"] / timed.seconds,
+                       f"{name}_sleeps_per_step": d["thread_sleeps"] / steps,
+                       f"{name}_preempted_per_step": d["thread_preempted"] / steps})
     return shares
 
 
@@ -502,10 +501,9 @@ def _format_waits(train: dict) -> str:
         return ""
     return (f"; waiting for a core {train['model_waiting_for_core']:.0%} / "
             f"{train['together_waiting_for_core']:.0%}, sleeps a step "
-            f"{train.get('model_sleeps_per_step', 0):.1f} / "
-            f"{train.get('together_sleeps_per_step', 0):.1f}, preempted a step "
-            f"{train.get('model_preempted_per_step', 0):.1f} / "
-            f"{train.get('together_preempted_per_step', 0):.1f}")
+            f"{train['model_sleeps_per_step']:.1f} / {train['together_sleeps_per_step']:.1f}, "
+            f"preempted a step {train['model_preempted_per_step']:.1f} / "
+            f"{train['together_preempted_per_step']:.1f}")
 
 
 def _format_allocator(allocator: dict | None) -> str:
